@@ -1,0 +1,67 @@
+//! `nimbus`, the command line of the nimbus serverless process platform.
+//!
+//! Owns: argument parsing, turning failures into one clear line on stderr and a
+//! documented exit code, and wiring the embedded cluster for `nimbus run`.
+//!
+//! Must not: hold platform logic; it calls the worker crate's cluster.
+
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// The nimbus serverless process platform.
+#[derive(Parser)]
+#[command(name = "nimbus", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a wasm32-wasip1 program on the embedded default (no services needed).
+    Run(run::RunArgs),
+}
+
+/// A failure with the exit code it maps to. Printed as `nimbus: MESSAGE`.
+pub(crate) struct Failure {
+    code: i32,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: i32, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The default data directory: `$NIMBUS_DATA_DIR`, else the XDG data directory.
+pub(crate) fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("nimbus")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+    };
+    let code = match result {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("nimbus: {}", failure.message);
+            failure.code
+        }
+    };
+    // Exit codes are 0..=255 on Unix; guest codes are already in 0..126.
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}

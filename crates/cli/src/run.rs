@@ -1,0 +1,180 @@
+//! `nimbus run`: one program on the embedded default cluster.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use nimbus_core::{ExitStatus, Limits, exit_code, parse_duration, parse_size};
+use nimbus_runtime::{Input, LoadError, ModuleBytes, Output, Preopen};
+use nimbus_worker::{Cluster, ClusterConfig, ClusterError, ModuleSource, RootProcess};
+
+use crate::Failure;
+
+/// Arguments of `nimbus run`.
+#[derive(Args)]
+pub(crate) struct RunArgs {
+    /// The program, a wasm32-wasip1 command module.
+    program: PathBuf,
+    /// Make a host directory visible to the program: `HOST_DIR::GUEST_DIR`, or
+    /// `DIR` for the same path in both.
+    #[arg(long = "dir", value_name = "HOST_DIR::GUEST_DIR")]
+    dirs: Vec<String>,
+    /// Set an environment variable of the program.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Memory limit of each process, e.g. `64MiB`.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    mem: u64,
+    /// Deadline of the whole run, e.g. `5s` or `500ms`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Number of in-process hosts of the embedded cluster.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    hosts: u16,
+    /// Where nimbus keeps its module cache.
+    #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Arguments passed to the program.
+    #[arg(last = true)]
+    args: Vec<String>,
+}
+
+/// The largest memory a wasm32 process can address.
+const MAX_WASM32_MEMORY: u64 = 4 << 30;
+
+pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
+    let program = args.program.display().to_string();
+    let bytes = std::fs::read(&args.program).map_err(|e| {
+        Failure::new(
+            exit_code::FILE_NOT_FOUND,
+            format!("cannot read {program}: {e}"),
+        )
+    })?;
+    if args.mem > MAX_WASM32_MEMORY {
+        return Err(usage(
+            "--mem can be at most 4GiB (the wasm32 address space)",
+        ));
+    }
+    let root = RootProcess {
+        module: ModuleBytes::new(bytes),
+        modules: ModuleSource::Directory(module_dir(&args.program)),
+        args: std::iter::once(file_name(&args.program))
+            .chain(args.args)
+            .collect(),
+        env: args
+            .env
+            .iter()
+            .map(|kv| parse_env(kv))
+            .collect::<Result<_, _>>()?,
+        dirs: args
+            .dirs
+            .iter()
+            .map(|d| parse_dir(d))
+            .collect::<Result<_, _>>()?,
+        stdin: Input::Inherit,
+        output: (Output::Inherit, Output::Inherit),
+        limits: Limits {
+            memory: args.mem,
+            timeout: args.timeout,
+        },
+    };
+    let mut config = ClusterConfig::new(args.data_dir.unwrap_or_else(crate::default_data_dir));
+    config.hosts = args.hosts;
+
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit_code::INTERNAL, format!("cannot start: {e}")))?;
+    let status = tokio.block_on(async {
+        let cluster = Cluster::new(&config)?;
+        cluster.run(root).await
+    });
+    // Children still running when the root ends are stopped with the run.
+    tokio.shutdown_background();
+    match status {
+        Ok(ExitStatus::Exited(code)) => Ok(code),
+        Ok(ExitStatus::Failed(failure)) => Err(Failure::new(
+            failure.exit_code(),
+            format!("{program}: {failure}"),
+        )),
+        Err(e) => Err(Failure::new(
+            cluster_error_code(&e),
+            format!("{program}: {e}"),
+        )),
+    }
+}
+
+fn cluster_error_code(error: &ClusterError) -> i32 {
+    match error {
+        ClusterError::Load(LoadError::NotWasm) => exit_code::NOT_WASM,
+        ClusterError::Load(LoadError::Invalid(_)) => exit_code::INVALID_MODULE,
+        ClusterError::Load(LoadError::NoStart) => exit_code::NO_START,
+        ClusterError::Load(LoadError::UnknownImport(_)) => exit_code::UNKNOWN_IMPORT,
+        ClusterError::Load(LoadError::Cache { .. })
+        | ClusterError::Runtime(_)
+        | ClusterError::NoCapacity(_)
+        | ClusterError::NoHosts => exit_code::INTERNAL,
+    }
+}
+
+fn usage(message: impl Into<String>) -> Failure {
+    Failure::new(2, message)
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+fn module_dir(program: &Path) -> PathBuf {
+    match program.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
+fn parse_env(pair: &str) -> Result<(String, String), Failure> {
+    match pair.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+        _ => Err(usage(format!("--env {pair}: expected KEY=VALUE"))),
+    }
+}
+
+fn parse_dir(spec: &str) -> Result<Preopen, Failure> {
+    let (host, guest) = spec.split_once("::").unwrap_or((spec, spec));
+    if !Path::new(host).is_dir() {
+        return Err(usage(format!("--dir {spec}: {host} is not a directory")));
+    }
+    Ok(Preopen {
+        host: PathBuf::from(host),
+        guest: guest.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_pairs() {
+        assert_eq!(parse_env("A=b=c").ok(), Some(("A".into(), "b=c".into())));
+        assert_eq!(parse_env("A=").ok(), Some(("A".into(), String::new())));
+        assert!(parse_env("=x").is_err());
+        assert!(parse_env("novalue").is_err());
+    }
+
+    #[test]
+    fn dir_specs() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().display().to_string();
+        let mapped = parse_dir(&format!("{host}::/data")).ok().unwrap();
+        assert_eq!(
+            (mapped.host, mapped.guest.as_str()),
+            (dir.path().into(), "/data")
+        );
+        let same = parse_dir(&host).ok().unwrap();
+        assert_eq!(same.guest, host);
+        assert!(parse_dir("/no/such/dir::/data").is_err());
+    }
+}

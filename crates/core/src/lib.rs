@@ -1,0 +1,243 @@
+//! The shared vocabulary of nimbus: process and host ids, process states and exit
+//! statuses, per-process limits, and the parsing of sizes and durations.
+//!
+//! Owns: plain data types every other crate agrees on.
+//! Must not: depend on wasmtime, tokio or any other nimbus crate; do I/O.
+
+use std::fmt;
+use std::time::Duration;
+
+mod parse;
+
+pub use parse::{ParseError, parse_duration, parse_size};
+
+/// Identifies a host (a worker) in a cluster. The embedded default numbers its
+/// in-process hosts from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostId(pub u16);
+
+impl fmt::Display for HostId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "host-{}", self.0)
+    }
+}
+
+/// A cluster-unique process id.
+///
+/// The host that creates a process mints its id: the top 16 bits hold the creating
+/// host, the low 47 bits a per-host sequence number. Ids are unique without any
+/// coordination and always positive as an `i64`, which is how guests see them. The
+/// creating host is only where a pid was minted, not where the process runs now
+/// (processes may move), so routing must not rely on it once migration exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pid(u64);
+
+impl Pid {
+    const SEQ_BITS: u32 = 47;
+
+    /// Mints the pid with sequence number `seq` on `host`.
+    pub fn new(host: HostId, seq: u64) -> Pid {
+        debug_assert!(seq < (1 << Self::SEQ_BITS) && seq > 0);
+        Pid((u64::from(host.0) << Self::SEQ_BITS) | seq)
+    }
+
+    /// Reads a pid handed in by a guest; `None` if it can never be a valid pid.
+    pub fn from_guest(raw: i64) -> Option<Pid> {
+        (raw > 0).then_some(Pid(raw as u64))
+    }
+
+    /// The pid as a guest sees it.
+    pub fn to_guest(self) -> i64 {
+        self.0 as i64
+    }
+
+    /// The host that minted this pid.
+    pub fn origin_host(self) -> HostId {
+        HostId((self.0 >> Self::SEQ_BITS) as u16)
+    }
+}
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Why a process ended without exiting by itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The guest trapped; the message includes the wasm backtrace.
+    Trap(String),
+    /// The guest asked for more memory than its limit allows and then failed.
+    MemoryLimit {
+        /// The limit in bytes.
+        limit: u64,
+    },
+    /// The process was still running at its deadline.
+    Deadline(Duration),
+    /// The module could not be loaded (missing, invalid, unknown import, ...).
+    Load(String),
+    /// The process was killed by the platform or a user.
+    Killed,
+    /// The host that ran the process was lost.
+    HostLost,
+}
+
+impl Failure {
+    /// The nimbus exit code for this failure; see the README's exit code table.
+    ///
+    /// Guest exit codes are restricted to 0..126 by WASI, so these never collide
+    /// with a code the guest chose itself.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Trap(_) => exit_code::TRAP,
+            Failure::MemoryLimit { .. } => exit_code::MEMORY_LIMIT,
+            Failure::Deadline(_) => exit_code::DEADLINE,
+            Failure::Load(_) => exit_code::INVALID_MODULE,
+            Failure::Killed => exit_code::KILLED,
+            Failure::HostLost => exit_code::INTERNAL,
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Trap(msg) => write!(f, "trap: {msg}"),
+            Failure::MemoryLimit { limit } => {
+                write!(f, "memory limit of {} reached", format_size(*limit))
+            }
+            Failure::Deadline(d) => write!(f, "deadline of {d:?} reached"),
+            Failure::Load(msg) => write!(f, "{msg}"),
+            Failure::Killed => write!(f, "killed"),
+            Failure::HostLost => write!(f, "host lost"),
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitStatus {
+    /// The guest exited (returned from `_start` or called `proc_exit`) with this code.
+    Exited(i32),
+    /// The process failed.
+    Failed(Failure),
+}
+
+impl ExitStatus {
+    /// The exit code a command line reports for this status.
+    pub fn code(&self) -> i32 {
+        match self {
+            ExitStatus::Exited(code) => *code,
+            ExitStatus::Failed(failure) => failure.exit_code(),
+        }
+    }
+}
+
+/// The life cycle of a process as a host reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProcessState {
+    /// Admitted, waiting for a slot or being instantiated.
+    Starting,
+    /// Executing or blocked in a host call.
+    Running,
+    /// Ended; see the status.
+    Ended(ExitStatus),
+}
+
+/// Per-process resource limits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Maximum linear memory in bytes.
+    pub memory: u64,
+    /// Wall-clock time the process may live, from its start.
+    pub timeout: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: 1 << 30,
+            timeout: None,
+        }
+    }
+}
+
+/// Exit codes of `nimbus run` for failures, documented in the README. They start at
+/// 126 because WASI limits guest exit codes to 0..126.
+pub mod exit_code {
+    /// A failure of nimbus itself, not of the guest.
+    pub const INTERNAL: i32 = 126;
+    /// The program file does not exist or cannot be read.
+    pub const FILE_NOT_FOUND: i32 = 127;
+    /// The file is not WebAssembly (no `\0asm` magic).
+    pub const NOT_WASM: i32 = 128;
+    /// The module is malformed or fails validation.
+    pub const INVALID_MODULE: i32 = 129;
+    /// The module does not export `_start`.
+    pub const NO_START: i32 = 130;
+    /// The module imports something nimbus does not provide.
+    pub const UNKNOWN_IMPORT: i32 = 131;
+    /// The guest trapped.
+    pub const TRAP: i32 = 132;
+    /// The guest hit its memory limit.
+    pub const MEMORY_LIMIT: i32 = 133;
+    /// The guest ran past its deadline.
+    pub const DEADLINE: i32 = 134;
+    /// The process was killed.
+    pub const KILLED: i32 = 137;
+}
+
+/// Formats a byte count with a binary unit, e.g. `64 MiB`.
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes;
+    let mut unit = 0;
+    while unit + 1 < UNITS.len() && value >= 1024 && value % 1024 == 0 {
+        value /= 1024;
+        unit += 1;
+    }
+    format!("{value} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_round_trips_through_guest_form() {
+        let pid = Pid::new(HostId(3), 42);
+        assert_eq!(Pid::from_guest(pid.to_guest()), Some(pid));
+        assert_eq!(pid.origin_host(), HostId(3));
+        assert!(pid.to_guest() > 0);
+        let last_host = Pid::new(HostId(u16::MAX), (1 << 47) - 1);
+        assert!(last_host.to_guest() > 0);
+    }
+
+    #[test]
+    fn guest_pids_that_cannot_exist_are_rejected() {
+        assert_eq!(Pid::from_guest(0), None);
+        assert_eq!(Pid::from_guest(-5), None);
+    }
+
+    #[test]
+    fn failure_codes_are_distinct_and_outside_guest_range() {
+        let failures = [
+            Failure::Trap(String::new()),
+            Failure::MemoryLimit { limit: 1 },
+            Failure::Deadline(Duration::from_secs(1)),
+            Failure::Killed,
+        ];
+        let mut codes: Vec<i32> = failures.iter().map(Failure::exit_code).collect();
+        assert!(codes.iter().all(|c| *c >= 126));
+        codes.dedup();
+        assert_eq!(codes.len(), failures.len());
+    }
+
+    #[test]
+    fn sizes_format_with_the_largest_exact_unit() {
+        assert_eq!(format_size(64 << 20), "64 MiB");
+        assert_eq!(format_size(1536), "1536 B");
+        assert_eq!(format_size(3 << 30), "3 GiB");
+    }
+}

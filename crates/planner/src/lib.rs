@@ -1,0 +1,90 @@
+//! Decides where processes run.
+//!
+//! Owns: the placement policy, a pure function of the hosts' reported load, so it
+//! can be tested and benchmarked without running anything.
+//!
+//! Must not: start processes, hold a connection to a host, or depend on the
+//! runtime. Callers gather loads, ask for a decision, and act on it.
+
+use nimbus_core::HostId;
+
+/// A host's load as the planner sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostLoad {
+    /// Which host.
+    pub host: HostId,
+    /// Processes admitted there (queued or running).
+    pub processes: usize,
+    /// The most processes it admits.
+    pub capacity: usize,
+}
+
+impl HostLoad {
+    fn free(&self) -> usize {
+        self.capacity.saturating_sub(self.processes)
+    }
+}
+
+/// No host can take the process.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no host has room for another process ({hosts} hosts, all full)")]
+pub struct NoCapacity {
+    /// How many hosts were considered.
+    pub hosts: usize,
+}
+
+/// Picks the host for a new process: the one with the most free room; on a tie the
+/// `near` host (where the parent runs: locality), then the lowest id.
+pub fn place(hosts: &[HostLoad], near: Option<HostId>) -> Result<HostId, NoCapacity> {
+    hosts
+        .iter()
+        .filter(|h| h.free() > 0)
+        .max_by_key(|h| (h.free(), Some(h.host) == near, std::cmp::Reverse(h.host)))
+        .map(|h| h.host)
+        .ok_or(NoCapacity { hosts: hosts.len() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(host: u16, processes: usize, capacity: usize) -> HostLoad {
+        HostLoad {
+            host: HostId(host),
+            processes,
+            capacity,
+        }
+    }
+
+    #[test]
+    fn table_of_decisions() {
+        // (hosts, near, expected)
+        let cases: &[(&[HostLoad], Option<u16>, Option<u16>)] = &[
+            (&[load(1, 0, 10)], None, Some(1)),
+            (&[load(1, 5, 10), load(2, 1, 10)], Some(1), Some(2)),
+            (&[load(1, 3, 10), load(2, 3, 10)], Some(2), Some(2)),
+            (&[load(1, 3, 10), load(2, 3, 10)], None, Some(1)),
+            (&[load(1, 10, 10), load(2, 10, 10)], Some(1), None),
+            (&[load(1, 10, 10), load(2, 9, 10)], Some(1), Some(2)),
+            (&[], None, None),
+        ];
+        for (hosts, near, expected) in cases {
+            let got = place(hosts, near.map(HostId)).ok().map(|h| h.0);
+            assert_eq!(got, *expected, "hosts {hosts:?} near {near:?}");
+        }
+    }
+
+    #[test]
+    fn spreads_children_evenly() {
+        let mut hosts = vec![load(1, 0, 100), load(2, 0, 100), load(3, 0, 100)];
+        for _ in 0..30 {
+            let chosen = place(&hosts, Some(HostId(1))).unwrap();
+            hosts
+                .iter_mut()
+                .find(|h| h.host == chosen)
+                .unwrap()
+                .processes += 1;
+        }
+        assert!(hosts.iter().all(|h| h.processes == 10), "{hosts:?}");
+    }
+}

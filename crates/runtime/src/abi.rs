@@ -1,0 +1,307 @@
+//! The nimbus host ABI v0 (import module `nimbus`), specified in `docs/abi.md`.
+//!
+//! Guest pointers are checked against linear memory; a bad one is `ERR_INVALID`,
+//! never a trap or a host panic.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use nimbus_core::{ExitStatus, Pid};
+use wasmtime::{Caller, Extern, Linker, Memory};
+
+use crate::process::ProcessCtx;
+
+/// A boxed, sendable future, the return type of [`Kernel`] methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the runtime needs from the platform to serve the host ABI. Implemented by
+/// the worker, which knows the process table, the other hosts and the planner.
+pub trait Kernel: Send + Sync + 'static {
+    /// Starts a child of `parent` from `module` ("" for the parent's own module).
+    fn spawn(
+        &self,
+        parent: Pid,
+        module: String,
+        args: Vec<String>,
+    ) -> BoxFuture<'_, Result<Pid, AbiError>>;
+    /// Waits for child `child` of `parent` to end, and reaps it.
+    fn wait(&self, parent: Pid, child: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>>;
+    /// Sends `data` from `from` to `to`, waiting while `to`'s mailbox is full.
+    fn send(&self, from: Pid, to: Pid, data: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>>;
+}
+
+/// An error a host call returns to the guest as a negative code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AbiError {
+    /// Bad pointer, length, UTF-8 or argument.
+    #[error("invalid argument")]
+    Invalid,
+    /// No live process has that pid.
+    #[error("no such process")]
+    NoSuchProcess,
+    /// Not an unreaped child of the caller.
+    #[error("not a child of the caller")]
+    NotChild,
+    /// The waited child failed.
+    #[error("child failed")]
+    ChildFailed,
+    /// The module to spawn is missing or not runnable.
+    #[error("module missing or not runnable")]
+    Module,
+    /// A process quota is used up.
+    #[error("process quota exhausted")]
+    Quota,
+    /// The message is over the size limit.
+    #[error("message too large")]
+    TooLarge,
+    /// The guest's buffer is too small for the message.
+    #[error("buffer too small")]
+    BufferTooSmall,
+    /// The platform failed.
+    #[error("internal error")]
+    Internal,
+}
+
+impl AbiError {
+    /// The code the guest sees.
+    pub fn code(self) -> i32 {
+        match self {
+            AbiError::Invalid => -1,
+            AbiError::NoSuchProcess => -2,
+            AbiError::NotChild => -3,
+            AbiError::ChildFailed => -4,
+            AbiError::Module => -5,
+            AbiError::Quota => -6,
+            AbiError::TooLarge => -7,
+            AbiError::BufferTooSmall => -8,
+            AbiError::Internal => -9,
+        }
+    }
+}
+
+const MODULE: &str = "nimbus";
+/// Longest argv buffer a guest may pass to `spawn`.
+const MAX_ARGV_BYTES: usize = 1 << 20;
+
+/// Adds the nimbus functions to `linker`.
+pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result<()> {
+    linker.func_wrap(MODULE, "pid", |caller: Caller<'_, ProcessCtx>| {
+        caller.data().pid.to_guest()
+    })?;
+
+    linker.func_wrap_async(
+        MODULE,
+        "spawn",
+        |mut caller: Caller<'_, ProcessCtx>,
+         (module_ptr, module_len, argv_ptr, argv_len): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                let request = GuestMemory::of(&mut caller).and_then(|memory| {
+                    let module = memory.read_str(&caller, module_ptr, module_len)?;
+                    let argv = memory.read(&caller, argv_ptr, argv_len, MAX_ARGV_BYTES)?;
+                    Ok((module, decode_argv(&argv)?))
+                });
+                let (module, args) = match request {
+                    Ok(request) => request,
+                    Err(e) => return i64::from(e.code()),
+                };
+                let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
+                match kernel.spawn(pid, module, args).await {
+                    Ok(child) => child.to_guest(),
+                    Err(e) => i64::from(e.code()),
+                }
+            })
+        },
+    )?;
+
+    linker.func_wrap_async(
+        MODULE,
+        "wait",
+        |mut caller: Caller<'_, ProcessCtx>, (child, status_ptr): (i64, i32)| {
+            Box::new(async move {
+                let result = async {
+                    let memory = GuestMemory::of(&mut caller)?;
+                    memory.check(&caller, status_ptr, 4)?;
+                    let child = Pid::from_guest(child).ok_or(AbiError::NotChild)?;
+                    let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
+                    let (status, result) = match kernel.wait(pid, child).await? {
+                        ExitStatus::Exited(code) => (code, Ok(())),
+                        ExitStatus::Failed(failure) => {
+                            (failure.exit_code(), Err(AbiError::ChildFailed))
+                        }
+                    };
+                    memory.write(&mut caller, status_ptr, &status.to_le_bytes())?;
+                    result
+                };
+                code_of(result.await)
+            })
+        },
+    )?;
+
+    linker.func_wrap_async(
+        MODULE,
+        "send",
+        |mut caller: Caller<'_, ProcessCtx>, (to, data_ptr, data_len): (i64, i32, i32)| {
+            Box::new(async move {
+                let result = async {
+                    let memory = GuestMemory::of(&mut caller)?;
+                    let to = Pid::from_guest(to).ok_or(AbiError::NoSuchProcess)?;
+                    let data = memory.read(&caller, data_ptr, data_len, crate::MAX_MESSAGE_SIZE)?;
+                    let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
+                    kernel.send(pid, to, data).await
+                };
+                code_of(result.await)
+            })
+        },
+    )?;
+
+    linker.func_wrap_async(
+        MODULE,
+        "recv",
+        |mut caller: Caller<'_, ProcessCtx>,
+         (buf_ptr, buf_cap, sender_ptr, len_ptr): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                let result = async {
+                    let memory = GuestMemory::of(&mut caller)?;
+                    memory.check(&caller, buf_ptr, buf_cap)?;
+                    memory.check(&caller, sender_ptr, 8)?;
+                    memory.check(&caller, len_ptr, 4)?;
+                    let message = caller
+                        .data_mut()
+                        .mailbox
+                        .next()
+                        .await
+                        .ok_or(AbiError::Internal)?;
+                    let len = message.data.len() as i32;
+                    memory.write(&mut caller, len_ptr, &len.to_le_bytes())?;
+                    if len > buf_cap {
+                        caller.data_mut().mailbox.hold_back(message);
+                        return Err(AbiError::BufferTooSmall);
+                    }
+                    memory.write(&mut caller, buf_ptr, &message.data)?;
+                    let sender = message.from.to_guest().to_le_bytes();
+                    memory.write(&mut caller, sender_ptr, &sender)
+                };
+                code_of(result.await)
+            })
+        },
+    )?;
+    Ok(())
+}
+
+fn code_of(result: Result<(), AbiError>) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(e) => e.code(),
+    }
+}
+
+/// Splits a buffer of NUL-terminated UTF-8 strings.
+fn decode_argv(buf: &[u8]) -> Result<Vec<String>, AbiError> {
+    if buf.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = buf.strip_suffix(&[0]).ok_or(AbiError::Invalid)?;
+    body.split(|b| *b == 0)
+        .map(|arg| String::from_utf8(arg.to_vec()).map_err(|_| AbiError::Invalid))
+        .collect()
+}
+
+/// The guest's exported linear memory, with bounds-checked access.
+#[derive(Clone, Copy)]
+struct GuestMemory(Memory);
+
+impl GuestMemory {
+    fn of(caller: &mut Caller<'_, ProcessCtx>) -> Result<GuestMemory, AbiError> {
+        match caller.get_export("memory") {
+            Some(Extern::Memory(memory)) => Ok(GuestMemory(memory)),
+            _ => Err(AbiError::Invalid),
+        }
+    }
+
+    fn range(
+        &self,
+        caller: &Caller<'_, ProcessCtx>,
+        ptr: i32,
+        len: i32,
+    ) -> Result<std::ops::Range<usize>, AbiError> {
+        let (ptr, len) = (
+            usize::try_from(ptr).map_err(|_| AbiError::Invalid)?,
+            usize::try_from(len).map_err(|_| AbiError::Invalid)?,
+        );
+        let end = ptr.checked_add(len).ok_or(AbiError::Invalid)?;
+        if end > self.0.data_size(caller) {
+            return Err(AbiError::Invalid);
+        }
+        Ok(ptr..end)
+    }
+
+    fn check(&self, caller: &Caller<'_, ProcessCtx>, ptr: i32, len: i32) -> Result<(), AbiError> {
+        self.range(caller, ptr, len).map(drop)
+    }
+
+    fn read(
+        &self,
+        caller: &Caller<'_, ProcessCtx>,
+        ptr: i32,
+        len: i32,
+        max: usize,
+    ) -> Result<Vec<u8>, AbiError> {
+        let range = self.range(caller, ptr, len)?;
+        if range.len() > max {
+            return Err(AbiError::TooLarge);
+        }
+        Ok(self.0.data(caller)[range].to_vec())
+    }
+
+    fn read_str(
+        &self,
+        caller: &Caller<'_, ProcessCtx>,
+        ptr: i32,
+        len: i32,
+    ) -> Result<String, AbiError> {
+        let bytes = self.read(caller, ptr, len, MAX_ARGV_BYTES)?;
+        String::from_utf8(bytes).map_err(|_| AbiError::Invalid)
+    }
+
+    fn write(
+        &self,
+        caller: &mut Caller<'_, ProcessCtx>,
+        ptr: i32,
+        bytes: &[u8],
+    ) -> Result<(), AbiError> {
+        let range = self.range(caller, ptr, bytes.len() as i32)?;
+        self.0.data_mut(caller)[range].copy_from_slice(bytes);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argv_decoding() {
+        assert_eq!(decode_argv(b""), Ok(vec![]));
+        assert_eq!(decode_argv(b"a\0bc\0"), Ok(vec!["a".into(), "bc".into()]));
+        assert_eq!(decode_argv(b"\0"), Ok(vec![String::new()]));
+        assert_eq!(decode_argv(b"no-terminator"), Err(AbiError::Invalid));
+        assert_eq!(decode_argv(b"\xff\0"), Err(AbiError::Invalid));
+    }
+
+    #[test]
+    fn codes_match_the_spec() {
+        let all = [
+            AbiError::Invalid,
+            AbiError::NoSuchProcess,
+            AbiError::NotChild,
+            AbiError::ChildFailed,
+            AbiError::Module,
+            AbiError::Quota,
+            AbiError::TooLarge,
+            AbiError::BufferTooSmall,
+            AbiError::Internal,
+        ];
+        let codes: Vec<i32> = all.iter().map(|e| e.code()).collect();
+        assert_eq!(codes, (1..=9).map(|c| -c).collect::<Vec<_>>());
+    }
+}

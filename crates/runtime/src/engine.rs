@@ -1,0 +1,183 @@
+//! The [`Runtime`]: one wasmtime engine, its linker and module cache, the pool of
+//! instance slots, and the epoch ticker that time-slices processes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nimbus_core::ExitStatus;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
+};
+
+use crate::cache::{LoadError, ModuleBytes, ModuleCache, ModuleHash};
+use crate::process::{self, ProcessCtx, ProcessSpec};
+
+/// How often the engine's epoch advances.
+pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// How many ticks a process runs before it yields to the others.
+pub(crate) const SLICE_TICKS: u64 = 10;
+
+/// How a host's runtime is sized.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where the module cache lives (`<data_dir>/modules`).
+    pub data_dir: PathBuf,
+    /// How many processes may be instantiated at once; more are queued.
+    pub max_live_processes: u32,
+    /// The largest linear memory any process on this host may have. Each slot of
+    /// the pool reserves this much address space (not memory).
+    pub max_memory: u64,
+    /// Size of the native stack each running process gets.
+    pub stack_size: usize,
+}
+
+impl RuntimeConfig {
+    /// The default sizing with the module cache under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> RuntimeConfig {
+        RuntimeConfig {
+            data_dir: data_dir.into(),
+            max_live_processes: 1000,
+            max_memory: 4 << 30,
+            stack_size: 2 << 20,
+        }
+    }
+}
+
+/// The runtime could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the WebAssembly engine: {0}")]
+pub struct RuntimeError(String);
+
+/// A module compiled, checked to be a runnable command, and pre-linked against the
+/// host's imports, ready to instantiate in microseconds.
+#[derive(Clone)]
+pub struct Program {
+    hash: ModuleHash,
+    pre: InstancePre<ProcessCtx>,
+}
+
+impl Program {
+    /// The module's identity.
+    pub fn hash(&self) -> ModuleHash {
+        self.hash
+    }
+
+    pub(crate) fn pre(&self) -> &InstancePre<ProcessCtx> {
+        &self.pre
+    }
+}
+
+/// Permission to instantiate one process: a slot of the instance pool.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Runs processes on one host.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<ProcessCtx>,
+    cache: ModuleCache,
+    programs: Mutex<HashMap<ModuleHash, Program>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Runtime {
+    /// Creates the engine, its instance pool and its epoch ticker.
+    pub fn new(config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let slots = config.max_live_processes;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .total_stacks(slots)
+            .total_component_instances(0)
+            .max_memory_size(config.max_memory as usize);
+        let mut wasm = Config::new();
+        wasm.epoch_interruption(true)
+            .memory_init_cow(true)
+            .async_stack_size(config.stack_size)
+            .max_wasm_stack(config.stack_size / 2)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&wasm).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        process::add_to_linker(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        spawn_epoch_ticker(&engine).map_err(|e| RuntimeError(format!("epoch thread: {e}")))?;
+        Ok(Runtime {
+            cache: ModuleCache::new(&engine, &config.data_dir.join("modules")),
+            engine,
+            linker,
+            programs: Mutex::default(),
+            slots: Arc::new(Semaphore::new(slots as usize)),
+        })
+    }
+
+    /// Makes `module` ready to run: compiled (or loaded from the cache), checked,
+    /// and pre-linked. Cheap once a module has been loaded.
+    pub fn load(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
+        if let Some(program) = self.programs.lock().unwrap().get(&module.hash()) {
+            return Ok(program.clone());
+        }
+        let compiled = self.cache.get(&self.engine, module)?;
+        if compiled
+            .get_export("_start")
+            .and_then(|e| e.func().cloned())
+            .is_none()
+        {
+            return Err(LoadError::NoStart);
+        }
+        let pre =
+            self.linker.instantiate_pre(&compiled).map_err(|e| match e
+                .downcast_ref::<wasmtime::UnknownImportError>()
+            {
+                Some(unknown) => LoadError::UnknownImport(format!(
+                    "unknown import `{}::{}` (nimbus provides WASI preview 1 and the `nimbus` ABI)",
+                    unknown.module(),
+                    unknown.name()
+                )),
+                None => LoadError::UnknownImport(format!("unusable import: {e:#}")),
+            })?;
+        let program = Program {
+            hash: module.hash(),
+            pre,
+        };
+        self.programs
+            .lock()
+            .unwrap()
+            .insert(module.hash(), program.clone());
+        Ok(program)
+    }
+
+    /// Waits for a free instance slot: admission control for processes.
+    pub async fn admit(&self) -> Slot {
+        let permit = self.slots.clone().acquire_owned().await;
+        Slot {
+            _permit: permit.expect("the slot semaphore is never closed"),
+        }
+    }
+
+    /// Runs `program` as the process described by `spec` until it ends. Never
+    /// panics on guest behaviour: every outcome is an [`ExitStatus`].
+    pub async fn run(&self, program: &Program, spec: ProcessSpec, slot: Slot) -> ExitStatus {
+        let status = process::run(&self.engine, program, spec).await;
+        drop(slot);
+        status
+    }
+}
+
+/// Advances the engine's epoch every tick until the engine is dropped.
+fn spawn_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+    let engine = engine.weak();
+    std::thread::Builder::new()
+        .name("nimbus-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = engine.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        })
+        .map(drop)
+}

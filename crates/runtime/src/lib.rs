@@ -1,0 +1,22 @@
+//! Runs WebAssembly processes on one host.
+//!
+//! Owns: the wasmtime engine and its configuration (pooling allocator, copy-on-write
+//! memory images, epoch interruption), the module cache (precompiled artifacts keyed
+//! by sha256), per-process limits, WASI preview 1 and the nimbus host ABI, and the
+//! mailbox a process receives from.
+//!
+//! Must not: decide where a process runs, keep a process table, or know about other
+//! hosts. Everything a guest asks of the platform beyond its own mailbox (spawn, wait,
+//! send) goes up through the [`Kernel`] trait, which the worker implements.
+
+mod abi;
+mod cache;
+mod engine;
+mod mailbox;
+mod process;
+
+pub use abi::{AbiError, BoxFuture, Kernel};
+pub use cache::{LoadError, ModuleBytes, ModuleHash};
+pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, Slot};
+pub use mailbox::{MAILBOX_CAPACITY, MAX_MESSAGE_SIZE, Mailbox, MailboxSender, Message, mailbox};
+pub use process::{Input, Output, Preopen, ProcessSpec};

@@ -1,0 +1,247 @@
+//! One process's execution: its store, WASI context, limits and time slicing, and
+//! the translation of how it ended into an [`ExitStatus`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nimbus_core::{ExitStatus, Failure, Limits, Pid};
+use wasmtime::{Engine, Linker, ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+use crate::engine::{Program, SLICE_TICKS};
+use crate::{Kernel, Mailbox};
+
+/// Where a process's stdin comes from.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// The host process's stdin.
+    Inherit,
+    /// Nothing: reads see end of file.
+    Null,
+    /// These bytes.
+    Bytes(Vec<u8>),
+}
+
+/// Where a process's stdout or stderr goes.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// The host process's stream, written as the guest writes.
+    Inherit,
+    /// Discarded.
+    Null,
+    /// Kept in this in-memory pipe.
+    Capture(MemoryOutputPipe),
+}
+
+/// A host directory made visible to the guest.
+#[derive(Clone, Debug)]
+pub struct Preopen {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// Where the guest sees it, e.g. `/data`.
+    pub guest: String,
+}
+
+/// Everything that makes a process out of a program.
+pub struct ProcessSpec {
+    /// Its id.
+    pub pid: Pid,
+    /// Its arguments, `argv[0]` included.
+    pub args: Vec<String>,
+    /// Its environment.
+    pub env: Vec<(String, String)>,
+    /// Its preopened directories.
+    pub dirs: Vec<Preopen>,
+    /// Its stdin.
+    pub stdin: Input,
+    /// Its stdout.
+    pub stdout: Output,
+    /// Its stderr.
+    pub stderr: Output,
+    /// Its limits. The timeout is measured from `deadline`'s origin, see below.
+    pub limits: Limits,
+    /// The instant it must have ended by (from `limits.timeout`, fixed when the
+    /// process tree started, so children share their root's deadline).
+    pub deadline: Option<Instant>,
+    /// Its mailbox.
+    pub mailbox: Mailbox,
+    /// The platform, for spawn, wait and send.
+    pub kernel: Arc<dyn Kernel>,
+}
+
+/// The per-process data a store holds.
+pub(crate) struct ProcessCtx {
+    wasi: WasiP1Ctx,
+    limiter: MemoryLimiter,
+    pub(crate) pid: Pid,
+    pub(crate) kernel: Arc<dyn Kernel>,
+    pub(crate) mailbox: Mailbox,
+    deadline: Option<Instant>,
+    deadline_hit: bool,
+}
+
+/// Denies memory growth past the process's limit and remembers that it did, so a
+/// trap that follows is reported as the memory limit rather than a bare trap.
+struct MemoryLimiter {
+    limit: usize,
+    hit: bool,
+}
+
+/// Most table elements a process may have; tables hold function references.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.limit;
+        self.hit |= !allowed;
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p1::add_to_linker_async(linker, |ctx: &mut ProcessCtx| &mut ctx.wasi)?;
+    crate::abi::add_to_linker(linker)
+}
+
+fn build_wasi(spec: &ProcessSpec) -> Result<WasiP1Ctx, Failure> {
+    let mut wasi = WasiCtxBuilder::new();
+    wasi.args(&spec.args).envs(&spec.env);
+    match &spec.stdin {
+        Input::Inherit => wasi.inherit_stdin(),
+        Input::Null => &mut wasi,
+        Input::Bytes(bytes) => wasi.stdin(MemoryInputPipe::new(bytes.clone())),
+    };
+    match &spec.stdout {
+        Output::Inherit => wasi.inherit_stdout(),
+        Output::Null => &mut wasi,
+        Output::Capture(pipe) => wasi.stdout(pipe.clone()),
+    };
+    match &spec.stderr {
+        Output::Inherit => wasi.inherit_stderr(),
+        Output::Null => &mut wasi,
+        Output::Capture(pipe) => wasi.stderr(pipe.clone()),
+    };
+    for dir in &spec.dirs {
+        wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
+            .map_err(|e| {
+                Failure::Load(format!(
+                    "cannot open directory {}: {e:#}",
+                    dir.host.display()
+                ))
+            })?;
+    }
+    Ok(wasi.build_p1())
+}
+
+/// Runs `program` to completion as `spec` says.
+pub(crate) async fn run(engine: &Engine, program: &Program, spec: ProcessSpec) -> ExitStatus {
+    let timeout = spec.limits.timeout;
+    let deadline = spec.deadline;
+    let execution = execute(engine, program, spec);
+    // Epoch checks stop a guest that computes past its deadline; this timer stops
+    // one that is blocked in a host call.
+    match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), execution)
+            .await
+            .unwrap_or_else(|_| deadline_failure(timeout)),
+        None => execution.await,
+    }
+}
+
+fn deadline_failure(timeout: Option<Duration>) -> ExitStatus {
+    ExitStatus::Failed(Failure::Deadline(timeout.unwrap_or_default()))
+}
+
+async fn execute(engine: &Engine, program: &Program, spec: ProcessSpec) -> ExitStatus {
+    let wasi = match build_wasi(&spec) {
+        Ok(wasi) => wasi,
+        Err(failure) => return ExitStatus::Failed(failure),
+    };
+    let limits = spec.limits;
+    let ctx = ProcessCtx {
+        wasi,
+        limiter: MemoryLimiter {
+            limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
+            hit: false,
+        },
+        pid: spec.pid,
+        kernel: spec.kernel,
+        mailbox: spec.mailbox,
+        deadline: spec.deadline,
+        deadline_hit: false,
+    };
+    let mut store = Store::new(engine, ctx);
+    store.limiter(|ctx| &mut ctx.limiter);
+    store.set_epoch_deadline(SLICE_TICKS);
+    store.epoch_deadline_callback(|mut ctx| {
+        let ctx = ctx.data_mut();
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            ctx.deadline_hit = true;
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::YieldCustom(
+            SLICE_TICKS,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+
+    let outcome = async {
+        let instance = program.pre().instantiate_async(&mut store).await?;
+        let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
+        start.call_async(&mut store, ()).await
+    }
+    .await;
+
+    let ctx = store.data();
+    match outcome {
+        Ok(()) => ExitStatus::Exited(0),
+        Err(e) => {
+            if let Some(exit) = e.downcast_ref::<I32Exit>() {
+                ExitStatus::Exited(exit.0)
+            } else if ctx.deadline_hit {
+                deadline_failure(limits.timeout)
+            } else if ctx.limiter.hit {
+                ExitStatus::Failed(Failure::MemoryLimit {
+                    limit: limits.memory,
+                })
+            } else {
+                ExitStatus::Failed(Failure::Trap(describe_trap(&e)))
+            }
+        }
+    }
+}
+
+/// The trap's message followed by the wasm backtrace, one frame a line.
+fn describe_trap(error: &wasmtime::Error) -> String {
+    let mut text = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error}"),
+    };
+    if let Some(backtrace) = error.downcast_ref::<WasmBacktrace>() {
+        for (i, frame) in backtrace.frames().iter().enumerate() {
+            let name = frame.func_name().unwrap_or("<unnamed>");
+            match frame.module_offset() {
+                Some(offset) => text.push_str(&format!("\n  {i:>2}: {name} @ {offset:#x}")),
+                None => text.push_str(&format!("\n  {i:>2}: {name}")),
+            }
+        }
+    }
+    text
+}

@@ -1,0 +1,208 @@
+//! The embedded cluster: N in-process hosts and the planner's placement, joined
+//! into the [`Kernel`] that serves the guests' spawn, wait and send.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+
+use nimbus_core::{ExitStatus, HostId, Limits, Pid};
+use nimbus_runtime::{
+    AbiError, BoxFuture, Input, Kernel, LoadError, ModuleBytes, Output, Preopen, RuntimeConfig,
+    RuntimeError,
+};
+use tokio::sync::oneshot;
+
+use crate::host::{Host, Parent, ProcessInfo, StartRequest};
+use crate::lineage::{Lineage, ModuleSource};
+
+/// How an embedded cluster is sized.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// Number of in-process hosts.
+    pub hosts: u16,
+    /// Each host's runtime.
+    pub runtime: RuntimeConfig,
+    /// Most processes (queued or running) a host admits.
+    pub max_processes_per_host: usize,
+}
+
+impl ClusterConfig {
+    /// One host with default sizing, caching modules under `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> ClusterConfig {
+        ClusterConfig {
+            hosts: 1,
+            runtime: RuntimeConfig::new(data_dir),
+            max_processes_per_host: 100_000,
+        }
+    }
+}
+
+/// The cluster could not start a process.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// A host's runtime could not start.
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    /// The module cannot run.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Every host is full.
+    #[error(transparent)]
+    NoCapacity(#[from] nimbus_planner::NoCapacity),
+    /// The cluster was asked for zero hosts.
+    #[error("a cluster needs at least one host")]
+    NoHosts,
+}
+
+/// A process started from outside the cluster: the root of a process tree.
+pub struct RootProcess {
+    /// Its module.
+    pub module: ModuleBytes,
+    /// Where its children's modules come from.
+    pub modules: ModuleSource,
+    /// Its arguments, `argv[0]` included.
+    pub args: Vec<String>,
+    /// Its environment, inherited by its children.
+    pub env: Vec<(String, String)>,
+    /// Its preopened directories, inherited by its children.
+    pub dirs: Vec<Preopen>,
+    /// Its stdin (children get none).
+    pub stdin: Input,
+    /// Its stdout and stderr, shared with its children.
+    pub output: (Output, Output),
+    /// Limits of each process of the tree; the timeout covers the whole tree.
+    pub limits: Limits,
+}
+
+/// N hosts in this OS process.
+pub struct Cluster {
+    hosts: Vec<Host>,
+    me: Weak<Cluster>,
+}
+
+impl Cluster {
+    /// Starts `config.hosts` hosts.
+    pub fn new(config: &ClusterConfig) -> Result<Arc<Cluster>, ClusterError> {
+        if config.hosts == 0 {
+            return Err(ClusterError::NoHosts);
+        }
+        let hosts = (1..=config.hosts)
+            .map(|id| Host::new(HostId(id), &config.runtime, config.max_processes_per_host))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Arc::new_cyclic(|me| Cluster {
+            hosts,
+            me: me.clone(),
+        }))
+    }
+
+    fn arc(&self) -> Arc<Cluster> {
+        self.me.upgrade().expect("a cluster in use is alive")
+    }
+
+    pub(crate) fn host(&self, id: HostId) -> Option<&Host> {
+        self.hosts.iter().find(|h| h.id() == id)
+    }
+
+    /// The host a process runs on. Processes do not move yet, so it is the host
+    /// that minted the pid.
+    fn host_of(&self, pid: Pid) -> Option<&Host> {
+        self.host(pid.origin_host())
+    }
+
+    fn place(&self, near: Option<HostId>) -> Result<&Host, nimbus_planner::NoCapacity> {
+        let loads: Vec<_> = self.hosts.iter().map(Host::load).collect();
+        let chosen = nimbus_planner::place(&loads, near)?;
+        Ok(self.host(chosen).expect("the planner picks a known host"))
+    }
+
+    /// Starts `root`. Returns its pid, and its exit status once it ends.
+    pub fn start(
+        &self,
+        root: RootProcess,
+    ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
+        let host = self.place(None)?;
+        // Load first so a bad module is reported as such, not as a spawn failure.
+        host.runtime().load(&root.module)?;
+        let lineage = Lineage::new(root.modules, root.env, root.dirs, root.output, root.limits);
+        let (notify, exited) = oneshot::channel();
+        let request = StartRequest {
+            module: root.module,
+            args: root.args,
+            stdin: root.stdin,
+            lineage: Arc::new(lineage),
+            parent: Parent::External(notify),
+        };
+        let pid = host.start(self.arc(), request).map_err(|_| {
+            ClusterError::NoCapacity(nimbus_planner::NoCapacity {
+                hosts: self.hosts.len(),
+            })
+        })?;
+        Ok((pid, exited))
+    }
+
+    /// Runs `root` to the end.
+    pub async fn run(&self, root: RootProcess) -> Result<ExitStatus, ClusterError> {
+        let (_, exited) = self.start(root)?;
+        Ok(exited
+            .await
+            .unwrap_or(ExitStatus::Failed(nimbus_core::Failure::HostLost)))
+    }
+
+    /// Every live process on every host.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        self.hosts.iter().flat_map(Host::processes).collect()
+    }
+
+    pub(crate) fn child_ended(&self, parent: Pid, child: Pid, status: ExitStatus) {
+        if let Some(host) = self.host_of(parent) {
+            host.child_ended(parent, child, status);
+        }
+    }
+
+    fn spawn_child(&self, parent: Pid, module: &str, args: Vec<String>) -> Result<Pid, AbiError> {
+        let parent_host = self.host_of(parent).ok_or(AbiError::Internal)?;
+        let (own, lineage) = parent_host.origin(parent).ok_or(AbiError::Internal)?;
+        let module_bytes = lineage.resolve(module, &own)?;
+        let argv0 = if module.is_empty() { "self" } else { module };
+        let target = self
+            .place(Some(parent_host.id()))
+            .map_err(|_| AbiError::Quota)?;
+        let request = StartRequest {
+            module: module_bytes,
+            args: std::iter::once(argv0.to_owned()).chain(args).collect(),
+            stdin: Input::Null,
+            lineage,
+            parent: Parent::Process(parent),
+        };
+        let child = target.start(self.arc(), request)?;
+        parent_host.add_child(parent, child);
+        Ok(child)
+    }
+}
+
+impl Kernel for Cluster {
+    fn spawn(
+        &self,
+        parent: Pid,
+        module: String,
+        args: Vec<String>,
+    ) -> BoxFuture<'_, Result<Pid, AbiError>> {
+        Box::pin(async move { self.spawn_child(parent, &module, args) })
+    }
+
+    fn wait(&self, parent: Pid, child: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>> {
+        Box::pin(async move {
+            let host = self.host_of(parent).ok_or(AbiError::Internal)?;
+            host.wait_child(parent, child).await
+        })
+    }
+
+    fn send(&self, from: Pid, to: Pid, data: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>> {
+        Box::pin(async move {
+            let mailbox = self
+                .host_of(to)
+                .and_then(|host| host.mailbox(to))
+                .ok_or(AbiError::NoSuchProcess)?;
+            mailbox.send(from, data).await
+        })
+    }
+}

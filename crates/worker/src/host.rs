@@ -1,0 +1,232 @@
+//! One host: its runtime and its process table.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nimbus_core::{ExitStatus, HostId, Pid, ProcessState};
+use nimbus_planner::HostLoad;
+use nimbus_runtime::{
+    AbiError, Input, MailboxSender, ModuleBytes, ProcessSpec, Runtime, RuntimeConfig, RuntimeError,
+    mailbox,
+};
+use tokio::sync::{Notify, oneshot};
+
+use crate::cluster::Cluster;
+use crate::lineage::Lineage;
+
+/// Who learns how a process ended.
+pub(crate) enum Parent {
+    /// A process, through its children table.
+    Process(Pid),
+    /// Whoever started the process from outside (the command line, later the
+    /// gateway).
+    External(oneshot::Sender<ExitStatus>),
+}
+
+/// A request to start a process on a host.
+pub(crate) struct StartRequest {
+    pub(crate) module: ModuleBytes,
+    pub(crate) args: Vec<String>,
+    pub(crate) stdin: Input,
+    pub(crate) lineage: Arc<Lineage>,
+    pub(crate) parent: Parent,
+}
+
+/// A process as `ps` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Its id.
+    pub pid: Pid,
+    /// Its parent, if a process started it.
+    pub parent: Option<Pid>,
+    /// Where it is in its life cycle.
+    pub state: ProcessState,
+    /// The host it runs on.
+    pub host: HostId,
+}
+
+/// A live process in the table. Ended processes leave the table at once; their
+/// status waits in their parent's `children` until the parent reaps it.
+struct Entry {
+    parent: Option<Pid>,
+    state: ProcessState,
+    mailbox: MailboxSender,
+    module: ModuleBytes,
+    lineage: Arc<Lineage>,
+    /// Children not yet reaped: `None` while running.
+    children: HashMap<Pid, Option<ExitStatus>>,
+    child_ended: Arc<Notify>,
+}
+
+pub(crate) struct Host {
+    id: HostId,
+    runtime: Runtime,
+    table: Mutex<HashMap<Pid, Entry>>,
+    last_seq: AtomicU64,
+    admitted: AtomicUsize,
+    max_processes: usize,
+}
+
+impl Host {
+    pub(crate) fn new(
+        id: HostId,
+        config: &RuntimeConfig,
+        max_processes: usize,
+    ) -> Result<Host, RuntimeError> {
+        Ok(Host {
+            id,
+            runtime: Runtime::new(config)?,
+            table: Mutex::default(),
+            last_seq: AtomicU64::new(0),
+            admitted: AtomicUsize::new(0),
+            max_processes,
+        })
+    }
+
+    pub(crate) fn id(&self) -> HostId {
+        self.id
+    }
+
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    pub(crate) fn load(&self) -> HostLoad {
+        HostLoad {
+            host: self.id,
+            processes: self.admitted.load(Ordering::Relaxed),
+            capacity: self.max_processes,
+        }
+    }
+
+    /// Admits a process and starts it in the background; returns its pid.
+    pub(crate) fn start(
+        &self,
+        cluster: Arc<Cluster>,
+        request: StartRequest,
+    ) -> Result<Pid, AbiError> {
+        let program = self
+            .runtime
+            .load(&request.module)
+            .map_err(|_| AbiError::Module)?;
+        if self.admitted.fetch_add(1, Ordering::Relaxed) >= self.max_processes {
+            self.admitted.fetch_sub(1, Ordering::Relaxed);
+            return Err(AbiError::Quota);
+        }
+        let pid = Pid::new(self.id, self.last_seq.fetch_add(1, Ordering::Relaxed) + 1);
+        let (sender, mailbox) = mailbox();
+        let lineage = request.lineage;
+        let (parent, notify) = match request.parent {
+            Parent::Process(parent) => (Some(parent), None),
+            Parent::External(notify) => (None, Some(notify)),
+        };
+        self.table.lock().unwrap().insert(
+            pid,
+            Entry {
+                parent,
+                state: ProcessState::Starting,
+                mailbox: sender,
+                module: request.module,
+                lineage: lineage.clone(),
+                children: HashMap::new(),
+                child_ended: Arc::default(),
+            },
+        );
+        let spec = ProcessSpec {
+            pid,
+            args: request.args,
+            env: lineage.env.clone(),
+            dirs: lineage.dirs.clone(),
+            stdin: request.stdin,
+            stdout: lineage.stdout.clone(),
+            stderr: lineage.stderr.clone(),
+            limits: lineage.limits.clone(),
+            deadline: lineage.deadline,
+            mailbox,
+            kernel: cluster.clone(),
+        };
+        tokio::spawn(async move {
+            let host = cluster
+                .host(pid.origin_host())
+                .expect("a pid's host exists");
+            let slot = host.runtime.admit().await;
+            host.set_state(pid, ProcessState::Running);
+            let status = host.runtime.run(&program, spec, slot).await;
+            host.table.lock().unwrap().remove(&pid);
+            host.admitted.fetch_sub(1, Ordering::Relaxed);
+            match (parent, notify) {
+                (Some(parent), _) => cluster.child_ended(parent, pid, status),
+                (None, Some(notify)) => drop(notify.send(status)),
+                (None, None) => {}
+            }
+        });
+        Ok(pid)
+    }
+
+    fn set_state(&self, pid: Pid, state: ProcessState) {
+        if let Some(entry) = self.table.lock().unwrap().get_mut(&pid) {
+            entry.state = state;
+        }
+    }
+
+    /// What a spawn by `pid` needs: its own module and its lineage.
+    pub(crate) fn origin(&self, pid: Pid) -> Option<(ModuleBytes, Arc<Lineage>)> {
+        let table = self.table.lock().unwrap();
+        let entry = table.get(&pid)?;
+        Some((entry.module.clone(), entry.lineage.clone()))
+    }
+
+    pub(crate) fn mailbox(&self, pid: Pid) -> Option<MailboxSender> {
+        Some(self.table.lock().unwrap().get(&pid)?.mailbox.clone())
+    }
+
+    /// Records `child` as a running child of `parent`, unless it already ended.
+    pub(crate) fn add_child(&self, parent: Pid, child: Pid) {
+        if let Some(entry) = self.table.lock().unwrap().get_mut(&parent) {
+            entry.children.entry(child).or_insert(None);
+        }
+    }
+
+    /// Records that `child` of `parent` ended. Dropped if the parent is gone.
+    pub(crate) fn child_ended(&self, parent: Pid, child: Pid, status: ExitStatus) {
+        if let Some(entry) = self.table.lock().unwrap().get_mut(&parent) {
+            entry.children.insert(child, Some(status));
+            entry.child_ended.notify_one();
+        }
+    }
+
+    /// Waits for `child` of `parent` to end and reaps it.
+    pub(crate) async fn wait_child(&self, parent: Pid, child: Pid) -> Result<ExitStatus, AbiError> {
+        loop {
+            let child_ended = {
+                let mut table = self.table.lock().unwrap();
+                let entry = table.get_mut(&parent).ok_or(AbiError::Internal)?;
+                match entry.children.remove(&child) {
+                    None => return Err(AbiError::NotChild),
+                    Some(Some(status)) => return Ok(status),
+                    Some(None) => {
+                        entry.children.insert(child, None);
+                        entry.child_ended.clone()
+                    }
+                }
+            };
+            child_ended.notified().await;
+        }
+    }
+
+    pub(crate) fn processes(&self) -> Vec<ProcessInfo> {
+        let table = self.table.lock().unwrap();
+        let mut list: Vec<ProcessInfo> = table
+            .iter()
+            .map(|(pid, entry)| ProcessInfo {
+                pid: *pid,
+                parent: entry.parent,
+                state: entry.state.clone(),
+                host: self.id,
+            })
+            .collect();
+        list.sort_by_key(|p| p.pid);
+        list
+    }
+}

@@ -1,0 +1,18 @@
+//! A nimbus host and the embedded cluster.
+//!
+//! Owns: the process table of each host (who runs here, their parents, children,
+//! states and mailboxes), the life cycle of a process from admission to exit, the
+//! resolution of module names a guest spawns, and the [`Cluster`] that joins hosts
+//! and the planner's placement decisions into the [`nimbus_runtime::Kernel`] the
+//! guests call.
+//!
+//! Must not: execute WebAssembly itself (that is the runtime's job) or decide
+//! placement policy (that is the planner's).
+
+mod cluster;
+mod host;
+mod lineage;
+
+pub use cluster::{Cluster, ClusterConfig, ClusterError, RootProcess};
+pub use host::ProcessInfo;
+pub use lineage::ModuleSource;
