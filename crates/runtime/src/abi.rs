@@ -123,12 +123,14 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
                     memory.check(&caller, status_ptr, 4)?;
                     let child = Pid::from_guest(child).ok_or(AbiError::NotChild)?;
                     let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
-                    let (status, result) = match kernel.wait(pid, child).await? {
-                        ExitStatus::Exited(code) => (code, Ok(())),
-                        ExitStatus::Failed(failure) => {
-                            (failure.exit_code(), Err(AbiError::ChildFailed))
-                        }
-                    };
+                    let gauges = caller.data().gauges();
+                    let (status, result) =
+                        match ProcessCtx::waiting(gauges, kernel.wait(pid, child)).await? {
+                            ExitStatus::Exited(code) => (code, Ok(())),
+                            ExitStatus::Failed(failure) => {
+                                (failure.exit_code(), Err(AbiError::ChildFailed))
+                            }
+                        };
                     memory.write(&mut caller, status_ptr, &status.to_le_bytes())?;
                     result
                 };
@@ -165,10 +167,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
                     memory.check(&caller, buf_ptr, buf_cap)?;
                     memory.check(&caller, sender_ptr, 8)?;
                     memory.check(&caller, len_ptr, 4)?;
-                    let message = caller
-                        .data_mut()
-                        .mailbox
-                        .next()
+                    let gauges = caller.data().gauges();
+                    let next = caller.data_mut().mailbox.next();
+                    let message = ProcessCtx::waiting(gauges, next)
                         .await
                         .ok_or(AbiError::Internal)?;
                     let len = message.data.len() as i32;

@@ -10,6 +10,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
@@ -93,6 +94,17 @@ pub enum LoadError {
 /// Precompiled modules on disk, by hash.
 pub(crate) struct ModuleCache {
     dir: PathBuf,
+    compiled: AtomicU64,
+    from_disk: AtomicU64,
+}
+
+/// What the module cache has done since the runtime started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Modules compiled from WebAssembly.
+    pub compiled: u64,
+    /// Modules loaded from precompiled artifacts on disk.
+    pub from_disk: u64,
 }
 
 impl ModuleCache {
@@ -102,6 +114,8 @@ impl ModuleCache {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         ModuleCache {
             dir: root.join(format!("{:016x}", hasher.finish())),
+            compiled: AtomicU64::new(0),
+            from_disk: AtomicU64::new(0),
         }
     }
 
@@ -112,12 +126,21 @@ impl ModuleCache {
         }
         let artifact = self.dir.join(format!("{}.cwasm", module.hash));
         if let Some(compiled) = self.load_artifact(engine, &artifact) {
+            self.from_disk.fetch_add(1, Ordering::Relaxed);
             return Ok(compiled);
         }
         let compiled = Module::from_binary(engine, &module.bytes)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
         self.store_artifact(&compiled, &artifact)?;
         Ok(compiled)
+    }
+
+    pub(crate) fn stats(&self) -> CacheStats {
+        CacheStats {
+            compiled: self.compiled.load(Ordering::Relaxed),
+            from_disk: self.from_disk.load(Ordering::Relaxed),
+        }
     }
 
     fn load_artifact(&self, engine: &Engine, path: &Path) -> Option<Module> {
@@ -143,5 +166,31 @@ impl ModuleCache {
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io_err(path))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engines_that_compile_differently_use_different_directories() {
+        let root = Path::new("/cache");
+        let mut speed = wasmtime::Config::new();
+        speed.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        let mut none = wasmtime::Config::new();
+        none.cranelift_opt_level(wasmtime::OptLevel::None);
+        let dir =
+            |config: &wasmtime::Config| ModuleCache::new(&Engine::new(config).unwrap(), root).dir;
+        assert_ne!(dir(&speed), dir(&none));
+        assert_eq!(dir(&speed), dir(&speed));
+    }
+
+    #[test]
+    fn module_hash_is_sha256() {
+        assert_eq!(
+            ModuleHash::of(b"").to_string(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

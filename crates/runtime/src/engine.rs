@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, PoolingAllocationConfig,
 };
 
-use crate::cache::{LoadError, ModuleBytes, ModuleCache, ModuleHash};
+use crate::cache::{CacheStats, LoadError, ModuleBytes, ModuleCache, ModuleHash};
 use crate::process::{self, ProcessCtx, ProcessSpec};
 
 /// How often the engine's epoch advances.
@@ -33,6 +34,10 @@ pub struct RuntimeConfig {
     /// Size of the native stack each running process gets.
     pub stack_size: usize,
 }
+
+/// Below this `max_memory`, slots reserve only `max_memory` of address space, so
+/// many more fit, at the price of explicit bounds checks in compiled code.
+const FULL_RESERVATION: u64 = 4 << 30;
 
 impl RuntimeConfig {
     /// The default sizing with the module cache under `data_dir`.
@@ -82,6 +87,23 @@ pub struct Runtime {
     cache: ModuleCache,
     programs: Mutex<HashMap<ModuleHash, Program>>,
     slots: Arc<Semaphore>,
+    gauges: Arc<Gauges>,
+}
+
+/// Live counts of a runtime's processes.
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    pub(crate) instantiated: AtomicUsize,
+    pub(crate) waiting: AtomicUsize,
+}
+
+/// A snapshot of a runtime's processes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeLoad {
+    /// Processes holding an instance slot.
+    pub instantiated: usize,
+    /// Of those, processes blocked in `recv` or `wait`.
+    pub waiting: usize,
 }
 
 impl Runtime {
@@ -96,6 +118,11 @@ impl Runtime {
             .total_component_instances(0)
             .max_memory_size(config.max_memory as usize);
         let mut wasm = Config::new();
+        if config.max_memory < FULL_RESERVATION {
+            wasm.memory_reservation(config.max_memory)
+                .memory_reservation_for_growth(0)
+                .memory_guard_size(64 << 10);
+        }
         wasm.epoch_interruption(true)
             .memory_init_cow(true)
             .async_stack_size(config.stack_size)
@@ -111,6 +138,7 @@ impl Runtime {
             linker,
             programs: Mutex::default(),
             slots: Arc::new(Semaphore::new(slots as usize)),
+            gauges: Arc::default(),
         })
     }
 
@@ -150,6 +178,19 @@ impl Runtime {
         Ok(program)
     }
 
+    /// What the module cache has done so far.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// How many processes are instantiated, and how many of them wait.
+    pub fn load_now(&self) -> RuntimeLoad {
+        RuntimeLoad {
+            instantiated: self.gauges.instantiated.load(Ordering::Relaxed),
+            waiting: self.gauges.waiting.load(Ordering::Relaxed),
+        }
+    }
+
     /// Waits for a free instance slot: admission control for processes.
     pub async fn admit(&self) -> Slot {
         let permit = self.slots.clone().acquire_owned().await;
@@ -161,7 +202,9 @@ impl Runtime {
     /// Runs `program` as the process described by `spec` until it ends. Never
     /// panics on guest behaviour: every outcome is an [`ExitStatus`].
     pub async fn run(&self, program: &Program, spec: ProcessSpec, slot: Slot) -> ExitStatus {
-        let status = process::run(&self.engine, program, spec).await;
+        self.gauges.instantiated.fetch_add(1, Ordering::Relaxed);
+        let status = process::run(&self.engine, program, spec, self.gauges.clone()).await;
+        self.gauges.instantiated.fetch_sub(1, Ordering::Relaxed);
         drop(slot);
         status
     }

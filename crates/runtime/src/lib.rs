@@ -16,7 +16,7 @@ mod mailbox;
 mod process;
 
 pub use abi::{AbiError, BoxFuture, Kernel};
-pub use cache::{LoadError, ModuleBytes, ModuleHash};
-pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, Slot};
+pub use cache::{CacheStats, LoadError, ModuleBytes, ModuleHash};
+pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
 pub use mailbox::{MAILBOX_CAPACITY, MAX_MESSAGE_SIZE, Mailbox, MailboxSender, Message, mailbox};
 pub use process::{Input, Output, Preopen, ProcessSpec};

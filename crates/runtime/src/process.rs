@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nimbus_core::{ExitStatus, Failure, Limits, Pid};
@@ -11,7 +12,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
-use crate::engine::{Program, SLICE_TICKS};
+use crate::engine::{Gauges, Program, SLICE_TICKS};
 use crate::{Kernel, Mailbox};
 
 /// Where a process's stdin comes from.
@@ -81,6 +82,26 @@ pub(crate) struct ProcessCtx {
     pub(crate) mailbox: Mailbox,
     deadline: Option<Instant>,
     deadline_hit: bool,
+    gauges: Arc<Gauges>,
+}
+
+impl ProcessCtx {
+    /// Awaits `blocking` counted as waiting in the runtime's gauges.
+    pub(crate) async fn waiting<T>(gauges: Arc<Gauges>, blocking: impl Future<Output = T>) -> T {
+        struct Waiting(Arc<Gauges>);
+        impl Drop for Waiting {
+            fn drop(&mut self) {
+                self.0.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        gauges.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(gauges);
+        blocking.await
+    }
+
+    pub(crate) fn gauges(&self) -> Arc<Gauges> {
+        self.gauges.clone()
+    }
 }
 
 /// Denies memory growth past the process's limit and remembers that it did, so a
@@ -151,10 +172,15 @@ fn build_wasi(spec: &ProcessSpec) -> Result<WasiP1Ctx, Failure> {
 }
 
 /// Runs `program` to completion as `spec` says.
-pub(crate) async fn run(engine: &Engine, program: &Program, spec: ProcessSpec) -> ExitStatus {
+pub(crate) async fn run(
+    engine: &Engine,
+    program: &Program,
+    spec: ProcessSpec,
+    gauges: Arc<Gauges>,
+) -> ExitStatus {
     let timeout = spec.limits.timeout;
     let deadline = spec.deadline;
-    let execution = execute(engine, program, spec);
+    let execution = execute(engine, program, spec, gauges);
     // Epoch checks stop a guest that computes past its deadline; this timer stops
     // one that is blocked in a host call.
     match deadline {
@@ -169,7 +195,12 @@ fn deadline_failure(timeout: Option<Duration>) -> ExitStatus {
     ExitStatus::Failed(Failure::Deadline(timeout.unwrap_or_default()))
 }
 
-async fn execute(engine: &Engine, program: &Program, spec: ProcessSpec) -> ExitStatus {
+async fn execute(
+    engine: &Engine,
+    program: &Program,
+    spec: ProcessSpec,
+    gauges: Arc<Gauges>,
+) -> ExitStatus {
     let wasi = match build_wasi(&spec) {
         Ok(wasi) => wasi,
         Err(failure) => return ExitStatus::Failed(failure),
@@ -186,6 +217,7 @@ async fn execute(engine: &Engine, program: &Program, spec: ProcessSpec) -> ExitS
         mailbox: spec.mailbox,
         deadline: spec.deadline,
         deadline_hit: false,
+        gauges,
     };
     let mut store = Store::new(engine, ctx);
     store.limiter(|ctx| &mut ctx.limiter);
@@ -236,7 +268,10 @@ fn describe_trap(error: &wasmtime::Error) -> String {
     };
     if let Some(backtrace) = error.downcast_ref::<WasmBacktrace>() {
         for (i, frame) in backtrace.frames().iter().enumerate() {
-            let name = frame.func_name().unwrap_or("<unnamed>");
+            let name = match frame.func_name() {
+                Some(raw) => format!("{:#}", rustc_demangle::demangle(raw)),
+                None => "<unnamed>".to_owned(),
+            };
             match frame.module_offset() {
                 Some(offset) => text.push_str(&format!("\n  {i:>2}: {name} @ {offset:#x}")),
                 None => text.push_str(&format!("\n  {i:>2}: {name}")),

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use nimbus_core::{ExitStatus, HostId, Pid, ProcessState};
 use nimbus_planner::HostLoad;
 use nimbus_runtime::{
-    AbiError, Input, MailboxSender, ModuleBytes, ProcessSpec, Runtime, RuntimeConfig, RuntimeError,
-    mailbox,
+    AbiError, Input, MailboxSender, ModuleBytes, Output, ProcessSpec, Runtime, RuntimeConfig,
+    RuntimeError, mailbox,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -133,6 +133,7 @@ impl Host {
                 child_ended: Arc::default(),
             },
         );
+        let name = request.args.first().cloned().unwrap_or_default();
         let spec = ProcessSpec {
             pid,
             args: request.args,
@@ -153,6 +154,13 @@ impl Host {
             let slot = host.runtime.admit().await;
             host.set_state(pid, ProcessState::Running);
             let status = host.runtime.run(&program, spec, slot).await;
+            if let (ExitStatus::Failed(failure), Some(_), Output::Inherit) =
+                (&status, parent, &lineage.stderr)
+            {
+                // The root's failure is reported by whoever started it; a child's
+                // would otherwise only be seen by a parent that waits.
+                eprintln!("nimbus: process {pid} ({name}) failed: {failure}");
+            }
             host.table.lock().unwrap().remove(&pid);
             host.admitted.fetch_sub(1, Ordering::Relaxed);
             match (parent, notify) {

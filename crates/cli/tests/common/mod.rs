@@ -1,0 +1,76 @@
+//! Shared helpers: the real `nimbus` binary, the built guest programs, and bounded
+//! waits.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::Duration;
+
+/// How long any one `nimbus` invocation in a test may take before it is killed.
+const RUN_BOUND: Duration = Duration::from_secs(120);
+
+/// A guest program built by `scripts/build-guests.sh`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/guests")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/build-guests.sh first",
+        path.display()
+    );
+    path
+}
+
+/// One data directory for the whole test binary, so the module cache is shared.
+fn data_dir() -> &'static tempfile::TempDir {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap())
+}
+
+/// `nimbus ARGS...` with its own data directory.
+pub fn nimbus(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nimbus"));
+    command.args(args).env("NIMBUS_DATA_DIR", data_dir().path());
+    command
+}
+
+/// Runs `command` with `stdin` as its input, killing it if it outlives the bound.
+pub fn run_with_input(mut command: Command, stdin: &[u8]) -> Output {
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn().expect("nimbus starts");
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = input.write_all(&stdin);
+    });
+    let pid = child.id().to_string();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(RecvTimeoutError::Timeout) = done_rx.recv_timeout(RUN_BOUND) {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
+    });
+    let output = child.wait_with_output().expect("nimbus ends");
+    drop(done_tx);
+    output
+}
+
+/// Runs `command` with empty stdin.
+pub fn run(command: Command) -> Output {
+    run_with_input(command, b"")
+}
+
+/// Stdout, stderr and exit code of `output`, for assertions.
+pub fn outcome(output: &Output) -> (String, String, Option<i32>) {
+    (
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        output.status.code(),
+    )
+}

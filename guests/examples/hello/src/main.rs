@@ -1,0 +1,5 @@
+//! The smallest nimbus program: prints a greeting.
+
+fn main() {
+    println!("Hello from nimbus!");
+}

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Builds every nimbus guest program into <repo>/target/guests/*.wasm:
+#   - the Rust guests workspace (guests/) in release for wasm32-wasip1, built in
+#     <repo>/target/guest-build, each binary copied as <binary>.wasm;
+#   - each guests/c/NAME.c compiled with clang as c-NAME.wasm (underscores become dashes).
+# Idempotent: cargo rebuilds only what changed, C files are recompiled only when the
+# source or include/nimbus.h is newer than the output, and unchanged outputs are not
+# rewritten. Installs nothing (the setup script does that).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TARGET=wasm32-wasip1
+BUILD_DIR="$ROOT/target/guest-build"
+OUT_DIR="$ROOT/target/guests"
+CC="${CC_WASM:-clang}"
+
+mkdir -p "$OUT_DIR"
+
+# Copies $1 to $2 unless $2 already has the same contents.
+copy_if_changed() {
+    if ! cmp -s "$1" "$2"; then
+        cp "$1" "$2.tmp"
+        mv -f "$2.tmp" "$2"
+        echo "  updated $(basename "$2")"
+    fi
+}
+
+echo "building Rust guests ($TARGET, release)"
+# cargo reads guests/.cargo/config.toml only when run from inside guests/.
+(cd "$ROOT/guests" && cargo build --release --target "$TARGET" --target-dir "$BUILD_DIR")
+
+shopt -s nullglob
+rust_wasms=("$BUILD_DIR/$TARGET/release/"*.wasm)
+if [ ${#rust_wasms[@]} -eq 0 ]; then
+    echo "error: cargo produced no .wasm in $BUILD_DIR/$TARGET/release" >&2
+    exit 1
+fi
+for wasm in "${rust_wasms[@]}"; do
+    copy_if_changed "$wasm" "$OUT_DIR/$(basename "$wasm")"
+done
+
+echo "building C guests"
+header="$ROOT/include/nimbus.h"
+for src in "$ROOT/guests/c/"*.c; do
+    name="$(basename "$src" .c)"
+    out="$OUT_DIR/c-${name//_/-}.wasm"
+    if [ -f "$out" ] && [ "$out" -nt "$src" ] && [ "$out" -nt "$header" ] &&
+        [ "$out" -nt "${BASH_SOURCE[0]}" ]; then
+        continue
+    fi
+    "$CC" --target=wasm32-wasi -O2 -Wall -Wextra -Werror -I "$ROOT/include" "$src" -o "$out.tmp"
+    mv -f "$out.tmp" "$out"
+    echo "  built $(basename "$out")"
+done
+
+echo "guests in $OUT_DIR:"
+ls "$OUT_DIR"
