@@ -109,28 +109,18 @@ async fn second_runtime_loads_from_disk_instead_of_compiling() {
 async fn corrupt_artifact_is_recompiled() {
     let dir = tempfile::tempdir().unwrap();
     runtime(&dir).load(&module(HELLO)).unwrap();
-    for entry in walk(dir.path()) {
-        if entry.extension().is_some_and(|e| e == "cwasm") {
-            std::fs::write(&entry, b"garbage").unwrap();
-        }
+    // Artifacts live at modules/<engine compatibility hash>/<sha256>.cwasm.
+    let artifacts = std::fs::read_dir(dir.path().join("modules"))
+        .unwrap()
+        .flat_map(|engine_dir| std::fs::read_dir(engine_dir.unwrap().path()).unwrap())
+        .map(|artifact| artifact.unwrap().path());
+    for artifact in artifacts {
+        std::fs::write(artifact, b"garbage").unwrap();
     }
     let fresh = runtime(&dir);
     let (status, out) = run(&fresh, HELLO, Limits::default()).await;
     assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "hello\n"));
     assert_eq!(fresh.cache_stats().compiled, 1);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut files = vec![];
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::sync::{Arc, Weak};
 use nimbus_core::{ExitStatus, HostId, Limits, Pid};
 use nimbus_runtime::{
     AbiError, BoxFuture, Input, Kernel, LoadError, ModuleBytes, Output, Preopen, RuntimeConfig,
-    RuntimeError,
+    RuntimeError, RuntimeLoad,
 };
 use tokio::sync::oneshot;
 
@@ -145,6 +145,17 @@ impl Cluster {
         Ok(exited
             .await
             .unwrap_or(ExitStatus::Failed(nimbus_core::Failure::HostLost)))
+    }
+
+    /// Instantiated and waiting processes, summed over hosts.
+    pub fn runtime_load(&self) -> RuntimeLoad {
+        self.hosts.iter().fold(RuntimeLoad::default(), |sum, host| {
+            let load = host.runtime().load_now();
+            RuntimeLoad {
+                instantiated: sum.instantiated + load.instantiated,
+                waiting: sum.waiting + load.waiting,
+            }
+        })
     }
 
     /// Every live process on every host.

@@ -1,0 +1,188 @@
+//! Shared parts of the nimbus benchmarks: timing samples, percentile reports with a
+//! baseline measured in the same run, and a ready embedded cluster.
+//!
+//! Owns: measurement and reporting. Must not: be depended on by any product crate.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nimbus_core::{ExitStatus, Limits};
+use nimbus_runtime::{Input, ModuleBytes, Output};
+use nimbus_worker::{Cluster, ClusterConfig, ModuleSource, RootProcess};
+
+/// Timings of repeated runs of one operation.
+#[derive(Default)]
+pub struct Samples(Vec<Duration>);
+
+impl Samples {
+    /// Times `op` `count` times.
+    pub fn measure(count: usize, mut op: impl FnMut()) -> Samples {
+        let mut samples = Samples::default();
+        for _ in 0..count {
+            let start = Instant::now();
+            op();
+            samples.0.push(start.elapsed());
+        }
+        samples
+    }
+
+    /// Records one timing.
+    pub fn push(&mut self, elapsed: Duration) {
+        self.0.push(elapsed);
+    }
+
+    /// The `p`th percentile (0..=100).
+    pub fn percentile(&self, p: f64) -> Duration {
+        let mut sorted = self.0.clone();
+        sorted.sort();
+        let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+        sorted[rank]
+    }
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:>10.1} µs", d.as_secs_f64() * 1e6)
+}
+
+/// Prints p50/p99 of nimbus and the baseline, and how many times faster nimbus is.
+pub fn report(title: &str, nimbus: &Samples, baseline_name: &str, baseline: &Samples) {
+    println!("{title}");
+    for (name, samples) in [("nimbus", nimbus), (baseline_name, baseline)] {
+        println!(
+            "  {name:<28} p50 {}   p99 {}   (n={})",
+            micros(samples.percentile(50.0)),
+            micros(samples.percentile(99.0)),
+            samples.0.len()
+        );
+    }
+    let ratio = |p| baseline.percentile(p).as_secs_f64() / nimbus.percentile(p).as_secs_f64();
+    println!(
+        "  ratio (baseline / nimbus)    p50 {:>9.1}x    p99 {:>9.1}x",
+        ratio(50.0),
+        ratio(99.0)
+    );
+}
+
+/// A guest program built by `scripts/build-guests.sh`.
+pub fn guest(name: &str) -> ModuleBytes {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/guests")
+        .join(format!("{name}.wasm"));
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-guests.sh first", path.display()));
+    ModuleBytes::new(bytes)
+}
+
+/// A module from WebAssembly text.
+pub fn wat(text: &str) -> ModuleBytes {
+    ModuleBytes::new(wat::parse_str(text).expect("valid wat"))
+}
+
+/// A command whose `_start` returns at once: spawn cost and nothing else.
+pub const EMPTY_START: &str = r#"(module (memory (export "memory") 1) (func (export "_start")))"#;
+
+/// A command that blocks in `recv` at once and touches no guest page.
+pub const IDLE_IN_RECV: &str = r#"(module
+  (import "nimbus" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (drop (call $recv (i32.const 0) (i32.const 1024) (i32.const 1024) (i32.const 1032)))))"#;
+
+/// An embedded cluster with its module cache in a fresh temporary directory.
+pub struct Bench {
+    /// The cluster.
+    pub cluster: Arc<Cluster>,
+    _data: tempfile::TempDir,
+}
+
+impl Bench {
+    /// One host, sized by `adjust`.
+    pub fn new(adjust: impl FnOnce(&mut ClusterConfig)) -> Bench {
+        let data = tempfile::tempdir().expect("temporary directory");
+        let mut config = ClusterConfig::new(data.path());
+        adjust(&mut config);
+        Bench {
+            cluster: Cluster::new(&config).expect("cluster starts"),
+            _data: data,
+        }
+    }
+}
+
+/// A root process running `module` with `args`, its stdout captured or discarded.
+pub fn root(module: &ModuleBytes, args: &[&str], stdout: Output) -> RootProcess {
+    RootProcess {
+        module: module.clone(),
+        modules: ModuleSource::None,
+        args: std::iter::once("bench")
+            .chain(args.iter().copied())
+            .map(str::to_owned)
+            .collect(),
+        env: vec![],
+        dirs: vec![],
+        stdin: Input::Null,
+        output: (stdout, Output::Inherit),
+        limits: Limits::default(),
+    }
+}
+
+/// Runs `module` to the end and checks it exited 0.
+pub async fn run_ok(cluster: &Cluster, module: &ModuleBytes, args: &[&str], stdout: Output) {
+    let status = cluster
+        .run(root(module, args, stdout))
+        .await
+        .expect("starts");
+    assert_eq!(status, ExitStatus::Exited(0), "benchmark guest failed");
+}
+
+/// fork + exec + wait of a native program, output discarded.
+pub fn fork_exec(program: &str, args: &[&str]) {
+    let status = Command::new(program)
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("native program runs");
+    assert!(status.success());
+}
+
+/// The resident set size of this process in bytes.
+pub fn rss_bytes() -> u64 {
+    rss_of("self")
+}
+
+/// The resident set size of process `pid` ("self" for this one) in bytes.
+pub fn rss_of(pid: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("procfs");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// Runs `work` on a worker thread of a multi-threaded tokio runtime, where guests'
+/// own host calls run, rather than on the thread that blocks on the runtime (which
+/// would add two cross-thread wake-ups to every measured operation).
+pub fn on_worker<F>(work: F) -> F::Output
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio starts");
+    runtime
+        .block_on(runtime.spawn(work))
+        .expect("benchmark task completes")
+}
+
+/// The first command-line argument as a number, or `default`.
+pub fn arg_or(default: usize) -> usize {
+    std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("the argument is a count"))
+        .unwrap_or(default)
+}
