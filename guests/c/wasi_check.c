@@ -4,6 +4,10 @@
  *   arg[i]=...                 for every argument, argv[0] included
  *   env GREETING=... | env GREETING unset
  *   stdin=<all of stdin, trimmed>
+ *   clock ok                   if the wall clock is past 2020 and the monotonic one
+ *                              does not go back
+ *   random ok                  if two 32-byte draws from getentropy differ
+ *   stderr works               on stderr
  *   file=<contents of /data/input.txt, trimmed>   if /data exists (a preopen),
  *                              and then writes /data/output.txt = "written by c"
  * Exits with N if the last argument is exit=N, else 0; exits 1 if file I/O fails.
@@ -14,6 +18,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
 
 /* Reads all of f into a NUL-terminated malloc'd buffer; NULL on error. */
 static char *read_all(FILE *f) {
@@ -68,6 +74,21 @@ int main(int argc, char **argv) {
     }
     printf("stdin=%s\n", trim(input));
     free(input);
+
+    struct timespec wall, earlier, later;
+    clock_gettime(CLOCK_REALTIME, &wall);
+    clock_gettime(CLOCK_MONOTONIC, &earlier);
+    clock_gettime(CLOCK_MONOTONIC, &later);
+    int monotonic = later.tv_sec > earlier.tv_sec ||
+                    (later.tv_sec == earlier.tv_sec && later.tv_nsec >= earlier.tv_nsec);
+    if (wall.tv_sec > 1600000000 && monotonic) printf("clock ok\n");
+    unsigned char first[32], second[32];
+    if (getentropy(first, sizeof first) != 0 || getentropy(second, sizeof second) != 0) {
+        fprintf(stderr, "wasi_check: getentropy failed: %s\n", strerror(errno));
+        return 1;
+    }
+    if (memcmp(first, second, sizeof first) != 0) printf("random ok\n");
+    fprintf(stderr, "stderr works\n");
 
     struct stat st;
     if (stat("/data", &st) == 0 && S_ISDIR(st.st_mode)) {

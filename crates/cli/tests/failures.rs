@@ -78,6 +78,15 @@ fn cases() -> Vec<Case> {
             message: "trap",
         },
         Case {
+            name: "stack overflow",
+            program: wat(r#"(module (memory (export "memory") 1)
+                     (func $recurse (call $recurse))
+                     (func (export "_start") (call $recurse)))"#),
+            flags: &[],
+            code: 132,
+            message: "call stack exhausted",
+        },
+        Case {
             name: "memory limit",
             program: Program::Guest("hog"),
             flags: &["--mem", "32MiB"],

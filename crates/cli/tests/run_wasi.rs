@@ -4,7 +4,8 @@ mod common;
 
 use common::{guest, nimbus, outcome, run, run_with_input};
 
-/// The same checks for the Rust and the C program: args, env, stdin, files, exit code.
+/// The same checks for the Rust and the C program: args, env, stdin, clocks, random,
+/// stderr, files in a preopened directory, and the exit code.
 #[test]
 fn wasi_programs_see_args_env_stdin_files_and_set_the_exit_code() {
     for (program, author) in [("wasi-check", "rust"), ("c-wasi-check", "c")] {
@@ -33,6 +34,8 @@ fn wasi_programs_see_args_env_stdin_files_and_set_the_exit_code() {
             "arg[3]=exit=7".into(),
             "env GREETING=hi there".into(),
             "stdin=piped input".into(),
+            "clock ok".into(),
+            "random ok".into(),
             "file=from the host".into(),
         ];
         for line in expected {
@@ -41,6 +44,10 @@ fn wasi_programs_see_args_env_stdin_files_and_set_the_exit_code() {
                 "{program}: no `{line}` in\n{stdout}"
             );
         }
+        assert!(
+            stderr.contains("stderr works"),
+            "{program}: stderr was {stderr:?}"
+        );
         let written = std::fs::read_to_string(dir.path().join("output.txt")).unwrap();
         assert_eq!(written.trim(), format!("written by {author}"));
     }

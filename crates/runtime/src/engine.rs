@@ -142,6 +142,11 @@ impl Runtime {
         })
     }
 
+    /// Whether `module` is ready to run without compiling or reading the disk.
+    pub fn is_loaded(&self, module: &ModuleBytes) -> bool {
+        self.programs.lock().unwrap().contains_key(&module.hash())
+    }
+
     /// Makes `module` ready to run: compiled (or loaded from the cache), checked,
     /// and pre-linked. Cheap once a module has been loaded.
     pub fn load(&self, module: &ModuleBytes) -> Result<Program, LoadError> {

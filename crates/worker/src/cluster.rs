@@ -169,7 +169,12 @@ impl Cluster {
         }
     }
 
-    fn spawn_child(&self, parent: Pid, module: &str, args: Vec<String>) -> Result<Pid, AbiError> {
+    async fn spawn_child(
+        &self,
+        parent: Pid,
+        module: &str,
+        args: Vec<String>,
+    ) -> Result<Pid, AbiError> {
         let parent_host = self.host_of(parent).ok_or(AbiError::Internal)?;
         let (own, lineage) = parent_host.origin(parent).ok_or(AbiError::Internal)?;
         let module_bytes = lineage.resolve(module, &own)?;
@@ -177,6 +182,18 @@ impl Cluster {
         let target = self
             .place(Some(parent_host.id()))
             .map_err(|_| AbiError::Quota)?;
+        if !target.runtime().is_loaded(&module_bytes) {
+            // Compiling takes milliseconds to seconds: keep it off the threads that
+            // run processes.
+            let (cluster, host, module) = (self.arc(), target.id(), module_bytes.clone());
+            tokio::task::spawn_blocking(move || {
+                let host = cluster.host(host).expect("placed on a known host");
+                host.runtime().load(&module).map(drop)
+            })
+            .await
+            .map_err(|_| AbiError::Internal)?
+            .map_err(|_| AbiError::Module)?;
+        }
         let request = StartRequest {
             module: module_bytes,
             args: std::iter::once(argv0.to_owned()).chain(args).collect(),
@@ -197,7 +214,7 @@ impl Kernel for Cluster {
         module: String,
         args: Vec<String>,
     ) -> BoxFuture<'_, Result<Pid, AbiError>> {
-        Box::pin(async move { self.spawn_child(parent, &module, args) })
+        Box::pin(async move { self.spawn_child(parent, &module, args).await })
     }
 
     fn wait(&self, parent: Pid, child: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>> {

@@ -1,0 +1,108 @@
+//! The embedded cluster: the process table's life cycle, placement over hosts, the
+//! per-host quota, and the kernel's errors for unknown processes.
+
+use std::sync::Arc;
+
+use nimbus_core::{ExitStatus, HostId, Limits, Pid, ProcessState};
+use nimbus_runtime::{AbiError, Input, Kernel, ModuleBytes, Output};
+use nimbus_worker::{Cluster, ClusterConfig, ClusterError, ModuleSource, RootProcess};
+use tokio::sync::oneshot;
+
+/// Waits for one message, then exits 0.
+const IDLE: &str = r#"(module
+  (import "nimbus" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (drop (call $recv (i32.const 0) (i32.const 1024) (i32.const 1024) (i32.const 1032)))))"#;
+
+fn cluster(hosts: u16, max_processes_per_host: usize) -> (Arc<Cluster>, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut config = ClusterConfig::new(data.path());
+    config.hosts = hosts;
+    config.max_processes_per_host = max_processes_per_host;
+    config.runtime.max_live_processes = 16;
+    config.runtime.max_memory = 1 << 20;
+    (Cluster::new(&config).unwrap(), data)
+}
+
+fn idle() -> RootProcess {
+    RootProcess {
+        module: ModuleBytes::new(wat::parse_str(IDLE).unwrap()),
+        modules: ModuleSource::None,
+        args: vec!["idle".into()],
+        env: vec![],
+        dirs: vec![],
+        stdin: Input::Null,
+        output: (Output::Null, Output::Null),
+        limits: Limits::default(),
+    }
+}
+
+/// An id no process has: the sender of messages from outside in these tests.
+fn outsider() -> Pid {
+    Pid::new(HostId(999), 1)
+}
+
+async fn release(cluster: &Cluster, started: Vec<(Pid, oneshot::Receiver<ExitStatus>)>) {
+    for (pid, exited) in started {
+        cluster.send(outsider(), pid, b"go".to_vec()).await.unwrap();
+        assert_eq!(exited.await.unwrap(), ExitStatus::Exited(0));
+    }
+}
+
+#[tokio::test]
+async fn processes_are_listed_while_alive_and_leave_the_table_when_they_end() {
+    let (cluster, _data) = cluster(1, 100);
+    let started: Vec<_> = (0..3).map(|_| cluster.start(idle()).unwrap()).collect();
+    let listed = cluster.processes();
+    assert_eq!(listed.len(), 3);
+    for (info, (pid, _)) in listed.iter().zip(&started) {
+        assert_eq!((info.pid, info.parent, info.host), (*pid, None, HostId(1)));
+        assert!(matches!(
+            info.state,
+            ProcessState::Starting | ProcessState::Running
+        ));
+    }
+    release(&cluster, started).await;
+    assert!(cluster.processes().is_empty());
+}
+
+#[tokio::test]
+async fn placement_spreads_processes_over_hosts() {
+    let (cluster, _data) = cluster(3, 100);
+    let started: Vec<_> = (0..6).map(|_| cluster.start(idle()).unwrap()).collect();
+    let mut per_host = [0; 3];
+    for info in cluster.processes() {
+        per_host[usize::from(info.host.0) - 1] += 1;
+    }
+    assert_eq!(per_host, [2, 2, 2]);
+    release(&cluster, started).await;
+}
+
+#[tokio::test]
+async fn a_full_host_refuses_more_processes() {
+    let (cluster, _data) = cluster(1, 2);
+    let started: Vec<_> = (0..2).map(|_| cluster.start(idle()).unwrap()).collect();
+    assert!(matches!(
+        cluster.start(idle()),
+        Err(ClusterError::NoCapacity(_))
+    ));
+    release(&cluster, started).await;
+    // Room again once they ended.
+    let again = cluster.start(idle()).unwrap();
+    release(&cluster, vec![again]).await;
+}
+
+#[tokio::test]
+async fn unknown_processes_are_errors() {
+    let (cluster, _data) = cluster(2, 100);
+    let nobody = Pid::new(HostId(1), 12345);
+    let elsewhere = Pid::new(HostId(77), 1);
+    for to in [nobody, elsewhere] {
+        let sent = cluster.send(outsider(), to, b"x".to_vec()).await;
+        assert_eq!(sent, Err(AbiError::NoSuchProcess));
+    }
+    let (pid, exited) = cluster.start(idle()).unwrap();
+    assert_eq!(cluster.wait(pid, nobody).await, Err(AbiError::NotChild));
+    release(&cluster, vec![(pid, exited)]).await;
+}
