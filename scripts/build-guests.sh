@@ -2,7 +2,9 @@
 # Builds every nimbus guest program into <repo>/target/guests/*.wasm:
 #   - the Rust guests workspace (guests/) in release for wasm32-wasip1, built in
 #     <repo>/target/guest-build, each binary copied as <binary>.wasm;
-#   - each guests/c/NAME.c compiled with clang as c-NAME.wasm (underscores become dashes).
+#     (cdylib reactors come out as lib_name.wasm and are copied as lib-name.wasm);
+#   - each guests/c/NAME.c compiled with clang as c-NAME.wasm (underscores become dashes);
+#     a NAME ending in _service is a reactor (-mexec-model=reactor), not a command.
 # Idempotent: cargo rebuilds only what changed, C files are recompiled only when the
 # source or include/nimbus.h is newer than the output, and unchanged outputs are not
 # rewritten. Installs nothing (the setup script does that).
@@ -36,7 +38,8 @@ if [ ${#rust_wasms[@]} -eq 0 ]; then
     exit 1
 fi
 for wasm in "${rust_wasms[@]}"; do
-    copy_if_changed "$wasm" "$OUT_DIR/$(basename "$wasm")"
+    name="$(basename "$wasm")"
+    copy_if_changed "$wasm" "$OUT_DIR/${name//_/-}"
 done
 
 echo "building C guests"
@@ -48,7 +51,9 @@ for src in "$ROOT/guests/c/"*.c; do
         [ "$out" -nt "${BASH_SOURCE[0]}" ]; then
         continue
     fi
-    "$CC" --target=wasm32-wasi -O2 -Wall -Wextra -Werror -I "$ROOT/include" "$src" -o "$out.tmp"
+    model=()
+    [[ $name == *_service ]] && model=(-mexec-model=reactor)
+    "$CC" --target=wasm32-wasi -O2 -Wall -Wextra -Werror "${model[@]}" -I "$ROOT/include" "$src" -o "$out.tmp"
     mv -f "$out.tmp" "$out"
     echo "  built $(basename "$out")"
 done

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Sets up the machine, builds the guest programs, and runs every check and test.
+# Ends with one line totalling every test run: `tests: N passed, N failed`.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -10,5 +11,10 @@ cargo fmt --all -- --check
 (cd guests && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets -- -D warnings
 (cd guests && cargo clippy --all-targets -- -D warnings)
-(cd guests && cargo test -p nimbus-sdk -p nimbus-kernels --target "$(rustc -vV | sed -n 's/^host: //p')")
-cargo test --workspace
+
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+host="$(rustc -vV | sed -n 's/^host: //p')"
+(cd guests && cargo test -p nimbus-sdk -p nimbus-kernels --target "$host") 2>&1 | tee -a "$log"
+cargo test --workspace 2>&1 | tee -a "$log"
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$log"

@@ -24,6 +24,11 @@ impl ModuleHash {
     pub fn of(bytes: &[u8]) -> ModuleHash {
         ModuleHash(Sha256::digest(bytes).into())
     }
+
+    /// The 32 bytes of the hash.
+    pub fn to_bytes(self) -> [u8; 32] {
+        self.0
+    }
 }
 
 impl fmt::Display for ModuleHash {
@@ -112,6 +117,8 @@ impl ModuleCache {
     pub(crate) fn new(engine: &Engine, root: &Path) -> ModuleCache {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        // Artifacts are of instrumented modules: a change there is a new directory.
+        crate::instrument::VERSION.hash(&mut hasher);
         ModuleCache {
             dir: root.join(format!("{:016x}", hasher.finish())),
             compiled: AtomicU64::new(0),
@@ -129,7 +136,9 @@ impl ModuleCache {
             self.from_disk.fetch_add(1, Ordering::Relaxed);
             return Ok(compiled);
         }
-        let compiled = Module::from_binary(engine, &module.bytes)
+        let instrumented = crate::instrument::export_globals(&module.bytes)
+            .map_err(|e| LoadError::Invalid(e.to_string()))?;
+        let compiled = Module::from_binary(engine, &instrumented.wasm)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
         self.store_artifact(&compiled, &artifact)?;

@@ -15,6 +15,8 @@ use wasmtime::{
 
 use crate::cache::{CacheStats, LoadError, ModuleBytes, ModuleCache, ModuleHash};
 use crate::process::{self, ProcessCtx, ProcessSpec};
+use crate::service::ServiceInstance;
+use nimbus_snapshot::Snapshot;
 
 /// How often the engine's epoch advances.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -56,12 +58,14 @@ impl RuntimeConfig {
 #[error("cannot start the WebAssembly engine: {0}")]
 pub struct RuntimeError(String);
 
-/// A module compiled, checked to be a runnable command, and pre-linked against the
-/// host's imports, ready to instantiate in microseconds.
+/// A module compiled and pre-linked against the host's imports, ready to
+/// instantiate in microseconds.
 #[derive(Clone)]
 pub struct Program {
     hash: ModuleHash,
     pre: InstancePre<ProcessCtx>,
+    mutable_globals: Arc<[u32]>,
+    is_command: bool,
 }
 
 impl Program {
@@ -70,14 +74,33 @@ impl Program {
         self.hash
     }
 
+    /// Whether the module is a WASI command (exports `_start`), runnable as a
+    /// process; otherwise it can only serve as a service (a reactor).
+    pub fn is_command(&self) -> bool {
+        self.is_command
+    }
+
+    /// Indices of the mutable globals a snapshot must hold.
+    pub(crate) fn mutable_globals(&self) -> &[u32] {
+        &self.mutable_globals
+    }
+
     pub(crate) fn pre(&self) -> &InstancePre<ProcessCtx> {
         &self.pre
     }
 }
 
-/// Permission to instantiate one process: a slot of the instance pool.
+/// Permission to instantiate one process: a slot of the instance pool. Counted as
+/// instantiated in the runtime's load while it lives.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+    gauges: Arc<Gauges>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauges.instantiated.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs processes on one host.
@@ -147,20 +170,30 @@ impl Runtime {
         self.programs.lock().unwrap().contains_key(&module.hash())
     }
 
-    /// Makes `module` ready to run: compiled (or loaded from the cache), checked,
-    /// and pre-linked. Cheap once a module has been loaded.
+    /// Makes the command `module` ready to run as a process.
+    pub fn load_command(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
+        let program = self.load(module)?;
+        if !program.is_command {
+            return Err(LoadError::NoStart);
+        }
+        Ok(program)
+    }
+
+    /// Makes `module` ready to run: compiled (or loaded from the cache) and
+    /// pre-linked. Cheap once a module has been loaded.
     pub fn load(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
         if let Some(program) = self.programs.lock().unwrap().get(&module.hash()) {
             return Ok(program.clone());
         }
         let compiled = self.cache.get(&self.engine, module)?;
-        if compiled
+        let is_command = compiled
             .get_export("_start")
             .and_then(|e| e.func().cloned())
-            .is_none()
-        {
-            return Err(LoadError::NoStart);
-        }
+            .is_some();
+        let mutable_globals = compiled
+            .exports()
+            .filter_map(|export| crate::instrument::global_index_of(export.name()))
+            .collect();
         let pre =
             self.linker.instantiate_pre(&compiled).map_err(|e| match e
                 .downcast_ref::<wasmtime::UnknownImportError>()
@@ -175,6 +208,8 @@ impl Runtime {
         let program = Program {
             hash: module.hash(),
             pre,
+            mutable_globals,
+            is_command,
         };
         self.programs
             .lock()
@@ -199,19 +234,34 @@ impl Runtime {
     /// Waits for a free instance slot: admission control for processes.
     pub async fn admit(&self) -> Slot {
         let permit = self.slots.clone().acquire_owned().await;
+        self.gauges.instantiated.fetch_add(1, Ordering::Relaxed);
         Slot {
             _permit: permit.expect("the slot semaphore is never closed"),
+            gauges: self.gauges.clone(),
         }
     }
 
     /// Runs `program` as the process described by `spec` until it ends. Never
     /// panics on guest behaviour: every outcome is an [`ExitStatus`].
     pub async fn run(&self, program: &Program, spec: ProcessSpec, slot: Slot) -> ExitStatus {
-        self.gauges.instantiated.fetch_add(1, Ordering::Relaxed);
         let status = process::run(&self.engine, program, spec, self.gauges.clone()).await;
-        self.gauges.instantiated.fetch_sub(1, Ordering::Relaxed);
         drop(slot);
         status
+    }
+
+    /// Instantiates the service module `program` in `slot`, and initialises it
+    /// (`_initialize`) or restores it `from` a snapshot.
+    pub async fn start_service(
+        &self,
+        program: &Program,
+        spec: ProcessSpec,
+        slot: Slot,
+        from: Option<&Snapshot>,
+    ) -> Result<ServiceInstance, ExitStatus> {
+        let stderr = spec.stderr.clone();
+        let (store, setup) = process::new_store(&self.engine, spec, self.gauges.clone())
+            .map_err(ExitStatus::Failed)?;
+        ServiceInstance::start(store, setup, stderr, program, slot, from).await
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! Owns: the wasmtime engine and its configuration (pooling allocator, copy-on-write
 //! memory images, epoch interruption), the module cache (precompiled artifacts keyed
-//! by sha256), per-process limits, WASI preview 1 and the nimbus host ABI, and the
-//! mailbox a process receives from.
+//! by sha256, of modules instrumented to export their mutable globals), per-process
+//! limits, WASI preview 1 and the nimbus host ABI, the mailbox a process receives
+//! from, and long-lived service instances with the capture and restore of their
+//! state as snapshots.
 //!
 //! Must not: decide where a process runs, keep a process table, or know about other
 //! hosts. Everything a guest asks of the platform beyond its own mailbox (spawn, wait,
@@ -12,11 +14,14 @@
 mod abi;
 mod cache;
 mod engine;
+mod instrument;
 mod mailbox;
 mod process;
+mod service;
 
 pub use abi::{AbiError, BoxFuture, Kernel};
 pub use cache::{CacheStats, LoadError, ModuleBytes, ModuleHash};
 pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
 pub use mailbox::{MAILBOX_CAPACITY, MAX_MESSAGE_SIZE, Mailbox, MailboxSender, Message, mailbox};
 pub use process::{Input, Output, Preopen, ProcessSpec};
+pub use service::{Invocation, InvokeError, ServiceInstance};

@@ -75,13 +75,14 @@ pub struct ProcessSpec {
 
 /// The per-process data a store holds.
 pub(crate) struct ProcessCtx {
-    wasi: WasiP1Ctx,
+    pub(crate) wasi: WasiP1Ctx,
     limiter: MemoryLimiter,
+    limits: Limits,
     pub(crate) pid: Pid,
     pub(crate) kernel: Arc<dyn Kernel>,
     pub(crate) mailbox: Mailbox,
-    deadline: Option<Instant>,
-    deadline_hit: bool,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) deadline_hit: bool,
     gauges: Arc<Gauges>,
 }
 
@@ -101,6 +102,16 @@ impl ProcessCtx {
 
     pub(crate) fn gauges(&self) -> Arc<Gauges> {
         self.gauges.clone()
+    }
+
+    /// Prepares a long-lived instance for one more invocation: fresh streams and a
+    /// fresh deadline, limit flags cleared.
+    pub(crate) fn begin_invocation(&mut self, wasi: WasiP1Ctx, timeout: Option<Duration>) {
+        self.wasi = wasi;
+        self.limits.timeout = timeout;
+        self.deadline = timeout.map(|t| Instant::now() + t);
+        self.deadline_hit = false;
+        self.limiter.hit = false;
     }
 }
 
@@ -141,34 +152,94 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
     crate::abi::add_to_linker(linker)
 }
 
-fn build_wasi(spec: &ProcessSpec) -> Result<WasiP1Ctx, Failure> {
-    let mut wasi = WasiCtxBuilder::new();
-    wasi.args(&spec.args).envs(&spec.env);
-    match &spec.stdin {
-        Input::Inherit => wasi.inherit_stdin(),
-        Input::Null => &mut wasi,
-        Input::Bytes(bytes) => wasi.stdin(MemoryInputPipe::new(bytes.clone())),
-    };
-    match &spec.stdout {
-        Output::Inherit => wasi.inherit_stdout(),
-        Output::Null => &mut wasi,
-        Output::Capture(pipe) => wasi.stdout(pipe.clone()),
-    };
-    match &spec.stderr {
-        Output::Inherit => wasi.inherit_stderr(),
-        Output::Null => &mut wasi,
-        Output::Capture(pipe) => wasi.stderr(pipe.clone()),
-    };
-    for dir in &spec.dirs {
-        wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
-            .map_err(|e| {
-                Failure::Load(format!(
-                    "cannot open directory {}: {e:#}",
-                    dir.host.display()
-                ))
-            })?;
+/// The parts of a WASI context that stay the same for the life of a process.
+#[derive(Clone)]
+pub(crate) struct WasiSetup {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    dirs: Vec<Preopen>,
+}
+
+impl WasiSetup {
+    /// A context with these args, env and dirs, and the given streams.
+    pub(crate) fn build(
+        &self,
+        stdin: &Input,
+        stdout: &Output,
+        stderr: &Output,
+    ) -> Result<WasiP1Ctx, Failure> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.args(&self.args).envs(&self.env);
+        match stdin {
+            Input::Inherit => wasi.inherit_stdin(),
+            Input::Null => &mut wasi,
+            Input::Bytes(bytes) => wasi.stdin(MemoryInputPipe::new(bytes.clone())),
+        };
+        match stdout {
+            Output::Inherit => wasi.inherit_stdout(),
+            Output::Null => &mut wasi,
+            Output::Capture(pipe) => wasi.stdout(pipe.clone()),
+        };
+        match stderr {
+            Output::Inherit => wasi.inherit_stderr(),
+            Output::Null => &mut wasi,
+            Output::Capture(pipe) => wasi.stderr(pipe.clone()),
+        };
+        for dir in &self.dirs {
+            wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
+                .map_err(|e| {
+                    Failure::Load(format!(
+                        "cannot open directory {}: {e:#}",
+                        dir.host.display()
+                    ))
+                })?;
+        }
+        Ok(wasi.build_p1())
     }
-    Ok(wasi.build_p1())
+}
+
+/// A store for the process `spec` describes, with its memory limiter, time slicing
+/// and deadline installed; also what rebuilding its WASI context needs.
+pub(crate) fn new_store(
+    engine: &Engine,
+    spec: ProcessSpec,
+    gauges: Arc<Gauges>,
+) -> Result<(Store<ProcessCtx>, WasiSetup), Failure> {
+    let setup = WasiSetup {
+        args: spec.args,
+        env: spec.env,
+        dirs: spec.dirs,
+    };
+    let wasi = setup.build(&spec.stdin, &spec.stdout, &spec.stderr)?;
+    let ctx = ProcessCtx {
+        wasi,
+        limiter: MemoryLimiter {
+            limit: usize::try_from(spec.limits.memory).unwrap_or(usize::MAX),
+            hit: false,
+        },
+        limits: spec.limits,
+        pid: spec.pid,
+        kernel: spec.kernel,
+        mailbox: spec.mailbox,
+        deadline: spec.deadline,
+        deadline_hit: false,
+        gauges,
+    };
+    let mut store = Store::new(engine, ctx);
+    store.limiter(|ctx| &mut ctx.limiter);
+    store.set_epoch_deadline(SLICE_TICKS);
+    store.epoch_deadline_callback(|mut ctx| {
+        let ctx = ctx.data_mut();
+        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
+            ctx.deadline_hit = true;
+            return Ok(UpdateDeadline::Interrupt);
+        }
+        Ok(UpdateDeadline::YieldCustom(
+            SLICE_TICKS,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
+    Ok((store, setup))
 }
 
 /// Runs `program` to completion as `spec` says.
@@ -191,7 +262,7 @@ pub(crate) async fn run(
     }
 }
 
-fn deadline_failure(timeout: Option<Duration>) -> ExitStatus {
+pub(crate) fn deadline_failure(timeout: Option<Duration>) -> ExitStatus {
     ExitStatus::Failed(Failure::Deadline(timeout.unwrap_or_default()))
 }
 
@@ -201,62 +272,35 @@ async fn execute(
     spec: ProcessSpec,
     gauges: Arc<Gauges>,
 ) -> ExitStatus {
-    let wasi = match build_wasi(&spec) {
-        Ok(wasi) => wasi,
+    let mut store = match new_store(engine, spec, gauges) {
+        Ok((store, _)) => store,
         Err(failure) => return ExitStatus::Failed(failure),
     };
-    let limits = spec.limits;
-    let ctx = ProcessCtx {
-        wasi,
-        limiter: MemoryLimiter {
-            limit: usize::try_from(limits.memory).unwrap_or(usize::MAX),
-            hit: false,
-        },
-        pid: spec.pid,
-        kernel: spec.kernel,
-        mailbox: spec.mailbox,
-        deadline: spec.deadline,
-        deadline_hit: false,
-        gauges,
-    };
-    let mut store = Store::new(engine, ctx);
-    store.limiter(|ctx| &mut ctx.limiter);
-    store.set_epoch_deadline(SLICE_TICKS);
-    store.epoch_deadline_callback(|mut ctx| {
-        let ctx = ctx.data_mut();
-        if ctx.deadline.is_some_and(|d| Instant::now() >= d) {
-            ctx.deadline_hit = true;
-            return Ok(UpdateDeadline::Interrupt);
-        }
-        Ok(UpdateDeadline::YieldCustom(
-            SLICE_TICKS,
-            Box::pin(tokio::task::yield_now()),
-        ))
-    });
-
     let outcome = async {
         let instance = program.pre().instantiate_async(&mut store).await?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
         start.call_async(&mut store, ()).await
     }
     .await;
-
-    let ctx = store.data();
     match outcome {
         Ok(()) => ExitStatus::Exited(0),
-        Err(e) => {
-            if let Some(exit) = e.downcast_ref::<I32Exit>() {
-                ExitStatus::Exited(exit.0)
-            } else if ctx.deadline_hit {
-                deadline_failure(limits.timeout)
-            } else if ctx.limiter.hit {
-                ExitStatus::Failed(Failure::MemoryLimit {
-                    limit: limits.memory,
-                })
-            } else {
-                ExitStatus::Failed(Failure::Trap(describe_trap(&e)))
-            }
-        }
+        Err(e) => status_of_error(store.data(), &e),
+    }
+}
+
+/// How an error out of guest code ends the process: an exit, the deadline, the
+/// memory limit, or a trap.
+pub(crate) fn status_of_error(ctx: &ProcessCtx, error: &wasmtime::Error) -> ExitStatus {
+    if let Some(exit) = error.downcast_ref::<I32Exit>() {
+        ExitStatus::Exited(exit.0)
+    } else if ctx.deadline_hit {
+        deadline_failure(ctx.limits.timeout)
+    } else if ctx.limiter.hit {
+        ExitStatus::Failed(Failure::MemoryLimit {
+            limit: ctx.limits.memory,
+        })
+    } else {
+        ExitStatus::Failed(Failure::Trap(describe_trap(error)))
     }
 }
 

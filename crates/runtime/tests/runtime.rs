@@ -1,28 +1,16 @@
-//! The runtime on hand-written modules: loading, caching, limits and outcomes.
+//! The runtime on hand-written modules: loading, caching, limits and outcomes, and
+//! service instances with their snapshots.
+
+mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nimbus_core::{ExitStatus, Failure, HostId, Limits, Pid};
+use nimbus_core::{ExitStatus, Failure, Limits};
 use nimbus_runtime::{
-    AbiError, BoxFuture, Input, Kernel, LoadError, ModuleBytes, Output, ProcessSpec, Runtime,
-    RuntimeConfig, mailbox,
+    Invocation, InvokeError, LoadError, ModuleBytes, Output, Runtime, RuntimeConfig,
+    ServiceInstance,
 };
-
-/// A kernel for a process alone in the world: every request fails.
-struct Alone;
-
-impl Kernel for Alone {
-    fn spawn(&self, _: Pid, _: String, _: Vec<String>) -> BoxFuture<'_, Result<Pid, AbiError>> {
-        Box::pin(async { Err(AbiError::Quota) })
-    }
-    fn wait(&self, _: Pid, _: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>> {
-        Box::pin(async { Err(AbiError::NotChild) })
-    }
-    fn send(&self, _: Pid, _: Pid, _: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>> {
-        Box::pin(async { Err(AbiError::NoSuchProcess) })
-    }
-}
 
 fn runtime(dir: &tempfile::TempDir) -> Runtime {
     let mut config = RuntimeConfig::new(dir.path());
@@ -38,20 +26,7 @@ fn module(wat: &str) -> ModuleBytes {
 async fn run(runtime: &Runtime, wat: &str, limits: Limits) -> (ExitStatus, String) {
     let program = runtime.load(&module(wat)).unwrap();
     let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20);
-    let (_sender, mailbox) = mailbox();
-    let spec = ProcessSpec {
-        pid: Pid::new(HostId(1), 1),
-        args: vec!["test".into()],
-        env: vec![],
-        dirs: vec![],
-        stdin: Input::Null,
-        stdout: Output::Capture(stdout.clone()),
-        stderr: Output::Null,
-        deadline: limits.timeout.map(|t| Instant::now() + t),
-        limits,
-        mailbox,
-        kernel: Arc::new(Alone),
-    };
+    let (spec, _mailbox) = common::spec(limits, Output::Capture(stdout.clone()));
     let slot = runtime.admit().await;
     let status = runtime.run(&program, spec, slot).await;
     (
@@ -127,7 +102,7 @@ async fn corrupt_artifact_is_recompiled() {
 fn load_errors_are_classified() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(&dir);
-    let load = |bytes: Vec<u8>| runtime.load(&ModuleBytes::new(bytes)).map(|_| ());
+    let load = |bytes: Vec<u8>| runtime.load_command(&ModuleBytes::new(bytes)).map(|_| ());
     type Expected = fn(&LoadError) -> bool;
     let cases: Vec<(Vec<u8>, Expected)> = vec![
         (b"hello".to_vec(), |e| matches!(e, LoadError::NotWasm)),
@@ -242,4 +217,162 @@ async fn bad_guest_pointers_are_errors_not_traps() {
         (call $exit (i32.sub (i32.const 0) (call $send (i64.const 5) (i32.const 65530) (i32.const 100))))))"#;
     let (status, _) = run(&runtime(&dir), wat, Limits::default()).await;
     assert_eq!(status, ExitStatus::Exited(1));
+}
+
+/// A reactor: `bump` adds the call count (a global) to a counter in memory and
+/// writes the counter; `echo` copies stdin to stdout; the others misbehave.
+const COUNTER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $calls (mut i32) (i32.const 0))
+  (func (export "_initialize") (i32.store (i32.const 200) (i32.const 1000)))
+  (func (export "bump")
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (i32.store (i32.const 200) (i32.add (i32.load (i32.const 200)) (global.get $calls)))
+    (i32.store (i32.const 0) (i32.const 200))
+    (i32.store (i32.const 4) (i32.const 4))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "echo") (result i32)
+    (i32.store (i32.const 16) (i32.const 300))
+    (i32.store (i32.const 20) (i32.const 64))
+    (drop (call $read (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (i32.store (i32.const 20) (i32.load (i32.const 24)))
+    (drop (call $write (i32.const 1) (i32.const 16) (i32.const 1) (i32.const 24)))
+    (i32.const 0))
+  (func (export "fail") (result i32) (i32.const 3))
+  (func (export "crash") unreachable)
+  (func (export "takes_an_argument") (param i32))
+  (func (export "grow") (drop (memory.grow (i32.const 3))))
+  (func (export "grow_or_trap")
+    (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable)))
+  (func (export "spin") (loop $l (br $l))))"#;
+
+async fn service(runtime: &Runtime, from: Option<&nimbus_snapshot::Snapshot>) -> ServiceInstance {
+    let program = runtime.load(&module(COUNTER)).unwrap();
+    assert!(!program.is_command());
+    let limits = Limits {
+        memory: 2 << 20,
+        timeout: None,
+    };
+    let (spec, _mailbox) = common::spec(limits, Output::Null);
+    let slot = runtime.admit().await;
+    match runtime.start_service(&program, spec, slot, from).await {
+        Ok(service) => service,
+        Err(status) => panic!("service did not start: {status:?}"),
+    }
+}
+
+fn call(handler: &str, body: &[u8]) -> Invocation {
+    Invocation {
+        handler: handler.into(),
+        body: body.to_vec(),
+        max_response: 1 << 20,
+        timeout: Some(Duration::from_secs(5)),
+    }
+}
+
+async fn bump(service: &mut ServiceInstance) -> i32 {
+    let out = service.invoke(call("bump", b"")).await.unwrap();
+    i32::from_le_bytes(out.try_into().unwrap())
+}
+
+#[tokio::test]
+async fn service_memory_and_globals_persist_between_invocations() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let mut counter = service(&runtime, None).await;
+    assert_eq!(bump(&mut counter).await, 1001);
+    assert_eq!(bump(&mut counter).await, 1003);
+    assert_eq!(bump(&mut counter).await, 1006);
+    let echoed = counter.invoke(call("echo", b"request body")).await.unwrap();
+    assert_eq!(echoed, b"request body");
+}
+
+#[tokio::test]
+async fn handler_errors_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let mut counter = service(&runtime, None).await;
+    type Expected = fn(&InvokeError) -> bool;
+    let cases: Vec<(Invocation, Expected)> = vec![
+        (call("missing", b""), |e| {
+            matches!(e, InvokeError::NoSuchHandler(_))
+        }),
+        (call("takes_an_argument", b""), |e| {
+            matches!(e, InvokeError::NoSuchHandler(_))
+        }),
+        (call("fail", b""), |e| *e == InvokeError::Status(3)),
+        (call("crash", b""), |e| {
+            matches!(e, InvokeError::Failed(ExitStatus::Failed(Failure::Trap(_))))
+        }),
+        (call("grow_or_trap", b""), |e| {
+            matches!(
+                e,
+                InvokeError::Failed(ExitStatus::Failed(Failure::MemoryLimit { .. }))
+            )
+        }),
+        (
+            Invocation {
+                timeout: Some(Duration::from_millis(100)),
+                ..call("spin", b"")
+            },
+            |e| {
+                matches!(
+                    e,
+                    InvokeError::Failed(ExitStatus::Failed(Failure::Deadline(_)))
+                )
+            },
+        ),
+    ];
+    for (invocation, expected) in cases {
+        let handler = invocation.handler.clone();
+        let err = counter.invoke(invocation).await.unwrap_err();
+        assert!(expected(&err), "{handler}: {err:?}");
+    }
+}
+
+#[tokio::test]
+async fn snapshot_restores_memory_globals_and_size_in_a_new_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let path = dir.path().join("counter.snap");
+    {
+        let mut counter = service(&runtime, None).await;
+        bump(&mut counter).await;
+        bump(&mut counter).await;
+        counter.invoke(call("grow", b"")).await.unwrap();
+        counter.snapshot().write(&path).unwrap();
+    }
+    let snapshot = nimbus_snapshot::read(&path).unwrap();
+    assert_eq!(snapshot.memory_len, 4 * 65536);
+    let mut restored = service(&runtime, Some(&snapshot)).await;
+    // The global (3 calls) and the counter (1003) both came back.
+    assert_eq!(bump(&mut restored).await, 1006);
+    let again = restored.snapshot();
+    assert_eq!(again.memory.len(), 4 * 65536);
+}
+
+#[tokio::test]
+async fn a_snapshot_of_another_module_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let path = dir.path().join("other.snap");
+    nimbus_snapshot::SnapshotRef {
+        module: [1; 32],
+        globals: vec![],
+        memory: &[0; 65536],
+    }
+    .write(&path)
+    .unwrap();
+    let snapshot = nimbus_snapshot::read(&path).unwrap();
+    let program = runtime.load(&module(COUNTER)).unwrap();
+    let (spec, _mailbox) = common::spec(Limits::default(), Output::Null);
+    let slot = runtime.admit().await;
+    let result = runtime
+        .start_service(&program, spec, slot, Some(&snapshot))
+        .await;
+    assert!(
+        matches!(result, Err(ExitStatus::Failed(Failure::Load(m))) if m.contains("another module"))
+    );
 }

@@ -121,7 +121,7 @@ impl Cluster {
     ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
         let host = self.place(None)?;
         // Load first so a bad module is reported as such, not as a spawn failure.
-        host.runtime().load(&root.module)?;
+        host.runtime().load_command(&root.module)?;
         let lineage = Lineage::new(root.modules, root.env, root.dirs, root.output, root.limits);
         let (notify, exited) = oneshot::channel();
         let request = StartRequest {

@@ -108,7 +108,7 @@ impl Host {
     ) -> Result<Pid, AbiError> {
         let program = self
             .runtime
-            .load(&request.module)
+            .load_command(&request.module)
             .map_err(|_| AbiError::Module)?;
         if self.admitted.fetch_add(1, Ordering::Relaxed) >= self.max_processes {
             self.admitted.fetch_sub(1, Ordering::Relaxed);

@@ -1,0 +1,47 @@
+/*
+ * A service process in C: a WASI reactor (built with -mexec-model=reactor) whose
+ * handlers keep state in memory between invocations, through plain stdio.
+ *
+ *   add    reads an integer from stdin, adds it to the total, prints the new total
+ *   total  prints "TOTAL COUNT"
+ *
+ * Two things a C handler must do because stdio outlives one invocation: clear
+ * stdin's end-of-file flag before reading (each request is a new stdin), and flush
+ * stdout before returning (the response is what was written by then).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+static long long total_sum;
+static long long *history;
+static size_t count, capacity;
+
+__attribute__((export_name("add"))) int add(void) {
+    char line[64];
+    clearerr(stdin);
+    if (fgets(line, sizeof line, stdin) == NULL) return 2;
+    char *end;
+    long long number = strtoll(line, &end, 10);
+    if (end == line) {
+        fprintf(stderr, "add: not an integer\n");
+        return 1;
+    }
+    if (count == capacity) {
+        size_t grown = capacity ? capacity * 2 : 16;
+        long long *bigger = realloc(history, grown * sizeof *history);
+        if (bigger == NULL) return 3;
+        history = bigger;
+        capacity = grown;
+    }
+    history[count++] = number;
+    total_sum += number;
+    printf("%lld\n", total_sum);
+    fflush(stdout);
+    return 0;
+}
+
+__attribute__((export_name("total"))) int total(void) {
+    printf("%lld %zu\n", total_sum, count);
+    fflush(stdout);
+    return 0;
+}
