@@ -4,6 +4,8 @@
  *
  *   add    reads an integer from stdin, adds it to the total, prints the new total
  *   total  prints "TOTAL COUNT"
+ *   hold   waits for a message (nimbus_recv), then prints "released"
+ *   crash  traps
  *
  * Two things a C handler must do because stdio outlives one invocation: clear
  * stdin's end-of-file flag before reading (each request is a new stdin), and flush
@@ -11,6 +13,8 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "nimbus.h"
 
 static long long total_sum;
 static long long *history;
@@ -45,3 +49,15 @@ __attribute__((export_name("total"))) int total(void) {
     fflush(stdout);
     return 0;
 }
+
+__attribute__((export_name("hold"))) int hold(void) {
+    char buf[64];
+    int64_t sender;
+    size_t len;
+    if (nimbus_recv(buf, sizeof buf, &sender, &len) != 0) return 1;
+    printf("released\n");
+    fflush(stdout);
+    return 0;
+}
+
+__attribute__((export_name("crash"))) void crash(void) { __builtin_trap(); }

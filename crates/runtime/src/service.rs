@@ -17,7 +17,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use crate::engine::{Program, Slot};
 use crate::instrument::global_export_name;
 use crate::process::{ProcessCtx, WasiSetup, status_of_error};
-use crate::{Input, Output};
+use crate::{Input, Mailbox, Output};
 
 /// What an invocation asks for.
 pub struct Invocation {
@@ -152,6 +152,12 @@ impl ServiceInstance {
                 _ => Ok(stdout.contents().to_vec()),
             },
         }
+    }
+
+    /// Ends the instance, releasing its memory and slot, and hands back its mailbox
+    /// so messages keep queueing while it is swapped out.
+    pub fn retire(self) -> Mailbox {
+        self.store.into_data().mailbox
     }
 
     fn memory(&mut self) -> Option<Memory> {

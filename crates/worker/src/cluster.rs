@@ -108,6 +108,16 @@ impl Cluster {
         self.host(pid.origin_host())
     }
 
+    /// Some host, for work that any host can do (validating a module).
+    pub(crate) fn any_host(&self) -> &Host {
+        &self.hosts[0]
+    }
+
+    /// The host for a new service instance.
+    pub(crate) fn place_service(&self) -> Result<&Host, nimbus_planner::NoCapacity> {
+        self.place(None)
+    }
+
     fn place(&self, near: Option<HostId>) -> Result<&Host, nimbus_planner::NoCapacity> {
         let loads: Vec<_> = self.hosts.iter().map(Host::load).collect();
         let chosen = nimbus_planner::place(&loads, near)?;

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use nimbus_core::{ExitStatus, HostId, Pid, ProcessState};
 use nimbus_planner::HostLoad;
 use nimbus_runtime::{
-    AbiError, Input, MailboxSender, ModuleBytes, Output, ProcessSpec, Runtime, RuntimeConfig,
-    RuntimeError, mailbox,
+    AbiError, Input, Mailbox, MailboxSender, ModuleBytes, Output, ProcessSpec, Runtime,
+    RuntimeConfig, RuntimeError, mailbox,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -170,6 +170,49 @@ impl Host {
             }
         });
         Ok(pid)
+    }
+
+    /// Enters a long-lived service instance in the table: it gets a pid and a
+    /// mailbox like any process and stays listed while it is swapped out.
+    pub(crate) fn register_service(
+        &self,
+        module: ModuleBytes,
+        lineage: Arc<Lineage>,
+    ) -> Result<(Pid, Mailbox), AbiError> {
+        if self.admitted.fetch_add(1, Ordering::Relaxed) >= self.max_processes {
+            self.admitted.fetch_sub(1, Ordering::Relaxed);
+            return Err(AbiError::Quota);
+        }
+        let pid = Pid::new(self.id, self.last_seq.fetch_add(1, Ordering::Relaxed) + 1);
+        let (sender, mailbox) = mailbox();
+        self.table.lock().unwrap().insert(
+            pid,
+            Entry {
+                parent: None,
+                state: ProcessState::Running,
+                mailbox: sender,
+                module,
+                lineage,
+                children: HashMap::new(),
+                child_ended: Arc::default(),
+            },
+        );
+        Ok((pid, mailbox))
+    }
+
+    /// Gives a service instance a new, empty mailbox (its old one was lost with a
+    /// failed start); `None` if it is no longer in the table.
+    pub(crate) fn renew_mailbox(&self, pid: Pid) -> Option<Mailbox> {
+        let (sender, mailbox) = mailbox();
+        self.table.lock().unwrap().get_mut(&pid)?.mailbox = sender;
+        Some(mailbox)
+    }
+
+    /// Removes a service instance from the table.
+    pub(crate) fn unregister(&self, pid: Pid) {
+        if self.table.lock().unwrap().remove(&pid).is_some() {
+            self.admitted.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     fn set_state(&self, pid: Pid, state: ProcessState) {

@@ -1,0 +1,642 @@
+//! Service processes: apps deployed once and invoked many times, their instances
+//! keeping state in memory between invocations, swapped out to disk when idle and
+//! back in on demand.
+//!
+//! Each instance is an actor: one task owning the live [`ServiceInstance`] (or
+//! nothing, while swapped out) and a bounded queue of requests, served one at a
+//! time in arrival order. An app dispatches a request to its session's instance, or
+//! the least busy one, starting another (up to its maximum) when all are busy; when
+//! every queue is full it refuses the request ([`ServiceError::Busy`]) instead of
+//! growing memory.
+//!
+//! On disk, under `<data>/apps/<name>/`: `app.json` (configuration and module hash),
+//! `module.wasm`, and `instance-N.snap` for each swapped-out instance. The last
+//! snapshot is also the state a failed instance is rolled back to; an instance that
+//! never swapped out is rolled back to a fresh start.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nimbus_core::{HostId, Limits, Pid};
+use nimbus_runtime::{
+    Input, Invocation, InvokeError, LoadError, Mailbox, ModuleBytes, Output, ProcessSpec,
+    ServiceInstance,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cluster::Cluster;
+use crate::lineage::{Lineage, ModuleSource};
+
+/// How an app is run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppConfig {
+    /// The app's name: 1 to 64 of `[A-Za-z0-9_-]`.
+    pub name: String,
+    /// Linear memory limit of each instance, in bytes.
+    pub memory: u64,
+    /// How long an instance stays in memory without a request before it is
+    /// swapped out.
+    pub idle: Duration,
+    /// Most instances the app runs.
+    pub max_instances: usize,
+    /// Most requests waiting for one instance.
+    pub queue_depth: usize,
+    /// How long one invocation may run.
+    pub timeout: Duration,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// Largest response body, in bytes.
+    pub max_response: usize,
+}
+
+impl AppConfig {
+    /// Defaults for an app named `name`.
+    pub fn new(name: impl Into<String>) -> AppConfig {
+        AppConfig {
+            name: name.into(),
+            memory: 256 << 20,
+            idle: Duration::from_secs(60),
+            max_instances: 4,
+            queue_depth: 64,
+            timeout: Duration::from_secs(30),
+            max_body: 8 << 20,
+            max_response: 8 << 20,
+        }
+    }
+}
+
+/// An app as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppInfo {
+    /// Its configuration.
+    pub config: AppConfig,
+    /// The sha256 of its module.
+    pub module: String,
+    /// Instances, live or swapped out.
+    pub instances: usize,
+    /// Instances in memory now.
+    pub live: usize,
+    /// Requests being served or waiting, over all instances.
+    pub queued: usize,
+    /// The pids of its instances.
+    pub pids: Vec<Pid>,
+}
+
+/// Why a deployment or an invocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No app has that name.
+    #[error("no app named `{0}`")]
+    UnknownApp(String),
+    /// The name is not acceptable.
+    #[error("invalid app name `{0}`: use 1 to 64 letters, digits, `-` or `_`")]
+    InvalidName(String),
+    /// The configuration is not acceptable.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(&'static str),
+    /// The module cannot serve.
+    #[error("{0}")]
+    Module(String),
+    /// The request body is over the app's limit.
+    #[error("request body of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge {
+        /// The body's size.
+        size: usize,
+        /// The app's limit.
+        limit: usize,
+    },
+    /// Every instance's queue is full.
+    #[error("all {instances} instances of `{app}` are busy; retry later")]
+    Busy {
+        /// The app.
+        app: String,
+        /// How many instances it runs.
+        instances: usize,
+    },
+    /// The handler did not produce a response.
+    #[error(transparent)]
+    Handler(#[from] InvokeError),
+    /// No instance could be started or restored.
+    #[error("cannot start an instance: {0}")]
+    Unavailable(String),
+    /// The data directory failed.
+    #[error("storage: {0}")]
+    Storage(String),
+}
+
+/// What is persisted of an app.
+#[derive(Serialize, Deserialize)]
+struct AppRecord {
+    config: AppConfig,
+    module: String,
+}
+
+/// All apps of this node.
+pub struct Services {
+    cluster: Arc<Cluster>,
+    dir: PathBuf,
+    apps: Mutex<HashMap<String, Arc<App>>>,
+}
+
+impl Services {
+    /// Opens the apps persisted under `data_dir/apps`, their instances swapped out.
+    pub fn open(cluster: Arc<Cluster>, data_dir: &Path) -> Result<Services, ServiceError> {
+        let dir = data_dir.join("apps");
+        std::fs::create_dir_all(&dir).map_err(storage(&dir))?;
+        let services = Services {
+            cluster,
+            dir,
+            apps: Mutex::default(),
+        };
+        for entry in std::fs::read_dir(&services.dir).map_err(storage(&services.dir))? {
+            let app_dir = entry.map_err(storage(&services.dir))?.path();
+            let app = services.reopen(&app_dir)?;
+            services
+                .apps
+                .lock()
+                .unwrap()
+                .insert(app.config.name.clone(), app);
+        }
+        Ok(services)
+    }
+
+    fn reopen(&self, app_dir: &Path) -> Result<Arc<App>, ServiceError> {
+        let record_path = app_dir.join("app.json");
+        let record: AppRecord =
+            serde_json::from_slice(&std::fs::read(&record_path).map_err(storage(&record_path))?)
+                .map_err(|e| ServiceError::Storage(format!("{}: {e}", record_path.display())))?;
+        let module_path = app_dir.join("module.wasm");
+        let module = ModuleBytes::new(std::fs::read(&module_path).map_err(storage(&module_path))?);
+        if module.hash().to_string() != record.module {
+            return Err(ServiceError::Storage(format!(
+                "{}: does not match the hash in app.json",
+                module_path.display()
+            )));
+        }
+        let app = App::new(
+            self.cluster.clone(),
+            app_dir.to_owned(),
+            record.config,
+            module,
+        );
+        let mut swapped = 0;
+        while app.snapshot_path(swapped).exists() {
+            swapped += 1;
+        }
+        for _ in 0..swapped {
+            app.add_instance()?;
+        }
+        Ok(app)
+    }
+
+    /// Deploys `module` as the app `config.name`, replacing an app of that name
+    /// (whose instances and saved state are discarded).
+    pub fn deploy(&self, config: AppConfig, module: ModuleBytes) -> Result<AppInfo, ServiceError> {
+        let valid_name = (1..=64).contains(&config.name.len())
+            && config
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(ServiceError::InvalidName(config.name));
+        }
+        if config.max_instances == 0 || config.queue_depth == 0 {
+            return Err(ServiceError::InvalidConfig(
+                "max instances and queue depth must be at least 1",
+            ));
+        }
+        let program = self
+            .cluster
+            .any_host()
+            .runtime()
+            .load(&module)
+            .map_err(|e: LoadError| ServiceError::Module(e.to_string()))?;
+        if program.is_command() {
+            return Err(ServiceError::Module(
+                "a service module must be a WASI reactor (no `_start`): build C with \
+                 -mexec-model=reactor, Rust as a cdylib"
+                    .into(),
+            ));
+        }
+        let app_dir = self.dir.join(&config.name);
+        if let Some(old) = self.apps.lock().unwrap().remove(&config.name) {
+            old.retire();
+        }
+        if app_dir.exists() {
+            std::fs::remove_dir_all(&app_dir).map_err(storage(&app_dir))?;
+        }
+        std::fs::create_dir_all(&app_dir).map_err(storage(&app_dir))?;
+        write_atomically(&app_dir.join("module.wasm"), module.bytes())?;
+        let record = AppRecord {
+            config: config.clone(),
+            module: module.hash().to_string(),
+        };
+        let json = serde_json::to_vec_pretty(&record).expect("an app record serializes");
+        write_atomically(&app_dir.join("app.json"), &json)?;
+        let app = App::new(self.cluster.clone(), app_dir, config, module);
+        let info = app.info();
+        self.apps
+            .lock()
+            .unwrap()
+            .insert(info.config.name.clone(), app);
+        Ok(info)
+    }
+
+    /// Invokes `handler` of `app` with `body`; requests with the same `session` go
+    /// to the same instance.
+    pub async fn invoke(
+        &self,
+        app: &str,
+        handler: &str,
+        body: Vec<u8>,
+        session: Option<&str>,
+    ) -> Result<Vec<u8>, ServiceError> {
+        let app = self
+            .apps
+            .lock()
+            .unwrap()
+            .get(app)
+            .cloned()
+            .ok_or_else(|| ServiceError::UnknownApp(app.to_owned()))?;
+        app.invoke(handler, body, session).await
+    }
+
+    /// Every app.
+    pub fn apps(&self) -> Vec<AppInfo> {
+        let mut apps: Vec<AppInfo> = self
+            .apps
+            .lock()
+            .unwrap()
+            .values()
+            .map(|a| a.info())
+            .collect();
+        apps.sort_by(|a, b| a.config.name.cmp(&b.config.name));
+        apps
+    }
+
+    /// Swaps every live instance out to disk, e.g. before the node stops.
+    pub async fn swap_out_all(&self) -> Result<(), ServiceError> {
+        let apps: Vec<Arc<App>> = self.apps.lock().unwrap().values().cloned().collect();
+        for app in apps {
+            let instances: Vec<Arc<Instance>> = app.instances.lock().unwrap().clone();
+            for instance in instances {
+                let (done, swapped) = oneshot::channel();
+                if instance.queue.send(Message::SwapOut(done)).await.is_ok() {
+                    swapped
+                        .await
+                        .map_err(|_| ServiceError::Unavailable("instance ended".into()))??;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn storage(path: &Path) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
+    move |e| ServiceError::Storage(format!("{}: {e}", path.display()))
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ServiceError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(storage(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(storage(path))
+}
+
+/// A deployed app and its instances.
+struct App {
+    cluster: Arc<Cluster>,
+    dir: PathBuf,
+    config: AppConfig,
+    module: ModuleBytes,
+    lineage: Arc<Lineage>,
+    instances: Mutex<Vec<Arc<Instance>>>,
+    sessions: Mutex<HashMap<String, usize>>,
+}
+
+/// Most sessions an app remembers; beyond that a new session may forget an old
+/// one, whose next request then picks an instance afresh.
+const MAX_SESSIONS: usize = 100_000;
+
+/// One instance as its app sees it: the way into its actor.
+struct Instance {
+    index: usize,
+    pid: Pid,
+    host: HostId,
+    queue: mpsc::Sender<Message>,
+    pending: AtomicUsize,
+    live: AtomicBool,
+}
+
+enum Message {
+    Invoke {
+        handler: String,
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, ServiceError>>,
+    },
+    SwapOut(oneshot::Sender<Result<(), ServiceError>>),
+}
+
+impl App {
+    fn new(
+        cluster: Arc<Cluster>,
+        dir: PathBuf,
+        config: AppConfig,
+        module: ModuleBytes,
+    ) -> Arc<App> {
+        let limits = Limits {
+            memory: config.memory,
+            timeout: None,
+        };
+        let lineage = Lineage::new(
+            ModuleSource::None,
+            vec![],
+            vec![],
+            (Output::Null, Output::Inherit),
+            limits,
+        );
+        Arc::new(App {
+            cluster,
+            dir,
+            config,
+            module,
+            lineage: Arc::new(lineage),
+            instances: Mutex::default(),
+            sessions: Mutex::default(),
+        })
+    }
+
+    fn snapshot_path(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("instance-{index}.snap"))
+    }
+
+    fn info(&self) -> AppInfo {
+        let instances = self.instances.lock().unwrap();
+        AppInfo {
+            config: self.config.clone(),
+            module: self.module.hash().to_string(),
+            instances: instances.len(),
+            live: instances
+                .iter()
+                .filter(|i| i.live.load(Ordering::Relaxed))
+                .count(),
+            queued: instances
+                .iter()
+                .map(|i| i.pending.load(Ordering::Relaxed))
+                .sum(),
+            pids: instances.iter().map(|i| i.pid).collect(),
+        }
+    }
+
+    /// Starts the actor of one more instance, swapped out until its first request.
+    fn add_instance(self: &Arc<App>) -> Result<Arc<Instance>, ServiceError> {
+        let mut instances = self.instances.lock().unwrap();
+        let host = self
+            .cluster
+            .place_service()
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let (pid, mailbox) = host
+            .register_service(self.module.clone(), self.lineage.clone())
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let (queue, requests) = mpsc::channel(self.config.queue_depth);
+        let instance = Arc::new(Instance {
+            index: instances.len(),
+            pid,
+            host: host.id(),
+            queue,
+            pending: AtomicUsize::new(0),
+            live: AtomicBool::new(false),
+        });
+        instances.push(instance.clone());
+        tokio::spawn(serve(self.clone(), instance.clone(), mailbox, requests));
+        Ok(instance)
+    }
+
+    /// The instance for a request: the session's, else the least busy, else a new
+    /// one while the app may grow.
+    fn dispatch(self: &Arc<App>, session: Option<&str>) -> Result<Arc<Instance>, ServiceError> {
+        if let Some(session) = session
+            && let Some(&index) = self.sessions.lock().unwrap().get(session)
+        {
+            return Ok(self.instances.lock().unwrap()[index].clone());
+        }
+        let least_busy = self
+            .instances
+            .lock()
+            .unwrap()
+            .iter()
+            .min_by_key(|i| i.pending.load(Ordering::Relaxed))
+            .cloned();
+        let count = self.instances.lock().unwrap().len();
+        let chosen = match least_busy {
+            Some(idle) if idle.pending.load(Ordering::Relaxed) == 0 => idle,
+            Some(busy) if count >= self.config.max_instances => busy,
+            _ => self.add_instance()?,
+        };
+        if let Some(session) = session {
+            let mut sessions = self.sessions.lock().unwrap();
+            if sessions.len() >= MAX_SESSIONS
+                && let Some(forgotten) = sessions.keys().next().cloned()
+            {
+                sessions.remove(&forgotten);
+            }
+            sessions.insert(session.to_owned(), chosen.index);
+        }
+        Ok(chosen)
+    }
+
+    async fn invoke(
+        self: &Arc<App>,
+        handler: &str,
+        body: Vec<u8>,
+        session: Option<&str>,
+    ) -> Result<Vec<u8>, ServiceError> {
+        if body.len() > self.config.max_body {
+            return Err(ServiceError::TooLarge {
+                size: body.len(),
+                limit: self.config.max_body,
+            });
+        }
+        let instance = self.dispatch(session)?;
+        let (reply, response) = oneshot::channel();
+        instance.pending.fetch_add(1, Ordering::Relaxed);
+        let message = Message::Invoke {
+            handler: handler.to_owned(),
+            body,
+            reply,
+        };
+        if instance.queue.try_send(message).is_err() {
+            instance.pending.fetch_sub(1, Ordering::Relaxed);
+            return Err(ServiceError::Busy {
+                app: self.config.name.clone(),
+                instances: self.instances.lock().unwrap().len(),
+            });
+        }
+        response
+            .await
+            .map_err(|_| ServiceError::Unavailable("the instance ended".into()))?
+    }
+
+    /// Ends every instance and forgets the app's sessions.
+    fn retire(&self) {
+        let instances = std::mem::take(&mut *self.instances.lock().unwrap());
+        for instance in instances {
+            if let Some(host) = self.cluster.host(instance.host) {
+                host.unregister(instance.pid);
+            }
+        }
+        self.sessions.lock().unwrap().clear();
+    }
+
+    /// Brings an instance into memory: restored from its snapshot if it has one,
+    /// else started fresh.
+    async fn swap_in(
+        &self,
+        instance: &Instance,
+        mailbox: Mailbox,
+    ) -> Result<ServiceInstance, ServiceError> {
+        let host = self
+            .cluster
+            .host(instance.host)
+            .ok_or_else(|| ServiceError::Unavailable("host lost".into()))?;
+        let path = self.snapshot_path(instance.index);
+        let snapshot = if path.exists() {
+            let read = tokio::task::spawn_blocking(move || nimbus_snapshot::read(&path))
+                .await
+                .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            Some(read.map_err(|e| ServiceError::Unavailable(e.to_string()))?)
+        } else {
+            None
+        };
+        let program = host
+            .runtime()
+            .load(&self.module)
+            .map_err(|e: LoadError| ServiceError::Module(e.to_string()))?;
+        let spec = ProcessSpec {
+            pid: instance.pid,
+            args: vec![self.config.name.clone()],
+            env: self.lineage.env.clone(),
+            dirs: self.lineage.dirs.clone(),
+            stdin: Input::Null,
+            stdout: Output::Null,
+            stderr: self.lineage.stderr.clone(),
+            limits: self.lineage.limits.clone(),
+            deadline: None,
+            mailbox,
+            kernel: self.cluster.clone(),
+        };
+        let slot = host.runtime().admit().await;
+        host.runtime()
+            .start_service(&program, spec, slot, snapshot.as_ref())
+            .await
+            .map_err(|status| ServiceError::Unavailable(format!("{status:?}")))
+    }
+}
+
+/// Writes `live`'s state to `path` off the async threads; gives the instance back
+/// with the outcome, so a failed write keeps it in memory.
+async fn write_snapshot(
+    mut live: ServiceInstance,
+    path: PathBuf,
+) -> (ServiceInstance, Result<(), ServiceError>) {
+    tokio::task::spawn_blocking(move || {
+        let written = live
+            .snapshot()
+            .write(&path)
+            .map_err(|e| ServiceError::Storage(e.to_string()));
+        (live, written)
+    })
+    .await
+    .expect("snapshot writing does not panic")
+}
+
+/// The actor of one instance.
+async fn serve(
+    app: Arc<App>,
+    me: Arc<Instance>,
+    mailbox: Mailbox,
+    mut messages: mpsc::Receiver<Message>,
+) {
+    let mut swapped_mailbox = Some(mailbox);
+    let mut live: Option<ServiceInstance> = None;
+    loop {
+        let message = if live.is_some() {
+            match tokio::time::timeout(app.config.idle, messages.recv()).await {
+                Ok(message) => message,
+                Err(_idle) => {
+                    let (done, _) = oneshot::channel();
+                    Some(Message::SwapOut(done))
+                }
+            }
+        } else {
+            messages.recv().await
+        };
+        match message {
+            None => break,
+            Some(Message::SwapOut(done)) => {
+                let outcome = match live.take() {
+                    None => Ok(()),
+                    Some(instance) => {
+                        let (instance, written) =
+                            write_snapshot(instance, app.snapshot_path(me.index)).await;
+                        match written {
+                            Ok(()) => {
+                                swapped_mailbox = Some(instance.retire());
+                                me.live.store(false, Ordering::Relaxed);
+                            }
+                            Err(_) => live = Some(instance),
+                        }
+                        written
+                    }
+                };
+                let _ = done.send(outcome);
+            }
+            Some(Message::Invoke {
+                handler,
+                body,
+                reply,
+            }) => {
+                if live.is_none() {
+                    let mailbox = swapped_mailbox
+                        .take()
+                        .or_else(|| app.cluster.host(me.host)?.renew_mailbox(me.pid));
+                    let started = match mailbox {
+                        Some(mailbox) => app.swap_in(&me, mailbox).await,
+                        None => Err(ServiceError::Unavailable("instance retired".into())),
+                    };
+                    match started {
+                        Ok(instance) => {
+                            live = Some(instance);
+                            me.live.store(true, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            me.pending.fetch_sub(1, Ordering::Relaxed);
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    }
+                }
+                let instance = live.as_mut().expect("swapped in above");
+                let result = instance
+                    .invoke(Invocation {
+                        handler,
+                        body,
+                        max_response: app.config.max_response,
+                        timeout: Some(app.config.timeout),
+                    })
+                    .await;
+                if let Err(InvokeError::Failed(_)) = &result {
+                    // Its state may be corrupt: roll back to the last snapshot (or a
+                    // fresh start) at the next request.
+                    swapped_mailbox = live.take().map(ServiceInstance::retire);
+                    me.live.store(false, Ordering::Relaxed);
+                }
+                me.pending.fetch_sub(1, Ordering::Relaxed);
+                let _ = reply.send(result.map_err(ServiceError::from));
+            }
+        }
+    }
+}

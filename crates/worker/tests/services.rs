@@ -1,0 +1,223 @@
+//! Service processes on the embedded cluster, with real Rust and C reactors (built by
+//! `scripts/build-guests.sh`): state between invocations, errors, swap out and in,
+//! rollback after a trap, restart, sessions, scale-out and refusal when full.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nimbus_core::{HostId, Pid};
+use nimbus_runtime::{InvokeError, Kernel, ModuleBytes};
+use nimbus_worker::{AppConfig, Cluster, ClusterConfig, ServiceError, Services};
+
+fn guest(name: &str) -> ModuleBytes {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/guests")
+        .join(format!("{name}.wasm"));
+    let bytes = std::fs::read(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-guests.sh", path.display()));
+    ModuleBytes::new(bytes)
+}
+
+fn node(data: &Path) -> (Arc<Cluster>, Services) {
+    let mut config = ClusterConfig::new(data);
+    config.runtime.max_live_processes = 16;
+    let cluster = Cluster::new(&config).unwrap();
+    let services = Services::open(cluster.clone(), data).unwrap();
+    (cluster, services)
+}
+
+async fn call(services: &Services, app: &str, handler: &str, body: &str) -> String {
+    call_in(services, app, handler, body, None).await
+}
+
+async fn call_in(
+    services: &Services,
+    app: &str,
+    handler: &str,
+    body: &str,
+    session: Option<&str>,
+) -> String {
+    let out = services
+        .invoke(app, handler, body.as_bytes().to_vec(), session)
+        .await
+        .unwrap_or_else(|e| panic!("{app}.{handler}({body}): {e}"));
+    String::from_utf8(out).unwrap().trim().to_owned()
+}
+
+/// Waits, within a bound, until `count` processes of the cluster block in `recv`.
+async fn until_waiting(cluster: &Cluster, count: usize) {
+    let bound = Instant::now() + Duration::from_secs(20);
+    while cluster.runtime_load().waiting < count {
+        assert!(Instant::now() < bound, "no process reached recv");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+fn outsider() -> Pid {
+    Pid::new(HostId(999), 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_invoke_state_and_errors() {
+    let data = tempfile::tempdir().unwrap();
+    let (_cluster, services) = node(data.path());
+    let mut config = AppConfig::new("counter");
+    config.max_body = 16;
+    services.deploy(config, guest("counter-service")).unwrap();
+
+    assert_eq!(call(&services, "counter", "add", "5").await, "5");
+    assert_eq!(call(&services, "counter", "add", "7").await, "12");
+    assert_eq!(call(&services, "counter", "total", "").await, "12 2");
+
+    let err = |r: Result<Vec<u8>, ServiceError>| r.unwrap_err();
+    let unknown = services.invoke("nope", "add", vec![], None).await;
+    assert!(matches!(err(unknown), ServiceError::UnknownApp(_)));
+    let no_handler = services.invoke("counter", "subtract", vec![], None).await;
+    assert!(matches!(
+        err(no_handler),
+        ServiceError::Handler(InvokeError::NoSuchHandler(_))
+    ));
+    let big = services
+        .invoke("counter", "add", vec![b'1'; 17], None)
+        .await;
+    assert!(matches!(
+        err(big),
+        ServiceError::TooLarge {
+            size: 17,
+            limit: 16
+        }
+    ));
+    let bad = services.invoke("counter", "add", b"x".to_vec(), None).await;
+    assert!(matches!(
+        err(bad),
+        ServiceError::Handler(InvokeError::Status(1))
+    ));
+    // The state survived every error.
+    assert_eq!(call(&services, "counter", "total", "").await, "12 2");
+
+    let bad_name = services.deploy(AppConfig::new("no/slashes"), guest("counter-service"));
+    assert!(matches!(bad_name, Err(ServiceError::InvalidName(_))));
+    let command = services.deploy(AppConfig::new("hello"), guest("hello"));
+    assert!(matches!(command, Err(ServiceError::Module(m)) if m.contains("reactor")));
+    let garbage = services.deploy(AppConfig::new("junk"), ModuleBytes::new(b"junk".to_vec()));
+    assert!(matches!(garbage, Err(ServiceError::Module(_))));
+
+    let apps = services.apps();
+    assert_eq!(apps.len(), 1);
+    assert_eq!((apps[0].instances, apps[0].live), (1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_out_and_in_keeps_state_and_a_restart_keeps_everything() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let (_cluster, services) = node(data.path());
+        services
+            .deploy(AppConfig::new("counter"), guest("c-counter-service"))
+            .unwrap();
+        assert_eq!(call(&services, "counter", "add", "5").await, "5");
+        services.swap_out_all().await.unwrap();
+        assert_eq!(services.apps()[0].live, 0);
+        assert!(data.path().join("apps/counter/instance-0.snap").exists());
+        assert_eq!(call(&services, "counter", "add", "1").await, "6");
+        assert_eq!(services.apps()[0].live, 1);
+        services.swap_out_all().await.unwrap();
+    }
+    let (_cluster, services) = node(data.path());
+    let apps = services.apps();
+    assert_eq!((apps.len(), apps[0].instances, apps[0].live), (1, 1, 0));
+    assert_eq!(call(&services, "counter", "total", "").await, "6 2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trap_rolls_the_instance_back_to_its_last_snapshot() {
+    let data = tempfile::tempdir().unwrap();
+    let (_cluster, services) = node(data.path());
+    services
+        .deploy(AppConfig::new("counter"), guest("c-counter-service"))
+        .unwrap();
+    assert_eq!(call(&services, "counter", "add", "5").await, "5");
+    services.swap_out_all().await.unwrap();
+    assert_eq!(call(&services, "counter", "add", "3").await, "8");
+    let crashed = services.invoke("counter", "crash", vec![], None).await;
+    assert!(matches!(
+        crashed,
+        Err(ServiceError::Handler(InvokeError::Failed(_)))
+    ));
+    assert_eq!(call(&services, "counter", "total", "").await, "5 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_stick_and_a_busy_app_scales_out() {
+    let data = tempfile::tempdir().unwrap();
+    let (cluster, services) = node(data.path());
+    let services = Arc::new(services);
+    let mut config = AppConfig::new("counter");
+    config.max_instances = 3;
+    services.deploy(config, guest("c-counter-service")).unwrap();
+
+    let held = tokio::spawn({
+        let services = services.clone();
+        async move { call(&services, "counter", "hold", "").await }
+    });
+    until_waiting(&cluster, 1).await;
+    // Instance 0 is busy, so the session lands on a new instance.
+    assert_eq!(
+        call_in(&services, "counter", "add", "1", Some("s")).await,
+        "1"
+    );
+    assert_eq!(services.apps()[0].instances, 2);
+
+    let first = services.apps()[0].pids[0];
+    cluster
+        .send(outsider(), first, b"go".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(held.await.unwrap(), "released");
+    // The session sticks to its instance; without one, the first idle instance serves.
+    assert_eq!(
+        call_in(&services, "counter", "add", "1", Some("s")).await,
+        "2"
+    );
+    assert_eq!(call(&services, "counter", "add", "1").await, "1");
+    assert_eq!(services.apps()[0].instances, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_queue_is_full_requests_are_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let (cluster, services) = node(data.path());
+    let services = Arc::new(services);
+    let mut config = AppConfig::new("counter");
+    config.max_instances = 1;
+    config.queue_depth = 1;
+    services.deploy(config, guest("c-counter-service")).unwrap();
+
+    let held = tokio::spawn({
+        let services = services.clone();
+        async move { call(&services, "counter", "hold", "").await }
+    });
+    until_waiting(&cluster, 1).await;
+    let queued = tokio::spawn({
+        let services = services.clone();
+        async move { call(&services, "counter", "add", "4").await }
+    });
+    let bound = Instant::now() + Duration::from_secs(20);
+    while services.apps()[0].queued < 2 {
+        assert!(
+            Instant::now() < bound,
+            "the second request was never queued"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let refused = services.invoke("counter", "add", b"1".to_vec(), None).await;
+    assert!(
+        matches!(refused, Err(ServiceError::Busy { instances: 1, .. })),
+        "{refused:?}"
+    );
+    let pid = services.apps()[0].pids[0];
+    cluster.send(outsider(), pid, b"go".to_vec()).await.unwrap();
+    assert_eq!(held.await.unwrap(), "released");
+    assert_eq!(queued.await.unwrap(), "4");
+}
