@@ -5,7 +5,9 @@
 //!
 //! Must not: hold platform logic; it calls the worker crate's cluster.
 
+mod client;
 mod run;
+mod up;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +26,18 @@ struct Cli {
 enum Command {
     /// Run a wasm32-wasip1 program on the embedded default (no services needed).
     Run(run::RunArgs),
+    /// Start a single-node nimbus with its HTTP gateway.
+    Up(up::UpArgs),
+    /// Deploy a service module (a WASI reactor) as an app.
+    Deploy(client::DeployArgs),
+    /// Invoke a handler of an app; prints the response.
+    Invoke(client::InvokeArgs),
+    /// List the deployed apps.
+    Apps(client::Server),
+    /// List the processes.
+    Ps(client::Server),
+    /// Print a service instance's recent stderr.
+    Logs(client::LogsArgs),
 }
 
 /// A failure with the exit code it maps to. Printed as `nimbus: MESSAGE`.
@@ -54,6 +68,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::Up(args) => up::up(args),
+        Command::Deploy(args) => client::deploy(args),
+        Command::Invoke(args) => client::invoke(args),
+        Command::Apps(server) => client::apps(server),
+        Command::Ps(server) => client::ps(server),
+        Command::Logs(args) => client::logs(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -13,7 +13,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::engine::{Gauges, Program, SLICE_TICKS};
-use crate::{Kernel, Mailbox};
+use crate::{Kernel, LogBuffer, Mailbox};
 
 /// Where a process's stdin comes from.
 #[derive(Clone, Debug)]
@@ -33,8 +33,10 @@ pub enum Output {
     Inherit,
     /// Discarded.
     Null,
-    /// Kept in this in-memory pipe.
+    /// Kept in this in-memory pipe (writes past its capacity fail).
     Capture(MemoryOutputPipe),
+    /// Kept in this ring buffer (the oldest bytes make room).
+    Log(LogBuffer),
 }
 
 /// A host directory made visible to the guest.
@@ -179,11 +181,13 @@ impl WasiSetup {
             Output::Inherit => wasi.inherit_stdout(),
             Output::Null => &mut wasi,
             Output::Capture(pipe) => wasi.stdout(pipe.clone()),
+            Output::Log(log) => wasi.stdout(log.clone()),
         };
         match stderr {
             Output::Inherit => wasi.inherit_stderr(),
             Output::Null => &mut wasi,
             Output::Capture(pipe) => wasi.stderr(pipe.clone()),
+            Output::Log(log) => wasi.stderr(log.clone()),
         };
         for dir in &self.dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)

@@ -22,8 +22,8 @@ use std::time::Duration;
 
 use nimbus_core::{HostId, Limits, Pid};
 use nimbus_runtime::{
-    Input, Invocation, InvokeError, LoadError, Mailbox, ModuleBytes, Output, ProcessSpec,
-    ServiceInstance,
+    Input, Invocation, InvokeError, LoadError, LogBuffer, Mailbox, ModuleBytes, Output,
+    ProcessSpec, ServiceInstance,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
@@ -278,6 +278,16 @@ impl Services {
         apps
     }
 
+    /// The recent stderr of the service instance `pid`, if it is one.
+    pub fn logs(&self, pid: Pid) -> Option<Vec<u8>> {
+        let apps = self.apps.lock().unwrap();
+        apps.values().find_map(|app| {
+            let instances = app.instances.lock().unwrap();
+            let instance = instances.iter().find(|i| i.pid == pid)?;
+            Some(instance.log.contents())
+        })
+    }
+
     /// Swaps every live instance out to disk, e.g. before the node stops.
     pub async fn swap_out_all(&self) -> Result<(), ServiceError> {
         let apps: Vec<Arc<App>> = self.apps.lock().unwrap().values().cloned().collect();
@@ -317,6 +327,9 @@ struct App {
     sessions: Mutex<HashMap<String, usize>>,
 }
 
+/// The most bytes of stderr kept per instance for `nimbus logs`.
+const LOG_CAPACITY: usize = 256 << 10;
+
 /// Most sessions an app remembers; beyond that a new session may forget an old
 /// one, whose next request then picks an instance afresh.
 const MAX_SESSIONS: usize = 100_000;
@@ -324,6 +337,7 @@ const MAX_SESSIONS: usize = 100_000;
 /// One instance as its app sees it: the way into its actor.
 struct Instance {
     index: usize,
+    log: LogBuffer,
     pid: Pid,
     host: HostId,
     queue: mpsc::Sender<Message>,
@@ -355,7 +369,7 @@ impl App {
             ModuleSource::None,
             vec![],
             vec![],
-            (Output::Null, Output::Inherit),
+            (Output::Null, Output::Null),
             limits,
         );
         Arc::new(App {
@@ -404,6 +418,7 @@ impl App {
         let (queue, requests) = mpsc::channel(self.config.queue_depth);
         let instance = Arc::new(Instance {
             index: instances.len(),
+            log: LogBuffer::new(LOG_CAPACITY),
             pid,
             host: host.id(),
             queue,
@@ -522,7 +537,7 @@ impl App {
             dirs: self.lineage.dirs.clone(),
             stdin: Input::Null,
             stdout: Output::Null,
-            stderr: self.lineage.stderr.clone(),
+            stderr: Output::Log(instance.log.clone()),
             limits: self.lineage.limits.clone(),
             deadline: None,
             mailbox,

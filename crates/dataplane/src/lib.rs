@@ -1,0 +1,31 @@
+//! The direct binary data plane: invoking service handlers over TCP with the least
+//! overhead, beside the HTTP gateway.
+//!
+//! Owns: the wire format ([`protocol`]: length-prefixed request and response frames,
+//! their statuses, and pure encoding and decoding), the server ([`serve`]: one task per
+//! connection, requests on a connection answered in order, a bound on connections), and
+//! the client ([`Client`]). An invocation is an app name, a handler name, an optional
+//! session id and a request body; its answer is a response body or a [`Status`] with a
+//! message.
+//!
+//! Must not: depend on the runtime, the worker or any other nimbus crate, or know what
+//! an app is beyond its name and its handlers' names. The server hands every decoded
+//! request to an [`Invoker`], the trait through which the gateway plugs in the real
+//! service manager.
+//!
+//! Every frame is a `u32` little-endian length of what follows, then the frame; all
+//! integers are little endian. `docs/dataplane.md` describes the format in full.
+//!
+//! ```text
+//! request:  u8 kind = 1  u64 request id  u16 len + app  u16 len + handler
+//!           u16 len + session (0 = none)  body (the rest of the frame)
+//! response: u8 status  u64 request id (echoed)  payload (body if status 0, else message)
+//! ```
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use client::{Client, ClientError};
+pub use protocol::{FrameError, Status};
+pub use server::{Failure, Invoker, Request, ServerConfig, serve};

@@ -1,0 +1,249 @@
+//! The HTTP gateway: the API users and tools reach nimbus through.
+//!
+//! Owns: the HTTP routes, the translation of requests into calls on the service
+//! manager and the cluster, and of every failure into a status code with a JSON
+//! body `{"error": "..."}` (429 carries `Retry-After`).
+//!
+//! Must not: hold platform state or logic of its own; it is a thin layer over
+//! [`nimbus_worker::Services`] and [`nimbus_worker::Cluster`].
+//!
+//! | method and path | does |
+//! |---|---|
+//! | `PUT /v1/apps/{name}?memory=&idle=&max_instances=&queue_depth=&timeout=&max_body=` | deploy the module in the body |
+//! | `GET /v1/apps` | list apps |
+//! | `POST /v1/apps/{name}/invoke/{handler}?session=` | invoke; the body is the request, the response body the handler's output |
+//! | `GET /v1/processes` | list processes |
+//! | `GET /v1/processes/{pid}/logs` | a service instance's recent stderr |
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use nimbus_core::{Pid, ProcessState, parse_duration, parse_size};
+use nimbus_runtime::{InvokeError, ModuleBytes};
+use nimbus_worker::{AppConfig, AppInfo, Cluster, ServiceError, Services};
+use serde_json::{Value, json};
+
+/// Largest module a deployment may upload.
+pub const MAX_MODULE_SIZE: usize = 256 << 20;
+/// Largest request body the gateway reads; each app has its own, lower, limit.
+pub const MAX_REQUEST_SIZE: usize = 64 << 20;
+/// Seconds a client is told to wait after a 429.
+const RETRY_AFTER_SECONDS: u64 = 1;
+
+/// What the routes work on.
+pub struct Gateway {
+    /// The deployed apps.
+    pub services: Arc<Services>,
+    /// The hosts and their processes.
+    pub cluster: Arc<Cluster>,
+}
+
+/// The gateway's routes.
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/v1/apps", get(list_apps))
+        .route("/v1/apps/{name}", put(deploy))
+        .route("/v1/apps/{name}/invoke/{handler}", post(invoke))
+        .route("/v1/processes", get(list_processes))
+        .route("/v1/processes/{pid}/logs", get(logs))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
+        // Bodies are read with explicit limits below, so that an oversized one gets
+        // a JSON 413 like every other error.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(gateway)
+}
+
+/// Serves the gateway on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    gateway: Arc<Gateway>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(gateway))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A failed request: a status and a message, sent as `{"error": message}`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> ApiError {
+        let status = match &error {
+            ServiceError::UnknownApp(_) | ServiceError::Handler(InvokeError::NoSuchHandler(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            ServiceError::InvalidName(_)
+            | ServiceError::InvalidConfig(_)
+            | ServiceError::Module(_) => StatusCode::BAD_REQUEST,
+            ServiceError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ServiceError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ServiceError::Handler(_) | ServiceError::Storage(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            ServiceError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError::new(status, error.to_string())
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body over the limit of {limit} bytes (or unreadable)"),
+        )
+    })
+}
+
+fn app_json(app: &AppInfo) -> Value {
+    json!({
+        "name": app.config.name,
+        "module": app.module,
+        "instances": app.instances,
+        "live": app.live,
+        "queued": app.queued,
+        "pids": app.pids.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
+        "memory": app.config.memory,
+        "idle_ms": app.config.idle.as_millis() as u64,
+        "max_instances": app.config.max_instances,
+        "queue_depth": app.config.queue_depth,
+        "timeout_ms": app.config.timeout.as_millis() as u64,
+        "max_body": app.config.max_body,
+    })
+}
+
+/// Applies the deployment's query parameters to the defaults.
+fn app_config(name: String, query: &HashMap<String, String>) -> Result<AppConfig, ApiError> {
+    let mut config = AppConfig::new(name);
+    for (key, value) in query {
+        let invalid = |e: &dyn std::fmt::Display| ApiError::bad_request(format!("{key}: {e}"));
+        let count = || value.parse::<usize>().map_err(|e| invalid(&e));
+        match key.as_str() {
+            "memory" => config.memory = parse_size(value).map_err(|e| invalid(&e))?,
+            "idle" => config.idle = parse_duration(value).map_err(|e| invalid(&e))?,
+            "timeout" => config.timeout = parse_duration(value).map_err(|e| invalid(&e))?,
+            "max_instances" => config.max_instances = count()?,
+            "queue_depth" => config.queue_depth = count()?,
+            "max_body" => config.max_body = parse_size(value).map_err(|e| invalid(&e))? as usize,
+            _ => return Err(ApiError::bad_request(format!("unknown parameter `{key}`"))),
+        }
+    }
+    Ok(config)
+}
+
+async fn deploy(
+    State(gateway): State<Arc<Gateway>>,
+    Path(name): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let config = app_config(name, &query)?;
+    let module = ModuleBytes::new(read_body(body, MAX_MODULE_SIZE).await?.to_vec());
+    let services = gateway.services.clone();
+    // Compiling takes milliseconds to seconds: off the request threads.
+    let info = tokio::task::spawn_blocking(move || services.deploy(config, module))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    Ok((StatusCode::CREATED, Json(app_json(&info))))
+}
+
+async fn list_apps(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
+    Json(Value::Array(
+        gateway.services.apps().iter().map(app_json).collect(),
+    ))
+}
+
+async fn invoke(
+    State(gateway): State<Arc<Gateway>>,
+    Path((app, handler)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, ApiError> {
+    let session = match (query.get("session"), headers.get("x-nimbus-session")) {
+        (Some(session), _) => Some(session.clone()),
+        (None, Some(header)) => Some(
+            header
+                .to_str()
+                .map_err(|_| ApiError::bad_request("x-nimbus-session is not text"))?
+                .to_owned(),
+        ),
+        (None, None) => None,
+    };
+    let body = read_body(body, MAX_REQUEST_SIZE).await?;
+    Ok(gateway
+        .services
+        .invoke(&app, &handler, body.to_vec(), session.as_deref())
+        .await?)
+}
+
+async fn list_processes(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
+    let processes = gateway.cluster.processes().into_iter().map(|p| {
+        let state = match p.state {
+            ProcessState::Starting => "starting",
+            ProcessState::Running => "running",
+            ProcessState::Ended(_) => "ended",
+        };
+        json!({
+            "pid": p.pid.to_string(),
+            "parent": p.parent.map(|p| p.to_string()),
+            "host": p.host.to_string(),
+            "state": state,
+        })
+    });
+    Json(Value::Array(processes.collect()))
+}
+
+async fn logs(
+    State(gateway): State<Arc<Gateway>>,
+    Path(pid): Path<String>,
+) -> Result<Vec<u8>, ApiError> {
+    let pid = pid
+        .parse::<i64>()
+        .ok()
+        .and_then(Pid::from_guest)
+        .ok_or_else(|| ApiError::bad_request(format!("`{pid}` is not a process id")))?;
+    gateway.services.logs(pid).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no service instance with pid {pid}"),
+        )
+    })
+}
