@@ -80,6 +80,18 @@ pub(crate) struct LogsArgs {
     server: Server,
 }
 
+/// Arguments of `nimbus send`.
+#[derive(Args)]
+pub(crate) struct SendArgs {
+    /// The receiving process.
+    pid: String,
+    /// The message: text, or `@FILE` for a file's contents.
+    #[arg(long)]
+    data: Option<String>,
+    #[command(flatten)]
+    server: Server,
+}
+
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -194,19 +206,31 @@ pub(crate) fn deploy(args: DeployArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub(crate) fn invoke(args: InvokeArgs) -> Result<i32, Failure> {
-    let body = match args.data.as_deref() {
-        None => Vec::new(),
-        Some(data) => match data.strip_prefix('@') {
-            Some(path) => std::fs::read(path).map_err(|e| {
-                Failure::new(
-                    nimbus_core::exit_code::FILE_NOT_FOUND,
-                    format!("cannot read {path}: {e}"),
-                )
-            })?,
-            None => data.as_bytes().to_vec(),
-        },
+/// The bytes of a `--data` argument: text, or `@FILE`.
+fn data_bytes(data: Option<&str>) -> Result<Vec<u8>, Failure> {
+    let Some(data) = data else {
+        return Ok(Vec::new());
     };
+    match data.strip_prefix('@') {
+        Some(path) => std::fs::read(path).map_err(|e| {
+            Failure::new(
+                nimbus_core::exit_code::FILE_NOT_FOUND,
+                format!("cannot read {path}: {e}"),
+            )
+        }),
+        None => Ok(data.as_bytes().to_vec()),
+    }
+}
+
+pub(crate) fn send(args: SendArgs) -> Result<i32, Failure> {
+    let body = data_bytes(args.data.as_deref())?;
+    let url = format!("{}/v1/processes/{}/messages", args.server.url, args.pid);
+    finish(&url, agent().post(&url).send(&body[..]))?;
+    Ok(0)
+}
+
+pub(crate) fn invoke(args: InvokeArgs) -> Result<i32, Failure> {
+    let body = data_bytes(args.data.as_deref())?;
     let url = format!(
         "{}/v1/apps/{}/invoke/{}",
         args.server.url, args.app, args.handler

@@ -38,6 +38,8 @@ enum Command {
     Ps(client::Server),
     /// Print a service instance's recent stderr.
     Logs(client::LogsArgs),
+    /// Send a message to a process.
+    Send(client::SendArgs),
 }
 
 /// A failure with the exit code it maps to. Printed as `nimbus: MESSAGE`.
@@ -74,6 +76,7 @@ fn main() -> ExitCode {
         Command::Apps(server) => client::apps(server),
         Command::Ps(server) => client::ps(server),
         Command::Logs(args) => client::logs(args),
+        Command::Send(args) => client::send(args),
     };
     let code = match result {
         Ok(code) => code,

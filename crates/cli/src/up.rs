@@ -17,6 +17,9 @@ pub(crate) struct UpArgs {
     /// Address of the HTTP gateway (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     listen: String,
+    /// Address of the binary data plane for invocations (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:7071", value_name = "ADDR")]
+    data_listen: String,
     /// Where nimbus keeps modules, deployments and swapped-out state.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -44,8 +47,20 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         let address = listener
             .local_addr()
             .map_err(|e| internal("listener", &e))?;
-        // Tools and tests read this line to learn the port.
+        let data_listener = tokio::net::TcpListener::bind(&args.data_listen)
+            .await
+            .map_err(|e| Failure::new(2, format!("cannot listen on {}: {e}", args.data_listen)))?;
+        let data_address = data_listener
+            .local_addr()
+            .map_err(|e| internal("listener", &e))?;
+        // Tools and tests read these lines to learn the ports.
         println!("nimbus: gateway listening on http://{address}");
+        println!("nimbus: data plane listening on {data_address}");
+        tokio::spawn(nimbus_dataplane::serve(
+            data_listener,
+            nimbus_gateway::DataPlane::new(services.clone()),
+            nimbus_dataplane::ServerConfig::default(),
+        ));
         let gateway = Arc::new(Gateway {
             services: services.clone(),
             cluster,

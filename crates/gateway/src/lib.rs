@@ -2,7 +2,8 @@
 //!
 //! Owns: the HTTP routes, the translation of requests into calls on the service
 //! manager and the cluster, and of every failure into a status code with a JSON
-//! body `{"error": "..."}` (429 carries `Retry-After`).
+//! body `{"error": "..."}` (429 carries `Retry-After`); and the [`DataPlane`], which
+//! serves the same invocations over the binary protocol of `nimbus-dataplane`.
 //!
 //! Must not: hold platform state or logic of its own; it is a thin layer over
 //! [`nimbus_worker::Services`] and [`nimbus_worker::Cluster`].
@@ -14,9 +15,11 @@
 //! | `POST /v1/apps/{name}/invoke/{handler}?session=` | invoke; the body is the request, the response body the handler's output |
 //! | `GET /v1/processes` | list processes |
 //! | `GET /v1/processes/{pid}/logs` | a service instance's recent stderr |
+//! | `POST /v1/processes/{pid}/messages` | send the body as a message to the process |
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -26,7 +29,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use nimbus_core::{Pid, ProcessState, parse_duration, parse_size};
-use nimbus_runtime::{InvokeError, ModuleBytes};
+use nimbus_dataplane::{Failure as DataFailure, Invoker, Request, Status};
+use nimbus_runtime::{InvokeError, Kernel, ModuleBytes};
 use nimbus_worker::{AppConfig, AppInfo, Cluster, ServiceError, Services};
 use serde_json::{Value, json};
 
@@ -53,6 +57,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/apps/{name}/invoke/{handler}", post(invoke))
         .route("/v1/processes", get(list_processes))
         .route("/v1/processes/{pid}/logs", get(logs))
+        .route("/v1/processes/{pid}/messages", post(send_message))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         // Bodies are read with explicit limits below, so that an oversized one gets
         // a JSON 413 like every other error.
@@ -174,8 +179,10 @@ async fn deploy(
     Query(query): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let config = app_config(name, &query)?;
+    // The upload is read before anything is refused, so that the client, still
+    // sending, gets the answer rather than a broken connection.
     let module = ModuleBytes::new(read_body(body, MAX_MODULE_SIZE).await?.to_vec());
+    let config = app_config(name, &query)?;
     let services = gateway.services.clone();
     // Compiling takes milliseconds to seconds: off the request threads.
     let info = tokio::task::spawn_blocking(move || services.deploy(config, module))
@@ -231,19 +238,89 @@ async fn list_processes(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
     Json(Value::Array(processes.collect()))
 }
 
+fn parse_pid(text: &str) -> Result<Pid, ApiError> {
+    text.parse::<i64>()
+        .ok()
+        .and_then(Pid::from_guest)
+        .ok_or_else(|| ApiError::bad_request(format!("`{text}` is not a process id")))
+}
+
+/// The sender of messages that come from outside the cluster through the gateway.
+fn gateway_pid() -> Pid {
+    Pid::new(nimbus_core::HostId(0), 1)
+}
+
+async fn send_message(
+    State(gateway): State<Arc<Gateway>>,
+    Path(pid): Path<String>,
+    body: Body,
+) -> Result<StatusCode, ApiError> {
+    let pid = parse_pid(&pid)?;
+    let body = read_body(body, nimbus_runtime::MAX_MESSAGE_SIZE).await?;
+    gateway
+        .cluster
+        .send(gateway_pid(), pid, body.to_vec())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("process {pid}: {e}")))?;
+    Ok(StatusCode::ACCEPTED)
+}
+
 async fn logs(
     State(gateway): State<Arc<Gateway>>,
     Path(pid): Path<String>,
 ) -> Result<Vec<u8>, ApiError> {
-    let pid = pid
-        .parse::<i64>()
-        .ok()
-        .and_then(Pid::from_guest)
-        .ok_or_else(|| ApiError::bad_request(format!("`{pid}` is not a process id")))?;
+    let pid = parse_pid(&pid)?;
     gateway.services.logs(pid).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no service instance with pid {pid}"),
         )
     })
+}
+
+/// Serves invocations over the binary data plane, for the lowest latency.
+pub struct DataPlane {
+    services: Arc<Services>,
+}
+
+impl DataPlane {
+    /// A data plane over `services`.
+    pub fn new(services: Arc<Services>) -> Arc<DataPlane> {
+        Arc::new(DataPlane { services })
+    }
+}
+
+impl Invoker for DataPlane {
+    fn invoke(
+        &self,
+        request: Request,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, DataFailure>> + Send + 'static>> {
+        let services = self.services.clone();
+        Box::pin(async move {
+            services
+                .invoke(
+                    &request.app,
+                    &request.handler,
+                    request.body,
+                    request.session.as_deref(),
+                )
+                .await
+                .map_err(|error| {
+                    let status = match &error {
+                        ServiceError::UnknownApp(_)
+                        | ServiceError::Handler(InvokeError::NoSuchHandler(_)) => Status::NotFound,
+                        ServiceError::TooLarge { .. } => Status::TooLarge,
+                        ServiceError::Busy { .. } => Status::Busy,
+                        ServiceError::Handler(_) => Status::HandlerFailed,
+                        ServiceError::InvalidName(_)
+                        | ServiceError::InvalidConfig(_)
+                        | ServiceError::Module(_) => Status::BadRequest,
+                        ServiceError::Unavailable(_) | ServiceError::Storage(_) => {
+                            Status::Unavailable
+                        }
+                    };
+                    DataFailure::new(status, error.to_string())
+                })
+        })
+    }
 }

@@ -1,0 +1,310 @@
+//! Service processes through the real binary: `nimbus up` on OS-chosen ports, the
+//! client commands, and raw HTTP where status codes and headers matter.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::{guest, outcome, run};
+use serde_json::Value;
+
+/// A running `nimbus up`.
+struct Node {
+    child: Child,
+    url: String,
+    data_dir: std::path::PathBuf,
+}
+
+impl Node {
+    fn start(data_dir: &Path) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-listen",
+                "127.0.0.1:0",
+            ])
+            .env("NIMBUS_DATA_DIR", data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines, announced) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = announced
+            .recv_timeout(Duration::from_secs(60))
+            .expect("nimbus up announces its address");
+        let url = first
+            .strip_prefix("nimbus: gateway listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        Node {
+            child,
+            url,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    fn nimbus(&self, args: &[&str]) -> Command {
+        let mut command = common::nimbus(args);
+        command
+            .env("NIMBUS_SERVER", &self.url)
+            .env("NIMBUS_DATA_DIR", &self.data_dir);
+        command
+    }
+
+    /// Runs a client command that must succeed; returns its stdout, trimmed.
+    fn ok(&self, args: &[&str]) -> String {
+        let (stdout, stderr, code) = outcome(&run(self.nimbus(args)));
+        assert_eq!(code, Some(0), "nimbus {args:?}: {stderr}");
+        stdout.trim().to_owned()
+    }
+
+    /// Runs a client command that must fail; returns its stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let (_, stderr, code) = outcome(&run(self.nimbus(args)));
+        assert_eq!(code, Some(1), "nimbus {args:?} should fail: {stderr}");
+        stderr
+    }
+
+    fn app(&self, name: &str) -> Value {
+        let body = ureq::get(format!("{}/v1/apps", self.url))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_vec()
+            .unwrap();
+        let apps: Value = serde_json::from_slice(&body).unwrap();
+        apps.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no app {name} in {apps}"))
+    }
+
+    /// Waits, within a bound, until `check` holds of the app.
+    fn until(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) {
+        let bound = Instant::now() + Duration::from_secs(30);
+        while !check(&self.app(name)) {
+            assert!(Instant::now() < bound, "app {name} never got {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the node as an operator would (SIGTERM) and waits for it.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "nimbus up ended with {status}");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn path(name: &str) -> String {
+    guest(name).to_str().unwrap().to_owned()
+}
+
+#[test]
+fn deploy_invoke_state_and_every_error() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    let deployed = node.ok(&[
+        "deploy",
+        &path("counter-service"),
+        "--name",
+        "counter",
+        "--max-body",
+        "16",
+    ]);
+    assert!(deployed.starts_with("deployed counter"), "{deployed}");
+
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "7"]), "12");
+    assert_eq!(node.ok(&["invoke", "counter", "total"]), "12 2");
+
+    let cases: &[(&[&str], &str)] = &[
+        (&["invoke", "nope", "add"], "404"),
+        (&["invoke", "counter", "subtract"], "404"),
+        (
+            &["invoke", "counter", "add", "--data", "12345678901234567"],
+            "413",
+        ),
+        (&["invoke", "counter", "add", "--data", "x"], "500"),
+        (&["deploy", &path("hello"), "--name", "hello"], "reactor"),
+        (
+            &[
+                "deploy",
+                &path("counter-service"),
+                "--name",
+                "bad",
+                "--mem",
+                "lots",
+            ],
+            "400",
+        ),
+        (
+            &["deploy", &path("counter-service"), "--name", "no.dots"],
+            "400",
+        ),
+    ];
+    for (args, expected) in cases {
+        let stderr = node.fails(args);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // Errors left the state alone.
+    assert_eq!(node.ok(&["invoke", "counter", "total"]), "12 2");
+
+    let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    assert!(node.ok(&["ps"]).contains(&pid));
+    assert!(node.ok(&["apps"]).contains("counter"));
+    assert!(node.ok(&["logs", &pid]).contains("not an integer"));
+
+    // Malformed requests are 400 with a JSON error.
+    let response = ureq::put(format!("{}/v1/apps/x?max_instances=many", node.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(&b"\0asm"[..])
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[test]
+fn a_trap_is_a_500_and_rolls_the_instance_back() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.ok(&["deploy", &path("c-counter-service"), "--name", "counter"]);
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
+    let stderr = node.fails(&["invoke", "counter", "crash"]);
+    assert!(
+        stderr.contains("trap") && stderr.contains("500"),
+        "{stderr}"
+    );
+    // Never swapped out: rolled back to a fresh start, not left corrupt.
+    assert_eq!(node.ok(&["invoke", "counter", "total"]), "0 0");
+}
+
+#[test]
+fn sessions_stick_and_a_busy_app_scales_out() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.ok(&[
+        "deploy",
+        &path("c-counter-service"),
+        "--name",
+        "counter",
+        "--max-instances",
+        "3",
+    ]);
+    let mut held = node
+        .nimbus(&["invoke", "counter", "hold"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    node.until("counter", "a request in flight", |a| {
+        a["queued"] == 1 && a["live"] == 1
+    });
+    assert_eq!(
+        node.ok(&["invoke", "counter", "add", "--data", "1", "--session", "s"]),
+        "1"
+    );
+    assert_eq!(node.app("counter")["instances"], 2);
+
+    let first = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    node.ok(&["send", &first, "--data", "go"]);
+    assert!(held.wait().unwrap().success());
+    assert_eq!(
+        node.ok(&["invoke", "counter", "add", "--data", "1", "--session", "s"]),
+        "2"
+    );
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "1"]), "1");
+}
+
+#[test]
+fn idle_instances_swap_out_and_a_restart_keeps_deployments_and_state() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.ok(&[
+        "deploy",
+        &path("counter-service"),
+        "--name",
+        "counter",
+        "--idle",
+        "200ms",
+    ]);
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
+    node.until("counter", "swapped out", |a| a["live"] == 0);
+    assert!(data.path().join("apps/counter/instance-0.snap").exists());
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "1"]), "6");
+    node.stop();
+
+    let node = Node::start(data.path());
+    assert_eq!(node.app("counter")["live"], 0);
+    assert_eq!(node.ok(&["invoke", "counter", "total"]), "6 2");
+}
+
+#[test]
+fn overload_is_refused_with_429_and_retry_after() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.ok(&[
+        "deploy",
+        &path("c-counter-service"),
+        "--name",
+        "counter",
+        "--max-instances",
+        "1",
+        "--queue-depth",
+        "1",
+    ]);
+    let mut held = node
+        .nimbus(&["invoke", "counter", "hold"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    node.until("counter", "the hold in flight", |a| {
+        a["queued"] == 1 && a["live"] == 1
+    });
+    let mut queued = node
+        .nimbus(&["invoke", "counter", "add", "--data", "4"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Two accepted means the first left the queue: the queue (depth 1) is now full.
+    node.until("counter", "a full queue", |a| a["queued"] == 2);
+    let refused = ureq::post(format!("{}/v1/apps/counter/invoke/add", node.url))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send(&b"1"[..])
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().get("retry-after").is_some());
+
+    let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    node.ok(&["send", &pid, "--data", "go"]);
+    assert!(held.wait().unwrap().success());
+    assert!(queued.wait().unwrap().success());
+    assert_eq!(node.ok(&["invoke", "counter", "total"]), "4 1");
+}
