@@ -222,6 +222,21 @@ fn data_bytes(data: Option<&str>) -> Result<Vec<u8>, Failure> {
     }
 }
 
+/// Arguments of `nimbus kill`.
+#[derive(Args)]
+pub(crate) struct KillArgs {
+    /// The process to stop.
+    pid: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+pub(crate) fn kill(args: KillArgs) -> Result<i32, Failure> {
+    let url = format!("{}/v1/processes/{}", args.server.url, args.pid);
+    finish(&url, agent().delete(&url).call())?;
+    Ok(0)
+}
+
 pub(crate) fn send(args: SendArgs) -> Result<i32, Failure> {
     let body = data_bytes(args.data.as_deref())?;
     let url = format!("{}/v1/processes/{}/messages", args.server.url, args.pid);

@@ -40,6 +40,8 @@ enum Command {
     Logs(client::LogsArgs),
     /// Send a message to a process.
     Send(client::SendArgs),
+    /// Stop a process.
+    Kill(client::KillArgs),
 }
 
 /// A failure with the exit code it maps to. Printed as `nimbus: MESSAGE`.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Ps(server) => client::ps(server),
         Command::Logs(args) => client::logs(args),
         Command::Send(args) => client::send(args),
+        Command::Kill(args) => client::kill(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -203,6 +203,14 @@ fn a_trap_is_a_500_and_rolls_the_instance_back() {
     );
     // Never swapped out: rolled back to a fresh start, not left corrupt.
     assert_eq!(node.ok(&["invoke", "counter", "total"]), "0 0");
+
+    // Killing an instance discards what it did since its last snapshot.
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "2"]), "2");
+    let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    node.ok(&["kill", &pid]);
+    node.until("counter", "the instance stopped", |a| a["live"] == 0);
+    assert_eq!(node.ok(&["invoke", "counter", "total"]), "0 0");
+    assert!(node.fails(&["kill", "123456789"]).contains("404"));
 }
 
 #[test]

@@ -16,6 +16,7 @@
 //! | `GET /v1/processes` | list processes |
 //! | `GET /v1/processes/{pid}/logs` | a service instance's recent stderr |
 //! | `POST /v1/processes/{pid}/messages` | send the body as a message to the process |
+//! | `DELETE /v1/processes/{pid}` | kill the process (a service instance loses its state since its last snapshot) |
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -26,7 +27,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use nimbus_core::{Pid, ProcessState, parse_duration, parse_size};
 use nimbus_dataplane::{Failure as DataFailure, Invoker, Request, Status};
@@ -58,6 +59,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .route("/v1/processes", get(list_processes))
         .route("/v1/processes/{pid}/logs", get(logs))
         .route("/v1/processes/{pid}/messages", post(send_message))
+        .route("/v1/processes/{pid}", delete(kill))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such route") })
         // Bodies are read with explicit limits below, so that an oversized one gets
         // a JSON 413 like every other error.
@@ -263,6 +265,21 @@ async fn send_message(
         .await
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, format!("process {pid}: {e}")))?;
     Ok(StatusCode::ACCEPTED)
+}
+
+async fn kill(
+    State(gateway): State<Arc<Gateway>>,
+    Path(pid): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let pid = parse_pid(&pid)?;
+    if gateway.services.kill(pid).await {
+        return Ok(StatusCode::ACCEPTED);
+    }
+    gateway
+        .cluster
+        .kill(pid)
+        .map(|()| StatusCode::ACCEPTED)
+        .map_err(|_| ApiError::new(StatusCode::NOT_FOUND, format!("no process {pid}")))
 }
 
 async fn logs(

@@ -168,6 +168,11 @@ impl Cluster {
         })
     }
 
+    /// Stops the process `pid` (not a service instance: see `Services::kill`).
+    pub fn kill(&self, pid: Pid) -> Result<(), AbiError> {
+        self.host_of(pid).ok_or(AbiError::NoSuchProcess)?.kill(pid)
+    }
+
     /// Every live process on every host.
     pub fn processes(&self) -> Vec<ProcessInfo> {
         self.hosts.iter().flat_map(Host::processes).collect()

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nimbus_core::{ExitStatus, HostId, Pid, ProcessState};
+use nimbus_core::{ExitStatus, Failure, HostId, Pid, ProcessState};
 use nimbus_planner::HostLoad;
 use nimbus_runtime::{
     AbiError, Input, Mailbox, MailboxSender, ModuleBytes, Output, ProcessSpec, Runtime,
@@ -57,6 +57,8 @@ struct Entry {
     /// Children not yet reaped: `None` while running.
     children: HashMap<Pid, Option<ExitStatus>>,
     child_ended: Arc<Notify>,
+    /// Stops the process; `None` for service instances, which their app stops.
+    kill: Option<oneshot::Sender<()>>,
 }
 
 pub(crate) struct Host {
@@ -121,6 +123,7 @@ impl Host {
             Parent::Process(parent) => (Some(parent), None),
             Parent::External(notify) => (None, Some(notify)),
         };
+        let (kill, mut killed) = oneshot::channel();
         self.table.lock().unwrap().insert(
             pid,
             Entry {
@@ -131,6 +134,7 @@ impl Host {
                 lineage: lineage.clone(),
                 children: HashMap::new(),
                 child_ended: Arc::default(),
+                kill: Some(kill),
             },
         );
         let name = request.args.first().cloned().unwrap_or_default();
@@ -151,9 +155,15 @@ impl Host {
             let host = cluster
                 .host(pid.origin_host())
                 .expect("a pid's host exists");
-            let slot = host.runtime.admit().await;
-            host.set_state(pid, ProcessState::Running);
-            let status = host.runtime.run(&program, spec, slot).await;
+            let run = async {
+                let slot = host.runtime.admit().await;
+                host.set_state(pid, ProcessState::Running);
+                host.runtime.run(&program, spec, slot).await
+            };
+            let status = tokio::select! {
+                status = run => status,
+                Ok(()) = &mut killed => ExitStatus::Failed(Failure::Killed),
+            };
             if let (ExitStatus::Failed(failure), Some(_), Output::Inherit) =
                 (&status, parent, &lineage.stderr)
             {
@@ -195,9 +205,21 @@ impl Host {
                 lineage,
                 children: HashMap::new(),
                 child_ended: Arc::default(),
+                kill: None,
             },
         );
         Ok((pid, mailbox))
+    }
+
+    /// Stops process `pid`; it ends as killed. Service instances are stopped by
+    /// their app instead.
+    pub(crate) fn kill(&self, pid: Pid) -> Result<(), AbiError> {
+        let mut table = self.table.lock().unwrap();
+        let entry = table.get_mut(&pid).ok_or(AbiError::NoSuchProcess)?;
+        let kill = entry.kill.take().ok_or(AbiError::Invalid)?;
+        // The process may be ending on its own at this instant; either way it ends.
+        let _ = kill.send(());
+        Ok(())
     }
 
     /// Gives a service instance a new, empty mailbox (its old one was lost with a

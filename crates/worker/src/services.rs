@@ -288,6 +288,22 @@ impl Services {
         })
     }
 
+    /// Stops the service instance `pid`, discarding its state since its last
+    /// snapshot; `false` if no instance has that pid.
+    pub async fn kill(&self, pid: Pid) -> bool {
+        let instance = {
+            let apps = self.apps.lock().unwrap();
+            apps.values().find_map(|app| {
+                let instances = app.instances.lock().unwrap();
+                instances.iter().find(|i| i.pid == pid).cloned()
+            })
+        };
+        match instance {
+            Some(instance) => instance.queue.send(Message::Kill).await.is_ok(),
+            None => false,
+        }
+    }
+
     /// Swaps every live instance out to disk, e.g. before the node stops.
     pub async fn swap_out_all(&self) -> Result<(), ServiceError> {
         let apps: Vec<Arc<App>> = self.apps.lock().unwrap().values().cloned().collect();
@@ -352,6 +368,8 @@ enum Message {
         reply: oneshot::Sender<Result<Vec<u8>, ServiceError>>,
     },
     SwapOut(oneshot::Sender<Result<(), ServiceError>>),
+    /// Discards the live state; the next request restores the last snapshot.
+    Kill,
 }
 
 impl App {
@@ -608,6 +626,12 @@ async fn serve(
                     }
                 };
                 let _ = done.send(outcome);
+            }
+            Some(Message::Kill) => {
+                if let Some(instance) = live.take() {
+                    swapped_mailbox = Some(instance.retire());
+                    me.live.store(false, Ordering::Relaxed);
+                }
             }
             Some(Message::Invoke {
                 handler,

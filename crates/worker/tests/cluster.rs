@@ -106,3 +106,16 @@ async fn unknown_processes_are_errors() {
     assert_eq!(cluster.wait(pid, nobody).await, Err(AbiError::NotChild));
     release(&cluster, vec![(pid, exited)]).await;
 }
+
+#[tokio::test]
+async fn a_killed_process_ends_as_killed() {
+    let (cluster, _data) = cluster(1, 100);
+    let (pid, exited) = cluster.start(idle()).unwrap();
+    cluster.kill(pid).unwrap();
+    assert_eq!(
+        exited.await.unwrap(),
+        ExitStatus::Failed(nimbus_core::Failure::Killed)
+    );
+    assert!(cluster.processes().is_empty());
+    assert_eq!(cluster.kill(pid), Err(AbiError::NoSuchProcess));
+}
