@@ -8,8 +8,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nimbus_core::{ExitStatus, Limits};
-use nimbus_runtime::{Input, ModuleBytes, Output};
+use nimbus_core::{ExitStatus, HostId, Limits, Pid};
+use nimbus_runtime::{
+    AbiError, BoxFuture, Input, Kernel, ModuleBytes, Output, ProcessSpec, Program, Runtime,
+    ServiceInstance,
+};
+use nimbus_snapshot::Snapshot;
 use nimbus_worker::{Cluster, ClusterConfig, ModuleSource, RootProcess};
 
 /// Timings of repeated runs of one operation.
@@ -43,25 +47,43 @@ impl Samples {
 }
 
 fn micros(d: Duration) -> String {
-    format!("{:>10.1} µs", d.as_secs_f64() * 1e6)
+    let us = d.as_secs_f64() * 1e6;
+    if us < 1.0 {
+        format!("{us:>10.3} µs")
+    } else {
+        format!("{us:>10.1} µs")
+    }
+}
+
+fn times(ratio: f64) -> String {
+    if ratio < 1.0 {
+        format!("{ratio:>9.3}x")
+    } else {
+        format!("{ratio:>9.1}x")
+    }
+}
+
+/// Prints one indented line with the p50/p99 of `samples`, aligned with [`report`]'s.
+pub fn print_samples(name: &str, samples: &Samples) {
+    println!(
+        "  {name:<28} p50 {}   p99 {}   (n={})",
+        micros(samples.percentile(50.0)),
+        micros(samples.percentile(99.0)),
+        samples.0.len()
+    );
 }
 
 /// Prints p50/p99 of nimbus and the baseline, and how many times faster nimbus is.
 pub fn report(title: &str, nimbus: &Samples, baseline_name: &str, baseline: &Samples) {
     println!("{title}");
     for (name, samples) in [("nimbus", nimbus), (baseline_name, baseline)] {
-        println!(
-            "  {name:<28} p50 {}   p99 {}   (n={})",
-            micros(samples.percentile(50.0)),
-            micros(samples.percentile(99.0)),
-            samples.0.len()
-        );
+        print_samples(name, samples);
     }
     let ratio = |p| baseline.percentile(p).as_secs_f64() / nimbus.percentile(p).as_secs_f64();
     println!(
-        "  ratio (baseline / nimbus)    p50 {:>9.1}x    p99 {:>9.1}x",
-        ratio(50.0),
-        ratio(99.0)
+        "  ratio (baseline / nimbus)    p50 {}    p99 {}",
+        times(ratio(50.0)),
+        times(ratio(99.0))
     );
 }
 
@@ -185,4 +207,56 @@ pub fn arg_or(default: usize) -> usize {
         .nth(1)
         .map(|a| a.parse().expect("the argument is a count"))
         .unwrap_or(default)
+}
+
+/// A kernel for a process alone in the world: every spawn, wait and send fails.
+pub struct Alone;
+
+impl Kernel for Alone {
+    fn spawn(&self, _: Pid, _: String, _: Vec<String>) -> BoxFuture<'_, Result<Pid, AbiError>> {
+        Box::pin(async { Err(AbiError::Quota) })
+    }
+    fn wait(&self, _: Pid, _: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>> {
+        Box::pin(async { Err(AbiError::NotChild) })
+    }
+    fn send(&self, _: Pid, _: Pid, _: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>> {
+        Box::pin(async { Err(AbiError::NoSuchProcess) })
+    }
+}
+
+/// A process alone in the world ([`Alone`]) with no args, env, dirs or stdin, its
+/// output discarded, under the default limits. Nothing can send to its mailbox.
+pub fn alone_spec() -> ProcessSpec {
+    let (_sender, mailbox) = nimbus_runtime::mailbox();
+    ProcessSpec {
+        pid: Pid::new(HostId(1), 1),
+        args: vec!["bench".into()],
+        env: vec![],
+        dirs: vec![],
+        stdin: Input::Null,
+        stdout: Output::Null,
+        stderr: Output::Null,
+        limits: Limits::default(),
+        deadline: None,
+        mailbox,
+        kernel: Arc::new(Alone),
+    }
+}
+
+/// A service instance of `program` directly on `runtime` (no cluster), alone in the
+/// world: waits for a slot, instantiates, and initialises or restores `from` a
+/// snapshot.
+pub async fn start_alone(
+    runtime: &Runtime,
+    program: &Program,
+    from: Option<&Snapshot>,
+) -> ServiceInstance {
+    let slot = runtime.admit().await;
+    match runtime
+        .start_service(program, alone_spec(), slot, from)
+        .await
+    {
+        Ok(service) => service,
+        Err(status) => panic!("the service does not start: {status:?}"),
+    }
 }

@@ -16,6 +16,7 @@ use serde_json::Value;
 struct Node {
     child: Child,
     url: String,
+    data_plane: String,
     data_dir: std::path::PathBuf,
 }
 
@@ -51,9 +52,17 @@ impl Node {
             .strip_prefix("nimbus: gateway listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
             .to_owned();
+        let second = announced
+            .recv_timeout(Duration::from_secs(60))
+            .expect("nimbus up announces its data plane");
+        let data_plane = second
+            .strip_prefix("nimbus: data plane listening on ")
+            .unwrap_or_else(|| panic!("unexpected second line {second:?}"))
+            .to_owned();
         Node {
             child,
             url,
+            data_plane,
             data_dir: data_dir.to_owned(),
         }
     }
@@ -315,4 +324,56 @@ fn overload_is_refused_with_429_and_retry_after() {
     assert!(held.wait().unwrap().success());
     assert!(queued.wait().unwrap().success());
     assert_eq!(node.ok(&["invoke", "counter", "total"]), "4 1");
+}
+
+#[test]
+fn the_binary_data_plane_invokes_the_same_apps() {
+    use nimbus_dataplane::{Client, ClientError, Status};
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.ok(&[
+        "deploy",
+        &path("counter-service"),
+        "--name",
+        "counter",
+        "--max-body",
+        "16",
+    ]);
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let bound = Duration::from_secs(30);
+        let mut client = tokio::time::timeout(bound, Client::connect(&node.data_plane))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut invoke = async |app: &str, handler: &str, body: &[u8]| {
+            tokio::time::timeout(bound, client.invoke(app, handler, Some("s"), body))
+                .await
+                .unwrap()
+        };
+        // The same instance and state as over HTTP.
+        assert_eq!(invoke("counter", "add", b"7").await.unwrap(), b"12\n");
+        let status = |r: Result<Vec<u8>, ClientError>| match r {
+            Err(ClientError::Server { status, .. }) => status,
+            other => panic!("expected a server error, got {other:?}"),
+        };
+        assert_eq!(status(invoke("nope", "add", b"").await), Status::NotFound);
+        assert_eq!(
+            status(invoke("counter", "subtract", b"").await),
+            Status::NotFound
+        );
+        assert_eq!(
+            status(invoke("counter", "add", &[b'1'; 17]).await),
+            Status::TooLarge
+        );
+        assert_eq!(
+            status(invoke("counter", "add", b"x").await),
+            Status::HandlerFailed
+        );
+        assert_eq!(invoke("counter", "total", b"").await.unwrap(), b"12 2\n");
+    });
 }
