@@ -260,3 +260,40 @@ pub async fn start_alone(
         Err(status) => panic!("the service does not start: {status:?}"),
     }
 }
+
+/// A reactor: `ping` writes "pong" to stdout, `noop` returns 0.
+pub const PING: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\10\00\00\00\04\00\00\00")
+  (data (i32.const 16) "pong")
+  (func (export "ping") (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+  (func (export "noop") (result i32) (i32.const 0)))"#;
+
+/// The bare export call, the floor under every invocation path: `noop` of `bytes`
+/// called in-process through plain wasmtime (no pool, no epochs, no async, no WASI).
+pub fn bare_export_call(bytes: &[u8], iterations: usize) -> Samples {
+    let engine = wasmtime::Engine::default();
+    let module = wasmtime::Module::new(&engine, bytes).expect("module compiles");
+    let mut linker = wasmtime::Linker::new(&engine);
+    linker
+        .func_wrap(
+            "wasi_snapshot_preview1",
+            "fd_write",
+            |_: i32, _: i32, _: i32, _: i32| 0i32,
+        )
+        .expect("stub import");
+    let mut store = wasmtime::Store::new(&engine, ());
+    let instance = linker
+        .instantiate(&mut store, &module)
+        .expect("module instantiates");
+    let noop = instance
+        .get_typed_func::<(), i32>(&mut store, "noop")
+        .expect("noop export");
+    for _ in 0..1_000 {
+        assert_eq!(noop.call(&mut store, ()).unwrap(), 0);
+    }
+    Samples::measure(iterations, || {
+        std::hint::black_box(noop.call(&mut store, ()).expect("noop returns"));
+    })
+}

@@ -13,22 +13,12 @@
 //!
 //! `cargo run --release -p nimbus-bench --bin invoke [ITERATIONS]`
 
-use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use nimbus_bench::{Samples, print_samples, report, start_alone};
+use nimbus_bench::{PING, Samples, bare_export_call, print_samples, report, start_alone};
 use nimbus_runtime::{Invocation, ModuleBytes, Runtime, RuntimeConfig, ServiceInstance};
 
 const WARMUP: usize = 1_000;
-
-/// A reactor: `ping` writes "pong" to stdout, `noop` returns 0.
-const PING: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 0) "\10\00\00\00\04\00\00\00")
-  (data (i32.const 16) "pong")
-  (func (export "ping") (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
-  (func (export "noop") (result i32) (i32.const 0)))"#;
 
 fn main() {
     nimbus_bench::on_worker(measure());
@@ -60,33 +50,6 @@ async fn invoke_latency(
         assert_eq!(response.as_deref(), Ok(expected), "{handler} failed");
     }
     samples
-}
-
-/// `noop` called through plain wasmtime: no pool, no epochs, no async, no WASI.
-fn bare_export_call(bytes: &[u8], iterations: usize) -> Samples {
-    let engine = wasmtime::Engine::default();
-    let module = wasmtime::Module::new(&engine, bytes).expect("module compiles");
-    let mut linker = wasmtime::Linker::new(&engine);
-    linker
-        .func_wrap(
-            "wasi_snapshot_preview1",
-            "fd_write",
-            |_: i32, _: i32, _: i32, _: i32| 0i32,
-        )
-        .expect("stub import");
-    let mut store = wasmtime::Store::new(&engine, ());
-    let instance = linker
-        .instantiate(&mut store, &module)
-        .expect("module instantiates");
-    let noop = instance
-        .get_typed_func::<(), i32>(&mut store, "noop")
-        .expect("noop export");
-    for _ in 0..WARMUP {
-        assert_eq!(noop.call(&mut store, ()).unwrap(), 0);
-    }
-    Samples::measure(iterations, || {
-        black_box(noop.call(&mut store, ()).expect("noop returns"));
-    })
 }
 
 async fn measure() {

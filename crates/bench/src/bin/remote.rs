@@ -1,0 +1,198 @@
+//! Warm invocation through the two network paths of a separate `nimbus up` process
+//! on loopback — the binary data plane and the HTTP gateway (keep-alive) — and the
+//! invocation throughput of the data plane with concurrent connections, each beside
+//! the layers below it measured in the same run: the in-process `ServiceInstance`
+//! invocation and the bare export call.
+//!
+//! `cargo build --release && cargo run --release -p nimbus-bench --bin remote [ITERATIONS]`
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nimbus_bench::{PING, Samples, bare_export_call, print_samples, start_alone, wat};
+use nimbus_dataplane::Client;
+use nimbus_runtime::{Invocation, Runtime, RuntimeConfig};
+
+const WARMUP: usize = 1_000;
+const CONNECTIONS: usize = 16;
+const THROUGHPUT_WINDOW: Duration = Duration::from_secs(3);
+
+/// A `nimbus up` child process, stopped on drop.
+struct Node {
+    child: Child,
+    http: String,
+    data_plane: String,
+    _data: tempfile::TempDir,
+}
+
+impl Node {
+    fn start() -> Node {
+        let exe = std::env::current_exe().expect("own path");
+        let nimbus = exe.with_file_name("nimbus");
+        assert!(
+            nimbus.exists(),
+            "{} is missing: run `cargo build --release` first",
+            nimbus.display()
+        );
+        let data = tempfile::tempdir().expect("temporary directory");
+        let mut child = Command::new(&nimbus)
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--data-listen",
+                "127.0.0.1:0",
+            ])
+            .env("NIMBUS_DATA_DIR", data.path())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("nimbus up starts");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut announced = |prefix: &str| {
+            let line = lines.next().expect("an announcement").expect("a line");
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+                .to_owned()
+        };
+        let http = announced("nimbus: gateway listening on ");
+        let data_plane = announced("nimbus: data plane listening on ");
+        Node {
+            child,
+            http,
+            data_plane,
+            _data: data,
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() {
+    let iterations = nimbus_bench::arg_or(20_000);
+    let module = wat(PING);
+    let node = Node::start();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(true)
+        .build()
+        .into();
+    agent
+        .put(format!("{}/v1/apps/ping?max_instances=4", node.http))
+        .send(module.bytes())
+        .expect("deploy");
+
+    // HTTP, one keep-alive connection.
+    let url = format!("{}/v1/apps/ping/invoke/ping", node.http);
+    let mut http = Samples::default();
+    for i in 0..iterations + WARMUP {
+        let start = Instant::now();
+        let body = agent
+            .post(&url)
+            .send(&b""[..])
+            .expect("invoke")
+            .body_mut()
+            .read_to_vec()
+            .expect("body");
+        if i >= WARMUP {
+            http.push(start.elapsed());
+        }
+        assert_eq!(body, b"pong");
+    }
+
+    // One connection measured from a single-threaded client, so the figure is the
+    // server's and the network's, not the client runtime's thread hand-offs.
+    let data_plane = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+        .block_on(async {
+            let mut client = Client::connect(&node.data_plane).await.expect("connect");
+            let mut data_plane = Samples::default();
+            for i in 0..iterations + WARMUP {
+                let start = Instant::now();
+                let body = client
+                    .invoke("ping", "ping", None, b"")
+                    .await
+                    .expect("invoke");
+                if i >= WARMUP {
+                    data_plane.push(start.elapsed());
+                }
+                assert_eq!(body, b"pong");
+            }
+            data_plane
+        });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio");
+    let (rate, in_process) = runtime.block_on(async {
+        let served = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + THROUGHPUT_WINDOW;
+        let started = Instant::now();
+        let workers: Vec<_> = (0..CONNECTIONS)
+            .map(|_| {
+                let (address, served) = (node.data_plane.clone(), served.clone());
+                tokio::spawn(async move {
+                    let mut client = Client::connect(&address).await.expect("connect");
+                    while Instant::now() < deadline {
+                        match client.invoke("ping", "ping", None, b"").await {
+                            Ok(_) => served.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => panic!("throughput invocation failed: {e}"),
+                        };
+                    }
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker.await.expect("worker");
+        }
+        let rate = served.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let local = Runtime::new(&RuntimeConfig::new(dir.path())).expect("runtime");
+        let program = local.load(&module).expect("module loads");
+        let mut service = start_alone(&local, &program, None).await;
+        let mut in_process = Samples::default();
+        for i in 0..iterations + WARMUP {
+            let start = Instant::now();
+            let body = service
+                .invoke(Invocation {
+                    handler: "ping".into(),
+                    body: vec![],
+                    max_response: 1 << 20,
+                    timeout: None,
+                })
+                .await
+                .expect("invoke");
+            if i >= WARMUP {
+                in_process.push(start.elapsed());
+            }
+            assert_eq!(body, b"pong");
+        }
+        (rate, in_process)
+    });
+    let bare = bare_export_call(module.bytes(), iterations);
+
+    println!(
+        "warm invocation of a handler writing 4 bytes, one connection, loopback to a \
+         separate `nimbus up`; each layer measured in this run"
+    );
+    println!("  (targets: data plane p50 <= 50 us, HTTP gateway p50 <= 150 us)");
+    print_samples("data plane", &data_plane);
+    print_samples("HTTP gateway, keep-alive", &http);
+    print_samples("in-process invoke", &in_process);
+    print_samples("bare export call (baseline)", &bare);
+    println!(
+        "throughput: data plane, {CONNECTIONS} connections, {:?}, 2 cores shared with the clients: \
+         {rate:.0} invocations/s (target >= 50,000)",
+        THROUGHPUT_WINDOW
+    );
+}
