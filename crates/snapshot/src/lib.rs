@@ -2,7 +2,8 @@
 //! and their file format.
 //!
 //! Owns: the in-memory form of a snapshot and its on-disk encoding — sparse (pages of
-//! zeros are not stored), checksummed (CRC-32 of everything before the trailer),
+//! zeros are not stored; the others are stored as runs of consecutive pages, so large
+//! memories are written and restored in few large copies), checksummed (CRC-32 of everything before the trailer),
 //! and written atomically (temporary file, fsync, rename), so a crash never leaves a
 //! torn snapshot behind and a damaged file is refused rather than restored.
 //!
@@ -14,7 +15,7 @@
 //! ```text
 //! "NIMBUSSN"  u32 version  [u8; 32] module hash  u64 memory length
 //! u32 global count   { u32 global index, u8 kind, [u8; 16] bits } * count
-//! u32 page count     { u32 page number, [u8; 4096] contents } * count
+//! u32 run count      { u32 first page, u32 page count, contents } * count
 //! u32 crc32 of all the above
 //! ```
 
@@ -23,7 +24,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"NIMBUSSN";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// Granularity of the sparse encoding.
 pub const PAGE_SIZE: usize = 4096;
 
@@ -85,8 +86,10 @@ pub struct Snapshot {
     pub globals: Vec<(u32, GlobalValue)>,
     /// Length of the linear memory in bytes.
     pub memory_len: u64,
-    /// The pages that are not all zeros: (page number, contents).
-    pages: Vec<(u32, Box<[u8; PAGE_SIZE]>)>,
+    /// The file's bytes; the stored pages are read from here.
+    file: Vec<u8>,
+    /// Runs of stored (non-zero) pages: first page, page count, offset in `file`.
+    runs: Vec<(u32, u32, usize)>,
 }
 
 impl Snapshot {
@@ -100,20 +103,32 @@ impl Snapshot {
                 actual: memory.len() as u64,
             });
         }
-        let mut stored = self.pages.iter().peekable();
-        for (number, page) in memory.chunks_mut(PAGE_SIZE).enumerate() {
-            match stored.next_if(|(n, _)| *n as usize == number) {
-                Some((_, contents)) => page.copy_from_slice(&contents[..page.len()]),
-                None if page.iter().any(|b| *b != 0) => page.fill(0),
-                None => {}
-            }
+        let mut next_page = 0;
+        for &(first, count, offset) in &self.runs {
+            let start = first as usize * PAGE_SIZE;
+            zero_nonzero_pages(&mut memory[next_page * PAGE_SIZE..start]);
+            let end = (start + count as usize * PAGE_SIZE).min(memory.len());
+            memory[start..end].copy_from_slice(&self.file[offset..offset + (end - start)]);
+            next_page = first as usize + count as usize;
         }
+        let rest = (next_page * PAGE_SIZE).min(memory.len());
+        zero_nonzero_pages(&mut memory[rest..]);
         Ok(())
     }
 
     /// How many non-zero pages the snapshot holds.
     pub fn stored_pages(&self) -> usize {
-        self.pages.len()
+        self.runs.iter().map(|&(_, count, _)| count as usize).sum()
+    }
+}
+
+/// Zeroes the pages of `memory` that are not zero already (reading a page that was
+/// never written is cheaper than writing it).
+fn zero_nonzero_pages(memory: &mut [u8]) {
+    for page in memory.chunks_mut(PAGE_SIZE) {
+        if page.iter().any(|b| *b != 0) {
+            page.fill(0);
+        }
     }
 }
 
@@ -188,20 +203,27 @@ impl SnapshotRef<'_> {
             out.write_all(&[kind])?;
             out.write_all(&bits.to_le_bytes())?;
         }
-        let nonzero: Vec<(u32, &[u8])> = self
-            .memory
-            .chunks(PAGE_SIZE)
-            .enumerate()
-            .filter(|(_, page)| page.iter().any(|b| *b != 0))
-            .map(|(n, page)| (n as u32, page))
-            .collect();
-        out.write_all(&(nonzero.len() as u32).to_le_bytes())?;
+        let nonzero = |page: &[u8]| page.iter().any(|b| *b != 0);
+        let mut runs: Vec<(u32, u32)> = Vec::new();
+        for (number, page) in self.memory.chunks(PAGE_SIZE).enumerate() {
+            if !nonzero(page) {
+                continue;
+            }
+            match runs.last_mut() {
+                Some((first, count)) if (*first + *count) as usize == number => *count += 1,
+                _ => runs.push((number as u32, 1)),
+            }
+        }
+        out.write_all(&(runs.len() as u32).to_le_bytes())?;
         let padding = [0u8; PAGE_SIZE];
-        for (number, page) in nonzero {
-            out.write_all(&number.to_le_bytes())?;
-            out.write_all(page)?;
+        for (first, count) in runs {
+            out.write_all(&first.to_le_bytes())?;
+            out.write_all(&count.to_le_bytes())?;
+            let start = first as usize * PAGE_SIZE;
+            let end = (start + count as usize * PAGE_SIZE).min(self.memory.len());
+            out.write_all(&self.memory[start..end])?;
             // A memory is a whole number of wasm pages, but be exact anyway.
-            out.write_all(&padding[page.len()..])?;
+            out.write_all(&padding[..count as usize * PAGE_SIZE - (end - start)])?;
         }
         Ok(())
     }
@@ -239,13 +261,13 @@ pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
         path: path.to_owned(),
         source,
     })?;
-    decode(&bytes).map_err(|reason| SnapshotError::Damaged {
+    decode(bytes).map_err(|reason| SnapshotError::Damaged {
         path: path.to_owned(),
         reason,
     })
 }
 
-fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
+fn decode(bytes: Vec<u8>) -> Result<Snapshot, &'static str> {
     let (body, trailer) = bytes
         .split_last_chunk::<4>()
         .ok_or("shorter than a header")?;
@@ -270,25 +292,22 @@ fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
             Ok((index, value))
         })
         .collect::<Result<Vec<_>, &'static str>>()?;
-    let page_count = input.u32()?;
-    let mut pages = Vec::with_capacity(page_count.min(1 << 20) as usize);
-    let mut last = None;
-    for _ in 0..page_count {
-        let number = input.u32()?;
-        if last.is_some_and(|l| number <= l)
-            || (number as u64 + 1) * PAGE_SIZE as u64
-                > memory_len.next_multiple_of(PAGE_SIZE as u64)
+    let run_count = input.u32()?;
+    let mut runs = Vec::with_capacity(run_count.min(1 << 20) as usize);
+    let mut next_page = 0u64;
+    let pages_in_memory = memory_len.div_ceil(PAGE_SIZE as u64);
+    for _ in 0..run_count {
+        let (first, count) = (input.u32()?, input.u32()?);
+        if count == 0
+            || u64::from(first) < next_page
+            || u64::from(first) + u64::from(count) > pages_in_memory
         {
-            return Err("page out of order or out of range");
+            return Err("page run out of order or out of range");
         }
-        last = Some(number);
-        let contents: Box<[u8; PAGE_SIZE]> = input
-            .take(PAGE_SIZE)?
-            .to_vec()
-            .into_boxed_slice()
-            .try_into()
-            .expect("a page");
-        pages.push((number, contents));
+        next_page = u64::from(first) + u64::from(count);
+        let offset = body.len() - input.0.len();
+        input.take(count as usize * PAGE_SIZE)?;
+        runs.push((first, count, offset));
     }
     if !input.0.is_empty() {
         return Err("trailing bytes");
@@ -297,7 +316,8 @@ fn decode(bytes: &[u8]) -> Result<Snapshot, &'static str> {
         module,
         globals,
         memory_len,
-        pages,
+        file: bytes,
+        runs,
     })
 }
 
@@ -334,6 +354,10 @@ mod tests {
         let mut memory = vec![0u8; 16 * PAGE_SIZE];
         memory[5] = 1;
         memory[3 * PAGE_SIZE + 17] = 0xAB;
+        // A run of three pages.
+        for page in 7..10 {
+            memory[page * PAGE_SIZE + page] = page as u8;
+        }
         memory[16 * PAGE_SIZE - 1] = 0xFF;
         memory
     }
@@ -363,7 +387,7 @@ mod tests {
         assert_eq!(back.module, original.module);
         assert_eq!(back.globals, original.globals);
         assert_eq!(back.memory_len, memory.len() as u64);
-        assert_eq!(back.stored_pages(), 3);
+        assert_eq!((back.stored_pages(), back.runs.len()), (6, 4));
         let mut restored = vec![0u8; memory.len()];
         back.restore_memory(&mut restored).unwrap();
         assert_eq!(restored, memory);
@@ -389,8 +413,11 @@ mod tests {
         for at in (0..good.len()).step_by(97) {
             let mut bad = good.clone();
             bad[at] ^= 0x10;
-            assert!(decode(&bad).is_err(), "bit flip at {at} accepted");
-            assert!(decode(&good[..at]).is_err(), "truncation at {at} accepted");
+            assert!(decode(bad).is_err(), "bit flip at {at} accepted");
+            assert!(
+                decode(good[..at].to_vec()).is_err(),
+                "truncation at {at} accepted"
+            );
         }
         std::fs::write(&path, b"nonsense").unwrap();
         assert!(matches!(read(&path), Err(SnapshotError::Damaged { .. })));
