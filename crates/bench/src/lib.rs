@@ -209,22 +209,7 @@ pub fn arg_or(default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// A kernel for a process alone in the world: every spawn, wait and send fails.
-pub struct Alone;
-
-impl Kernel for Alone {
-    fn spawn(&self, _: Pid, _: String, _: Vec<String>) -> BoxFuture<'_, Result<Pid, AbiError>> {
-        Box::pin(async { Err(AbiError::Quota) })
-    }
-    fn wait(&self, _: Pid, _: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>> {
-        Box::pin(async { Err(AbiError::NotChild) })
-    }
-    fn send(&self, _: Pid, _: Pid, _: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>> {
-        Box::pin(async { Err(AbiError::NoSuchProcess) })
-    }
-}
-
-/// A process alone in the world ([`Alone`]) with no args, env, dirs or stdin, its
+/// An isolated process ([`nimbus_runtime::Isolated`]) with no args, env, dirs or stdin, its
 /// output discarded, under the default limits. Nothing can send to its mailbox.
 pub fn alone_spec() -> ProcessSpec {
     let (_sender, mailbox) = nimbus_runtime::mailbox();
@@ -239,7 +224,7 @@ pub fn alone_spec() -> ProcessSpec {
         limits: Limits::default(),
         deadline: None,
         mailbox,
-        kernel: Arc::new(Alone),
+        kernel: Arc::new(nimbus_runtime::Isolated),
     }
 }
 

@@ -114,6 +114,27 @@ impl Node {
         }
     }
 
+    /// Starts `nimbus invoke APP hold` (it blocks in `recv`) and returns once the
+    /// app has `in_flight` requests in flight.
+    fn hold(&self, app: &str, in_flight: usize) -> Child {
+        let held = self
+            .nimbus(&["invoke", app, "hold"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        self.until(app, "the hold in flight", |a| {
+            a["queued"] == in_flight && a["live"] == 1
+        });
+        held
+    }
+
+    /// Releases the `hold` on the app's first instance and checks it completed.
+    fn release(&self, app: &str, mut held: Child) {
+        let first = self.app(app)["pids"][0].as_str().unwrap().to_owned();
+        self.ok(&["send", &first, "--data", "go"]);
+        assert!(held.wait().unwrap().success());
+    }
+
     /// Stops the node as an operator would (SIGTERM) and waits for it.
     fn stop(mut self) {
         let pid = self.child.id().to_string();
@@ -234,23 +255,14 @@ fn sessions_stick_and_a_busy_app_scales_out() {
         "--max-instances",
         "3",
     ]);
-    let mut held = node
-        .nimbus(&["invoke", "counter", "hold"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    node.until("counter", "a request in flight", |a| {
-        a["queued"] == 1 && a["live"] == 1
-    });
+    let held = node.hold("counter", 1);
     assert_eq!(
         node.ok(&["invoke", "counter", "add", "--data", "1", "--session", "s"]),
         "1"
     );
     assert_eq!(node.app("counter")["instances"], 2);
 
-    let first = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
-    node.ok(&["send", &first, "--data", "go"]);
-    assert!(held.wait().unwrap().success());
+    node.release("counter", held);
     assert_eq!(
         node.ok(&["invoke", "counter", "add", "--data", "1", "--session", "s"]),
         "2"
@@ -295,14 +307,7 @@ fn overload_is_refused_with_429_and_retry_after() {
         "--queue-depth",
         "1",
     ]);
-    let mut held = node
-        .nimbus(&["invoke", "counter", "hold"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    node.until("counter", "the hold in flight", |a| {
-        a["queued"] == 1 && a["live"] == 1
-    });
+    let held = node.hold("counter", 1);
     let mut queued = node
         .nimbus(&["invoke", "counter", "add", "--data", "4"])
         .stdout(Stdio::piped())
@@ -319,9 +324,7 @@ fn overload_is_refused_with_429_and_retry_after() {
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().get("retry-after").is_some());
 
-    let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
-    node.ok(&["send", &pid, "--data", "go"]);
-    assert!(held.wait().unwrap().success());
+    node.release("counter", held);
     assert!(queued.wait().unwrap().success());
     assert_eq!(node.ok(&["invoke", "counter", "total"]), "4 1");
 }

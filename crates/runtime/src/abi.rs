@@ -30,6 +30,22 @@ pub trait Kernel: Send + Sync + 'static {
     fn send(&self, from: Pid, to: Pid, data: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>>;
 }
 
+/// The kernel of a process alone in the world: it may not spawn, wait or send.
+/// For sandboxed one-off runs, tests and benchmarks.
+pub struct Isolated;
+
+impl Kernel for Isolated {
+    fn spawn(&self, _: Pid, _: String, _: Vec<String>) -> BoxFuture<'_, Result<Pid, AbiError>> {
+        Box::pin(async { Err(AbiError::Quota) })
+    }
+    fn wait(&self, _: Pid, _: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>> {
+        Box::pin(async { Err(AbiError::NotChild) })
+    }
+    fn send(&self, _: Pid, _: Pid, _: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>> {
+        Box::pin(async { Err(AbiError::NoSuchProcess) })
+    }
+}
+
 /// An error a host call returns to the guest as a negative code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AbiError {

@@ -20,7 +20,7 @@ mod mailbox;
 mod process;
 mod service;
 
-pub use abi::{AbiError, BoxFuture, Kernel};
+pub use abi::{AbiError, BoxFuture, Isolated, Kernel};
 pub use cache::{CacheStats, LoadError, ModuleBytes, ModuleHash};
 pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
 pub use log::LogBuffer;

@@ -58,6 +58,31 @@ fn outsider() -> Pid {
     Pid::new(HostId(999), 1)
 }
 
+/// Starts `hold` (it blocks in `recv`) on an instance of `app`, once the cluster
+/// has `waiting - 1` processes waiting, and returns when it is blocked.
+async fn hold(
+    cluster: &Cluster,
+    services: &Arc<Services>,
+    waiting: usize,
+) -> tokio::task::JoinHandle<String> {
+    let held = tokio::spawn({
+        let services = services.clone();
+        async move { call(&services, "counter", "hold", "").await }
+    });
+    until_waiting(cluster, waiting).await;
+    held
+}
+
+/// Releases the `hold` of the app's first instance and checks it completed.
+async fn release(cluster: &Cluster, services: &Services, held: tokio::task::JoinHandle<String>) {
+    let first = services.apps()[0].pids[0];
+    cluster
+        .send(outsider(), first, b"go".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(held.await.unwrap(), "released");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_invoke_state_and_errors() {
     let data = tempfile::tempdir().unwrap();
@@ -157,11 +182,7 @@ async fn sessions_stick_and_a_busy_app_scales_out() {
     config.max_instances = 3;
     services.deploy(config, guest("c-counter-service")).unwrap();
 
-    let held = tokio::spawn({
-        let services = services.clone();
-        async move { call(&services, "counter", "hold", "").await }
-    });
-    until_waiting(&cluster, 1).await;
+    let held = hold(&cluster, &services, 1).await;
     // Instance 0 is busy, so the session lands on a new instance.
     assert_eq!(
         call_in(&services, "counter", "add", "1", Some("s")).await,
@@ -169,12 +190,7 @@ async fn sessions_stick_and_a_busy_app_scales_out() {
     );
     assert_eq!(services.apps()[0].instances, 2);
 
-    let first = services.apps()[0].pids[0];
-    cluster
-        .send(outsider(), first, b"go".to_vec())
-        .await
-        .unwrap();
-    assert_eq!(held.await.unwrap(), "released");
+    release(&cluster, &services, held).await;
     // The session sticks to its instance; without one, the first idle instance serves.
     assert_eq!(
         call_in(&services, "counter", "add", "1", Some("s")).await,
@@ -194,11 +210,7 @@ async fn when_every_queue_is_full_requests_are_refused() {
     config.queue_depth = 1;
     services.deploy(config, guest("c-counter-service")).unwrap();
 
-    let held = tokio::spawn({
-        let services = services.clone();
-        async move { call(&services, "counter", "hold", "").await }
-    });
-    until_waiting(&cluster, 1).await;
+    let held = hold(&cluster, &services, 1).await;
     let queued = tokio::spawn({
         let services = services.clone();
         async move { call(&services, "counter", "add", "4").await }
@@ -216,8 +228,6 @@ async fn when_every_queue_is_full_requests_are_refused() {
         matches!(refused, Err(ServiceError::Busy { instances: 1, .. })),
         "{refused:?}"
     );
-    let pid = services.apps()[0].pids[0];
-    cluster.send(outsider(), pid, b"go".to_vec()).await.unwrap();
-    assert_eq!(held.await.unwrap(), "released");
+    release(&cluster, &services, held).await;
     assert_eq!(queued.await.unwrap(), "4");
 }
