@@ -9,10 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nimbus_core::{ExitStatus, HostId, Limits, Pid};
-use nimbus_runtime::{
-    AbiError, BoxFuture, Input, Kernel, ModuleBytes, Output, ProcessSpec, Program, Runtime,
-    ServiceInstance,
-};
+use nimbus_runtime::{Input, ModuleBytes, Output, ProcessSpec, Program, Runtime, ServiceInstance};
 use nimbus_snapshot::Snapshot;
 use nimbus_worker::{Cluster, ClusterConfig, ModuleSource, RootProcess};
 
