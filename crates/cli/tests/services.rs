@@ -380,3 +380,19 @@ fn the_binary_data_plane_invokes_the_same_apps() {
         assert_eq!(invoke("counter", "total", b"").await.unwrap(), b"12 2\n");
     });
 }
+
+#[test]
+fn a_service_written_with_the_typed_sdk_layer() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.ok(&["deploy", &path("greeter-service"), "--name", "greeter"]);
+    let greet = |name: &str| node.ok(&["invoke", "greeter", "greet", "--data", name]);
+    assert_eq!(greet("ada"), "hello, ada: visitor #1");
+    assert_eq!(greet("alan"), "hello, alan: visitor #2");
+    assert_eq!(node.ok(&["invoke", "greeter", "visitors"]), "2");
+    // The SDK turns the handler's error into a non-zero status: a 500.
+    assert!(
+        node.fails(&["invoke", "greeter", "greet", "--data", " "])
+            .contains("500")
+    );
+}

@@ -29,6 +29,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod service;
+
 /// The raw ABI: error codes and, on `wasm32`, the imported functions.
 ///
 /// Prefer the safe wrappers at the crate root; this module is public for programs that
