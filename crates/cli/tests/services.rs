@@ -135,6 +135,17 @@ impl Node {
         assert!(held.wait().unwrap().success());
     }
 
+    /// The server's resident memory in bytes.
+    fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        kib << 10
+    }
+
     /// Stops the node as an operator would (SIGTERM) and waits for it.
     fn stop(mut self) {
         let pid = self.child.id().to_string();
@@ -323,6 +334,25 @@ fn overload_is_refused_with_429_and_retry_after() {
         .unwrap();
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().get("retry-after").is_some());
+
+    // Refusing is cheap and holds nothing: 2,000 more refusals of 64 KiB requests
+    // (125 MiB offered) leave the server's memory where it was, within 32 MiB.
+    let rss_before = node.rss();
+    let body = vec![b'1'; 64 << 10];
+    for _ in 0..2_000 {
+        let refused = ureq::post(format!("{}/v1/apps/counter/invoke/add", node.url))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(&body[..])
+            .unwrap();
+        assert_eq!(refused.status(), 429);
+    }
+    let grown = node.rss().saturating_sub(rss_before);
+    assert!(
+        grown < 32 << 20,
+        "the server grew by {grown} bytes while refusing"
+    );
 
     node.release("counter", held);
     assert!(queued.wait().unwrap().success());
