@@ -334,13 +334,26 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ServiceError> {
 
 /// A deployed app and its instances.
 struct App {
+    core: Arc<AppCore>,
+    instances: Mutex<Vec<Arc<Instance>>>,
+    sessions: Mutex<HashMap<String, usize>>,
+}
+
+/// What an app's instance actors need of it. They hold this and not the [`App`], so
+/// that dropping the app drops the senders of their queues and they end.
+struct AppCore {
     cluster: Arc<Cluster>,
     dir: PathBuf,
     config: AppConfig,
     module: ModuleBytes,
     lineage: Arc<Lineage>,
-    instances: Mutex<Vec<Arc<Instance>>>,
-    sessions: Mutex<HashMap<String, usize>>,
+}
+
+impl std::ops::Deref for App {
+    type Target = AppCore;
+    fn deref(&self) -> &AppCore {
+        &self.core
+    }
 }
 
 /// The most bytes of stderr kept per instance for `nimbus logs`.
@@ -350,15 +363,27 @@ const LOG_CAPACITY: usize = 256 << 10;
 /// one, whose next request then picks an instance afresh.
 const MAX_SESSIONS: usize = 100_000;
 
-/// One instance as its app sees it: the way into its actor.
+/// One instance as its app sees it: its state and the way into its actor.
 struct Instance {
+    state: Arc<InstanceState>,
+    queue: mpsc::Sender<Message>,
+}
+
+/// What an instance's app and actor share.
+struct InstanceState {
     index: usize,
     log: LogBuffer,
     pid: Pid,
     host: HostId,
-    queue: mpsc::Sender<Message>,
     pending: AtomicUsize,
     live: AtomicBool,
+}
+
+impl std::ops::Deref for Instance {
+    type Target = InstanceState;
+    fn deref(&self) -> &InstanceState {
+        &self.state
+    }
 }
 
 enum Message {
@@ -391,18 +416,16 @@ impl App {
             limits,
         );
         Arc::new(App {
-            cluster,
-            dir,
-            config,
-            module,
-            lineage: Arc::new(lineage),
+            core: Arc::new(AppCore {
+                cluster,
+                dir,
+                config,
+                module,
+                lineage: Arc::new(lineage),
+            }),
             instances: Mutex::default(),
             sessions: Mutex::default(),
         })
-    }
-
-    fn snapshot_path(&self, index: usize) -> PathBuf {
-        self.dir.join(format!("instance-{index}.snap"))
     }
 
     fn info(&self) -> AppInfo {
@@ -434,17 +457,20 @@ impl App {
             .register_service(self.module.clone(), self.lineage.clone())
             .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
         let (queue, requests) = mpsc::channel(self.config.queue_depth);
-        let instance = Arc::new(Instance {
+        let state = Arc::new(InstanceState {
             index: instances.len(),
             log: LogBuffer::new(LOG_CAPACITY),
             pid,
             host: host.id(),
-            queue,
             pending: AtomicUsize::new(0),
             live: AtomicBool::new(false),
         });
+        let instance = Arc::new(Instance {
+            state: state.clone(),
+            queue,
+        });
         instances.push(instance.clone());
-        tokio::spawn(serve(self.clone(), instance.clone(), mailbox, requests));
+        tokio::spawn(serve(self.core.clone(), state, mailbox, requests));
         Ok(instance)
     }
 
@@ -513,7 +539,8 @@ impl App {
             .map_err(|_| ServiceError::Unavailable("the instance ended".into()))?
     }
 
-    /// Ends every instance and forgets the app's sessions.
+    /// Ends every instance and forgets the app's sessions. Each actor ends, and
+    /// frees its instance, once the last request in flight is answered.
     fn retire(&self) {
         let instances = std::mem::take(&mut *self.instances.lock().unwrap());
         for instance in instances {
@@ -523,12 +550,18 @@ impl App {
         }
         self.sessions.lock().unwrap().clear();
     }
+}
+
+impl AppCore {
+    fn snapshot_path(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("instance-{index}.snap"))
+    }
 
     /// Brings an instance into memory: restored from its snapshot if it has one,
     /// else started fresh.
     async fn swap_in(
         &self,
-        instance: &Instance,
+        instance: &InstanceState,
         mailbox: Mailbox,
     ) -> Result<ServiceInstance, ServiceError> {
         let host = self
@@ -588,8 +621,8 @@ async fn write_snapshot(
 
 /// The actor of one instance.
 async fn serve(
-    app: Arc<App>,
-    me: Arc<Instance>,
+    app: Arc<AppCore>,
+    me: Arc<InstanceState>,
     mailbox: Mailbox,
     mut messages: mpsc::Receiver<Message>,
 ) {

@@ -231,3 +231,26 @@ async fn when_every_queue_is_full_requests_are_refused() {
     release(&cluster, &services, held).await;
     assert_eq!(queued.await.unwrap(), "4");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeploying_an_app_frees_its_old_instances() {
+    let data = tempfile::tempdir().unwrap();
+    let (cluster, services) = node(data.path());
+    services
+        .deploy(AppConfig::new("counter"), guest("counter-service"))
+        .unwrap();
+    assert_eq!(call(&services, "counter", "add", "5").await, "5");
+    assert_eq!(cluster.runtime_load().instantiated, 1);
+
+    services
+        .deploy(AppConfig::new("counter"), guest("counter-service"))
+        .unwrap();
+    let bound = Instant::now() + Duration::from_secs(20);
+    while cluster.runtime_load().instantiated > 0 {
+        assert!(Instant::now() < bound, "the old instance was never freed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(cluster.processes().is_empty());
+    // The new deployment starts from scratch.
+    assert_eq!(call(&services, "counter", "total", "").await, "0 0");
+}
