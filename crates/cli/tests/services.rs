@@ -135,6 +135,16 @@ impl Node {
         assert!(held.wait().unwrap().success());
     }
 
+    /// POSTs `body` to the gateway's `path`, whatever the status of the answer.
+    fn post(&self, path: &str, body: &[u8]) -> ureq::http::Response<ureq::Body> {
+        ureq::post(format!("{}{path}", self.url))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send(body)
+            .unwrap()
+    }
+
     /// The server's resident memory in bytes.
     fn rss(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -326,12 +336,7 @@ fn overload_is_refused_with_429_and_retry_after() {
         .unwrap();
     // Two accepted means the first left the queue: the queue (depth 1) is now full.
     node.until("counter", "a full queue", |a| a["queued"] == 2);
-    let refused = ureq::post(format!("{}/v1/apps/counter/invoke/add", node.url))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .send(&b"1"[..])
-        .unwrap();
+    let refused = node.post("/v1/apps/counter/invoke/add", b"1");
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().get("retry-after").is_some());
 
@@ -340,12 +345,7 @@ fn overload_is_refused_with_429_and_retry_after() {
     let rss_before = node.rss();
     let body = vec![b'1'; 64 << 10];
     for _ in 0..2_000 {
-        let refused = ureq::post(format!("{}/v1/apps/counter/invoke/add", node.url))
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .send(&body[..])
-            .unwrap();
+        let refused = node.post("/v1/apps/counter/invoke/add", &body);
         assert_eq!(refused.status(), 429);
     }
     let grown = node.rss().saturating_sub(rss_before);

@@ -45,13 +45,21 @@ async fn call_in(
     String::from_utf8(out).unwrap().trim().to_owned()
 }
 
-/// Waits, within a bound, until `count` processes of the cluster block in `recv`.
-async fn until_waiting(cluster: &Cluster, count: usize) {
+/// Waits, within a bound, until `done` holds.
+async fn until(what: &str, done: impl Fn() -> bool) {
     let bound = Instant::now() + Duration::from_secs(20);
-    while cluster.runtime_load().waiting < count {
-        assert!(Instant::now() < bound, "no process reached recv");
+    while !done() {
+        assert!(Instant::now() < bound, "never: {what}");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+/// Waits until `count` processes of the cluster block in `recv`.
+async fn until_waiting(cluster: &Cluster, count: usize) {
+    until("a process blocked in recv", || {
+        cluster.runtime_load().waiting >= count
+    })
+    .await;
 }
 
 fn outsider() -> Pid {
@@ -215,14 +223,10 @@ async fn when_every_queue_is_full_requests_are_refused() {
         let services = services.clone();
         async move { call(&services, "counter", "add", "4").await }
     });
-    let bound = Instant::now() + Duration::from_secs(20);
-    while services.apps()[0].queued < 2 {
-        assert!(
-            Instant::now() < bound,
-            "the second request was never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until("the second request queued", || {
+        services.apps()[0].queued >= 2
+    })
+    .await;
     let refused = services.invoke("counter", "add", b"1".to_vec(), None).await;
     assert!(
         matches!(refused, Err(ServiceError::Busy { instances: 1, .. })),
@@ -245,11 +249,10 @@ async fn redeploying_an_app_frees_its_old_instances() {
     services
         .deploy(AppConfig::new("counter"), guest("counter-service"))
         .unwrap();
-    let bound = Instant::now() + Duration::from_secs(20);
-    while cluster.runtime_load().instantiated > 0 {
-        assert!(Instant::now() < bound, "the old instance was never freed");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    until("the old instance freed", || {
+        cluster.runtime_load().instantiated == 0
+    })
+    .await;
     assert!(cluster.processes().is_empty());
     // The new deployment starts from scratch.
     assert_eq!(call(&services, "counter", "total", "").await, "0 0");
