@@ -112,31 +112,19 @@ impl Host {
             .runtime
             .load_command(&request.module)
             .map_err(|_| AbiError::Module)?;
-        if self.admitted.fetch_add(1, Ordering::Relaxed) >= self.max_processes {
-            self.admitted.fetch_sub(1, Ordering::Relaxed);
-            return Err(AbiError::Quota);
-        }
-        let pid = Pid::new(self.id, self.last_seq.fetch_add(1, Ordering::Relaxed) + 1);
-        let (sender, mailbox) = mailbox();
         let lineage = request.lineage;
         let (parent, notify) = match request.parent {
             Parent::Process(parent) => (Some(parent), None),
             Parent::External(notify) => (None, Some(notify)),
         };
         let (kill, mut killed) = oneshot::channel();
-        self.table.lock().unwrap().insert(
-            pid,
-            Entry {
-                parent,
-                state: ProcessState::Starting,
-                mailbox: sender,
-                module: request.module,
-                lineage: lineage.clone(),
-                children: HashMap::new(),
-                child_ended: Arc::default(),
-                kill: Some(kill),
-            },
-        );
+        let (pid, mailbox) = self.enter(
+            parent,
+            ProcessState::Starting,
+            request.module,
+            lineage.clone(),
+            Some(kill),
+        )?;
         let name = request.args.first().cloned().unwrap_or_default();
         let spec = ProcessSpec {
             pid,
@@ -189,25 +177,36 @@ impl Host {
         module: ModuleBytes,
         lineage: Arc<Lineage>,
     ) -> Result<(Pid, Mailbox), AbiError> {
+        self.enter(None, ProcessState::Running, module, lineage, None)
+    }
+
+    /// Admits a process under the host's quota: mints its pid, makes its mailbox and
+    /// enters it in the table.
+    fn enter(
+        &self,
+        parent: Option<Pid>,
+        state: ProcessState,
+        module: ModuleBytes,
+        lineage: Arc<Lineage>,
+        kill: Option<oneshot::Sender<()>>,
+    ) -> Result<(Pid, Mailbox), AbiError> {
         if self.admitted.fetch_add(1, Ordering::Relaxed) >= self.max_processes {
             self.admitted.fetch_sub(1, Ordering::Relaxed);
             return Err(AbiError::Quota);
         }
         let pid = Pid::new(self.id, self.last_seq.fetch_add(1, Ordering::Relaxed) + 1);
         let (sender, mailbox) = mailbox();
-        self.table.lock().unwrap().insert(
-            pid,
-            Entry {
-                parent: None,
-                state: ProcessState::Running,
-                mailbox: sender,
-                module,
-                lineage,
-                children: HashMap::new(),
-                child_ended: Arc::default(),
-                kill: None,
-            },
-        );
+        let entry = Entry {
+            parent,
+            state,
+            mailbox: sender,
+            module,
+            lineage,
+            children: HashMap::new(),
+            child_ended: Arc::default(),
+            kill,
+        };
+        self.table.lock().unwrap().insert(pid, entry);
         Ok((pid, mailbox))
     }
 
