@@ -187,9 +187,11 @@ impl Services {
         while app.snapshot_path(swapped).exists() {
             swapped += 1;
         }
+        let mut instances = app.instances.lock().unwrap();
         for _ in 0..swapped {
-            app.add_instance()?;
+            app.add_instance(&mut instances)?;
         }
+        drop(instances);
         Ok(app)
     }
 
@@ -447,8 +449,10 @@ impl App {
     }
 
     /// Starts the actor of one more instance, swapped out until its first request.
-    fn add_instance(self: &Arc<App>) -> Result<Arc<Instance>, ServiceError> {
-        let mut instances = self.instances.lock().unwrap();
+    fn add_instance(
+        self: &Arc<App>,
+        instances: &mut Vec<Arc<Instance>>,
+    ) -> Result<Arc<Instance>, ServiceError> {
         let host = self
             .cluster
             .place_service()
@@ -477,23 +481,21 @@ impl App {
     /// The instance for a request: the session's, else the least busy, else a new
     /// one while the app may grow.
     fn dispatch(self: &Arc<App>, session: Option<&str>) -> Result<Arc<Instance>, ServiceError> {
+        let mut instances = self.instances.lock().unwrap();
         if let Some(session) = session
             && let Some(&index) = self.sessions.lock().unwrap().get(session)
+            && let Some(instance) = instances.get(index)
         {
-            return Ok(self.instances.lock().unwrap()[index].clone());
+            return Ok(instance.clone());
         }
-        let least_busy = self
-            .instances
-            .lock()
-            .unwrap()
+        let least_busy = instances
             .iter()
             .min_by_key(|i| i.pending.load(Ordering::Relaxed))
             .cloned();
-        let count = self.instances.lock().unwrap().len();
         let chosen = match least_busy {
             Some(idle) if idle.pending.load(Ordering::Relaxed) == 0 => idle,
-            Some(busy) if count >= self.config.max_instances => busy,
-            _ => self.add_instance()?,
+            Some(busy) if instances.len() >= self.config.max_instances => busy,
+            _ => self.add_instance(&mut instances)?,
         };
         if let Some(session) = session {
             let mut sessions = self.sessions.lock().unwrap();
