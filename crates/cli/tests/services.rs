@@ -82,6 +82,15 @@ impl Node {
         stdout.trim().to_owned()
     }
 
+    /// Deploys the built guest `module` as `app` with extra `flags`; returns what
+    /// `nimbus deploy` printed.
+    fn deploy(&self, module: &str, app: &str, flags: &[&str]) -> String {
+        let module = path(module);
+        let mut args = vec!["deploy", &module, "--name", app];
+        args.extend(flags);
+        self.ok(&args)
+    }
+
     /// Runs a client command that must fail; returns its stderr.
     fn fails(&self, args: &[&str]) -> String {
         let (_, stderr, code) = outcome(&run(self.nimbus(args)));
@@ -180,14 +189,7 @@ fn path(name: &str) -> String {
 fn deploy_invoke_state_and_every_error() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::start(data.path());
-    let deployed = node.ok(&[
-        "deploy",
-        &path("counter-service"),
-        "--name",
-        "counter",
-        "--max-body",
-        "16",
-    ]);
+    let deployed = node.deploy("counter-service", "counter", &["--max-body", "16"]);
     assert!(deployed.starts_with("deployed counter"), "{deployed}");
 
     assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
@@ -245,7 +247,7 @@ fn deploy_invoke_state_and_every_error() {
 fn a_trap_is_a_500_and_rolls_the_instance_back() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::start(data.path());
-    node.ok(&["deploy", &path("c-counter-service"), "--name", "counter"]);
+    node.deploy("c-counter-service", "counter", &[]);
     assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
     let stderr = node.fails(&["invoke", "counter", "crash"]);
     assert!(
@@ -268,14 +270,7 @@ fn a_trap_is_a_500_and_rolls_the_instance_back() {
 fn sessions_stick_and_a_busy_app_scales_out() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::start(data.path());
-    node.ok(&[
-        "deploy",
-        &path("c-counter-service"),
-        "--name",
-        "counter",
-        "--max-instances",
-        "3",
-    ]);
+    node.deploy("c-counter-service", "counter", &["--max-instances", "3"]);
     let held = node.hold("counter", 1);
     assert_eq!(
         node.ok(&["invoke", "counter", "add", "--data", "1", "--session", "s"]),
@@ -295,14 +290,7 @@ fn sessions_stick_and_a_busy_app_scales_out() {
 fn idle_instances_swap_out_and_a_restart_keeps_deployments_and_state() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::start(data.path());
-    node.ok(&[
-        "deploy",
-        &path("counter-service"),
-        "--name",
-        "counter",
-        "--idle",
-        "200ms",
-    ]);
+    node.deploy("counter-service", "counter", &["--idle", "200ms"]);
     assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
     node.until("counter", "swapped out", |a| a["live"] == 0);
     assert!(data.path().join("apps/counter/instance-0.snap").exists());
@@ -318,16 +306,11 @@ fn idle_instances_swap_out_and_a_restart_keeps_deployments_and_state() {
 fn overload_is_refused_with_429_and_retry_after() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::start(data.path());
-    node.ok(&[
-        "deploy",
-        &path("c-counter-service"),
-        "--name",
+    node.deploy(
+        "c-counter-service",
         "counter",
-        "--max-instances",
-        "1",
-        "--queue-depth",
-        "1",
-    ]);
+        &["--max-instances", "1", "--queue-depth", "1"],
+    );
     let held = node.hold("counter", 1);
     let mut queued = node
         .nimbus(&["invoke", "counter", "add", "--data", "4"])
@@ -364,14 +347,7 @@ fn the_binary_data_plane_invokes_the_same_apps() {
     use nimbus_dataplane::{Client, ClientError, Status};
     let data = tempfile::tempdir().unwrap();
     let node = Node::start(data.path());
-    node.ok(&[
-        "deploy",
-        &path("counter-service"),
-        "--name",
-        "counter",
-        "--max-body",
-        "16",
-    ]);
+    node.deploy("counter-service", "counter", &["--max-body", "16"]);
     assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -415,7 +391,7 @@ fn the_binary_data_plane_invokes_the_same_apps() {
 fn a_service_written_with_the_typed_sdk_layer() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::start(data.path());
-    node.ok(&["deploy", &path("greeter-service"), "--name", "greeter"]);
+    node.deploy("greeter-service", "greeter", &[]);
     let greet = |name: &str| node.ok(&["invoke", "greeter", "greet", "--data", name]);
     assert_eq!(greet("ada"), "hello, ada: visitor #1");
     assert_eq!(greet("alan"), "hello, alan: visitor #2");
