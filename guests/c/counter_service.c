@@ -5,7 +5,7 @@
  *   add    reads an integer from stdin, adds it to the total, prints the new total
  *   total  prints "TOTAL COUNT"
  *   hold   waits for a message (nimbus_recv), then prints "released"
- *   crash  traps
+ *   crash  wrecks the state, then traps (nimbus rolls the state back)
  *
  * Two things a C handler must do because stdio outlives one invocation: clear
  * stdin's end-of-file flag before reading (each request is a new stdin), and flush
@@ -60,4 +60,9 @@ __attribute__((export_name("hold"))) int hold(void) {
     return 0;
 }
 
-__attribute__((export_name("crash"))) void crash(void) { __builtin_trap(); }
+__attribute__((export_name("crash"))) void crash(void) {
+    /* volatile: the stores must happen even though a trap follows. */
+    *(volatile long long *)&total_sum = -1;
+    *(volatile size_t *)&count = 0;
+    __builtin_trap();
+}

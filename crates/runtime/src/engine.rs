@@ -1,5 +1,9 @@
-//! The [`Runtime`]: one wasmtime engine, its linker and module cache, the pool of
-//! instance slots, and the epoch ticker that time-slices processes.
+//! The [`Runtime`]: two wasmtime engines with their linkers and module caches, the
+//! pool of instance slots, and the epoch ticker that time-slices processes.
+//!
+//! Commands run on a pooling engine with copy-on-write memory images, built for
+//! instantiating in microseconds. Services run on an engine whose memories can
+//! commit and roll back ([`crate::memory`]), built for keeping state.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,6 +18,7 @@ use wasmtime::{
 };
 
 use crate::cache::{CacheStats, LoadError, ModuleBytes, ModuleCache, ModuleHash};
+use crate::memory::CheckpointedMemories;
 use crate::process::{self, ProcessCtx, ProcessSpec};
 use crate::service::ServiceInstance;
 use nimbus_snapshot::Snapshot;
@@ -105,83 +110,35 @@ impl Drop for Slot {
 
 /// Runs processes on one host.
 pub struct Runtime {
-    engine: Engine,
-    linker: Linker<ProcessCtx>,
-    cache: ModuleCache,
-    programs: Mutex<HashMap<ModuleHash, Program>>,
+    commands: Loader,
+    services: Loader,
+    memories: Arc<CheckpointedMemories>,
     slots: Arc<Semaphore>,
     gauges: Arc<Gauges>,
 }
 
-/// Live counts of a runtime's processes.
-#[derive(Debug, Default)]
-pub(crate) struct Gauges {
-    pub(crate) instantiated: AtomicUsize,
-    pub(crate) waiting: AtomicUsize,
+/// Compiles (or loads from its cache), pre-links and keeps the programs of one engine.
+struct Loader {
+    engine: Engine,
+    linker: Linker<ProcessCtx>,
+    cache: ModuleCache,
+    programs: Mutex<HashMap<ModuleHash, Program>>,
 }
 
-/// A snapshot of a runtime's processes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RuntimeLoad {
-    /// Processes holding an instance slot.
-    pub instantiated: usize,
-    /// Of those, processes blocked in `recv` or `wait`.
-    pub waiting: usize,
-}
-
-impl Runtime {
-    /// Creates the engine, its instance pool and its epoch ticker.
-    pub fn new(config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
-        let slots = config.max_live_processes;
-        let mut pool = PoolingAllocationConfig::default();
-        pool.total_core_instances(slots)
-            .total_memories(slots)
-            .total_tables(slots)
-            .total_stacks(slots)
-            .total_component_instances(0)
-            .max_memory_size(config.max_memory as usize);
-        let mut wasm = Config::new();
-        if config.max_memory < FULL_RESERVATION {
-            wasm.memory_reservation(config.max_memory)
-                .memory_reservation_for_growth(0)
-                .memory_guard_size(64 << 10);
-        }
-        wasm.epoch_interruption(true)
-            .memory_init_cow(true)
-            .async_stack_size(config.stack_size)
-            .max_wasm_stack(config.stack_size / 2)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&wasm).map_err(|e| RuntimeError(format!("{e:#}")))?;
+impl Loader {
+    fn new(config: &Config, modules: &std::path::Path) -> Result<Loader, RuntimeError> {
+        let engine = Engine::new(config).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         process::add_to_linker(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
-        spawn_epoch_ticker(&engine).map_err(|e| RuntimeError(format!("epoch thread: {e}")))?;
-        Ok(Runtime {
-            cache: ModuleCache::new(&engine, &config.data_dir.join("modules")),
+        Ok(Loader {
+            cache: ModuleCache::new(&engine, modules),
             engine,
             linker,
             programs: Mutex::default(),
-            slots: Arc::new(Semaphore::new(slots as usize)),
-            gauges: Arc::default(),
         })
     }
 
-    /// Whether `module` is ready to run without compiling or reading the disk.
-    pub fn is_loaded(&self, module: &ModuleBytes) -> bool {
-        self.programs.lock().unwrap().contains_key(&module.hash())
-    }
-
-    /// Makes the command `module` ready to run as a process.
-    pub fn load_command(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
-        let program = self.load(module)?;
-        if !program.is_command {
-            return Err(LoadError::NoStart);
-        }
-        Ok(program)
-    }
-
-    /// Makes `module` ready to run: compiled (or loaded from the cache) and
-    /// pre-linked. Cheap once a module has been loaded.
-    pub fn load(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
+    fn load(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
         if let Some(program) = self.programs.lock().unwrap().get(&module.hash()) {
             return Ok(program.clone());
         }
@@ -217,10 +174,106 @@ impl Runtime {
             .insert(module.hash(), program.clone());
         Ok(program)
     }
+}
+
+/// Live counts of a runtime's processes.
+#[derive(Debug, Default)]
+pub(crate) struct Gauges {
+    pub(crate) instantiated: AtomicUsize,
+    pub(crate) waiting: AtomicUsize,
+}
+
+/// A snapshot of a runtime's processes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuntimeLoad {
+    /// Processes holding an instance slot.
+    pub instantiated: usize,
+    /// Of those, processes blocked in `recv` or `wait`.
+    pub waiting: usize,
+}
+
+impl Runtime {
+    /// Creates the engines, the instance pool and the epoch ticker.
+    pub fn new(config: &RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let slots = config.max_live_processes;
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_core_instances(slots)
+            .total_memories(slots)
+            .total_tables(slots)
+            .total_stacks(slots)
+            .total_component_instances(0)
+            .max_memory_size(config.max_memory as usize);
+        let mut base = Config::new();
+        base.epoch_interruption(true)
+            .async_stack_size(config.stack_size)
+            .max_wasm_stack(config.stack_size / 2);
+
+        let mut commands = base.clone();
+        if config.max_memory < FULL_RESERVATION {
+            commands
+                .memory_reservation(config.max_memory)
+                .memory_reservation_for_growth(0)
+                .memory_guard_size(64 << 10);
+        }
+        commands
+            .memory_init_cow(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+
+        let memories = Arc::new(CheckpointedMemories::default());
+        let mut services = base;
+        // Copy-on-write images need wasmtime's own memories; services bring theirs.
+        services
+            .memory_init_cow(false)
+            .with_host_memory(memories.clone());
+
+        let modules = config.data_dir.join("modules");
+        let commands = Loader::new(&commands, &modules)?;
+        let services = Loader::new(&services, &modules)?;
+        spawn_epoch_ticker(&[&commands.engine, &services.engine])
+            .map_err(|e| RuntimeError(format!("epoch thread: {e}")))?;
+        Ok(Runtime {
+            commands,
+            services,
+            memories,
+            slots: Arc::new(Semaphore::new(slots as usize)),
+            gauges: Arc::default(),
+        })
+    }
+
+    /// Makes the command `module` (a WASI program with `_start`) ready to run as a
+    /// process: compiled (or loaded from the cache) and pre-linked. Cheap once
+    /// the module has been loaded.
+    pub fn load_command(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
+        let program = self.commands.load(module)?;
+        if !program.is_command {
+            return Err(LoadError::NoStart);
+        }
+        Ok(program)
+    }
+
+    /// Makes `module` ready to serve as a service (a reactor, or any module with
+    /// handlers).
+    pub fn load_service(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
+        self.services.load(module)
+    }
+
+    /// Whether the command `module` is ready to run without compiling or reading
+    /// the disk.
+    pub fn is_command_loaded(&self, module: &ModuleBytes) -> bool {
+        self.commands
+            .programs
+            .lock()
+            .unwrap()
+            .contains_key(&module.hash())
+    }
 
     /// What the module cache has done so far.
     pub fn cache_stats(&self) -> CacheStats {
-        self.cache.stats()
+        let (commands, services) = (self.commands.cache.stats(), self.services.cache.stats());
+        CacheStats {
+            compiled: commands.compiled + services.compiled,
+            from_disk: commands.from_disk + services.from_disk,
+        }
     }
 
     /// How many processes are instantiated, and how many of them wait.
@@ -244,7 +297,7 @@ impl Runtime {
     /// Runs `program` as the process described by `spec` until it ends. Never
     /// panics on guest behaviour: every outcome is an [`ExitStatus`].
     pub async fn run(&self, program: &Program, spec: ProcessSpec, slot: Slot) -> ExitStatus {
-        let status = process::run(&self.engine, program, spec, self.gauges.clone()).await;
+        let status = process::run(&self.commands.engine, program, spec, self.gauges.clone()).await;
         drop(slot);
         status
     }
@@ -259,21 +312,25 @@ impl Runtime {
         from: Option<&Snapshot>,
     ) -> Result<ServiceInstance, ExitStatus> {
         let stderr = spec.stderr.clone();
-        let (store, setup) = process::new_store(&self.engine, spec, self.gauges.clone())
+        let (store, setup) = process::new_store(&self.services.engine, spec, self.gauges.clone())
             .map_err(ExitStatus::Failed)?;
-        ServiceInstance::start(store, setup, stderr, program, slot, from).await
+        ServiceInstance::start(store, setup, stderr, program, slot, &self.memories, from).await
     }
 }
 
-/// Advances the engine's epoch every tick until the engine is dropped.
-fn spawn_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
-    let engine = engine.weak();
+/// Advances the engines' epochs every tick until the engines are dropped.
+fn spawn_epoch_ticker(engines: &[&Engine]) -> std::io::Result<()> {
+    let engines: Vec<_> = engines.iter().map(|engine| engine.weak()).collect();
     std::thread::Builder::new()
         .name("nimbus-epoch".into())
         .spawn(move || {
-            while let Some(engine) = engine.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
+            loop {
+                let live: Vec<_> = engines.iter().filter_map(|e| e.upgrade()).collect();
+                if live.is_empty() {
+                    break;
+                }
+                live.iter().for_each(Engine::increment_epoch);
+                drop(live);
                 std::thread::sleep(EPOCH_TICK);
             }
         })

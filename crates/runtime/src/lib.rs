@@ -1,7 +1,8 @@
 //! Runs WebAssembly processes on one host.
 //!
-//! Owns: the wasmtime engine and its configuration (pooling allocator, copy-on-write
-//! memory images, epoch interruption), the module cache (precompiled artifacts keyed
+//! Owns: the wasmtime engines and their configuration (for commands: pooling
+//! allocator, copy-on-write memory images; for services: memories that commit and
+//! roll back; for both: epoch interruption), the module cache (precompiled artifacts keyed
 //! by sha256, of modules instrumented to export their mutable globals), per-process
 //! limits, WASI preview 1 and the nimbus host ABI, the mailbox a process receives
 //! from, and long-lived service instances with the capture and restore of their
@@ -17,6 +18,7 @@ mod engine;
 mod instrument;
 mod log;
 mod mailbox;
+mod memory;
 mod process;
 mod service;
 

@@ -6,16 +6,23 @@
 //! an export taking no parameters and returning nothing or an `i32`; the request
 //! body is its stdin, what it writes to stdout is the response; a trap, an exit or
 //! a non-zero `i32` is an error.
+//!
+//! Every invocation that ends without failing is committed, and a failed one is
+//! rolled back to the last commit, so an instance never serves from the state a
+//! trap left behind. Commits cost work per page written, not per page of memory
+//! (see [`crate::memory`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure};
 use nimbus_snapshot::{GlobalValue, Snapshot, SnapshotRef};
-use wasmtime::{Extern, Instance, Memory, Store, Val, ValType};
+use wasmtime::{Extern, Global, Instance, Memory, Store, Val, ValType};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::engine::{Program, Slot};
 use crate::instrument::global_export_name;
+use crate::memory::{CheckpointedMemories, Region};
 use crate::process::{ProcessCtx, WasiSetup, status_of_error};
 use crate::{Input, Mailbox, Output};
 
@@ -43,9 +50,14 @@ pub enum InvokeError {
     #[error("handler returned status {0}")]
     Status(i32),
     /// The handler exited the instance or failed (trap, memory limit, deadline).
-    /// The instance's state may be inconsistent and must not serve again as is.
+    /// The instance has been rolled back to its state after the last invocation
+    /// that did not fail, and serves on from there.
     #[error("{}", describe(.0))]
     Failed(ExitStatus),
+    /// The instance's state could not be committed or rolled back. The instance
+    /// must not serve again.
+    #[error("the instance's state could not be kept: {0}")]
+    Checkpoint(String),
 }
 
 fn describe(status: &ExitStatus) -> String {
@@ -62,6 +74,14 @@ pub struct ServiceInstance {
     program: Program,
     setup: WasiSetup,
     stderr: Output,
+    /// The memory exported as `memory`, if there is one.
+    memory: Option<(Memory, Arc<Region>)>,
+    /// The mutable globals by index, with their values at the last commit.
+    globals: Vec<(u32, Global, Val)>,
+    /// Whether the state changed since the last commit.
+    uncommitted: bool,
+    /// Set when a roll back failed: the state is not one to serve from or commit.
+    broken: bool,
     _slot: Slot,
 }
 
@@ -72,24 +92,57 @@ impl ServiceInstance {
         stderr: Output,
         program: &Program,
         slot: Slot,
+        memories: &CheckpointedMemories,
         from: Option<&Snapshot>,
     ) -> Result<ServiceInstance, ExitStatus> {
         let instance = match program.pre().instantiate_async(&mut store).await {
             Ok(instance) => instance,
             Err(e) => return Err(status_of_error(store.data(), &e)),
         };
+        let memory = match instance.get_export(&mut store, "memory") {
+            Some(Extern::Memory(memory)) => {
+                let region = memories
+                    .claim(memory.data_ptr(&store))
+                    .ok_or_else(|| cannot_start("its memory is not a service memory"))?;
+                Some((memory, region))
+            }
+            _ => None,
+        };
+        let globals = program
+            .mutable_globals()
+            .iter()
+            .map(|&index| {
+                let global = instance
+                    .get_global(&mut store, &global_export_name(index))
+                    .expect("instrumented modules export their mutable globals");
+                let value = global.get(&mut store);
+                (index, global, value)
+            })
+            // Reference-typed globals hold host handles: neither committed nor saved.
+            .filter(|(_, _, value)| {
+                !matches!(
+                    value,
+                    Val::ExternRef(_) | Val::AnyRef(_) | Val::ExnRef(_) | Val::ContRef(_)
+                )
+            })
+            .collect();
         let mut service = ServiceInstance {
             store,
             instance,
             program: program.clone(),
             setup,
             stderr,
+            memory,
+            globals,
+            uncommitted: true,
+            broken: false,
             _slot: slot,
         };
         match from {
             Some(snapshot) => service.restore(snapshot)?,
             None => service.initialize().await?,
         }
+        service.commit().map_err(|e| cannot_start(&e.to_string()))?;
         Ok(service)
     }
 
@@ -105,8 +158,46 @@ impl ServiceInstance {
             .map_err(|e| status_of_error(self.store.data(), &e))
     }
 
+    /// Makes the instance's current state the one a failed invocation rolls back
+    /// to. Each invocation commits the one before it first; calling this after
+    /// answering takes that work off the next request's path. After an error the
+    /// instance must not serve again.
+    pub fn commit(&mut self) -> Result<(), InvokeError> {
+        if self.broken {
+            return Err(InvokeError::Checkpoint("a roll back failed".into()));
+        }
+        if !self.uncommitted {
+            return Ok(());
+        }
+        if let Some((_, region)) = &self.memory {
+            region
+                .commit()
+                .map_err(|e| InvokeError::Checkpoint(format!("committing memory: {e}")))?;
+        }
+        for (_, global, value) in &mut self.globals {
+            *value = global.get(&mut self.store);
+        }
+        self.uncommitted = false;
+        Ok(())
+    }
+
+    fn roll_back(&mut self) -> Result<(), String> {
+        self.broken = true;
+        if let Some((_, region)) = &self.memory {
+            region.roll_back().map_err(|e| e.to_string())?;
+        }
+        for (index, global, value) in &self.globals {
+            global
+                .set(&mut self.store, *value)
+                .map_err(|e| format!("global {index}: {e:#}"))?;
+        }
+        (self.uncommitted, self.broken) = (false, false);
+        Ok(())
+    }
+
     /// Runs one handler to completion and returns its response.
     pub async fn invoke(&mut self, invocation: Invocation) -> Result<Vec<u8>, InvokeError> {
+        self.commit()?;
         let handler = self
             .instance
             .get_func(&mut self.store, &invocation.handler)
@@ -132,25 +223,32 @@ impl ServiceInstance {
             .begin_invocation(wasi, invocation.timeout);
 
         let mut results = vec![Val::I32(0); handler.ty(&self.store).results().len()];
+        self.uncommitted = true;
         let call = handler.call_async(&mut self.store, &[], &mut results);
         let outcome = match invocation.timeout {
             // The epoch callback stops a computing handler; this stops a blocked one.
-            Some(timeout) => match tokio::time::timeout(timeout, call).await {
-                Ok(outcome) => outcome,
-                Err(_) => {
-                    return Err(InvokeError::Failed(ExitStatus::Failed(Failure::Deadline(
-                        timeout,
-                    ))));
-                }
-            },
-            None => call.await,
+            Some(timeout) => tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_elapsed| timeout),
+            None => Ok(call.await),
         };
-        match outcome {
-            Err(e) => Err(InvokeError::Failed(status_of_error(self.store.data(), &e))),
-            Ok(()) => match results.first() {
-                Some(Val::I32(status)) if *status != 0 => Err(InvokeError::Status(*status)),
-                _ => Ok(stdout.contents().to_vec()),
-            },
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(status_of_error(self.store.data(), &e)),
+            Err(timeout) => Some(ExitStatus::Failed(Failure::Deadline(timeout))),
+        };
+        if let Some(status) = failure {
+            return Err(match self.roll_back() {
+                Ok(()) => InvokeError::Failed(status),
+                Err(e) => InvokeError::Checkpoint(format!(
+                    "{}, and rolling back failed: {e}",
+                    describe(&status)
+                )),
+            });
+        }
+        match results.first() {
+            Some(Val::I32(status)) if *status != 0 => Err(InvokeError::Status(*status)),
+            _ => Ok(stdout.contents().to_vec()),
         }
     }
 
@@ -160,65 +258,74 @@ impl ServiceInstance {
         self.store.into_data().mailbox
     }
 
-    fn memory(&mut self) -> Option<Memory> {
-        match self.instance.get_export(&mut self.store, "memory") {
-            Some(Extern::Memory(memory)) => Some(memory),
-            _ => None,
-        }
-    }
-
     /// The instance's state, borrowing its memory, ready to be written.
     pub fn snapshot(&mut self) -> SnapshotRef<'_> {
         let mut globals = Vec::new();
-        for &index in self.program.mutable_globals() {
-            let global = self
-                .instance
-                .get_global(&mut self.store, &global_export_name(index))
-                .expect("instrumented modules export their mutable globals");
+        for (index, global, _) in &self.globals {
             let value = match global.get(&mut self.store) {
                 Val::I32(v) => GlobalValue::I32(v),
                 Val::I64(v) => GlobalValue::I64(v),
                 Val::F32(v) => GlobalValue::F32(v),
                 Val::F64(v) => GlobalValue::F64(v),
                 Val::V128(v) => GlobalValue::V128(v.as_u128()),
-                // Reference-typed globals hold host handles that cannot outlive the
-                // instance; they are restored to their initial value.
+                // Function references are restored to their initial value.
                 _ => continue,
             };
-            globals.push((index, value));
+            globals.push((*index, value));
         }
-        let memory = self.memory();
         SnapshotRef {
             module: self.program.hash().to_bytes(),
             globals,
-            memory: memory.map_or(&[][..], |m| m.data(&self.store)),
+            memory: self
+                .memory
+                .as_ref()
+                .map_or(&[][..], |(memory, _)| memory.data(&self.store)),
         }
     }
 
+    /// Brings back the state in `snapshot`, mapping its pages rather than reading
+    /// them: each is read when the guest first touches it.
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), ExitStatus> {
-        let broken =
-            |why: String| ExitStatus::Failed(Failure::Load(format!("cannot restore: {why}")));
         if snapshot.module != self.program.hash().to_bytes() {
-            return Err(broken("the snapshot is of another module".into()));
+            return Err(cannot_restore("the snapshot is of another module".into()));
         }
-        if let Some(memory) = self.memory() {
-            let have = memory.data_size(&self.store) as u64;
-            let page = memory.page_size(&self.store);
-            if snapshot.memory_len < have || !(snapshot.memory_len - have).is_multiple_of(page) {
-                return Err(broken("memory size does not fit the module".into()));
+        match &self.memory {
+            Some((memory, region)) => {
+                let have = memory.data_size(&self.store) as u64;
+                let page = memory.page_size(&self.store);
+                if snapshot.memory_len < have || !(snapshot.memory_len - have).is_multiple_of(page)
+                {
+                    return Err(cannot_restore("memory size does not fit the module".into()));
+                }
+                memory
+                    .grow(&mut self.store, (snapshot.memory_len - have) / page)
+                    .map_err(|e| cannot_restore(format!("growing memory: {e:#}")))?;
+                // Drops what instantiation wrote (data segments): all zeros again.
+                region
+                    .roll_back()
+                    .map_err(|e| cannot_restore(e.to_string()))?;
+                for run in &snapshot.runs {
+                    region
+                        .map_file(
+                            run.first_page as usize,
+                            run.pages as usize,
+                            &snapshot.file,
+                            run.offset,
+                        )
+                        .map_err(|e| cannot_restore(format!("mapping memory: {e}")))?;
+                }
             }
-            memory
-                .grow(&mut self.store, (snapshot.memory_len - have) / page)
-                .map_err(|e| broken(format!("growing memory: {e:#}")))?;
-            snapshot
-                .restore_memory(memory.data_mut(&mut self.store))
-                .map_err(|e| broken(e.to_string()))?;
+            None if snapshot.memory_len > 0 => {
+                return Err(cannot_restore("the module has no memory".into()));
+            }
+            None => {}
         }
         for (index, value) in &snapshot.globals {
-            let global = self
-                .instance
-                .get_global(&mut self.store, &global_export_name(*index))
-                .ok_or_else(|| broken(format!("no global {index}")))?;
+            let (_, global, _) = self
+                .globals
+                .iter()
+                .find(|(i, _, _)| i == index)
+                .ok_or_else(|| cannot_restore(format!("no global {index}")))?;
             let value = match *value {
                 GlobalValue::I32(v) => Val::I32(v),
                 GlobalValue::I64(v) => Val::I64(v),
@@ -228,8 +335,16 @@ impl ServiceInstance {
             };
             global
                 .set(&mut self.store, value)
-                .map_err(|e| broken(format!("global {index}: {e:#}")))?;
+                .map_err(|e| cannot_restore(format!("global {index}: {e:#}")))?;
         }
         Ok(())
     }
+}
+
+fn cannot_start(why: &str) -> ExitStatus {
+    ExitStatus::Failed(Failure::Load(format!("cannot start the instance: {why}")))
+}
+
+fn cannot_restore(why: String) -> ExitStatus {
+    ExitStatus::Failed(Failure::Load(format!("cannot restore: {why}")))
 }

@@ -25,7 +25,7 @@ async fn start(
     module: &ModuleBytes,
     from: Option<&nimbus_snapshot::Snapshot>,
 ) -> ServiceInstance {
-    let program = runtime.load(module).unwrap();
+    let program = runtime.load_service(module).unwrap();
     let (spec, _mailbox) = common::spec(Limits::default(), Output::Null);
     let slot = runtime.admit().await;
     match runtime.start_service(&program, spec, slot, from).await {

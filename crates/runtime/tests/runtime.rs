@@ -24,7 +24,7 @@ fn module(wat: &str) -> ModuleBytes {
 }
 
 async fn run(runtime: &Runtime, wat: &str, limits: Limits) -> (ExitStatus, String) {
-    let program = runtime.load(&module(wat)).unwrap();
+    let program = runtime.load_command(&module(wat)).unwrap();
     let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20);
     let (spec, _mailbox) = common::spec(limits, Output::Capture(stdout.clone()));
     let slot = runtime.admit().await;
@@ -65,12 +65,12 @@ async fn proc_exit_code_is_the_status() {
 async fn second_runtime_loads_from_disk_instead_of_compiling() {
     let dir = tempfile::tempdir().unwrap();
     let first = runtime(&dir);
-    first.load(&module(HELLO)).unwrap();
-    first.load(&module(HELLO)).unwrap();
+    first.load_command(&module(HELLO)).unwrap();
+    first.load_command(&module(HELLO)).unwrap();
     assert_eq!(first.cache_stats().compiled, 1);
 
     let second = runtime(&dir);
-    second.load(&module(HELLO)).unwrap();
+    second.load_command(&module(HELLO)).unwrap();
     assert_eq!(
         (
             second.cache_stats().compiled,
@@ -83,7 +83,7 @@ async fn second_runtime_loads_from_disk_instead_of_compiling() {
 #[tokio::test]
 async fn corrupt_artifact_is_recompiled() {
     let dir = tempfile::tempdir().unwrap();
-    runtime(&dir).load(&module(HELLO)).unwrap();
+    runtime(&dir).load_command(&module(HELLO)).unwrap();
     // Artifacts live at modules/<engine compatibility hash>/<sha256>.cwasm.
     let artifacts = std::fs::read_dir(dir.path().join("modules"))
         .unwrap()
@@ -246,10 +246,21 @@ const COUNTER: &str = r#"(module
   (func (export "grow") (drop (memory.grow (i32.const 3))))
   (func (export "grow_or_trap")
     (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable)))
-  (func (export "spin") (loop $l (br $l))))"#;
+  (func (export "spin") (loop $l (br $l)))
+  (func (export "bump_then_crash")
+    (global.set $calls (i32.add (global.get $calls) (i32.const 100)))
+    (i32.store (i32.const 200) (i32.const -1))
+    (i32.store (i32.const 40000) (i32.const 7))
+    unreachable)
+  (func (export "grow_then_crash")
+    (i32.store (i32.mul (memory.grow (i32.const 2)) (i32.const 65536)) (i32.const 9))
+    unreachable)
+  (func (export "scribble_then_spin")
+    (i32.store (i32.const 200) (i32.const -1))
+    (loop $l (br $l))))"#;
 
 async fn service(runtime: &Runtime, from: Option<&nimbus_snapshot::Snapshot>) -> ServiceInstance {
-    let program = runtime.load(&module(COUNTER)).unwrap();
+    let program = runtime.load_service(&module(COUNTER)).unwrap();
     assert!(!program.is_command());
     let limits = Limits {
         memory: 2 << 20,
@@ -354,6 +365,47 @@ async fn snapshot_restores_memory_globals_and_size_in_a_new_instance() {
 }
 
 #[tokio::test]
+async fn a_failed_invocation_rolls_back_to_the_last_good_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let path = dir.path().join("counter.snap");
+    let mut counter = service(&runtime, None).await;
+    assert_eq!(bump(&mut counter).await, 1001);
+    assert_eq!(bump(&mut counter).await, 1003);
+    let spin = Invocation {
+        timeout: Some(Duration::from_millis(50)),
+        ..call("scribble_then_spin", b"")
+    };
+    for failing in [
+        call("bump_then_crash", b""),
+        spin,
+        call("grow_then_crash", b""),
+    ] {
+        let handler = failing.handler.clone();
+        let outcome = counter.invoke(failing).await;
+        assert!(
+            matches!(outcome, Err(InvokeError::Failed(_))),
+            "{handler}: {outcome:?}"
+        );
+    }
+    // No failure left a trace: the global counts 3 calls, the counter is 1003 + 3.
+    assert_eq!(bump(&mut counter).await, 1006);
+    let state = counter.snapshot();
+    assert_eq!(state.memory[40000], 0);
+    // Memory a failed invocation grew stays (memories cannot shrink), zeroed.
+    assert_eq!(state.memory.len(), 3 * 65536);
+    assert!(state.memory[65536..].iter().all(|b| *b == 0));
+    state.write(&path).unwrap();
+    // Likewise in an instance whose pages are mapped from a snapshot file.
+    let snapshot = nimbus_snapshot::read(&path).unwrap();
+    let mut restored = service(&runtime, Some(&snapshot)).await;
+    assert!(restored.invoke(call("bump_then_crash", b"")).await.is_err());
+    assert_eq!(bump(&mut restored).await, 1010);
+    assert!(restored.invoke(call("bump_then_crash", b"")).await.is_err());
+    assert_eq!(bump(&mut restored).await, 1015);
+}
+
+#[tokio::test]
 async fn a_snapshot_of_another_module_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(&dir);
@@ -366,7 +418,7 @@ async fn a_snapshot_of_another_module_is_refused() {
     .write(&path)
     .unwrap();
     let snapshot = nimbus_snapshot::read(&path).unwrap();
-    let program = runtime.load(&module(COUNTER)).unwrap();
+    let program = runtime.load_service(&module(COUNTER)).unwrap();
     let (spec, _mailbox) = common::spec(Limits::default(), Output::Null);
     let slot = runtime.admit().await;
     let result = runtime

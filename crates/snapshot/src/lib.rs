@@ -2,10 +2,11 @@
 //! and their file format.
 //!
 //! Owns: the in-memory form of a snapshot and its on-disk encoding — sparse (pages of
-//! zeros are not stored; the others are stored as runs of consecutive pages, so large
-//! memories are written and restored in few large copies), checksummed (CRC-32 of everything before the trailer),
-//! and written atomically (temporary file, fsync, rename), so a crash never leaves a
-//! torn snapshot behind and a damaged file is refused rather than restored.
+//! zeros are not stored), page-aligned (every stored page starts at a multiple of
+//! [`PAGE_SIZE`] in the file, so a restore can map the file instead of reading it),
+//! checksummed (CRC-32 of everything before the trailer), and written atomically
+//! (temporary file, fsync, rename), so a crash never leaves a torn snapshot behind
+//! and a damaged file is refused rather than restored.
 //!
 //! Must not: depend on wasmtime. Capturing a snapshot from a live instance and
 //! restoring one into it is the runtime's job; this crate only sees bytes.
@@ -15,18 +16,25 @@
 //! ```text
 //! "NIMBUSSN"  u32 version  [u8; 32] module hash  u64 memory length
 //! u32 global count   { u32 global index, u8 kind, [u8; 16] bits } * count
-//! u32 run count      { u32 first page, u32 page count, contents } * count
+//! zeros up to the next page boundary
+//! the stored pages, run after run, in memory order
+//! { u32 first page, u32 page count } * run count   u32 run count
 //! u32 crc32 of all the above
 //! ```
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"NIMBUSSN";
-const VERSION: u32 = 2;
-/// Granularity of the sparse encoding.
+const VERSION: u32 = 3;
+/// Granularity of the sparse encoding, and the alignment of stored pages.
 pub const PAGE_SIZE: usize = 4096;
+/// Bytes of the header before the globals.
+const FIXED_HEADER: usize = 8 + 4 + 32 + 8 + 4;
+/// Bytes of one global in the header.
+const GLOBAL_LEN: usize = 4 + 1 + 16;
 
 /// The value of one global.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,8 +85,20 @@ pub struct SnapshotRef<'a> {
     pub memory: &'a [u8],
 }
 
-/// A snapshot read back from a file.
-#[derive(Debug, PartialEq, Eq)]
+/// Consecutive stored pages of a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Run {
+    /// The memory page the run starts at.
+    pub first_page: u32,
+    /// How many pages it holds.
+    pub pages: u32,
+    /// Where its contents start in the file, a multiple of [`PAGE_SIZE`].
+    pub offset: u64,
+}
+
+/// A verified snapshot file. Its pages stay in the file, to be mapped or read as
+/// the restore needs them; pages in no run are zeros.
+#[derive(Debug)]
 pub struct Snapshot {
     /// The sha256 of the module the instance ran.
     pub module: [u8; 32],
@@ -86,49 +106,17 @@ pub struct Snapshot {
     pub globals: Vec<(u32, GlobalValue)>,
     /// Length of the linear memory in bytes.
     pub memory_len: u64,
-    /// The file's bytes; the stored pages are read from here.
-    file: Vec<u8>,
-    /// Runs of stored (non-zero) pages: first page, page count, offset in `file`.
-    runs: Vec<(u32, u32, usize)>,
+    /// Runs of stored (non-zero) pages, in memory order.
+    pub runs: Vec<Run>,
+    /// The open file. It is never written in place (a new snapshot replaces it by
+    /// rename), so mapping its pages is safe for as long as they are mapped.
+    pub file: File,
 }
 
 impl Snapshot {
-    /// Writes the memory into `memory`, which must be `memory_len` bytes long and
-    /// all zeros (as a freshly grown memory is), or hold the instance's memory to
-    /// be overwritten: pages absent from the snapshot are zeroed.
-    pub fn restore_memory(&self, memory: &mut [u8]) -> Result<(), SnapshotError> {
-        if memory.len() as u64 != self.memory_len {
-            return Err(SnapshotError::MemoryLength {
-                expected: self.memory_len,
-                actual: memory.len() as u64,
-            });
-        }
-        let mut next_page = 0;
-        for &(first, count, offset) in &self.runs {
-            let start = first as usize * PAGE_SIZE;
-            zero_nonzero_pages(&mut memory[next_page * PAGE_SIZE..start]);
-            let end = (start + count as usize * PAGE_SIZE).min(memory.len());
-            memory[start..end].copy_from_slice(&self.file[offset..offset + (end - start)]);
-            next_page = first as usize + count as usize;
-        }
-        let rest = (next_page * PAGE_SIZE).min(memory.len());
-        zero_nonzero_pages(&mut memory[rest..]);
-        Ok(())
-    }
-
     /// How many non-zero pages the snapshot holds.
     pub fn stored_pages(&self) -> usize {
-        self.runs.iter().map(|&(_, count, _)| count as usize).sum()
-    }
-}
-
-/// Zeroes the pages of `memory` that are not zero already (reading a page that was
-/// never written is cheaper than writing it).
-fn zero_nonzero_pages(memory: &mut [u8]) {
-    for page in memory.chunks_mut(PAGE_SIZE) {
-        if page.iter().any(|b| *b != 0) {
-            page.fill(0);
-        }
+        self.runs.iter().map(|run| run.pages as usize).sum()
     }
 }
 
@@ -151,14 +139,6 @@ pub enum SnapshotError {
         path: PathBuf,
         /// What is wrong with it.
         reason: &'static str,
-    },
-    /// The memory to restore into has the wrong length.
-    #[error("snapshot holds {expected} bytes of memory, the instance has {actual}")]
-    MemoryLength {
-        /// The snapshot's memory length.
-        expected: u64,
-        /// The instance's memory length.
-        actual: u64,
     },
 }
 
@@ -203,29 +183,27 @@ impl SnapshotRef<'_> {
             out.write_all(&[kind])?;
             out.write_all(&bits.to_le_bytes())?;
         }
-        let nonzero = |page: &[u8]| page.iter().any(|b| *b != 0);
+        let padding = [0u8; PAGE_SIZE];
+        let header = FIXED_HEADER + GLOBAL_LEN * self.globals.len();
+        out.write_all(&padding[..header.next_multiple_of(PAGE_SIZE) - header])?;
         let mut runs: Vec<(u32, u32)> = Vec::new();
         for (number, page) in self.memory.chunks(PAGE_SIZE).enumerate() {
-            if !nonzero(page) {
+            if page.iter().all(|b| *b == 0) {
                 continue;
             }
+            out.write_all(page)?;
+            // A memory is a whole number of wasm pages, but be exact anyway.
+            out.write_all(&padding[page.len()..])?;
             match runs.last_mut() {
                 Some((first, count)) if (*first + *count) as usize == number => *count += 1,
                 _ => runs.push((number as u32, 1)),
             }
         }
-        out.write_all(&(runs.len() as u32).to_le_bytes())?;
-        let padding = [0u8; PAGE_SIZE];
-        for (first, count) in runs {
+        for (first, count) in &runs {
             out.write_all(&first.to_le_bytes())?;
             out.write_all(&count.to_le_bytes())?;
-            let start = first as usize * PAGE_SIZE;
-            let end = (start + count as usize * PAGE_SIZE).min(self.memory.len());
-            out.write_all(&self.memory[start..end])?;
-            // A memory is a whole number of wasm pages, but be exact anyway.
-            out.write_all(&padding[..count as usize * PAGE_SIZE - (end - start)])?;
         }
-        Ok(())
+        out.write_all(&(runs.len() as u32).to_le_bytes())
     }
 }
 
@@ -255,35 +233,69 @@ impl<W: Write> Write for ChecksummedWriter<W> {
     }
 }
 
-/// Reads and verifies the snapshot at `path`.
+/// Opens the snapshot at `path` and verifies it whole: its checksum, header and
+/// page index. Reads the file once, without keeping its pages in memory.
 pub fn read(path: &Path) -> Result<Snapshot, SnapshotError> {
-    let bytes = std::fs::read(path).map_err(|source| SnapshotError::Io {
+    let file = File::open(path).map_err(|source| SnapshotError::Io {
         path: path.to_owned(),
         source,
     })?;
-    decode(bytes).map_err(|reason| SnapshotError::Damaged {
-        path: path.to_owned(),
-        reason,
+    decode(file).map_err(|damage| match damage {
+        Damage::Io(source) => SnapshotError::Io {
+            path: path.to_owned(),
+            source,
+        },
+        Damage::Format(reason) => SnapshotError::Damaged {
+            path: path.to_owned(),
+            reason,
+        },
     })
 }
 
-fn decode(bytes: Vec<u8>) -> Result<Snapshot, &'static str> {
-    let (body, trailer) = bytes
-        .split_last_chunk::<4>()
-        .ok_or("shorter than a header")?;
-    if crc32fast::hash(body) != u32::from_le_bytes(*trailer) {
-        return Err("checksum mismatch");
+enum Damage {
+    Io(io::Error),
+    Format(&'static str),
+}
+
+impl From<io::Error> for Damage {
+    fn from(error: io::Error) -> Damage {
+        match error.kind() {
+            io::ErrorKind::UnexpectedEof => Damage::Format("truncated"),
+            _ => Damage::Io(error),
+        }
     }
-    let mut input = Reader(body);
+}
+
+impl From<&'static str> for Damage {
+    fn from(reason: &'static str) -> Damage {
+        Damage::Format(reason)
+    }
+}
+
+fn decode(file: File) -> Result<Snapshot, Damage> {
+    let len = file.metadata()?.len();
+    let body_len = len.checked_sub(4).ok_or("shorter than a header")?;
+    verify_checksum(&file, body_len)?;
+
+    let fixed = read_at(&file, 0, FIXED_HEADER.min(body_len as usize))?;
+    let mut input = Reader(&fixed);
     if input.take(8)? != MAGIC {
-        return Err("not a nimbus snapshot");
+        return Err("not a nimbus snapshot".into());
     }
     if input.u32()? != VERSION {
-        return Err("unsupported snapshot version");
+        return Err("unsupported snapshot version".into());
     }
     let module = input.take(32)?.try_into().expect("32 bytes");
     let memory_len = input.u64()?;
-    let globals = (0..input.u32()?)
+    let global_count = input.u32()? as usize;
+    let header_len = global_count
+        .checked_mul(GLOBAL_LEN)
+        .and_then(|globals| globals.checked_add(FIXED_HEADER))
+        .filter(|&header| header as u64 <= body_len)
+        .ok_or("truncated")?;
+    let global_bytes = read_at(&file, FIXED_HEADER as u64, header_len - FIXED_HEADER)?;
+    let mut input = Reader(&global_bytes);
+    let globals = (0..global_count)
         .map(|_| {
             let index = input.u32()?;
             let kind = input.take(1)?[0];
@@ -292,33 +304,65 @@ fn decode(bytes: Vec<u8>) -> Result<Snapshot, &'static str> {
             Ok((index, value))
         })
         .collect::<Result<Vec<_>, &'static str>>()?;
-    let run_count = input.u32()?;
-    let mut runs = Vec::with_capacity(run_count.min(1 << 20) as usize);
-    let mut next_page = 0u64;
+
+    let count_at = body_len.checked_sub(4).ok_or("truncated")?;
+    let run_count = u64::from(Reader(&read_at(&file, count_at, 4)?).u32()?);
+    let index_at = count_at.checked_sub(run_count * 8).ok_or("truncated")?;
+    let data_at = header_len.next_multiple_of(PAGE_SIZE) as u64;
+    let index = read_at(&file, index_at, (run_count * 8) as usize)?;
+    let mut input = Reader(&index);
+    let mut runs = Vec::with_capacity(run_count as usize);
+    let (mut next_page, mut offset) = (0u64, data_at);
     let pages_in_memory = memory_len.div_ceil(PAGE_SIZE as u64);
     for _ in 0..run_count {
-        let (first, count) = (input.u32()?, input.u32()?);
-        if count == 0
-            || u64::from(first) < next_page
-            || u64::from(first) + u64::from(count) > pages_in_memory
+        let (first_page, pages) = (input.u32()?, input.u32()?);
+        if pages == 0
+            || u64::from(first_page) < next_page
+            || u64::from(first_page) + u64::from(pages) > pages_in_memory
         {
-            return Err("page run out of order or out of range");
+            return Err("page run out of order or out of range".into());
         }
-        next_page = u64::from(first) + u64::from(count);
-        let offset = body.len() - input.0.len();
-        input.take(count as usize * PAGE_SIZE)?;
-        runs.push((first, count, offset));
+        next_page = u64::from(first_page) + u64::from(pages);
+        runs.push(Run {
+            first_page,
+            pages,
+            offset,
+        });
+        offset += u64::from(pages) * PAGE_SIZE as u64;
     }
-    if !input.0.is_empty() {
-        return Err("trailing bytes");
+    if offset != index_at {
+        return Err("stored pages do not match the page index".into());
     }
     Ok(Snapshot {
         module,
         globals,
         memory_len,
-        file: bytes,
         runs,
+        file,
     })
+}
+
+fn verify_checksum(file: &File, body_len: u64) -> Result<(), Damage> {
+    let mut crc = crc32fast::Hasher::new();
+    let mut body = file.take(body_len);
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        match body.read(&mut buffer)? {
+            0 => break,
+            n => crc.update(&buffer[..n]),
+        }
+    }
+    let trailer = read_at(file, body_len, 4)?;
+    if crc.finalize() != u32::from_le_bytes(trailer.try_into().expect("4 bytes")) {
+        return Err("checksum mismatch".into());
+    }
+    Ok(())
+}
+
+fn read_at(file: &File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; len];
+    file.read_exact_at(&mut bytes, offset)?;
+    Ok(bytes)
 }
 
 struct Reader<'a>(&'a [u8]);
@@ -376,8 +420,22 @@ mod tests {
         }
     }
 
+    /// The memory a snapshot describes, read from its runs.
+    fn contents(snapshot: &Snapshot) -> Vec<u8> {
+        let mut memory = vec![0u8; snapshot.memory_len as usize];
+        for run in &snapshot.runs {
+            let start = run.first_page as usize * PAGE_SIZE;
+            let end = start + run.pages as usize * PAGE_SIZE;
+            snapshot
+                .file
+                .read_exact_at(&mut memory[start..end], run.offset)
+                .unwrap();
+        }
+        memory
+    }
+
     #[test]
-    fn round_trip_is_exact_and_sparse() {
+    fn round_trip_is_exact_sparse_and_page_aligned() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.snap");
         let memory = memory();
@@ -388,18 +446,12 @@ mod tests {
         assert_eq!(back.globals, original.globals);
         assert_eq!(back.memory_len, memory.len() as u64);
         assert_eq!((back.stored_pages(), back.runs.len()), (6, 4));
-        let mut restored = vec![0u8; memory.len()];
-        back.restore_memory(&mut restored).unwrap();
-        assert_eq!(restored, memory);
-        // Restoring over a dirty memory clears pages the snapshot says are zero.
-        let mut dirty = vec![0x55u8; memory.len()];
-        back.restore_memory(&mut dirty).unwrap();
-        assert_eq!(dirty, memory);
-        let mut wrong = vec![0u8; PAGE_SIZE];
-        assert!(matches!(
-            back.restore_memory(&mut wrong),
-            Err(SnapshotError::MemoryLength { .. })
-        ));
+        assert!(
+            back.runs
+                .iter()
+                .all(|run| run.offset % PAGE_SIZE as u64 == 0)
+        );
+        assert_eq!(contents(&back), memory);
     }
 
     #[test]
@@ -409,18 +461,19 @@ mod tests {
         let memory = memory();
         snapshot(&memory).write(&path).unwrap();
         let good = std::fs::read(&path).unwrap();
+        let bad_path = dir.path().join("bad.snap");
+        let refused = |bytes: &[u8]| {
+            std::fs::write(&bad_path, bytes).unwrap();
+            matches!(read(&bad_path), Err(SnapshotError::Damaged { .. }))
+        };
         // Flip one bit anywhere, or cut the file anywhere: always refused.
         for at in (0..good.len()).step_by(97) {
             let mut bad = good.clone();
             bad[at] ^= 0x10;
-            assert!(decode(bad).is_err(), "bit flip at {at} accepted");
-            assert!(
-                decode(good[..at].to_vec()).is_err(),
-                "truncation at {at} accepted"
-            );
+            assert!(refused(&bad), "bit flip at {at} accepted");
+            assert!(refused(&good[..at]), "truncation at {at} accepted");
         }
-        std::fs::write(&path, b"nonsense").unwrap();
-        assert!(matches!(read(&path), Err(SnapshotError::Damaged { .. })));
+        assert!(refused(b"nonsense"));
         assert!(matches!(
             read(&dir.path().join("missing")),
             Err(SnapshotError::Io { .. })
@@ -433,6 +486,7 @@ mod tests {
         let path = dir.path().join("s.snap");
         let memory = memory();
         snapshot(&memory).write(&path).unwrap();
+        let held = read(&path).unwrap();
         let empty = vec![0u8; PAGE_SIZE];
         snapshot(&empty).write(&path).unwrap();
         let back = read(&path).unwrap();
@@ -440,6 +494,8 @@ mod tests {
             (back.memory_len, back.stored_pages()),
             (PAGE_SIZE as u64, 0)
         );
+        // An open snapshot keeps its old contents: files are replaced, never rewritten.
+        assert_eq!(contents(&held), memory);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "temporary files left behind");
     }

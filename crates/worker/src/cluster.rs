@@ -197,13 +197,13 @@ impl Cluster {
         let target = self
             .place(Some(parent_host.id()))
             .map_err(|_| AbiError::Quota)?;
-        if !target.runtime().is_loaded(&module_bytes) {
+        if !target.runtime().is_command_loaded(&module_bytes) {
             // Compiling takes milliseconds to seconds: keep it off the threads that
             // run processes.
             let (cluster, host, module) = (self.arc(), target.id(), module_bytes.clone());
             tokio::task::spawn_blocking(move || {
                 let host = cluster.host(host).expect("placed on a known host");
-                host.runtime().load(&module).map(drop)
+                host.runtime().load_command(&module).map(drop)
             })
             .await
             .map_err(|_| AbiError::Internal)?

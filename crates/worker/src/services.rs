@@ -215,7 +215,7 @@ impl Services {
             .cluster
             .any_host()
             .runtime()
-            .load(&module)
+            .load_service(&module)
             .map_err(|e: LoadError| ServiceError::Module(e.to_string()))?;
         if program.is_command() {
             return Err(ServiceError::Module(
@@ -581,7 +581,7 @@ impl AppCore {
         };
         let program = host
             .runtime()
-            .load(&self.module)
+            .load_service(&self.module)
             .map_err(|e: LoadError| ServiceError::Module(e.to_string()))?;
         let spec = ProcessSpec {
             pid: instance.pid,
@@ -702,14 +702,15 @@ async fn serve(
                         timeout: Some(app.config.timeout),
                     })
                     .await;
-                if let Err(InvokeError::Failed(_)) = &result {
-                    // Its state may be corrupt: roll back to the last snapshot (or a
-                    // fresh start) at the next request.
+                me.pending.fetch_sub(1, Ordering::Relaxed);
+                let _ = reply.send(result.map_err(ServiceError::from));
+                // Commits off the request's path; a failed invocation rolled back
+                // already. An instance whose state cannot be kept is dropped: the
+                // next request restores the last snapshot (or starts afresh).
+                if instance.commit().is_err() {
                     swapped_mailbox = live.take().map(ServiceInstance::retire);
                     me.live.store(false, Ordering::Relaxed);
                 }
-                me.pending.fetch_sub(1, Ordering::Relaxed);
-                let _ = reply.send(result.map_err(ServiceError::from));
             }
         }
     }

@@ -4,7 +4,9 @@
 //! Measured: `ServiceInstance::invoke` of a handler `ping` that writes 4 bytes to
 //! stdout, with an empty body, straight on a `Runtime` (no cluster, no network). That
 //! includes finding the handler, building the per-invocation WASI context (stdin from
-//! the body, stdout captured), the async call and collecting the response. Beside it,
+//! the body, stdout captured), the async call, collecting the response, and committing
+//! the previous invocation's writes (what a roll back after a trap returns to; in the
+//! server that commit runs after the response is sent). Beside it,
 //! the bare export call: the same module's `noop` called in-process through plain
 //! wasmtime (default engine, `TypedFunc<(), i32>::call`).
 //!
@@ -58,7 +60,7 @@ async fn measure() {
     let runtime = Runtime::new(&RuntimeConfig::new(data.path())).expect("runtime starts");
     let bytes = wat::parse_str(PING).expect("valid wat");
     let program = runtime
-        .load(&ModuleBytes::new(bytes.clone()))
+        .load_service(&ModuleBytes::new(bytes.clone()))
         .expect("module loads");
     let mut service = start_alone(&runtime, &program, None).await;
 

@@ -158,7 +158,7 @@ fn main() {
 
         let dir = tempfile::tempdir().expect("temporary directory");
         let local = Runtime::new(&RuntimeConfig::new(dir.path())).expect("runtime");
-        let program = local.load(&module).expect("module loads");
+        let program = local.load_service(&module).expect("module loads");
         let mut service = start_alone(&local, &program, None).await;
         let mut in_process = Samples::default();
         for i in 0..iterations + WARMUP {

@@ -3,9 +3,10 @@
 //!
 //! Swap out: `snapshot().write(path)` (sparse encoding, fsync of the file and of its
 //! directory, atomic rename), then the instance is dropped (its pool slot reset).
-//! Swap in: `nimbus_snapshot::read(path)`, `admit`, `start_service(.., Some(&snapshot))`
-//! and an invocation of `first`, until its 1-byte response is back: the time to the
-//! first response byte. Every round fills the instance (every 4 KiB page non-zero, so
+//! Swap in: `nimbus_snapshot::read(path)` (reads the whole file once to verify its
+//! checksum), `admit`, `start_service(.., Some(&snapshot))` (maps the stored pages
+//! copy-on-write instead of copying them) and an invocation of `first`, until its
+//! 1-byte response is back: the time to the first response byte. Every round fills the instance (every 4 KiB page non-zero, so
 //! all 25,600 pages are stored), swaps it out and swaps it back in; the next round
 //! fills the restored instance.
 //!
@@ -114,7 +115,7 @@ async fn measure() {
 
     let runtime = Runtime::new(&RuntimeConfig::new(dir.path())).expect("runtime starts");
     let program = runtime
-        .load(&nimbus_bench::wat(HOLDER))
+        .load_service(&nimbus_bench::wat(HOLDER))
         .expect("module loads");
     let data = vec![0x5au8; MEMORY];
 
