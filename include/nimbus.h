@@ -79,6 +79,19 @@ __attribute__((import_module("nimbus"), import_name("recv")))
 int32_t nimbus_sys_recv(void *buf_ptr, int32_t buf_cap, int64_t *sender_ptr,
                         int32_t *len_ptr);
 
+/** world_size() -> i32: how many ranks the caller's world has (1 outside a world). */
+__attribute__((import_module("nimbus"), import_name("world_size")))
+int32_t nimbus_sys_world_size(void);
+
+/** world_rank() -> i32: the caller's rank in its world (0 outside a world). */
+__attribute__((import_module("nimbus"), import_name("world_rank")))
+int32_t nimbus_sys_world_rank(void);
+
+/** world_pid(rank: i32) -> i64: the pid of a rank of the caller's world, or
+ *  NIMBUS_ERR_INVALID if there is no such rank. */
+__attribute__((import_module("nimbus"), import_name("world_pid")))
+int64_t nimbus_sys_world_pid(int32_t rank);
+
 /* Helpers. */
 
 /** The caller's own process id. Process ids are cluster-unique and never 0. */

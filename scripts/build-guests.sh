@@ -43,14 +43,18 @@ for wasm in "${rust_wasms[@]}"; do
 done
 
 echo "building C guests"
-header="$ROOT/include/nimbus.h"
+# Whether $1 is newer than its source $2, every header and this script.
+fresh() {
+    [ -f "$1" ] && [ "$1" -nt "$2" ] && [ "$1" -nt "${BASH_SOURCE[0]}" ] || return 1
+    local header
+    for header in "$ROOT/include/"*.h; do
+        [ "$1" -nt "$header" ] || return 1
+    done
+}
 for src in "$ROOT/guests/c/"*.c; do
     name="$(basename "$src" .c)"
     out="$OUT_DIR/c-${name//_/-}.wasm"
-    if [ -f "$out" ] && [ "$out" -nt "$src" ] && [ "$out" -nt "$header" ] &&
-        [ "$out" -nt "${BASH_SOURCE[0]}" ]; then
-        continue
-    fi
+    fresh "$out" "$src" && continue
     model=()
     [[ $name == *_service ]] && model=(-mexec-model=reactor)
     "$CC" --target=wasm32-wasi -O2 -Wall -Wextra -Werror "${model[@]}" -I "$ROOT/include" "$src" -o "$out.tmp"

@@ -31,6 +31,10 @@ pub(crate) struct RunArgs {
     /// Number of in-process hosts of the embedded cluster.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     hosts: u16,
+    /// Run N copies as the ranks of one world (MPI's `MPI_COMM_WORLD`), spread over
+    /// the hosts; the exit status is the first failing rank's.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
+    ranks: Option<u16>,
     /// Where nimbus keeps its module cache.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -87,7 +91,10 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
         .map_err(|e| Failure::new(exit_code::INTERNAL, format!("cannot start: {e}")))?;
     let status = tokio.block_on(async {
         let cluster = Cluster::new(&config)?;
-        cluster.run(root).await
+        match args.ranks {
+            Some(ranks) => cluster.run_world(root, ranks).await,
+            None => cluster.run(root).await,
+        }
     });
     // Children still running when the root ends are stopped with the run.
     tokio.shutdown_background();

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use nimbus_core::{ExitStatus, Pid};
 use wasmtime::{Caller, Extern, Linker, Memory};
@@ -28,6 +29,9 @@ pub trait Kernel: Send + Sync + 'static {
     fn wait(&self, parent: Pid, child: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>>;
     /// Sends `data` from `from` to `to`, waiting while `to`'s mailbox is full.
     fn send(&self, from: Pid, to: Pid, data: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>>;
+    /// The processes of the world `pid` is a rank of, by rank, once every rank has
+    /// started; `None` if `pid` is a rank of no world.
+    fn world(&self, pid: Pid) -> BoxFuture<'_, Option<Arc<[Pid]>>>;
 }
 
 /// The kernel of a process alone in the world: it may not spawn, wait or send.
@@ -43,6 +47,9 @@ impl Kernel for Isolated {
     }
     fn send(&self, _: Pid, _: Pid, _: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>> {
         Box::pin(async { Err(AbiError::NoSuchProcess) })
+    }
+    fn world(&self, _: Pid) -> BoxFuture<'_, Option<Arc<[Pid]>>> {
+        Box::pin(async { None })
     }
 }
 
@@ -202,7 +209,54 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
             })
         },
     )?;
+
+    linker.func_wrap_async(
+        MODULE,
+        "world_size",
+        |caller: Caller<'_, ProcessCtx>, ()| {
+            let world = world_of(&caller);
+            Box::new(async move { world.await.map_or(1, |world| world.len() as i32) })
+        },
+    )?;
+
+    linker.func_wrap_async(
+        MODULE,
+        "world_rank",
+        |caller: Caller<'_, ProcessCtx>, ()| {
+            let (pid, world) = (caller.data().pid, world_of(&caller));
+            Box::new(async move {
+                world
+                    .await
+                    .and_then(|world| world.iter().position(|&rank| rank == pid))
+                    .map_or(0, |rank| rank as i32)
+            })
+        },
+    )?;
+
+    linker.func_wrap_async(
+        MODULE,
+        "world_pid",
+        |caller: Caller<'_, ProcessCtx>, (rank,): (i32,)| {
+            let (own, world) = (caller.data().pid, world_of(&caller));
+            Box::new(async move {
+                let world = world.await.unwrap_or_else(|| Arc::from([own]));
+                usize::try_from(rank)
+                    .ok()
+                    .and_then(|rank| world.get(rank))
+                    .map_or(i64::from(AbiError::Invalid.code()), |pid| pid.to_guest())
+            })
+        },
+    )?;
     Ok(())
+}
+
+/// The world the caller is a rank of, waiting until all its ranks have started.
+fn world_of(
+    caller: &Caller<'_, ProcessCtx>,
+) -> impl Future<Output = Option<Arc<[Pid]>>> + Send + 'static {
+    let data = caller.data();
+    let (kernel, pid, gauges) = (data.kernel.clone(), data.pid, data.gauges());
+    async move { ProcessCtx::waiting(gauges, kernel.world(pid)).await }
 }
 
 fn code_of(result: Result<(), AbiError>) -> i32 {

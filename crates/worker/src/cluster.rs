@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 
-use nimbus_core::{ExitStatus, HostId, Limits, Pid};
+use nimbus_core::{ExitStatus, Failure, HostId, Limits, Pid};
 use nimbus_runtime::{
     AbiError, BoxFuture, Input, Kernel, LoadError, ModuleBytes, Output, Preopen, RuntimeConfig,
     RuntimeError, RuntimeLoad,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::host::{Host, Parent, ProcessInfo, StartRequest};
 use crate::lineage::{Lineage, ModuleSource};
@@ -129,16 +129,26 @@ impl Cluster {
         &self,
         root: RootProcess,
     ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
+        let lineage = Lineage::new(root.modules, root.env, root.dirs, root.output, root.limits);
+        self.start_in(root.module, root.args, root.stdin, Arc::new(lineage))
+    }
+
+    fn start_in(
+        &self,
+        module: ModuleBytes,
+        args: Vec<String>,
+        stdin: Input,
+        lineage: Arc<Lineage>,
+    ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
         let host = self.place(None)?;
         // Load first so a bad module is reported as such, not as a spawn failure.
-        host.runtime().load_command(&root.module)?;
-        let lineage = Lineage::new(root.modules, root.env, root.dirs, root.output, root.limits);
+        host.runtime().load_command(&module)?;
         let (notify, exited) = oneshot::channel();
         let request = StartRequest {
-            module: root.module,
-            args: root.args,
-            stdin: root.stdin,
-            lineage: Arc::new(lineage),
+            module,
+            args,
+            stdin,
+            lineage,
             parent: Parent::External(notify),
         };
         let pid = host.start(self.arc(), request).map_err(|_| {
@@ -154,7 +164,63 @@ impl Cluster {
         let (_, exited) = self.start(root)?;
         Ok(exited
             .await
-            .unwrap_or(ExitStatus::Failed(nimbus_core::Failure::HostLost)))
+            .unwrap_or(ExitStatus::Failed(Failure::HostLost)))
+    }
+
+    /// Runs `ranks` processes of `root` as one world (MPI's `MPI_COMM_WORLD`), each
+    /// placed by the planner, all with `root`'s arguments; rank 0 gets its stdin.
+    /// Like `mpirun`, the first rank to fail or exit non-zero ends the world: the
+    /// others are killed and its status is the world's; else the status is 0.
+    pub async fn run_world(
+        &self,
+        root: RootProcess,
+        ranks: u16,
+    ) -> Result<ExitStatus, ClusterError> {
+        let (members, world) = watch::channel(None);
+        let lineage = Lineage::new(root.modules, root.env, root.dirs, root.output, root.limits);
+        let lineage = Arc::new(lineage.with_world(world));
+        let mut stdin = Some(root.stdin);
+        let mut pids = Vec::new();
+        let (ended, mut endings) = mpsc::unbounded_channel();
+        for _ in 0..ranks {
+            let stdin = stdin.take().unwrap_or(Input::Null);
+            match self.start_in(
+                root.module.clone(),
+                root.args.clone(),
+                stdin,
+                lineage.clone(),
+            ) {
+                Ok((pid, exited)) => {
+                    pids.push(pid);
+                    let ended = ended.clone();
+                    tokio::spawn(async move {
+                        let status = exited
+                            .await
+                            .unwrap_or(ExitStatus::Failed(Failure::HostLost));
+                        let _ = ended.send(status);
+                    });
+                }
+                Err(e) => {
+                    // The started ranks wait for a world that will never be whole.
+                    for pid in pids {
+                        let _ = self.kill(pid);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        members.send_replace(Some(pids.clone().into()));
+        drop(ended);
+        let mut outcome = ExitStatus::Exited(0);
+        while let Some(status) = endings.recv().await {
+            if outcome == ExitStatus::Exited(0) && status != ExitStatus::Exited(0) {
+                outcome = status;
+                for &pid in &pids {
+                    let _ = self.kill(pid);
+                }
+            }
+        }
+        Ok(outcome)
     }
 
     /// Instantiated and waiting processes, summed over hosts.
@@ -236,6 +302,15 @@ impl Kernel for Cluster {
         Box::pin(async move {
             let host = self.host_of(parent).ok_or(AbiError::Internal)?;
             host.wait_child(parent, child).await
+        })
+    }
+
+    fn world(&self, pid: Pid) -> BoxFuture<'_, Option<Arc<[Pid]>>> {
+        Box::pin(async move {
+            let (_, lineage) = self.host_of(pid)?.origin(pid)?;
+            let mut world = lineage.world.clone()?;
+            let members = world.wait_for(Option::is_some).await.ok()?.clone()?;
+            members.contains(&pid).then_some(members)
         })
     }
 

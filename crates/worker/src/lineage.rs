@@ -7,8 +7,15 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use nimbus_core::Limits;
+use std::sync::Arc;
+
+use nimbus_core::{Limits, Pid};
 use nimbus_runtime::{AbiError, ModuleBytes, Output, Preopen};
+use tokio::sync::watch;
+
+/// The ranks of a world (the processes `nimbus run --ranks N` starts together), by
+/// rank; `None` until every rank has started.
+pub(crate) type World = watch::Receiver<Option<Arc<[Pid]>>>;
 
 /// Where the modules a process tree may spawn by name come from.
 #[derive(Clone, Debug)]
@@ -27,6 +34,9 @@ pub(crate) struct Lineage {
     pub(crate) stderr: Output,
     pub(crate) limits: Limits,
     pub(crate) deadline: Option<Instant>,
+    /// The world whose ranks share this lineage, if any. Their children inherit
+    /// the lineage but are no ranks.
+    pub(crate) world: Option<World>,
     /// Modules already read and hashed, by name.
     loaded: Mutex<HashMap<String, ModuleBytes>>,
 }
@@ -48,7 +58,16 @@ impl Lineage {
             stderr,
             limits,
             deadline,
+            world: None,
             loaded: Mutex::default(),
+        }
+    }
+
+    /// The lineage of the ranks of `world`.
+    pub(crate) fn with_world(self, world: World) -> Lineage {
+        Lineage {
+            world: Some(world),
+            ..self
         }
     }
 

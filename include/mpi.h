@@ -1,0 +1,498 @@
+/*
+ * mpi.h: a subset of MPI for nimbus, header-only.
+ *
+ * Plain MPI C programs build for nimbus with nothing else to link:
+ *
+ *     clang --target=wasm32-wasi -I include prog.c -o prog.wasm
+ *     nimbus run --ranks 4 [--hosts 2] prog.wasm
+ *
+ * The ranks of MPI_COMM_WORLD are the processes `nimbus run --ranks N` starts
+ * together (the host imports world_size/world_rank/world_pid in nimbus.h); messages
+ * travel as nimbus messages, so they are ordered per sender and receiver wherever
+ * the ranks run.
+ *
+ * Supported: MPI_Init/Finalize/Initialized/Abort, Comm_rank/Comm_size, Send/Recv
+ * (with MPI_ANY_SOURCE, MPI_ANY_TAG, MPI_Status, Get_count), Barrier, Bcast, Reduce,
+ * Allreduce (also MPI_IN_PLACE), Gather, Scatter, Alltoall, Wtime; datatypes
+ * MPI_CHAR, MPI_BYTE, MPI_INT, MPI_LONG, MPI_LONG_LONG, MPI_FLOAT, MPI_DOUBLE;
+ * operations MPI_SUM, MPI_MIN, MPI_MAX, MPI_PROD. One communicator: MPI_COMM_WORLD.
+ *
+ * Limits: a message is at most 16 MiB (NIMBUS_MAX_MESSAGE_LEN, less 4 bytes of
+ * header); a send blocks while the receiver has 64 MiB queued, so an Alltoall moving
+ * more than that between one pair of ranks can block. MPI_Abort ends only the calling
+ * rank (with the code as exit status; `nimbus run` reports it).
+ *
+ * The library's state is in weak globals, so the header may be included by several
+ * files of one program; its functions are static inline.
+ */
+#ifndef NIMBUS_MPI_H
+#define NIMBUS_MPI_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "nimbus.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef int MPI_Comm;
+typedef int MPI_Datatype;
+typedef int MPI_Op;
+
+typedef struct {
+    int MPI_SOURCE;
+    int MPI_TAG;
+    int MPI_ERROR;
+    int nimbus_bytes; /* the received length, for MPI_Get_count */
+} MPI_Status;
+
+#define MPI_COMM_WORLD 0
+#define MPI_CHAR 1
+#define MPI_BYTE 2
+#define MPI_INT 3
+#define MPI_LONG 4
+#define MPI_LONG_LONG 5
+#define MPI_FLOAT 6
+#define MPI_DOUBLE 7
+#define MPI_SUM 1
+#define MPI_MIN 2
+#define MPI_MAX 3
+#define MPI_PROD 4
+#define MPI_ANY_SOURCE (-1)
+#define MPI_ANY_TAG (-1)
+#define MPI_STATUS_IGNORE ((MPI_Status *)0)
+#define MPI_IN_PLACE ((void *)-1)
+#define MPI_SUCCESS 0
+#define MPI_ERR_BUFFER 1
+#define MPI_ERR_COUNT 2
+#define MPI_ERR_TYPE 3
+#define MPI_ERR_TAG 4
+#define MPI_ERR_COMM 5
+#define MPI_ERR_RANK 6
+#define MPI_ERR_ROOT 7
+#define MPI_ERR_OP 9
+#define MPI_ERR_TRUNCATE 15
+#define MPI_ERR_OTHER 16
+#define MPI_ERR_INTERN 17
+
+/* Tags below zero are the collectives' own; user tags are >= 0. */
+#define NIMBUS_MPI_TAG_BARRIER (-2)
+#define NIMBUS_MPI_TAG_BCAST (-3)
+#define NIMBUS_MPI_TAG_REDUCE (-4)
+#define NIMBUS_MPI_TAG_GATHER (-5)
+#define NIMBUS_MPI_TAG_SCATTER (-6)
+#define NIMBUS_MPI_TAG_ALLTOALL (-7)
+
+/* A message that arrived before anyone asked for it. */
+struct nimbus_mpi_message {
+    struct nimbus_mpi_message *next;
+    int source, tag, len;
+    unsigned char data[];
+};
+
+#define NIMBUS_MPI_STATE __attribute__((weak))
+NIMBUS_MPI_STATE int nimbus_mpi_initialized;
+NIMBUS_MPI_STATE int nimbus_mpi_rank;
+NIMBUS_MPI_STATE int nimbus_mpi_size;
+NIMBUS_MPI_STATE int64_t *nimbus_mpi_pids;
+NIMBUS_MPI_STATE struct nimbus_mpi_message *nimbus_mpi_unexpected;
+
+static inline int nimbus_mpi_type_size(MPI_Datatype type) {
+    switch (type) {
+    case MPI_CHAR: case MPI_BYTE: return 1;
+    case MPI_INT: return sizeof(int);
+    case MPI_LONG: return sizeof(long);
+    case MPI_LONG_LONG: return sizeof(long long);
+    case MPI_FLOAT: return sizeof(float);
+    case MPI_DOUBLE: return sizeof(double);
+    default: return 0;
+    }
+}
+
+static inline int MPI_Init(int *argc, char ***argv) {
+    (void)argc;
+    (void)argv;
+    if (nimbus_mpi_initialized) return MPI_ERR_OTHER;
+    nimbus_mpi_size = nimbus_sys_world_size();
+    nimbus_mpi_rank = nimbus_sys_world_rank();
+    nimbus_mpi_pids = (int64_t *)malloc(sizeof(int64_t) * (size_t)nimbus_mpi_size);
+    if (nimbus_mpi_pids == NULL) return MPI_ERR_INTERN;
+    for (int rank = 0; rank < nimbus_mpi_size; rank++) {
+        nimbus_mpi_pids[rank] = nimbus_sys_world_pid(rank);
+        if (nimbus_mpi_pids[rank] <= 0) return MPI_ERR_INTERN;
+    }
+    nimbus_mpi_initialized = 1;
+    return MPI_SUCCESS;
+}
+
+static inline int MPI_Initialized(int *flag) {
+    *flag = nimbus_mpi_initialized;
+    return MPI_SUCCESS;
+}
+
+static inline int MPI_Finalize(void) {
+    free(nimbus_mpi_pids);
+    nimbus_mpi_pids = NULL;
+    while (nimbus_mpi_unexpected != NULL) {
+        struct nimbus_mpi_message *next = nimbus_mpi_unexpected->next;
+        free(nimbus_mpi_unexpected);
+        nimbus_mpi_unexpected = next;
+    }
+    nimbus_mpi_initialized = 0;
+    return MPI_SUCCESS;
+}
+
+static inline int MPI_Abort(MPI_Comm comm, int code) {
+    (void)comm;
+    fprintf(stderr, "MPI_Abort: rank %d aborts with code %d\n", nimbus_mpi_rank, code);
+    exit(code);
+}
+
+static inline int MPI_Comm_rank(MPI_Comm comm, int *rank) {
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    *rank = nimbus_mpi_rank;
+    return MPI_SUCCESS;
+}
+
+static inline int MPI_Comm_size(MPI_Comm comm, int *size) {
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    *size = nimbus_mpi_size;
+    return MPI_SUCCESS;
+}
+
+static inline double MPI_Wtime(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec * 1e-9;
+}
+
+/* Sends len bytes to rank dest under tag, with the tag as a 4-byte header. */
+static inline int nimbus_mpi_send(const void *data, size_t len, int dest, int tag) {
+    if (!nimbus_mpi_initialized) return MPI_ERR_OTHER;
+    if (dest < 0 || dest >= nimbus_mpi_size) return MPI_ERR_RANK;
+    if (len > NIMBUS_MAX_MESSAGE_LEN - 4) return MPI_ERR_COUNT;
+    unsigned char *framed = (unsigned char *)malloc(len + 4);
+    if (framed == NULL) return MPI_ERR_INTERN;
+    int32_t tag32 = tag;
+    memcpy(framed, &tag32, 4);
+    if (len > 0) memcpy(framed + 4, data, len);
+    int sent = nimbus_send(nimbus_mpi_pids[dest], framed, len + 4);
+    free(framed);
+    return sent == 0 ? MPI_SUCCESS : MPI_ERR_OTHER;
+}
+
+static inline int nimbus_mpi_matches(const struct nimbus_mpi_message *m, int source, int tag) {
+    return (source == MPI_ANY_SOURCE || m->source == source) &&
+           (tag == MPI_ANY_TAG ? m->tag >= 0 : m->tag == tag);
+}
+
+/* The first message from source under tag: queued earlier, else the next that
+ * arrives, queueing the others in order. The caller frees it. */
+static inline struct nimbus_mpi_message *nimbus_mpi_take(int source, int tag) {
+    for (struct nimbus_mpi_message **at = &nimbus_mpi_unexpected; *at; at = &(*at)->next) {
+        if (nimbus_mpi_matches(*at, source, tag)) {
+            struct nimbus_mpi_message *found = *at;
+            *at = found->next;
+            return found;
+        }
+    }
+    for (;;) {
+        size_t cap = 256, len = 0;
+        struct nimbus_mpi_message *m = NULL;
+        int64_t sender = 0;
+        int got;
+        do {
+            if (len > cap) cap = len;
+            free(m);
+            m = (struct nimbus_mpi_message *)malloc(sizeof *m + cap);
+            if (m == NULL) return NULL;
+            got = nimbus_recv(m->data, cap, &sender, &len);
+        } while (got == NIMBUS_ERR_BUFFER_TOO_SMALL);
+        if (got != 0 || len < 4) {
+            free(m);
+            return NULL;
+        }
+        int32_t tag32;
+        memcpy(&tag32, m->data, 4);
+        m->tag = tag32;
+        m->len = (int)len - 4;
+        memmove(m->data, m->data + 4, (size_t)m->len);
+        m->source = -1;
+        for (int rank = 0; rank < nimbus_mpi_size; rank++) {
+            if (nimbus_mpi_pids[rank] == sender) m->source = rank;
+        }
+        m->next = NULL;
+        if (m->source >= 0 && nimbus_mpi_matches(m, source, tag)) return m;
+        if (m->source < 0) { /* not from a rank: not MPI's */
+            free(m);
+            continue;
+        }
+        struct nimbus_mpi_message **tail = &nimbus_mpi_unexpected;
+        while (*tail) tail = &(*tail)->next;
+        *tail = m;
+    }
+}
+
+/* Receives exactly len bytes from rank source under tag. */
+static inline int nimbus_mpi_recv(void *data, size_t len, int source, int tag,
+                                  MPI_Status *status) {
+    if (!nimbus_mpi_initialized) return MPI_ERR_OTHER;
+    if (source != MPI_ANY_SOURCE && (source < 0 || source >= nimbus_mpi_size))
+        return MPI_ERR_RANK;
+    struct nimbus_mpi_message *m = nimbus_mpi_take(source, tag);
+    if (m == NULL) return MPI_ERR_INTERN;
+    int result = (size_t)m->len > len ? MPI_ERR_TRUNCATE : MPI_SUCCESS;
+    size_t copied = (size_t)m->len < len ? (size_t)m->len : len;
+    if (copied > 0) memcpy(data, m->data, copied);
+    if (status != MPI_STATUS_IGNORE) {
+        status->MPI_SOURCE = m->source;
+        status->MPI_TAG = m->tag;
+        status->MPI_ERROR = result;
+        status->nimbus_bytes = (int)copied;
+    }
+    free(m);
+    return result;
+}
+
+static inline int MPI_Send(const void *buf, int count, MPI_Datatype type, int dest, int tag,
+                           MPI_Comm comm) {
+    int size = nimbus_mpi_type_size(type);
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    if (size == 0) return MPI_ERR_TYPE;
+    if (count < 0) return MPI_ERR_COUNT;
+    if (tag < 0) return MPI_ERR_TAG;
+    return nimbus_mpi_send(buf, (size_t)count * (size_t)size, dest, tag);
+}
+
+static inline int MPI_Recv(void *buf, int count, MPI_Datatype type, int source, int tag,
+                           MPI_Comm comm, MPI_Status *status) {
+    int size = nimbus_mpi_type_size(type);
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    if (size == 0) return MPI_ERR_TYPE;
+    if (count < 0) return MPI_ERR_COUNT;
+    if (tag < 0 && tag != MPI_ANY_TAG) return MPI_ERR_TAG;
+    return nimbus_mpi_recv(buf, (size_t)count * (size_t)size, source, tag, status);
+}
+
+static inline int MPI_Get_count(const MPI_Status *status, MPI_Datatype type, int *count) {
+    int size = nimbus_mpi_type_size(type);
+    if (size == 0) return MPI_ERR_TYPE;
+    *count = status->nimbus_bytes / size;
+    return MPI_SUCCESS;
+}
+
+/* acc[i] = acc[i] op in[i] */
+#define NIMBUS_MPI_COMBINE(T)                                                        \
+    do {                                                                             \
+        T *a = (T *)acc;                                                             \
+        const T *b = (const T *)in;                                                  \
+        for (int i = 0; i < count; i++) {                                            \
+            switch (op) {                                                            \
+            case MPI_SUM: a[i] = a[i] + b[i]; break;                                 \
+            case MPI_PROD: a[i] = a[i] * b[i]; break;                                \
+            case MPI_MIN: a[i] = b[i] < a[i] ? b[i] : a[i]; break;                   \
+            case MPI_MAX: a[i] = b[i] > a[i] ? b[i] : a[i]; break;                   \
+            }                                                                        \
+        }                                                                            \
+    } while (0)
+
+static inline int nimbus_mpi_combine(void *acc, const void *in, int count, MPI_Datatype type,
+                                     MPI_Op op) {
+    if (op < MPI_SUM || op > MPI_PROD) return MPI_ERR_OP;
+    switch (type) {
+    case MPI_CHAR: NIMBUS_MPI_COMBINE(char); break;
+    case MPI_BYTE: NIMBUS_MPI_COMBINE(unsigned char); break;
+    case MPI_INT: NIMBUS_MPI_COMBINE(int); break;
+    case MPI_LONG: NIMBUS_MPI_COMBINE(long); break;
+    case MPI_LONG_LONG: NIMBUS_MPI_COMBINE(long long); break;
+    case MPI_FLOAT: NIMBUS_MPI_COMBINE(float); break;
+    case MPI_DOUBLE: NIMBUS_MPI_COMBINE(double); break;
+    default: return MPI_ERR_TYPE;
+    }
+    return MPI_SUCCESS;
+}
+
+/* Binomial tree from root: each rank receives once, then sends to its subtree. */
+static inline int nimbus_mpi_bcast(void *buf, size_t len, int root, int tag) {
+    int size = nimbus_mpi_size, relative = (nimbus_mpi_rank - root + size) % size;
+    int mask = 1, err;
+    while (mask < size) {
+        if (relative & mask) {
+            err = nimbus_mpi_recv(buf, len, (relative - mask + root) % size, tag,
+                                  MPI_STATUS_IGNORE);
+            if (err) return err;
+            break;
+        }
+        mask <<= 1;
+    }
+    for (mask >>= 1; mask > 0; mask >>= 1) {
+        if (relative + mask < size) {
+            err = nimbus_mpi_send(buf, len, (relative + mask + root) % size, tag);
+            if (err) return err;
+        }
+    }
+    return MPI_SUCCESS;
+}
+
+static inline int MPI_Bcast(void *buf, int count, MPI_Datatype type, int root, MPI_Comm comm) {
+    int size = nimbus_mpi_type_size(type);
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    if (size == 0) return MPI_ERR_TYPE;
+    if (count < 0) return MPI_ERR_COUNT;
+    if (root < 0 || root >= nimbus_mpi_size) return MPI_ERR_ROOT;
+    return nimbus_mpi_bcast(buf, (size_t)count * (size_t)size, root, NIMBUS_MPI_TAG_BCAST);
+}
+
+static inline int MPI_Reduce(const void *sendbuf, void *recvbuf, int count, MPI_Datatype type,
+                             MPI_Op op, int root, MPI_Comm comm) {
+    int type_size = nimbus_mpi_type_size(type), size = nimbus_mpi_size;
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    if (type_size == 0) return MPI_ERR_TYPE;
+    if (count < 0) return MPI_ERR_COUNT;
+    if (op < MPI_SUM || op > MPI_PROD) return MPI_ERR_OP;
+    if (root < 0 || root >= size) return MPI_ERR_ROOT;
+    size_t len = (size_t)count * (size_t)type_size;
+    if (sendbuf == MPI_IN_PLACE) sendbuf = recvbuf;
+    void *acc = malloc(len ? len : 1), *in = malloc(len ? len : 1);
+    int err = MPI_SUCCESS;
+    if (acc == NULL || in == NULL) {
+        err = MPI_ERR_INTERN;
+        goto done;
+    }
+    memcpy(acc, sendbuf, len);
+    int relative = (nimbus_mpi_rank - root + size) % size;
+    for (int mask = 1; mask < size; mask <<= 1) {
+        if (relative & mask) {
+            err = nimbus_mpi_send(acc, len, ((relative & ~mask) + root) % size,
+                                  NIMBUS_MPI_TAG_REDUCE);
+            goto done;
+        }
+        if ((relative | mask) < size) {
+            err = nimbus_mpi_recv(in, len, ((relative | mask) + root) % size,
+                                  NIMBUS_MPI_TAG_REDUCE, MPI_STATUS_IGNORE);
+            if (err) goto done;
+            nimbus_mpi_combine(acc, in, count, type, op);
+        }
+    }
+    memcpy(recvbuf, acc, len);
+done:
+    free(acc);
+    free(in);
+    return err;
+}
+
+static inline int MPI_Allreduce(const void *sendbuf, void *recvbuf, int count,
+                                MPI_Datatype type, MPI_Op op, MPI_Comm comm) {
+    int err = MPI_Reduce(sendbuf == MPI_IN_PLACE ? recvbuf : sendbuf, recvbuf, count, type,
+                         op, 0, comm);
+    if (err) return err;
+    return MPI_Bcast(recvbuf, count, type, 0, comm);
+}
+
+static inline int MPI_Barrier(MPI_Comm comm) {
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    int size = nimbus_mpi_size, rank = nimbus_mpi_rank, err;
+    /* Everyone reports to rank 0 up a binomial tree, then rank 0 releases everyone. */
+    for (int mask = 1; mask < size; mask <<= 1) {
+        if (rank & mask) {
+            err = nimbus_mpi_send(NULL, 0, rank & ~mask, NIMBUS_MPI_TAG_BARRIER);
+            if (err) return err;
+            break;
+        }
+        if ((rank | mask) < size) {
+            err = nimbus_mpi_recv(NULL, 0, rank | mask, NIMBUS_MPI_TAG_BARRIER,
+                                  MPI_STATUS_IGNORE);
+            if (err) return err;
+        }
+    }
+    return nimbus_mpi_bcast(NULL, 0, 0, NIMBUS_MPI_TAG_BARRIER);
+}
+
+static inline int MPI_Gather(const void *sendbuf, int sendcount, MPI_Datatype sendtype,
+                             void *recvbuf, int recvcount, MPI_Datatype recvtype, int root,
+                             MPI_Comm comm) {
+    int send_size = nimbus_mpi_type_size(sendtype), recv_size = nimbus_mpi_type_size(recvtype);
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    if (send_size == 0 || recv_size == 0) return MPI_ERR_TYPE;
+    if (sendcount < 0 || recvcount < 0) return MPI_ERR_COUNT;
+    if (root < 0 || root >= nimbus_mpi_size) return MPI_ERR_ROOT;
+    size_t send_len = (size_t)sendcount * (size_t)send_size;
+    size_t recv_len = (size_t)recvcount * (size_t)recv_size;
+    if (nimbus_mpi_rank != root)
+        return nimbus_mpi_send(sendbuf, send_len, root, NIMBUS_MPI_TAG_GATHER);
+    for (int rank = 0; rank < nimbus_mpi_size; rank++) {
+        unsigned char *slot = (unsigned char *)recvbuf + (size_t)rank * recv_len;
+        if (rank == root) {
+            if (sendbuf != MPI_IN_PLACE) memcpy(slot, sendbuf, send_len);
+            continue;
+        }
+        int err = nimbus_mpi_recv(slot, recv_len, rank, NIMBUS_MPI_TAG_GATHER,
+                                  MPI_STATUS_IGNORE);
+        if (err) return err;
+    }
+    return MPI_SUCCESS;
+}
+
+static inline int MPI_Scatter(const void *sendbuf, int sendcount, MPI_Datatype sendtype,
+                              void *recvbuf, int recvcount, MPI_Datatype recvtype, int root,
+                              MPI_Comm comm) {
+    int send_size = nimbus_mpi_type_size(sendtype), recv_size = nimbus_mpi_type_size(recvtype);
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    if (send_size == 0 || recv_size == 0) return MPI_ERR_TYPE;
+    if (sendcount < 0 || recvcount < 0) return MPI_ERR_COUNT;
+    if (root < 0 || root >= nimbus_mpi_size) return MPI_ERR_ROOT;
+    size_t send_len = (size_t)sendcount * (size_t)send_size;
+    size_t recv_len = (size_t)recvcount * (size_t)recv_size;
+    if (nimbus_mpi_rank != root)
+        return nimbus_mpi_recv(recvbuf, recv_len, root, NIMBUS_MPI_TAG_SCATTER,
+                               MPI_STATUS_IGNORE);
+    for (int rank = 0; rank < nimbus_mpi_size; rank++) {
+        const unsigned char *slot = (const unsigned char *)sendbuf + (size_t)rank * send_len;
+        if (rank == root) {
+            if (recvbuf != MPI_IN_PLACE) memcpy(recvbuf, slot, send_len);
+            continue;
+        }
+        int err = nimbus_mpi_send(slot, send_len, rank, NIMBUS_MPI_TAG_SCATTER);
+        if (err) return err;
+    }
+    return MPI_SUCCESS;
+}
+
+static inline int MPI_Alltoall(const void *sendbuf, int sendcount, MPI_Datatype sendtype,
+                               void *recvbuf, int recvcount, MPI_Datatype recvtype,
+                               MPI_Comm comm) {
+    int send_size = nimbus_mpi_type_size(sendtype), recv_size = nimbus_mpi_type_size(recvtype);
+    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
+    if (send_size == 0 || recv_size == 0) return MPI_ERR_TYPE;
+    if (sendcount < 0 || recvcount < 0) return MPI_ERR_COUNT;
+    size_t send_len = (size_t)sendcount * (size_t)send_size;
+    size_t recv_len = (size_t)recvcount * (size_t)recv_size;
+    int rank = nimbus_mpi_rank, size = nimbus_mpi_size, err;
+    /* Round k sends to rank + k and receives from rank - k: no rank waits on itself. */
+    for (int k = 1; k < size; k++) {
+        int to = (rank + k) % size;
+        err = nimbus_mpi_send((const unsigned char *)sendbuf + (size_t)to * send_len, send_len,
+                              to, NIMBUS_MPI_TAG_ALLTOALL);
+        if (err) return err;
+    }
+    memcpy((unsigned char *)recvbuf + (size_t)rank * recv_len,
+           (const unsigned char *)sendbuf + (size_t)rank * send_len, send_len);
+    for (int k = 1; k < size; k++) {
+        int from = (rank - k + size) % size;
+        err = nimbus_mpi_recv((unsigned char *)recvbuf + (size_t)from * recv_len, recv_len,
+                              from, NIMBUS_MPI_TAG_ALLTOALL, MPI_STATUS_IGNORE);
+        if (err) return err;
+    }
+    return MPI_SUCCESS;
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NIMBUS_MPI_H */
