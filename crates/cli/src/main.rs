@@ -6,6 +6,7 @@
 //! Must not: hold platform logic; it calls the worker crate's cluster.
 
 mod client;
+mod control;
 mod run;
 mod up;
 
@@ -42,6 +43,12 @@ enum Command {
     Send(client::SendArgs),
     /// Stop a process.
     Kill(client::KillArgs),
+    /// Run the planner: workers join it and report their load.
+    Planner(control::PlannerArgs),
+    /// Run a worker host that joins a planner.
+    Worker(control::WorkerArgs),
+    /// List the hosts registered with a planner.
+    Hosts(control::HostsArgs),
 }
 
 /// A failure with the exit code it maps to. Printed as `nimbus: MESSAGE`.
@@ -80,6 +87,9 @@ fn main() -> ExitCode {
         Command::Logs(args) => client::logs(args),
         Command::Send(args) => client::send(args),
         Command::Kill(args) => client::kill(args),
+        Command::Planner(args) => control::planner(args),
+        Command::Worker(args) => control::worker(args),
+        Command::Hosts(args) => control::hosts(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -78,7 +78,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
 }
 
 /// Completes on SIGINT or SIGTERM.
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut interrupt), Ok(mut terminate)) = (
         signal(SignalKind::interrupt()),

@@ -3,18 +3,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{guest, outcome, run};
+use common::{Daemon, guest, outcome, run};
 use serde_json::Value;
 
 /// A running `nimbus up`.
 struct Node {
-    child: Child,
+    daemon: Daemon,
     url: String,
     data_plane: String,
     data_dir: std::path::PathBuf,
@@ -22,7 +20,8 @@ struct Node {
 
 impl Node {
     fn start(data_dir: &Path) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_nimbus"));
+        command
             .args([
                 "up",
                 "--listen",
@@ -30,37 +29,12 @@ impl Node {
                 "--data-listen",
                 "127.0.0.1:0",
             ])
-            .env("NIMBUS_DATA_DIR", data_dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (lines, announced) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if lines.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let first = announced
-            .recv_timeout(Duration::from_secs(60))
-            .expect("nimbus up announces its address");
-        let url = first
-            .strip_prefix("nimbus: gateway listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-            .to_owned();
-        let second = announced
-            .recv_timeout(Duration::from_secs(60))
-            .expect("nimbus up announces its data plane");
-        let data_plane = second
-            .strip_prefix("nimbus: data plane listening on ")
-            .unwrap_or_else(|| panic!("unexpected second line {second:?}"))
-            .to_owned();
+            .env("NIMBUS_DATA_DIR", data_dir);
+        let daemon = Daemon::start(command);
+        let url = daemon.announced("nimbus: gateway listening on ");
+        let data_plane = daemon.announced("nimbus: data plane listening on ");
         Node {
-            child,
+            daemon,
             url,
             data_plane,
             data_dir: data_dir.to_owned(),
@@ -116,11 +90,7 @@ impl Node {
 
     /// Waits, within a bound, until `check` holds of the app.
     fn until(&self, name: &str, what: &str, check: impl Fn(&Value) -> bool) {
-        let bound = Instant::now() + Duration::from_secs(30);
-        while !check(&self.app(name)) {
-            assert!(Instant::now() < bound, "app {name} never got {what}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        common::until(&format!("app {name} got {what}"), || check(&self.app(name)));
     }
 
     /// Starts `nimbus invoke APP hold` (it blocks in `recv`) and returns once the
@@ -156,7 +126,8 @@ impl Node {
 
     /// The server's resident memory in bytes.
     fn rss(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let pid = self.daemon.child.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let kib: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -167,17 +138,8 @@ impl Node {
 
     /// Stops the node as an operator would (SIGTERM) and waits for it.
     fn stop(mut self) {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let status = self.child.wait().unwrap();
+        let status = self.daemon.signal("TERM");
         assert!(status.success(), "nimbus up ended with {status}");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

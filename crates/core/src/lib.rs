@@ -13,7 +13,10 @@ pub use parse::{ParseError, parse_duration, parse_size};
 
 /// Identifies a host (a worker) in a cluster. The embedded default numbers its
 /// in-process hosts from 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct HostId(pub u16);
 
 impl fmt::Display for HostId {

@@ -1,10 +1,17 @@
 //! Decides where processes run.
 //!
 //! Owns: the placement policy, a pure function of the hosts' reported load, so it
-//! can be tested and benchmarked without running anything.
+//! can be tested and benchmarked without running anything; and the registry of
+//! worker hosts (joins, heartbeats, expiry of silent hosts), pure state with time
+//! passed in.
 //!
 //! Must not: start processes, hold a connection to a host, or depend on the
-//! runtime. Callers gather loads, ask for a decision, and act on it.
+//! runtime. Callers gather loads, ask for a decision, and act on it; the network
+//! around the registry is the control crate's.
+
+mod registry;
+
+pub use registry::{HostInfo, HostReport, HostStatus, Registry, RegistryFull, UnknownHost};
 
 use nimbus_core::HostId;
 

@@ -19,6 +19,9 @@ use crate::lineage::{Lineage, ModuleSource};
 pub struct ClusterConfig {
     /// Number of in-process hosts.
     pub hosts: u16,
+    /// The id of the first host; the others follow. A worker's host takes the id
+    /// the planner assigned it, so its pids are unique across the cluster.
+    pub first_host: HostId,
     /// Each host's runtime.
     pub runtime: RuntimeConfig,
     /// Most processes (queued or running) a host admits.
@@ -30,6 +33,7 @@ impl ClusterConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> ClusterConfig {
         ClusterConfig {
             hosts: 1,
+            first_host: HostId(1),
             runtime: RuntimeConfig::new(data_dir),
             max_processes_per_host: 100_000,
         }
@@ -49,7 +53,7 @@ pub enum ClusterError {
     #[error(transparent)]
     NoCapacity(#[from] nimbus_planner::NoCapacity),
     /// The cluster was asked for zero hosts.
-    #[error("a cluster needs at least one host")]
+    #[error("a cluster needs at least one host, and host ids up to 65535")]
     NoHosts,
 }
 
@@ -85,7 +89,11 @@ impl Cluster {
         if config.hosts == 0 {
             return Err(ClusterError::NoHosts);
         }
-        let hosts = (1..=config.hosts)
+        let first = config.first_host.0;
+        let last = first
+            .checked_add(config.hosts - 1)
+            .ok_or(ClusterError::NoHosts)?;
+        let hosts = (first..=last)
             .map(|id| Host::new(HostId(id), &config.runtime, config.max_processes_per_host))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new_cyclic(|me| Cluster {

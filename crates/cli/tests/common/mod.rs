@@ -11,6 +11,7 @@ use std::time::Duration;
 const RUN_BOUND: Duration = Duration::from_secs(120);
 
 /// A guest program built by `scripts/build-guests.sh`.
+#[allow(dead_code)] // not every test binary runs guests
 pub fn guest(name: &str) -> PathBuf {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../target/guests")
@@ -73,4 +74,73 @@ pub fn outcome(output: &Output) -> (String, String, Option<i32>) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
         output.status.code(),
     )
+}
+
+/// A long-running `nimbus` process (`up`, `planner`, `worker`), killed when dropped.
+#[allow(dead_code)] // each test binary uses the helpers it needs
+pub struct Daemon {
+    pub child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+#[allow(dead_code)]
+impl Daemon {
+    /// Starts `command` with its stdout read line by line.
+    pub fn start(mut command: Command) -> Daemon {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    /// The rest of the next line printed, which must start with `prefix`.
+    pub fn announced(&self, prefix: &str) -> String {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("no line {prefix:?} within a minute: {e}"));
+        line.strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+            .to_owned()
+    }
+
+    /// Stops the process with `signal` (`KILL`, `TERM`) and waits for it.
+    pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status()
+            .unwrap();
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `check` holds, polling within a 30 s bound.
+#[allow(dead_code)]
+pub fn until(what: &str, mut check: impl FnMut() -> bool) {
+    let bound = std::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(std::time::Instant::now() < bound, "never: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -1,0 +1,168 @@
+//! `nimbus planner`, `nimbus worker` and `nimbus hosts`: the cluster's control plane.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use nimbus_core::{exit_code, format_size, parse_duration, parse_size};
+use nimbus_planner::{HostInfo, HostReport};
+use nimbus_worker::{Cluster, ClusterConfig};
+
+use crate::Failure;
+
+/// The planner's address when none is given.
+const DEFAULT_PLANNER: &str = "127.0.0.1:7072";
+
+#[derive(Args)]
+pub(crate) struct PlannerArgs {
+    /// Address to listen on for workers and clients.
+    #[arg(long, default_value = DEFAULT_PLANNER)]
+    listen: String,
+    /// How often workers report their load.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    heartbeat: Duration,
+    /// How long a worker may stay silent before it is dropped.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
+pub(crate) struct WorkerArgs {
+    /// The planner to join.
+    #[arg(long, env = "NIMBUS_PLANNER", default_value = DEFAULT_PLANNER)]
+    planner: String,
+    /// Cores to offer (default: all of this machine's).
+    #[arg(long)]
+    cpus: Option<u32>,
+    /// Memory to offer (default: all of this machine's).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    mem: Option<u64>,
+    /// Where compiled modules are cached.
+    #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub(crate) struct HostsArgs {
+    /// The planner to ask.
+    #[arg(long, env = "NIMBUS_PLANNER", default_value = DEFAULT_PLANNER)]
+    planner: String,
+}
+
+fn tokio() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(exit_code::INTERNAL, format!("cannot start: {e}")))
+}
+
+pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
+    if args.heartbeat.is_zero() || args.timeout <= args.heartbeat {
+        return Err(Failure::new(2, "--timeout must be longer than --heartbeat"));
+    }
+    tokio()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| Failure::new(2, format!("cannot listen on {}: {e}", args.listen)))?;
+        let address = listener
+            .local_addr()
+            .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
+        // Tools and tests read this line to learn the port.
+        println!("nimbus: planner listening on {address}");
+        let config = nimbus_control::PlannerConfig {
+            heartbeat: args.heartbeat,
+            timeout: args.timeout,
+        };
+        tokio::select! {
+            served = nimbus_control::serve_planner(listener, config) => served
+                .map(|()| 0)
+                .map_err(|e| Failure::new(exit_code::INTERNAL, format!("planner: {e}"))),
+            () = crate::up::stop_signal() => Ok(0),
+        }
+    })
+}
+
+pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
+    let cpus = args
+        .cpus
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let memory = args.mem.or_else(machine_memory).unwrap_or(1 << 30);
+    let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let mut config = ClusterConfig::new(data_dir);
+    let info = HostInfo {
+        cpus,
+        memory,
+        capacity: config.max_processes_per_host,
+    };
+    tokio()?.block_on(async {
+        let unreachable =
+            |e: nimbus_control::ControlError| Failure::new(exit_code::INTERNAL, e.to_string());
+        let mut link = nimbus_control::PlannerLink::join(&args.planner, info)
+            .await
+            .map_err(unreachable)?;
+        config.first_host = link.host();
+        let cluster = Cluster::new(&config).map_err(|e| {
+            Failure::new(exit_code::INTERNAL, format!("cannot start the host: {e}"))
+        })?;
+        println!(
+            "nimbus: worker joined {} as host {}",
+            args.planner,
+            link.host()
+        );
+        let beating = async {
+            loop {
+                tokio::time::sleep(link.heartbeat_interval()).await;
+                if let Err(lost) = link.heartbeat(report(&cluster)).await {
+                    return lost;
+                }
+            }
+        };
+        tokio::select! {
+            lost = beating => Err(Failure::new(
+                exit_code::INTERNAL,
+                format!("this host left the cluster: {lost}"),
+            )),
+            () = crate::up::stop_signal() => Ok(0),
+        }
+    })
+}
+
+fn report(cluster: &Cluster) -> HostReport {
+    let load = cluster.runtime_load();
+    HostReport {
+        processes: cluster.processes().len(),
+        instantiated: load.instantiated,
+        waiting: load.waiting,
+    }
+}
+
+/// This machine's memory, from `/proc/meminfo`.
+fn machine_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
+    let hosts = tokio()?
+        .block_on(nimbus_control::hosts(&args.planner))
+        .map_err(|e| Failure::new(1, e.to_string()))?;
+    println!(
+        "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>10}",
+        "HOST", "CPUS", "MEMORY", "PROCESSES", "LIVE", "WAITING", "HEARD"
+    );
+    for host in hosts {
+        println!(
+            "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8}ms",
+            host.host.to_string(),
+            host.info.cpus,
+            format_size(host.info.memory),
+            host.report.processes,
+            host.report.instantiated,
+            host.report.waiting,
+            host.silent_ms
+        );
+    }
+    Ok(0)
+}

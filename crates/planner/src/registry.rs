@@ -1,0 +1,192 @@
+//! The planner's registry of worker hosts: who joined, what each reported last, and
+//! who went silent. Pure state: time is passed in, so expiry is tested without
+//! waiting.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use nimbus_core::HostId;
+
+use crate::HostLoad;
+
+/// What a worker says about itself when it joins.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostInfo {
+    /// Cores it offers.
+    pub cpus: u32,
+    /// Memory it offers, in bytes.
+    pub memory: u64,
+    /// The most processes it admits.
+    pub capacity: usize,
+}
+
+/// What a worker reports with each heartbeat.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostReport {
+    /// Processes admitted (queued or running).
+    pub processes: usize,
+    /// Processes holding an instance.
+    pub instantiated: usize,
+    /// Of those, processes blocked in `recv` or `wait`.
+    pub waiting: usize,
+}
+
+/// A registered host as the registry knows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HostStatus {
+    /// Its id, assigned at registration; the top bits of every pid it mints.
+    pub host: HostId,
+    /// What it said when it joined.
+    pub info: HostInfo,
+    /// What it reported last.
+    pub report: HostReport,
+    /// How long ago it was last heard from, in milliseconds.
+    pub silent_ms: u64,
+}
+
+/// The host is not (or no longer) registered: it must register again.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("host {0} is not registered (it was silent too long, or never joined)")]
+pub struct UnknownHost(pub HostId);
+
+/// No host id is left to assign.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("every host id is in use")]
+pub struct RegistryFull;
+
+struct Entry {
+    info: HostInfo,
+    report: HostReport,
+    heard: Instant,
+}
+
+/// The hosts that joined and have not gone silent for longer than the timeout.
+pub struct Registry {
+    hosts: BTreeMap<HostId, Entry>,
+    /// Ids are never reused, so a pid never names two hosts.
+    next_id: u16,
+    timeout: Duration,
+}
+
+impl Registry {
+    /// An empty registry dropping hosts silent for longer than `timeout`.
+    pub fn new(timeout: Duration) -> Registry {
+        Registry {
+            hosts: BTreeMap::new(),
+            next_id: 1,
+            timeout,
+        }
+    }
+
+    /// Adds a host and assigns its id.
+    pub fn register(&mut self, info: HostInfo, now: Instant) -> Result<HostId, RegistryFull> {
+        let id = HostId(self.next_id);
+        self.next_id = self.next_id.checked_add(1).ok_or(RegistryFull)?;
+        let report = HostReport::default();
+        self.hosts.insert(
+            id,
+            Entry {
+                info,
+                report,
+                heard: now,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Records a heartbeat.
+    pub fn heartbeat(
+        &mut self,
+        host: HostId,
+        report: HostReport,
+        now: Instant,
+    ) -> Result<(), UnknownHost> {
+        let entry = self.hosts.get_mut(&host).ok_or(UnknownHost(host))?;
+        entry.report = report;
+        entry.heard = now;
+        Ok(())
+    }
+
+    /// Drops the hosts silent for longer than the timeout; returns them.
+    pub fn expire(&mut self, now: Instant) -> Vec<HostId> {
+        let silent: Vec<HostId> = self
+            .hosts
+            .iter()
+            .filter(|(_, entry)| now.duration_since(entry.heard) > self.timeout)
+            .map(|(&host, _)| host)
+            .collect();
+        for host in &silent {
+            self.hosts.remove(host);
+        }
+        silent
+    }
+
+    /// Every registered host, by id.
+    pub fn hosts(&self, now: Instant) -> Vec<HostStatus> {
+        self.hosts
+            .iter()
+            .map(|(&host, entry)| HostStatus {
+                host,
+                info: entry.info.clone(),
+                report: entry.report,
+                silent_ms: now.duration_since(entry.heard).as_millis() as u64,
+            })
+            .collect()
+    }
+
+    /// The hosts' loads, for [`crate::place`].
+    pub fn loads(&self) -> Vec<HostLoad> {
+        self.hosts
+            .iter()
+            .map(|(&host, entry)| HostLoad {
+                host,
+                processes: entry.report.processes,
+                capacity: entry.info.capacity,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> HostInfo {
+        HostInfo {
+            cpus: 2,
+            memory: 1 << 30,
+            capacity: 100,
+        }
+    }
+
+    #[test]
+    fn hosts_join_report_and_expire_when_silent() {
+        let start = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut registry = Registry::new(3 * second);
+        let a = registry.register(info(), start).unwrap();
+        let b = registry.register(info(), start).unwrap();
+        assert_eq!((a, b), (HostId(1), HostId(2)));
+        let report = HostReport {
+            processes: 7,
+            instantiated: 5,
+            waiting: 1,
+        };
+        registry.heartbeat(b, report, start + 2 * second).unwrap();
+        assert_eq!(registry.expire(start + 3 * second), []);
+        assert_eq!(registry.expire(start + 4 * second), [a]);
+        let hosts = registry.hosts(start + 4 * second);
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(
+            (hosts[0].host, hosts[0].report, hosts[0].silent_ms),
+            (b, report, 2000)
+        );
+        assert_eq!(registry.loads()[0].processes, 7);
+        // An expired host must register again, and gets a new id.
+        assert_eq!(
+            registry.heartbeat(a, report, start + 4 * second),
+            Err(UnknownHost(a))
+        );
+        assert_eq!(registry.register(info(), start).unwrap(), HostId(3));
+    }
+}
