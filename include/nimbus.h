@@ -50,6 +50,10 @@ extern "C" {
 #define NIMBUS_ERR_BUFFER_TOO_SMALL (-8)
 /** The platform failed; the host log says more. */
 #define NIMBUS_ERR_INTERNAL (-9)
+/** state: no value under that key. */
+#define NIMBUS_ERR_NOT_FOUND (-10)
+/** state_lock: the lock was not free within the timeout. */
+#define NIMBUS_ERR_TIMED_OUT (-11)
 
 /** The largest message send accepts (16 MiB). */
 #define NIMBUS_MAX_MESSAGE_LEN (16u << 20)
@@ -91,6 +95,39 @@ int32_t nimbus_sys_world_rank(void);
  *  NIMBUS_ERR_INVALID if there is no such rank. */
 __attribute__((import_module("nimbus"), import_name("world_pid")))
 int64_t nimbus_sys_world_pid(int32_t rank);
+
+/* State: tier 0 is this host's local tier, 1 the global tier (NIMBUS_LOCAL,
+ * NIMBUS_GLOBAL). Keys are names within the caller's app. See docs/abi.md. */
+#define NIMBUS_LOCAL 0
+#define NIMBUS_GLOBAL 1
+
+__attribute__((import_module("nimbus"), import_name("state_get")))
+int32_t nimbus_sys_state_get(int32_t tier, const char *key, int32_t key_len, void *buf,
+                             int32_t buf_cap, int32_t *len_ptr);
+__attribute__((import_module("nimbus"), import_name("state_get_range")))
+int32_t nimbus_sys_state_get_range(int32_t tier, const char *key, int32_t key_len,
+                                   int64_t offset, void *buf, int32_t buf_len,
+                                   int32_t *len_ptr);
+__attribute__((import_module("nimbus"), import_name("state_set")))
+int32_t nimbus_sys_state_set(int32_t tier, const char *key, int32_t key_len,
+                             const void *value, int32_t value_len);
+__attribute__((import_module("nimbus"), import_name("state_set_range")))
+int32_t nimbus_sys_state_set_range(int32_t tier, const char *key, int32_t key_len,
+                                   int64_t offset, const void *bytes, int32_t len);
+__attribute__((import_module("nimbus"), import_name("state_append")))
+int64_t nimbus_sys_state_append(int32_t tier, const char *key, int32_t key_len,
+                                const void *bytes, int32_t len);
+__attribute__((import_module("nimbus"), import_name("state_delete")))
+int32_t nimbus_sys_state_delete(int32_t tier, const char *key, int32_t key_len);
+__attribute__((import_module("nimbus"), import_name("state_push")))
+int32_t nimbus_sys_state_push(const char *key, int32_t key_len);
+__attribute__((import_module("nimbus"), import_name("state_pull")))
+int32_t nimbus_sys_state_pull(const char *key, int32_t key_len);
+__attribute__((import_module("nimbus"), import_name("state_lock")))
+int32_t nimbus_sys_state_lock(const char *key, int32_t key_len, int64_t lease_ms,
+                              int64_t timeout_ms);
+__attribute__((import_module("nimbus"), import_name("state_unlock")))
+int32_t nimbus_sys_state_unlock(const char *key, int32_t key_len);
 
 /* Helpers. */
 
@@ -171,6 +208,81 @@ static inline int nimbus_recv(void *buf, size_t cap, int64_t *sender, size_t *le
     if (sender != NULL) *sender = from;
     if (len != NULL) *len = n > 0 ? (size_t)n : 0;
     return ret;
+}
+
+/**
+ * Copies the value of key into buf (capacity cap) and its length into *len; returns
+ * 0, NIMBUS_ERR_NOT_FOUND, or NIMBUS_ERR_BUFFER_TOO_SMALL with the needed length in
+ * *len (len may be NULL).
+ */
+static inline int nimbus_state_get(int tier, const char *key, void *buf, size_t cap,
+                                   size_t *len) {
+    int32_t n = 0;
+    int ret = nimbus_sys_state_get(tier, key, (int32_t)strlen(key), buf,
+                                   cap > INT32_MAX ? INT32_MAX : (int32_t)cap, &n);
+    if (len != NULL) *len = n > 0 ? (size_t)n : 0;
+    return ret;
+}
+
+/** Reads up to len bytes of key's value at offset into buf; *read gets how many (fewer
+ *  past the end). Returns 0 or an error. */
+static inline int nimbus_state_get_range(int tier, const char *key, uint64_t offset,
+                                         void *buf, size_t len, size_t *read) {
+    int32_t n = 0;
+    if (len > INT32_MAX || offset > INT64_MAX) return NIMBUS_ERR_INVALID;
+    int ret = nimbus_sys_state_get_range(tier, key, (int32_t)strlen(key), (int64_t)offset,
+                                         buf, (int32_t)len, &n);
+    if (read != NULL) *read = n > 0 ? (size_t)n : 0;
+    return ret;
+}
+
+/** Sets key's value. Returns 0 or an error. */
+static inline int nimbus_state_set(int tier, const char *key, const void *value,
+                                   size_t len) {
+    if (len > INT32_MAX) return NIMBUS_ERR_TOO_LARGE;
+    return nimbus_sys_state_set(tier, key, (int32_t)strlen(key), value, (int32_t)len);
+}
+
+/** Writes len bytes at offset into key's value, extending it with zeros if need be. */
+static inline int nimbus_state_set_range(int tier, const char *key, uint64_t offset,
+                                         const void *bytes, size_t len) {
+    if (len > INT32_MAX) return NIMBUS_ERR_TOO_LARGE;
+    if (offset > INT64_MAX) return NIMBUS_ERR_INVALID;
+    return nimbus_sys_state_set_range(tier, key, (int32_t)strlen(key), (int64_t)offset,
+                                      bytes, (int32_t)len);
+}
+
+/** Appends to key's value; returns its new length (>= 0) or an error (< 0). */
+static inline int64_t nimbus_state_append(int tier, const char *key, const void *bytes,
+                                          size_t len) {
+    if (len > INT32_MAX) return NIMBUS_ERR_TOO_LARGE;
+    return nimbus_sys_state_append(tier, key, (int32_t)strlen(key), bytes, (int32_t)len);
+}
+
+/** Deletes key; returns 0 or NIMBUS_ERR_NOT_FOUND. */
+static inline int nimbus_state_delete(int tier, const char *key) {
+    return nimbus_sys_state_delete(tier, key, (int32_t)strlen(key));
+}
+
+/** Copies key's local value to the global tier (NIMBUS_ERR_NOT_FOUND if none). */
+static inline int nimbus_state_push(const char *key) {
+    return nimbus_sys_state_push(key, (int32_t)strlen(key));
+}
+
+/** Copies key's global value into this host's local tier (NIMBUS_ERR_NOT_FOUND if none). */
+static inline int nimbus_state_pull(const char *key) {
+    return nimbus_sys_state_pull(key, (int32_t)strlen(key));
+}
+
+/** Takes key's global lock, waiting up to timeout_ms (NIMBUS_ERR_TIMED_OUT); the lock
+ *  expires after lease_ms unless released with nimbus_state_unlock. */
+static inline int nimbus_state_lock(const char *key, int64_t lease_ms, int64_t timeout_ms) {
+    return nimbus_sys_state_lock(key, (int32_t)strlen(key), lease_ms, timeout_ms);
+}
+
+/** Releases key's global lock, which the caller must hold. */
+static inline int nimbus_state_unlock(const char *key) {
+    return nimbus_sys_state_unlock(key, (int32_t)strlen(key));
 }
 
 #ifdef __cplusplus

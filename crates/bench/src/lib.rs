@@ -132,6 +132,7 @@ impl Bench {
 /// A root process running `module` with `args`, its stdout captured or discarded.
 pub fn root(module: &ModuleBytes, args: &[&str], stdout: Output) -> RootProcess {
     RootProcess {
+        app: nimbus_state::AppName::new("bench").expect("a valid app name"),
         module: module.clone(),
         modules: ModuleSource::None,
         args: std::iter::once("bench")

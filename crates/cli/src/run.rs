@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::Args;
 use nimbus_core::{ExitStatus, Limits, exit_code, parse_duration, parse_size};
 use nimbus_runtime::{Input, LoadError, ModuleBytes, Output, Preopen};
-use nimbus_worker::{Cluster, ClusterConfig, ClusterError, ModuleSource, RootProcess};
+use nimbus_state::AppName;
+use nimbus_worker::{Cluster, ClusterConfig, ClusterError, GlobalState, ModuleSource, RootProcess};
 
 use crate::Failure;
 
@@ -31,6 +32,13 @@ pub(crate) struct RunArgs {
     /// Number of in-process hosts of the embedded cluster.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     hosts: u16,
+    /// The app the program belongs to: its processes share the app's state
+    /// (default: the program's file name without `.wasm`).
+    #[arg(long, value_name = "NAME")]
+    app: Option<String>,
+    /// The global state tier, `redis://HOST:PORT[/DB]` (default: embedded in nimbus).
+    #[arg(long, value_name = "URL")]
+    state: Option<String>,
     /// Run N copies as the ranks of one world (MPI's `MPI_COMM_WORLD`), spread over
     /// the hosts; the exit status is the first failing rank's.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
@@ -59,7 +67,12 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
             "--mem can be at most 4GiB (the wasm32 address space)",
         ));
     }
+    let app = match &args.app {
+        Some(name) => AppName::new(name).map_err(|e| usage(format!("--app: {e}")))?,
+        None => app_of(&args.program),
+    };
     let root = RootProcess {
+        app,
         module: ModuleBytes::new(bytes),
         modules: ModuleSource::Directory(module_dir(&args.program)),
         args: std::iter::once(file_name(&args.program))
@@ -90,25 +103,50 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
         .build()
         .map_err(|e| Failure::new(exit_code::INTERNAL, format!("cannot start: {e}")))?;
     let status = tokio.block_on(async {
-        let cluster = Cluster::new(&config)?;
-        match args.ranks {
-            Some(ranks) => cluster.run_world(root, ranks).await,
-            None => cluster.run(root).await,
-        }
+        let global = nimbus_state::open(args.state.as_deref())
+            .await
+            .map_err(|e| Failure::new(exit_code::INTERNAL, format!("state: {e}")))?;
+        config.global_state = GlobalState(global);
+        let ran = async {
+            let cluster = Cluster::new(&config)?;
+            match args.ranks {
+                Some(ranks) => cluster.run_world(root, ranks).await,
+                None => cluster.run(root).await,
+            }
+        };
+        ran.await
+            .map_err(|e| Failure::new(cluster_error_code(&e), format!("{program}: {e}")))
     });
     // Children still running when the root ends are stopped with the run.
     tokio.shutdown_background();
-    match status {
-        Ok(ExitStatus::Exited(code)) => Ok(code),
-        Ok(ExitStatus::Failed(failure)) => Err(Failure::new(
+    match status? {
+        ExitStatus::Exited(code) => Ok(code),
+        ExitStatus::Failed(failure) => Err(Failure::new(
             failure.exit_code(),
             format!("{program}: {failure}"),
         )),
-        Err(e) => Err(Failure::new(
-            cluster_error_code(&e),
-            format!("{program}: {e}"),
-        )),
     }
+}
+
+/// The app a program belongs to unless `--app` says: its file name without
+/// `.wasm`, with characters an app name cannot have replaced by `-`.
+fn app_of(program: &Path) -> AppName {
+    let stem = program
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(nimbus_state::MAX_APP_NAME_LEN)
+        .collect();
+    AppName::new(&name).unwrap_or_else(|_| AppName::new("app").expect("a valid name"))
 }
 
 fn cluster_error_code(error: &ClusterError) -> i32 {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::Args;
 use nimbus_core::exit_code;
 use nimbus_gateway::Gateway;
-use nimbus_worker::{Cluster, ClusterConfig, Services};
+use nimbus_worker::{Cluster, ClusterConfig, GlobalState, Services};
 
 use crate::Failure;
 
@@ -23,6 +23,9 @@ pub(crate) struct UpArgs {
     /// Where nimbus keeps modules, deployments and swapped-out state.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The global state tier, `redis://HOST:PORT[/DB]` (default: embedded in nimbus).
+    #[arg(long, value_name = "URL")]
+    state: Option<String>,
 }
 
 pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
@@ -35,8 +38,14 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         .build()
         .map_err(|e| internal("cannot start", &e))?;
     tokio.block_on(async {
-        let cluster = Cluster::new(&ClusterConfig::new(&data_dir))
-            .map_err(|e| internal("cannot start the cluster", &e))?;
+        let mut config = ClusterConfig::new(&data_dir);
+        config.global_state = GlobalState(
+            nimbus_state::open(args.state.as_deref())
+                .await
+                .map_err(|e| internal("state", &e))?,
+        );
+        let cluster =
+            Cluster::new(&config).map_err(|e| internal("cannot start the cluster", &e))?;
         let services = Arc::new(
             Services::open(cluster.clone(), &data_dir)
                 .map_err(|e| internal("cannot open the deployments", &e))?,

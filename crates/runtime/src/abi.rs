@@ -10,6 +10,7 @@ use std::sync::Arc;
 use nimbus_core::{ExitStatus, Pid};
 use wasmtime::{Caller, Extern, Linker, Memory};
 
+use crate::abi_state::{StateCall, StateReply};
 use crate::process::ProcessCtx;
 
 /// A boxed, sendable future, the return type of [`Kernel`] methods.
@@ -32,6 +33,8 @@ pub trait Kernel: Send + Sync + 'static {
     /// The processes of the world `pid` is a rank of, by rank, once every rank has
     /// started; `None` if `pid` is a rank of no world.
     fn world(&self, pid: Pid) -> BoxFuture<'_, Option<Arc<[Pid]>>>;
+    /// Performs a state operation for `pid`, on its app's state.
+    fn state(&self, pid: Pid, call: StateCall) -> BoxFuture<'_, Result<StateReply, AbiError>>;
 }
 
 /// The kernel of a process alone in the world: it may not spawn, wait or send.
@@ -50,6 +53,9 @@ impl Kernel for Isolated {
     }
     fn world(&self, _: Pid) -> BoxFuture<'_, Option<Arc<[Pid]>>> {
         Box::pin(async { None })
+    }
+    fn state(&self, _: Pid, _: StateCall) -> BoxFuture<'_, Result<StateReply, AbiError>> {
+        Box::pin(async { Err(AbiError::Internal) })
     }
 }
 
@@ -83,6 +89,12 @@ pub enum AbiError {
     /// The platform failed.
     #[error("internal error")]
     Internal,
+    /// No value under that key.
+    #[error("no such key")]
+    NotFound,
+    /// A wait (for a lock) ran out of time.
+    #[error("timed out")]
+    TimedOut,
 }
 
 impl AbiError {
@@ -98,11 +110,13 @@ impl AbiError {
             AbiError::TooLarge => -7,
             AbiError::BufferTooSmall => -8,
             AbiError::Internal => -9,
+            AbiError::NotFound => -10,
+            AbiError::TimedOut => -11,
         }
     }
 }
 
-const MODULE: &str = "nimbus";
+pub(crate) const MODULE: &str = "nimbus";
 /// Longest argv buffer a guest may pass to `spawn`.
 const MAX_ARGV_BYTES: usize = 1 << 20;
 
@@ -247,7 +261,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
             })
         },
     )?;
-    Ok(())
+    crate::abi_state::add_to_linker(linker)
 }
 
 /// The world the caller is a rank of, waiting until all its ranks have started.
@@ -259,7 +273,7 @@ fn world_of(
     async move { ProcessCtx::waiting(gauges, kernel.world(pid)).await }
 }
 
-fn code_of(result: Result<(), AbiError>) -> i32 {
+pub(crate) fn code_of(result: Result<(), AbiError>) -> i32 {
     match result {
         Ok(()) => 0,
         Err(e) => e.code(),
@@ -279,10 +293,10 @@ fn decode_argv(buf: &[u8]) -> Result<Vec<String>, AbiError> {
 
 /// The guest's exported linear memory, with bounds-checked access.
 #[derive(Clone, Copy)]
-struct GuestMemory(Memory);
+pub(crate) struct GuestMemory(Memory);
 
 impl GuestMemory {
-    fn of(caller: &mut Caller<'_, ProcessCtx>) -> Result<GuestMemory, AbiError> {
+    pub(crate) fn of(caller: &mut Caller<'_, ProcessCtx>) -> Result<GuestMemory, AbiError> {
         match caller.get_export("memory") {
             Some(Extern::Memory(memory)) => Ok(GuestMemory(memory)),
             _ => Err(AbiError::Invalid),
@@ -306,11 +320,16 @@ impl GuestMemory {
         Ok(ptr..end)
     }
 
-    fn check(&self, caller: &Caller<'_, ProcessCtx>, ptr: i32, len: i32) -> Result<(), AbiError> {
+    pub(crate) fn check(
+        &self,
+        caller: &Caller<'_, ProcessCtx>,
+        ptr: i32,
+        len: i32,
+    ) -> Result<(), AbiError> {
         self.range(caller, ptr, len).map(drop)
     }
 
-    fn read(
+    pub(crate) fn read(
         &self,
         caller: &Caller<'_, ProcessCtx>,
         ptr: i32,
@@ -334,7 +353,7 @@ impl GuestMemory {
         String::from_utf8(bytes).map_err(|_| AbiError::Invalid)
     }
 
-    fn write(
+    pub(crate) fn write(
         &self,
         caller: &mut Caller<'_, ProcessCtx>,
         ptr: i32,
@@ -371,8 +390,10 @@ mod tests {
             AbiError::TooLarge,
             AbiError::BufferTooSmall,
             AbiError::Internal,
+            AbiError::NotFound,
+            AbiError::TimedOut,
         ];
         let codes: Vec<i32> = all.iter().map(|e| e.code()).collect();
-        assert_eq!(codes, (1..=9).map(|c| -c).collect::<Vec<_>>());
+        assert_eq!(codes, (1..=11).map(|c| -c).collect::<Vec<_>>());
     }
 }

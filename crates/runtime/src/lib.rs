@@ -13,6 +13,7 @@
 //! send) goes up through the [`Kernel`] trait, which the worker implements.
 
 mod abi;
+mod abi_state;
 mod cache;
 mod engine;
 mod instrument;
@@ -23,6 +24,7 @@ mod process;
 mod service;
 
 pub use abi::{AbiError, BoxFuture, Isolated, Kernel};
+pub use abi_state::{StateCall, StateReply, Tier};
 pub use cache::{CacheStats, LoadError, ModuleBytes, ModuleHash};
 pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
 pub use log::LogBuffer;

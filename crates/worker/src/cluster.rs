@@ -7,18 +7,24 @@ use std::sync::{Arc, Weak};
 use nimbus_core::{ExitStatus, Failure, HostId, Limits, Pid};
 use nimbus_runtime::{
     AbiError, BoxFuture, Input, Kernel, LoadError, ModuleBytes, Output, Preopen, RuntimeConfig,
-    RuntimeError, RuntimeLoad,
+    RuntimeError, RuntimeLoad, StateCall, StateReply,
 };
+use nimbus_state::{AppName, GlobalTier, HostState};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::host::{Host, Parent, ProcessInfo, StartRequest};
 use crate::lineage::{Lineage, ModuleSource};
+use crate::state::Locks;
 
 /// How an embedded cluster is sized.
 #[derive(Clone, Debug)]
 pub struct ClusterConfig {
     /// Number of in-process hosts.
     pub hosts: u16,
+    /// The global tier of app state, shared by all hosts.
+    pub global_state: GlobalState,
+    /// The most bytes of local-tier state each app may keep on each host.
+    pub local_state_per_app: u64,
     /// The id of the first host; the others follow. A worker's host takes the id
     /// the planner assigned it, so its pids are unique across the cluster.
     pub first_host: HostId,
@@ -33,10 +39,22 @@ impl ClusterConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> ClusterConfig {
         ClusterConfig {
             hosts: 1,
+            global_state: GlobalState(Arc::new(nimbus_state::Embedded::new())),
+            local_state_per_app: 1 << 30,
             first_host: HostId(1),
             runtime: RuntimeConfig::new(data_dir),
             max_processes_per_host: 100_000,
         }
+    }
+}
+
+/// The global tier of app state (embedded or Redis: [`nimbus_state::open`]).
+#[derive(Clone)]
+pub struct GlobalState(pub Arc<dyn GlobalTier>);
+
+impl std::fmt::Debug for GlobalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GlobalState({})", self.0.location())
     }
 }
 
@@ -59,6 +77,8 @@ pub enum ClusterError {
 
 /// A process started from outside the cluster: the root of a process tree.
 pub struct RootProcess {
+    /// The app it belongs to: its tree shares the app's state.
+    pub app: AppName,
     /// Its module.
     pub module: ModuleBytes,
     /// Where its children's modules come from.
@@ -80,6 +100,7 @@ pub struct RootProcess {
 /// N hosts in this OS process.
 pub struct Cluster {
     hosts: Vec<Host>,
+    locks: Locks,
     me: Weak<Cluster>,
 }
 
@@ -94,10 +115,20 @@ impl Cluster {
             .checked_add(config.hosts - 1)
             .ok_or(ClusterError::NoHosts)?;
         let hosts = (first..=last)
-            .map(|id| Host::new(HostId(id), &config.runtime, config.max_processes_per_host))
+            .map(|id| {
+                let state =
+                    HostState::new(config.global_state.0.clone(), config.local_state_per_app);
+                Host::new(
+                    HostId(id),
+                    &config.runtime,
+                    config.max_processes_per_host,
+                    state,
+                )
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new_cyclic(|me| Cluster {
             hosts,
+            locks: Locks::default(),
             me: me.clone(),
         }))
     }
@@ -137,7 +168,14 @@ impl Cluster {
         &self,
         root: RootProcess,
     ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
-        let lineage = Lineage::new(root.modules, root.env, root.dirs, root.output, root.limits);
+        let lineage = Lineage::new(
+            root.app,
+            root.modules,
+            root.env,
+            root.dirs,
+            root.output,
+            root.limits,
+        );
         self.start_in(root.module, root.args, root.stdin, Arc::new(lineage))
     }
 
@@ -185,7 +223,14 @@ impl Cluster {
         ranks: u16,
     ) -> Result<ExitStatus, ClusterError> {
         let (members, world) = watch::channel(None);
-        let lineage = Lineage::new(root.modules, root.env, root.dirs, root.output, root.limits);
+        let lineage = Lineage::new(
+            root.app,
+            root.modules,
+            root.env,
+            root.dirs,
+            root.output,
+            root.limits,
+        );
         let lineage = Arc::new(lineage.with_world(world));
         let mut stdin = Some(root.stdin);
         let mut pids = Vec::new();
@@ -319,6 +364,15 @@ impl Kernel for Cluster {
             let mut world = lineage.world.clone()?;
             let members = world.wait_for(Option::is_some).await.ok()?.clone()?;
             members.contains(&pid).then_some(members)
+        })
+    }
+
+    fn state(&self, pid: Pid, call: StateCall) -> BoxFuture<'_, Result<StateReply, AbiError>> {
+        Box::pin(async move {
+            let host = self.host_of(pid).ok_or(AbiError::Internal)?;
+            let (_, lineage) = host.origin(pid).ok_or(AbiError::Internal)?;
+            let app = host.state().app(&lineage.app);
+            crate::state::perform(&app, &self.locks, pid, call).await
         })
     }
 

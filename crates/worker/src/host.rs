@@ -14,6 +14,7 @@ use tokio::sync::{Notify, oneshot};
 
 use crate::cluster::Cluster;
 use crate::lineage::Lineage;
+use nimbus_state::HostState;
 
 /// Who learns how a process ended.
 pub(crate) enum Parent {
@@ -64,6 +65,7 @@ struct Entry {
 pub(crate) struct Host {
     id: HostId,
     runtime: Runtime,
+    state: HostState,
     table: Mutex<HashMap<Pid, Entry>>,
     last_seq: AtomicU64,
     admitted: AtomicUsize,
@@ -75,9 +77,11 @@ impl Host {
         id: HostId,
         config: &RuntimeConfig,
         max_processes: usize,
+        state: HostState,
     ) -> Result<Host, RuntimeError> {
         Ok(Host {
             id,
+            state,
             runtime: Runtime::new(config)?,
             table: Mutex::default(),
             last_seq: AtomicU64::new(0),
@@ -92,6 +96,11 @@ impl Host {
 
     pub(crate) fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// The local tiers of the apps with processes here.
+    pub(crate) fn state(&self) -> &HostState {
+        &self.state
     }
 
     pub(crate) fn load(&self) -> HostLoad {

@@ -14,8 +14,9 @@ mod cluster;
 mod host;
 mod lineage;
 mod services;
+mod state;
 
-pub use cluster::{Cluster, ClusterConfig, ClusterError, RootProcess};
+pub use cluster::{Cluster, ClusterConfig, ClusterError, GlobalState, RootProcess};
 pub use host::ProcessInfo;
 pub use lineage::ModuleSource;
 pub use services::{AppConfig, AppInfo, ServiceError, Services};

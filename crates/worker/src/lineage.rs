@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use nimbus_core::{Limits, Pid};
 use nimbus_runtime::{AbiError, ModuleBytes, Output, Preopen};
+use nimbus_state::AppName;
 use tokio::sync::watch;
 
 /// The ranks of a world (the processes `nimbus run --ranks N` starts together), by
@@ -27,6 +28,8 @@ pub enum ModuleSource {
 }
 
 pub(crate) struct Lineage {
+    /// The app whose state the tree's processes share.
+    pub(crate) app: AppName,
     pub(crate) modules: ModuleSource,
     pub(crate) env: Vec<(String, String)>,
     pub(crate) dirs: Vec<Preopen>,
@@ -43,6 +46,7 @@ pub(crate) struct Lineage {
 
 impl Lineage {
     pub(crate) fn new(
+        app: AppName,
         modules: ModuleSource,
         env: Vec<(String, String)>,
         dirs: Vec<Preopen>,
@@ -51,6 +55,7 @@ impl Lineage {
     ) -> Lineage {
         let deadline = limits.timeout.map(|t| Instant::now() + t);
         Lineage {
+            app,
             modules,
             env,
             dirs,
@@ -102,6 +107,7 @@ mod tests {
 
     fn lineage(modules: ModuleSource) -> Lineage {
         Lineage::new(
+            AppName::new("test").unwrap(),
             modules,
             vec![],
             vec![],

@@ -25,6 +25,7 @@ use nimbus_runtime::{
     Input, Invocation, InvokeError, LoadError, LogBuffer, Mailbox, ModuleBytes, Output,
     ProcessSpec, ServiceInstance,
 };
+use nimbus_state::AppName;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -182,7 +183,7 @@ impl Services {
             app_dir.to_owned(),
             record.config,
             module,
-        );
+        )?;
         let mut swapped = 0;
         while app.snapshot_path(swapped).exists() {
             swapped += 1;
@@ -239,7 +240,7 @@ impl Services {
         };
         let json = serde_json::to_vec_pretty(&record).expect("an app record serializes");
         write_atomically(&app_dir.join("app.json"), &json)?;
-        let app = App::new(self.cluster.clone(), app_dir, config, module);
+        let app = App::new(self.cluster.clone(), app_dir, config, module)?;
         let info = app.info();
         self.apps
             .lock()
@@ -405,19 +406,22 @@ impl App {
         dir: PathBuf,
         config: AppConfig,
         module: ModuleBytes,
-    ) -> Arc<App> {
+    ) -> Result<Arc<App>, ServiceError> {
+        let app = AppName::new(&config.name)
+            .map_err(|_| ServiceError::InvalidName(config.name.clone()))?;
         let limits = Limits {
             memory: config.memory,
             timeout: None,
         };
         let lineage = Lineage::new(
+            app,
             ModuleSource::None,
             vec![],
             vec![],
             (Output::Null, Output::Null),
             limits,
         );
-        Arc::new(App {
+        Ok(Arc::new(App {
             core: Arc::new(AppCore {
                 cluster,
                 dir,
@@ -427,7 +431,7 @@ impl App {
             }),
             instances: Mutex::default(),
             sessions: Mutex::default(),
-        })
+        }))
     }
 
     fn info(&self) -> AppInfo {

@@ -27,6 +27,7 @@ fn cluster(hosts: u16, max_processes_per_host: usize) -> (Arc<Cluster>, tempfile
 
 fn idle() -> RootProcess {
     RootProcess {
+        app: nimbus_state::AppName::new("test").unwrap(),
         module: ModuleBytes::new(wat::parse_str(IDLE).unwrap()),
         modules: ModuleSource::None,
         args: vec!["idle".into()],
