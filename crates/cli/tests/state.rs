@@ -1,13 +1,16 @@
-//! Two-tier state from guests through the real binary, on the embedded global tier
-//! and on a real Redis.
+//! Two-tier state from guests (C through nimbus.h, Rust through the SDK) through the
+//! real binary, on the embedded global tier and on a real Redis.
 
 mod common;
 
 use common::{guest, nimbus, outcome, run};
 use nimbus_state::testing::RedisServer;
 
-fn state_check(flags: &[&str]) -> (String, String, Option<i32>) {
-    let path = guest("c-state-check");
+/// Both state-check guests: the C one and the Rust one.
+const GUESTS: [&str; 2] = ["c-state-check", "state-check"];
+
+fn state_check(program: &str, flags: &[&str]) -> (String, String, Option<i32>) {
+    let path = guest(program);
     let mut args = vec!["run"];
     args.extend_from_slice(flags);
     args.push(path.to_str().unwrap());
@@ -16,10 +19,16 @@ fn state_check(flags: &[&str]) -> (String, String, Option<i32>) {
 
 #[test]
 fn every_state_operation_on_the_embedded_tier() {
-    for hosts in ["1", "3"] {
-        let (stdout, stderr, code) = state_check(&["--hosts", hosts]);
-        assert_eq!(code, Some(0), "{hosts} hosts: {stdout}{stderr}");
-        assert_eq!(stdout, "state-check ok\n");
+    for program in GUESTS {
+        for hosts in ["1", "3"] {
+            let (stdout, stderr, code) = state_check(program, &["--hosts", hosts]);
+            assert_eq!(
+                code,
+                Some(0),
+                "{program} on {hosts} hosts: {stdout}{stderr}"
+            );
+            assert_eq!(stdout, "state-check ok\n");
+        }
     }
 }
 
@@ -27,18 +36,20 @@ fn every_state_operation_on_the_embedded_tier() {
 fn every_state_operation_on_redis() {
     let redis = RedisServer::start().expect("redis-server starts (scripts/setup.sh installs it)");
     let url = redis.url();
-    let (stdout, stderr, code) = state_check(&["--hosts", "3", "--state", &url]);
-    assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert_eq!(stdout, "state-check ok\n");
+    for program in GUESTS {
+        let (stdout, stderr, code) = state_check(program, &["--hosts", "3", "--state", &url]);
+        assert_eq!(code, Some(0), "{program}: {stdout}{stderr}");
+        assert_eq!(stdout, "state-check ok\n");
+    }
 }
 
 #[test]
 fn a_bad_state_url_or_app_name_is_refused() {
-    let (_, stderr, code) = state_check(&["--state", "redis://127.0.0.1:1"]);
+    let (_, stderr, code) = state_check(GUESTS[0], &["--state", "redis://127.0.0.1:1"]);
     assert_eq!(code, Some(126), "{stderr}");
     assert!(stderr.contains("redis://127.0.0.1:1"), "{stderr}");
-    let (_, stderr, code) = state_check(&["--state", "memcached://x"]);
+    let (_, stderr, code) = state_check(GUESTS[0], &["--state", "memcached://x"]);
     assert_eq!(code, Some(126), "{stderr}");
-    let (_, stderr, code) = state_check(&["--app", "no spaces"]);
+    let (_, stderr, code) = state_check(GUESTS[0], &["--app", "no spaces"]);
     assert_eq!(code, Some(2), "{stderr}");
 }

@@ -30,6 +30,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod service;
+pub mod state;
 
 /// The raw ABI: error codes and, on `wasm32`, the imported functions.
 ///
@@ -55,6 +56,10 @@ pub mod abi {
     pub const ERR_BUFFER_TOO_SMALL: i32 = -8;
     /// The platform failed; the host log says more.
     pub const ERR_INTERNAL: i32 = -9;
+    /// State: no value under that key.
+    pub const ERR_NOT_FOUND: i32 = -10;
+    /// `state_lock`: the lock stayed taken past the timeout.
+    pub const ERR_TIMED_OUT: i32 = -11;
 
     /// The largest message `send` accepts (16 MiB).
     pub const MAX_MESSAGE_LEN: usize = 16 << 20;
@@ -155,6 +160,10 @@ pub enum Error {
     /// `ERR_INTERNAL` (-9): the platform failed; the host log says more. Also used for
     /// a code this version of the SDK does not know.
     Internal,
+    /// `ERR_NOT_FOUND` (-10): no state value under that key.
+    NotFound,
+    /// `ERR_TIMED_OUT` (-11): a state lock stayed taken past the timeout.
+    TimedOut,
     /// Not running on nimbus: the crate was compiled for a target without the nimbus
     /// imports (anything but `wasm32`).
     Unsupported,
@@ -174,6 +183,8 @@ impl Error {
             Ok(abi::ERR_QUOTA) => Error::Quota,
             Ok(abi::ERR_TOO_LARGE) => Error::TooLarge,
             Ok(abi::ERR_BUFFER_TOO_SMALL) => Error::BufferTooSmall,
+            Ok(abi::ERR_NOT_FOUND) => Error::NotFound,
+            Ok(abi::ERR_TIMED_OUT) => Error::TimedOut,
             _ => Error::Internal,
         }
     }
@@ -190,6 +201,8 @@ impl Error {
             Error::TooLarge => abi::ERR_TOO_LARGE,
             Error::BufferTooSmall => abi::ERR_BUFFER_TOO_SMALL,
             Error::Internal => abi::ERR_INTERNAL,
+            Error::NotFound => abi::ERR_NOT_FOUND,
+            Error::TimedOut => abi::ERR_TIMED_OUT,
             Error::Unsupported => return None,
         })
     }
@@ -207,6 +220,8 @@ impl fmt::Display for Error {
             Error::TooLarge => f.write_str("message too large (over 16 MiB)"),
             Error::BufferTooSmall => f.write_str("receive buffer too small"),
             Error::Internal => f.write_str("internal platform error"),
+            Error::NotFound => f.write_str("no such state key"),
+            Error::TimedOut => f.write_str("timed out waiting for a state lock"),
             Error::Unsupported => f.write_str("not running on nimbus (no nimbus imports)"),
         }
     }
@@ -421,7 +436,7 @@ mod tests {
 
     #[test]
     fn every_code_maps_back_to_itself() {
-        for code in -9..=-1 {
+        for code in -11..=-1 {
             let err = Error::from_code(i64::from(code), 0);
             assert_eq!(err.code(), Some(code), "{err:?}");
         }
