@@ -84,11 +84,28 @@ pub fn report(title: &str, nimbus: &Samples, baseline_name: &str, baseline: &Sam
     );
 }
 
+/// The path of a guest program built by `scripts/build-guests.sh`.
+pub fn guest_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/guests")
+        .join(format!("{name}.wasm"))
+}
+
+/// The `nimbus` binary beside this benchmark's (`cargo build --release` builds it).
+pub fn nimbus_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("own path");
+    let nimbus = exe.with_file_name("nimbus");
+    assert!(
+        nimbus.exists(),
+        "{} is missing: run `cargo build --release` first",
+        nimbus.display()
+    );
+    nimbus
+}
+
 /// A guest program built by `scripts/build-guests.sh`.
 pub fn guest(name: &str) -> ModuleBytes {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/guests")
-        .join(format!("{name}.wasm"));
+    let path = guest_path(name);
     let bytes = std::fs::read(&path)
         .unwrap_or_else(|e| panic!("{}: {e}; run scripts/build-guests.sh first", path.display()));
     ModuleBytes::new(bytes)

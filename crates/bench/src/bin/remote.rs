@@ -30,13 +30,7 @@ struct Node {
 
 impl Node {
     fn start() -> Node {
-        let exe = std::env::current_exe().expect("own path");
-        let nimbus = exe.with_file_name("nimbus");
-        assert!(
-            nimbus.exists(),
-            "{} is missing: run `cargo build --release` first",
-            nimbus.display()
-        );
+        let nimbus = nimbus_bench::nimbus_binary();
         let data = tempfile::tempdir().expect("temporary directory");
         let mut child = Command::new(&nimbus)
             .args([
