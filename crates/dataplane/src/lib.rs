@@ -25,6 +25,7 @@
 pub mod client;
 pub mod protocol;
 pub mod server;
+mod spin;
 
 pub use client::{Client, ClientError};
 pub use protocol::{FrameError, Status};

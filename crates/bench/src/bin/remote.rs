@@ -2,7 +2,10 @@
 //! on loopback — the binary data plane and the HTTP gateway (keep-alive) — and the
 //! invocation throughput of the data plane with concurrent connections, each beside
 //! the layers below it measured in the same run: the in-process `ServiceInstance`
-//! invocation and the bare export call.
+//! invocation and the bare export call; the data plane twice, with the client
+//! polling for its response (`Client::set_spin`, 50 µs) and parking; and the floor
+//! under them all, a raw TCP
+//! echo of 64 bytes to a separate process running a tokio echo server.
 //!
 //! `cargo build --release && cargo run --release -p nimbus-bench --bin remote [ITERATIONS]`
 
@@ -69,8 +72,100 @@ impl Drop for Node {
     }
 }
 
+/// `remote echo-server`: a tokio TCP echo server, the network floor. Prints its port.
+fn echo_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runtime = tokio::runtime::Runtime::new().expect("tokio");
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        println!("{}", listener.local_addr().expect("address"));
+        loop {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            stream.set_nodelay(true).expect("nodelay");
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while stream.read_exact(&mut buf).await.is_ok() {
+                    if stream.write_all(&buf).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Round trips of 64 bytes to a separate echo server process.
+fn tcp_echo(iterations: usize) -> Samples {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut server = Command::new(std::env::current_exe().expect("own path"))
+        .arg("echo-server")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("echo server starts");
+    let mut address = String::new();
+    BufReader::new(server.stdout.take().expect("stdout"))
+        .read_line(&mut address)
+        .expect("echo server address");
+    let samples = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+        .block_on(async {
+            let mut stream = tokio::net::TcpStream::connect(address.trim())
+                .await
+                .expect("connect");
+            stream.set_nodelay(true).expect("nodelay");
+            let mut samples = Samples::default();
+            let mut buf = [7u8; 64];
+            for i in 0..iterations + WARMUP {
+                let start = Instant::now();
+                stream.write_all(&buf).await.expect("write");
+                stream.read_exact(&mut buf).await.expect("read");
+                if i >= WARMUP {
+                    samples.push(start.elapsed());
+                }
+            }
+            samples
+        });
+    let _ = server.kill();
+    let _ = server.wait();
+    samples
+}
+
+/// One connection measured from a single-threaded client, so the figure is the
+/// server's and the network's, not the client runtime's thread hand-offs.
+fn data_plane_latency(address: &str, iterations: usize, spin: Duration) -> Samples {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+        .block_on(async {
+            let mut client = Client::connect(address).await.expect("connect");
+            client.set_spin(spin);
+            let mut samples = Samples::default();
+            for i in 0..iterations + WARMUP {
+                let start = Instant::now();
+                let body = client
+                    .invoke("ping", "ping", None, b"")
+                    .await
+                    .expect("invoke");
+                if i >= WARMUP {
+                    samples.push(start.elapsed());
+                }
+                assert_eq!(body, b"pong");
+            }
+            samples
+        })
+}
+
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("echo-server") {
+        return echo_server();
+    }
     let iterations = nimbus_bench::arg_or(20_000);
+    let echo = tcp_echo(iterations);
     let module = wat(PING);
     let node = Node::start();
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -100,28 +195,9 @@ fn main() {
         assert_eq!(body, b"pong");
     }
 
-    // One connection measured from a single-threaded client, so the figure is the
-    // server's and the network's, not the client runtime's thread hand-offs.
-    let data_plane = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio")
-        .block_on(async {
-            let mut client = Client::connect(&node.data_plane).await.expect("connect");
-            let mut data_plane = Samples::default();
-            for i in 0..iterations + WARMUP {
-                let start = Instant::now();
-                let body = client
-                    .invoke("ping", "ping", None, b"")
-                    .await
-                    .expect("invoke");
-                if i >= WARMUP {
-                    data_plane.push(start.elapsed());
-                }
-                assert_eq!(body, b"pong");
-            }
-            data_plane
-        });
+    // The client polls for its response (`Client::set_spin`), and then parks instead.
+    let data_plane = data_plane_latency(&node.data_plane, iterations, Duration::from_micros(50));
+    let data_plane_parked = data_plane_latency(&node.data_plane, iterations, Duration::ZERO);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -181,9 +257,11 @@ fn main() {
     );
     println!("  (targets: data plane p50 <= 50 us, HTTP gateway p50 <= 150 us)");
     print_samples("data plane", &data_plane);
+    print_samples("data plane, client parks", &data_plane_parked);
     print_samples("HTTP gateway, keep-alive", &http);
     print_samples("in-process invoke", &in_process);
     print_samples("bare export call (baseline)", &bare);
+    print_samples("raw TCP echo, 64 B (floor)", &echo);
     println!(
         "throughput: data plane, {CONNECTIONS} connections, {:?}, 2 cores shared with the clients: \
          {rate:.0} invocations/s (target >= 50,000)",
