@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure, HostId, Limits, Pid};
 use nimbus_runtime::{
@@ -10,7 +11,7 @@ use nimbus_runtime::{
     RuntimeError, RuntimeLoad, StateCall, StateReply,
 };
 use nimbus_state::{AppName, GlobalTier, HostState};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::host::{Host, Parent, ProcessInfo, StartRequest};
 use crate::lineage::{Lineage, ModuleSource};
@@ -32,6 +33,8 @@ pub struct ClusterConfig {
     pub runtime: RuntimeConfig,
     /// Most processes (queued or running) a host admits.
     pub max_processes_per_host: usize,
+    /// How long a spawn waits for room when every host is full before it fails.
+    pub spawn_wait: Duration,
 }
 
 impl ClusterConfig {
@@ -44,6 +47,7 @@ impl ClusterConfig {
             first_host: HostId(1),
             runtime: RuntimeConfig::new(data_dir),
             max_processes_per_host: 100_000,
+            spawn_wait: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +104,9 @@ pub struct RootProcess {
 /// N hosts in this OS process.
 pub struct Cluster {
     hosts: Vec<Host>,
+    /// Woken whenever a process leaves a host, for spawns waiting for room.
+    room: Notify,
+    spawn_wait: Duration,
     locks: Locks,
     me: Weak<Cluster>,
 }
@@ -128,6 +135,8 @@ impl Cluster {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new_cyclic(|me| Cluster {
             hosts,
+            room: Notify::new(),
+            spawn_wait: config.spawn_wait,
             locks: Locks::default(),
             me: me.clone(),
         }))
@@ -297,6 +306,27 @@ impl Cluster {
         self.hosts.iter().flat_map(Host::processes).collect()
     }
 
+    /// Places a process, waiting up to the spawn wait for room if every host is full.
+    async fn place_when_room(
+        &self,
+        near: Option<HostId>,
+    ) -> Result<&Host, nimbus_planner::NoCapacity> {
+        let deadline = tokio::time::Instant::now() + self.spawn_wait;
+        loop {
+            // Registered before looking, so a process leaving in between is not missed.
+            let freed = self.room.notified();
+            let placed = self.place(near);
+            if placed.is_ok() || tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return placed;
+            }
+        }
+    }
+
+    /// A process left a host: spawns waiting for room may go ahead.
+    pub(crate) fn room_freed(&self) {
+        self.room.notify_waiters();
+    }
+
     pub(crate) fn child_ended(&self, parent: Pid, child: Pid, status: ExitStatus) {
         if let Some(host) = self.host_of(parent) {
             host.child_ended(parent, child, status);
@@ -314,7 +344,8 @@ impl Cluster {
         let module_bytes = lineage.resolve(module, &own)?;
         let argv0 = if module.is_empty() { "self" } else { module };
         let target = self
-            .place(Some(parent_host.id()))
+            .place_when_room(Some(parent_host.id()))
+            .await
             .map_err(|_| AbiError::Quota)?;
         if !target.runtime().is_command_loaded(&module_bytes) {
             // Compiling takes milliseconds to seconds: keep it off the threads that

@@ -170,6 +170,7 @@ impl Host {
             }
             host.table.lock().unwrap().remove(&pid);
             host.admitted.fetch_sub(1, Ordering::Relaxed);
+            cluster.room_freed();
             match (parent, notify) {
                 (Some(parent), _) => cluster.child_ended(parent, pid, status),
                 (None, Some(notify)) => drop(notify.send(status)),

@@ -2,6 +2,7 @@
 //! per-host quota, and the kernel's errors for unknown processes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use nimbus_core::{ExitStatus, HostId, Limits, Pid, ProcessState};
 use nimbus_runtime::{AbiError, Input, Kernel, ModuleBytes, Output};
@@ -18,6 +19,7 @@ const IDLE: &str = r#"(module
 fn cluster(hosts: u16, max_processes_per_host: usize) -> (Arc<Cluster>, tempfile::TempDir) {
     let data = tempfile::tempdir().unwrap();
     let mut config = ClusterConfig::new(data.path());
+    config.spawn_wait = Duration::from_millis(300);
     config.hosts = hosts;
     config.max_processes_per_host = max_processes_per_host;
     config.runtime.max_live_processes = 16;
@@ -92,6 +94,34 @@ async fn a_full_host_refuses_more_processes() {
     // Room again once they ended.
     let again = cluster.start(idle()).unwrap();
     release(&cluster, vec![again]).await;
+}
+
+#[tokio::test]
+async fn a_spawn_waits_for_room_then_fails_clearly() {
+    let (cluster, _data) = cluster(1, 2);
+    let (root, root_exited) = cluster.start(idle()).unwrap();
+    let child = cluster.spawn(root, String::new(), vec![]).await.unwrap();
+    // Full: this spawn waits, and goes ahead once the child ends.
+    let waiting = {
+        let cluster = cluster.clone();
+        tokio::spawn(async move { cluster.spawn(root, String::new(), vec![]).await })
+    };
+    cluster
+        .send(outsider(), child, b"go".to_vec())
+        .await
+        .unwrap();
+    let second = waiting.await.unwrap().unwrap();
+    assert_ne!(second, child);
+    // Full again and nothing ends: after the bounded wait, the quota error.
+    assert_eq!(
+        cluster.spawn(root, String::new(), vec![]).await,
+        Err(AbiError::Quota)
+    );
+    cluster
+        .send(outsider(), second, b"go".to_vec())
+        .await
+        .unwrap();
+    release(&cluster, vec![(root, root_exited)]).await;
 }
 
 #[tokio::test]
