@@ -188,7 +188,12 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
                     let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
                     kernel.send(pid, to, data).await
                 };
-                code_of(result.await)
+                let sent = code_of(result.await);
+                // A receiver this send woke waits in this thread's next-task slot, which
+                // no other thread may take: step aside so the sender, not the receiver,
+                // is the one left for an idle thread to pick up.
+                tokio::task::yield_now().await;
+                sent
             })
         },
     )?;
