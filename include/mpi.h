@@ -176,13 +176,8 @@ static inline int nimbus_mpi_send(const void *data, size_t len, int dest, int ta
     if (!nimbus_mpi_initialized) return MPI_ERR_OTHER;
     if (dest < 0 || dest >= nimbus_mpi_size) return MPI_ERR_RANK;
     if (len > NIMBUS_MAX_MESSAGE_LEN - 4) return MPI_ERR_COUNT;
-    unsigned char *framed = (unsigned char *)malloc(len + 4);
-    if (framed == NULL) return MPI_ERR_INTERN;
     int32_t tag32 = tag;
-    memcpy(framed, &tag32, 4);
-    if (len > 0) memcpy(framed + 4, data, len);
-    int sent = nimbus_send(nimbus_mpi_pids[dest], framed, len + 4);
-    free(framed);
+    int sent = nimbus_sys_send_parts(nimbus_mpi_pids[dest], &tag32, 4, data, (int32_t)len);
     return sent == 0 ? MPI_SUCCESS : MPI_ERR_OTHER;
 }
 
@@ -191,9 +186,31 @@ static inline int nimbus_mpi_matches(const struct nimbus_mpi_message *m, int sou
            (tag == MPI_ANY_TAG ? m->tag >= 0 : m->tag == tag);
 }
 
-/* The first message from source under tag: queued earlier, else the next that
- * arrives, queueing the others in order. The caller frees it. */
-static inline struct nimbus_mpi_message *nimbus_mpi_take(int source, int tag) {
+/* The rank of a sender, or -1 if it is not a rank of this world. */
+static inline int nimbus_mpi_rank_of(int64_t pid) {
+    for (int rank = 0; rank < nimbus_mpi_size; rank++)
+        if (nimbus_mpi_pids[rank] == pid) return rank;
+    return -1;
+}
+
+/* Queues a message that arrived before anyone asked for it. */
+static inline int nimbus_mpi_queue(int source, int tag, const void *data, size_t len) {
+    struct nimbus_mpi_message *m =
+        (struct nimbus_mpi_message *)malloc(sizeof *m + (len ? len : 1));
+    if (m == NULL) return MPI_ERR_INTERN;
+    m->next = NULL;
+    m->source = source;
+    m->tag = tag;
+    m->len = (int)len;
+    if (len > 0) memcpy(m->data, data, len);
+    struct nimbus_mpi_message **tail = &nimbus_mpi_unexpected;
+    while (*tail) tail = &(*tail)->next;
+    *tail = m;
+    return MPI_SUCCESS;
+}
+
+/* The first queued message from source under tag, taken off the queue, or NULL. */
+static inline struct nimbus_mpi_message *nimbus_mpi_queued(int source, int tag) {
     for (struct nimbus_mpi_message **at = &nimbus_mpi_unexpected; *at; at = &(*at)->next) {
         if (nimbus_mpi_matches(*at, source, tag)) {
             struct nimbus_mpi_message *found = *at;
@@ -201,62 +218,74 @@ static inline struct nimbus_mpi_message *nimbus_mpi_take(int source, int tag) {
             return found;
         }
     }
-    for (;;) {
-        size_t cap = 256, len = 0;
-        struct nimbus_mpi_message *m = NULL;
-        int64_t sender = 0;
-        int got;
-        do {
-            if (len > cap) cap = len;
-            free(m);
-            m = (struct nimbus_mpi_message *)malloc(sizeof *m + cap);
-            if (m == NULL) return NULL;
-            got = nimbus_recv(m->data, cap, &sender, &len);
-        } while (got == NIMBUS_ERR_BUFFER_TOO_SMALL);
-        if (got != 0 || len < 4) {
-            free(m);
-            return NULL;
-        }
-        int32_t tag32;
-        memcpy(&tag32, m->data, 4);
-        m->tag = tag32;
-        m->len = (int)len - 4;
-        memmove(m->data, m->data + 4, (size_t)m->len);
-        m->source = -1;
-        for (int rank = 0; rank < nimbus_mpi_size; rank++) {
-            if (nimbus_mpi_pids[rank] == sender) m->source = rank;
-        }
-        m->next = NULL;
-        if (m->source >= 0 && nimbus_mpi_matches(m, source, tag)) return m;
-        if (m->source < 0) { /* not from a rank: not MPI's */
-            free(m);
-            continue;
-        }
-        struct nimbus_mpi_message **tail = &nimbus_mpi_unexpected;
-        while (*tail) tail = &(*tail)->next;
-        *tail = m;
-    }
+    return NULL;
 }
 
-/* Receives exactly len bytes from rank source under tag. */
+static inline void nimbus_mpi_status(MPI_Status *status, int source, int tag, int result,
+                                     size_t bytes) {
+    if (status == MPI_STATUS_IGNORE) return;
+    status->MPI_SOURCE = source;
+    status->MPI_TAG = tag;
+    status->MPI_ERROR = result;
+    status->nimbus_bytes = (int)bytes;
+}
+
+/* Receives up to len bytes from rank source under tag into data. A message that
+ * arrives in order lands in data directly (recv_parts puts the tag aside); one for
+ * a later receive is queued. */
 static inline int nimbus_mpi_recv(void *data, size_t len, int source, int tag,
                                   MPI_Status *status) {
     if (!nimbus_mpi_initialized) return MPI_ERR_OTHER;
     if (source != MPI_ANY_SOURCE && (source < 0 || source >= nimbus_mpi_size))
         return MPI_ERR_RANK;
-    struct nimbus_mpi_message *m = nimbus_mpi_take(source, tag);
-    if (m == NULL) return MPI_ERR_INTERN;
-    int result = (size_t)m->len > len ? MPI_ERR_TRUNCATE : MPI_SUCCESS;
-    size_t copied = (size_t)m->len < len ? (size_t)m->len : len;
-    if (copied > 0) memcpy(data, m->data, copied);
-    if (status != MPI_STATUS_IGNORE) {
-        status->MPI_SOURCE = m->source;
-        status->MPI_TAG = m->tag;
-        status->MPI_ERROR = result;
-        status->nimbus_bytes = (int)copied;
+    struct nimbus_mpi_message *queued = nimbus_mpi_queued(source, tag);
+    if (queued != NULL) {
+        int result = (size_t)queued->len > len ? MPI_ERR_TRUNCATE : MPI_SUCCESS;
+        size_t copied = (size_t)queued->len < len ? (size_t)queued->len : len;
+        if (copied > 0) memcpy(data, queued->data, copied);
+        nimbus_mpi_status(status, queued->source, queued->tag, result, copied);
+        free(queued);
+        return result;
     }
-    free(m);
-    return result;
+    for (;;) {
+        int32_t tag32 = 0, total = 0;
+        int64_t sender = 0;
+        int got = nimbus_sys_recv_parts(&tag32, 4, data, (int32_t)len, &sender, &total);
+        if (got == NIMBUS_ERR_BUFFER_TOO_SMALL) {
+            /* Longer than data: take it whole, then truncate or queue it. */
+            unsigned char *whole = (unsigned char *)malloc((size_t)total);
+            if (whole == NULL) return MPI_ERR_INTERN;
+            got = nimbus_sys_recv(whole, total, &sender, &total);
+            int from = nimbus_mpi_rank_of(sender), whole_tag;
+            memcpy(&whole_tag, whole, 4);
+            struct nimbus_mpi_message probe = {NULL, from, whole_tag, 0};
+            if (got == 0 && from >= 0 && nimbus_mpi_matches(&probe, source, tag)) {
+                memcpy(data, whole + 4, len);
+                free(whole);
+                nimbus_mpi_status(status, from, whole_tag, MPI_ERR_TRUNCATE, len);
+                return MPI_ERR_TRUNCATE;
+            }
+            int queued_ok = got == 0 && from >= 0
+                                ? nimbus_mpi_queue(from, whole_tag, whole + 4, (size_t)total - 4)
+                                : MPI_SUCCESS;
+            free(whole);
+            if (got != 0) return MPI_ERR_INTERN;
+            if (queued_ok != MPI_SUCCESS) return queued_ok;
+            continue;
+        }
+        if (got != 0 || total < 4) return MPI_ERR_INTERN;
+        size_t bytes = (size_t)total - 4;
+        int from = nimbus_mpi_rank_of(sender);
+        struct nimbus_mpi_message probe = {NULL, from, tag32, 0};
+        if (from < 0) continue; /* not from a rank: not MPI's */
+        if (nimbus_mpi_matches(&probe, source, tag)) {
+            nimbus_mpi_status(status, from, tag32, MPI_SUCCESS, bytes);
+            return MPI_SUCCESS;
+        }
+        /* For a later receive: keep it, out of the caller's buffer. */
+        int queued_ok = nimbus_mpi_queue(from, tag32, data, bytes);
+        if (queued_ok != MPI_SUCCESS) return queued_ok;
+    }
 }
 
 static inline int MPI_Send(const void *buf, int count, MPI_Datatype type, int dest, int tag,

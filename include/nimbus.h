@@ -83,6 +83,18 @@ __attribute__((import_module("nimbus"), import_name("recv")))
 int32_t nimbus_sys_recv(void *buf_ptr, int32_t buf_cap, int64_t *sender_ptr,
                         int32_t *len_ptr);
 
+/** send_parts(pid: i64, head_ptr, head_len, body_ptr, body_len: i32) -> i32: sends
+ *  head followed by body as one message, without joining them in guest memory. */
+__attribute__((import_module("nimbus"), import_name("send_parts")))
+int32_t nimbus_sys_send_parts(int64_t pid, const void *head_ptr, int32_t head_len,
+                              const void *body_ptr, int32_t body_len);
+
+/** recv_parts(head_ptr, head_cap, body_ptr, body_cap, sender_ptr, len_ptr: i32) -> i32:
+ *  like recv, but the message's first head_cap bytes go to head and the rest to body. */
+__attribute__((import_module("nimbus"), import_name("recv_parts")))
+int32_t nimbus_sys_recv_parts(void *head_ptr, int32_t head_cap, void *body_ptr,
+                              int32_t body_cap, int64_t *sender_ptr, int32_t *len_ptr);
+
 /** world_size() -> i32: how many ranks the caller's world has (1 outside a world). */
 __attribute__((import_module("nimbus"), import_name("world_size")))
 int32_t nimbus_sys_world_size(void);

@@ -97,6 +97,24 @@ static void check_point_to_point(void) {
         }
         CHECK(seen == ((1 << size) - 2), "senders seen %x", seen);
     }
+    /* Out of order by tag: a later tag is received first, so the earlier messages
+     * (one longer than that receive's buffer, one shorter) wait in the queue. */
+    if (size >= 2 && rank == 0) {
+        int many[100], one = 42, few[2] = {7, 8};
+        for (int i = 0; i < 100; i++) many[i] = i * i;
+        MPI_Send(many, 100, MPI_INT, 1, 5, MPI_COMM_WORLD);
+        MPI_Send(few, 2, MPI_INT, 1, 4, MPI_COMM_WORLD);
+        MPI_Send(&one, 1, MPI_INT, 1, 6, MPI_COMM_WORLD);
+    }
+    if (size >= 2 && rank == 1) {
+        int one = 0, many[100] = {0}, few[3] = {0, 0, -1};
+        CHECK(MPI_Recv(&one, 1, MPI_INT, 0, 6, MPI_COMM_WORLD, MPI_STATUS_IGNORE) == 0 &&
+                  one == 42, "tag 6 first");
+        CHECK(MPI_Recv(few, 3, MPI_INT, 0, 4, MPI_COMM_WORLD, MPI_STATUS_IGNORE) == 0 &&
+                  few[0] == 7 && few[1] == 8 && few[2] == -1, "tag 4 from the queue");
+        CHECK(MPI_Recv(many, 100, MPI_INT, 0, 5, MPI_COMM_WORLD, MPI_STATUS_IGNORE) == 0 &&
+                  many[99] == 99 * 99, "tag 5 from the queue");
+    }
     /* A message longer than the buffer is an error, not an overflow. */
     int eight[8] = {1, 2, 3, 4, 5, 6, 7, 8}, four[5] = {0, 0, 0, 0, -1};
     MPI_Send(eight, 8, MPI_INT, rank, 3, MPI_COMM_WORLD);

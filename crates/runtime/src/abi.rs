@@ -180,20 +180,22 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
         MODULE,
         "send",
         |mut caller: Caller<'_, ProcessCtx>, (to, data_ptr, data_len): (i64, i32, i32)| {
+            Box::new(async move { send(&mut caller, to, [(data_ptr, data_len), (0, 0)]).await })
+        },
+    )?;
+
+    linker.func_wrap_async(
+        MODULE,
+        "send_parts",
+        |mut caller: Caller<'_, ProcessCtx>,
+         (to, head_ptr, head_len, body_ptr, body_len): (i64, i32, i32, i32, i32)| {
             Box::new(async move {
-                let result = async {
-                    let memory = GuestMemory::of(&mut caller)?;
-                    let to = Pid::from_guest(to).ok_or(AbiError::NoSuchProcess)?;
-                    let data = memory.read(&caller, data_ptr, data_len, crate::MAX_MESSAGE_SIZE)?;
-                    let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
-                    kernel.send(pid, to, data).await
-                };
-                let sent = code_of(result.await);
-                // A receiver this send woke waits in this thread's next-task slot, which
-                // no other thread may take: step aside so the sender, not the receiver,
-                // is the one left for an idle thread to pick up.
-                tokio::task::yield_now().await;
-                sent
+                send(
+                    &mut caller,
+                    to,
+                    [(head_ptr, head_len), (body_ptr, body_len)],
+                )
+                .await
             })
         },
     )?;
@@ -204,27 +206,27 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
         |mut caller: Caller<'_, ProcessCtx>,
          (buf_ptr, buf_cap, sender_ptr, len_ptr): (i32, i32, i32, i32)| {
             Box::new(async move {
-                let result = async {
-                    let memory = GuestMemory::of(&mut caller)?;
-                    memory.check(&caller, buf_ptr, buf_cap)?;
-                    memory.check(&caller, sender_ptr, 8)?;
-                    memory.check(&caller, len_ptr, 4)?;
-                    let gauges = caller.data().gauges();
-                    let next = caller.data_mut().mailbox.next();
-                    let message = ProcessCtx::waiting(gauges, next)
-                        .await
-                        .ok_or(AbiError::Internal)?;
-                    let len = message.data.len() as i32;
-                    memory.write(&mut caller, len_ptr, &len.to_le_bytes())?;
-                    if len > buf_cap {
-                        caller.data_mut().mailbox.hold_back(message);
-                        return Err(AbiError::BufferTooSmall);
-                    }
-                    memory.write(&mut caller, buf_ptr, &message.data)?;
-                    let sender = message.from.to_guest().to_le_bytes();
-                    memory.write(&mut caller, sender_ptr, &sender)
-                };
-                code_of(result.await)
+                let parts = [(buf_ptr, buf_cap), (0, 0)];
+                code_of(receive(&mut caller, parts, sender_ptr, len_ptr).await)
+            })
+        },
+    )?;
+
+    linker.func_wrap_async(
+        MODULE,
+        "recv_parts",
+        |mut caller: Caller<'_, ProcessCtx>,
+         (head_ptr, head_cap, body_ptr, body_cap, sender_ptr, len_ptr): (
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+            i32,
+        )| {
+            Box::new(async move {
+                let parts = [(head_ptr, head_cap), (body_ptr, body_cap)];
+                code_of(receive(&mut caller, parts, sender_ptr, len_ptr).await)
             })
         },
     )?;
@@ -267,6 +269,56 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
         },
     )?;
     crate::abi_state::add_to_linker(linker)
+}
+
+/// Sends the concatenation of `parts` to `to`, then yields.
+async fn send(caller: &mut Caller<'_, ProcessCtx>, to: i64, parts: [(i32, i32); 2]) -> i32 {
+    let result = async {
+        let memory = GuestMemory::of(caller)?;
+        let to = Pid::from_guest(to).ok_or(AbiError::NoSuchProcess)?;
+        let mut data = memory.read(caller, parts[0].0, parts[0].1, crate::MAX_MESSAGE_SIZE)?;
+        let rest = crate::MAX_MESSAGE_SIZE - data.len();
+        data.extend_from_slice(&memory.read(caller, parts[1].0, parts[1].1, rest)?);
+        let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
+        kernel.send(pid, to, data).await
+    };
+    let sent = code_of(result.await);
+    // A receiver this send woke waits in this thread's next-task slot, which no other
+    // thread may take: step aside so the sender, not the receiver, is the one left
+    // for an idle thread to pick up.
+    tokio::task::yield_now().await;
+    sent
+}
+
+/// Receives the next message: its first bytes fill `parts[0]`, the rest `parts[1]`.
+async fn receive(
+    caller: &mut Caller<'_, ProcessCtx>,
+    parts: [(i32, i32); 2],
+    sender_ptr: i32,
+    len_ptr: i32,
+) -> Result<(), AbiError> {
+    let memory = GuestMemory::of(caller)?;
+    for (ptr, cap) in parts {
+        memory.check(caller, ptr, cap)?;
+    }
+    memory.check(caller, sender_ptr, 8)?;
+    memory.check(caller, len_ptr, 4)?;
+    let gauges = caller.data().gauges();
+    let next = caller.data_mut().mailbox.next();
+    let message = ProcessCtx::waiting(gauges, next)
+        .await
+        .ok_or(AbiError::Internal)?;
+    let len = message.data.len();
+    memory.write(caller, len_ptr, &(len as i32).to_le_bytes())?;
+    let (head_cap, body_cap) = (parts[0].1 as usize, parts[1].1 as usize);
+    if len > head_cap + body_cap {
+        caller.data_mut().mailbox.hold_back(message);
+        return Err(AbiError::BufferTooSmall);
+    }
+    let (head, body) = message.data.split_at(len.min(head_cap));
+    memory.write(caller, parts[0].0, head)?;
+    memory.write(caller, parts[1].0, body)?;
+    memory.write(caller, sender_ptr, &message.from.to_guest().to_le_bytes())
 }
 
 /// The world the caller is a rank of, waiting until all its ranks have started.
