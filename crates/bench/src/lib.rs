@@ -3,6 +3,8 @@
 //!
 //! Owns: measurement and reporting. Must not: be depended on by any product crate.
 
+pub mod mpi;
+
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -15,43 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
-/// Runs one mode and returns rank 0's lines, split into words.
-fn run(mut command: Command, what: &str) -> Vec<Vec<String>> {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| line.split_whitespace().map(str::to_owned).collect())
-        .collect()
-}
-
-fn nimbus(mode: &str, ranks: &str) -> Vec<Vec<String>> {
-    let mut command = Command::new(nimbus_bench::nimbus_binary());
-    let program = nimbus_bench::guest_path("c-mpi-bench");
-    command
-        .args(["run", "--ranks", ranks, "--hosts", ranks])
-        .arg(program)
-        .args(["--", mode]);
-    run(command, &format!("nimbus {mode}"))
-}
-
-fn openmpi(native: &Path, mode: &str, ranks: &str) -> Vec<Vec<String>> {
-    let mut command = Command::new("mpirun");
-    command
-        .args(["--oversubscribe", "--mca", "btl", "tcp,self", "-np", ranks])
-        .arg(native)
-        .arg(mode)
-        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
-        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    run(command, &format!("OpenMPI {mode}"))
-}
+use nimbus_bench::mpi;
 
 /// Figures by their first words: "pingpong 8" → [p50, p99].
 fn figures(lines: Vec<Vec<String>>, key_words: usize) -> BTreeMap<String, Vec<f64>> {
@@ -67,26 +32,10 @@ fn figures(lines: Vec<Vec<String>>, key_words: usize) -> BTreeMap<String, Vec<f6
 }
 
 fn main() {
-    for tool in ["mpicc", "mpirun"] {
-        let found = Command::new("sh")
-            .args(["-c", &format!("command -v {tool}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        assert!(
-            found,
-            "{tool} is missing: run scripts/setup.sh openmpi-bin libopenmpi-dev"
-        );
-    }
     let dir = tempfile::tempdir().expect("temporary directory");
-    let native = dir.path().join("mpi-bench");
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guests/c/mpi_bench.c");
-    let compiled = Command::new("mpicc")
-        .args(["-O2", "-o"])
-        .arg(&native)
-        .arg(&source)
-        .status()
-        .expect("mpicc runs");
-    assert!(compiled.success(), "mpicc failed");
+    let native = mpi::compile_native("mpi_bench", dir.path());
+    let nimbus = |mode: &str, ranks: &str| mpi::nimbus("c-mpi-bench", ranks, &[mode]);
+    let openmpi = |native: &Path, mode: &str, ranks: &str| mpi::openmpi(native, ranks, &[mode]);
 
     println!(
         "MPI micro-benchmarks: nimbus world (ranks on in-process hosts) vs OpenMPI over TCP loopback"

@@ -1,0 +1,67 @@
+//! Running one MPI C program both ways: as a nimbus world, and built with `mpicc` as a
+//! native OpenMPI job over TCP (the baseline).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Builds `guests/c/NAME.c` natively with `mpicc -O2` into `dir`.
+pub fn compile_native(name: &str, dir: &Path) -> PathBuf {
+    for tool in ["mpicc", "mpirun"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{tool} is missing: run scripts/setup.sh openmpi-bin libopenmpi-dev"
+        );
+    }
+    let native = dir.join(name);
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../guests/c/{name}.c"));
+    let compiled = Command::new("mpicc")
+        .args(["-O2", "-o"])
+        .arg(&native)
+        .arg(&source)
+        .status()
+        .expect("mpicc runs");
+    assert!(compiled.success(), "mpicc failed on {}", source.display());
+    native
+}
+
+/// Runs a command to success and returns rank 0's lines, split into words.
+fn run(mut command: Command, what: &str) -> Vec<Vec<String>> {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
+/// `nimbus run --ranks N --hosts N GUEST -- ARGS`: each rank on its own in-process host.
+pub fn nimbus(guest: &str, ranks: &str, args: &[&str]) -> Vec<Vec<String>> {
+    let mut command = Command::new(crate::nimbus_binary());
+    command
+        .args(["run", "--ranks", ranks, "--hosts", ranks])
+        .arg(crate::guest_path(guest))
+        .arg("--")
+        .args(args);
+    run(command, &format!("nimbus {guest} {args:?}"))
+}
+
+/// `mpirun -np N --mca btl tcp,self NATIVE ARGS`: OpenMPI over loopback TCP.
+pub fn openmpi(native: &Path, ranks: &str, args: &[&str]) -> Vec<Vec<String>> {
+    let mut command = Command::new("mpirun");
+    command
+        .args(["--oversubscribe", "--mca", "btl", "tcp,self", "-np", ranks])
+        .arg(native)
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
+    run(command, &format!("OpenMPI {} {args:?}", native.display()))
+}
