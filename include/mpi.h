@@ -442,16 +442,27 @@ static inline int MPI_Barrier(MPI_Comm comm) {
     return nimbus_mpi_bcast(NULL, 0, 0, NIMBUS_MPI_TAG_BARRIER);
 }
 
-static inline int MPI_Gather(const void *sendbuf, int sendcount, MPI_Datatype sendtype,
-                             void *recvbuf, int recvcount, MPI_Datatype recvtype, int root,
-                             MPI_Comm comm) {
+/* Checks the arguments of a collective that sends and receives, and sizes them. */
+static inline int nimbus_mpi_lengths(int sendcount, MPI_Datatype sendtype, int recvcount,
+                                     MPI_Datatype recvtype, MPI_Comm comm, size_t *send_len,
+                                     size_t *recv_len) {
     int send_size = nimbus_mpi_type_size(sendtype), recv_size = nimbus_mpi_type_size(recvtype);
     if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
     if (send_size == 0 || recv_size == 0) return MPI_ERR_TYPE;
     if (sendcount < 0 || recvcount < 0) return MPI_ERR_COUNT;
+    *send_len = (size_t)sendcount * (size_t)send_size;
+    *recv_len = (size_t)recvcount * (size_t)recv_size;
+    return MPI_SUCCESS;
+}
+
+static inline int MPI_Gather(const void *sendbuf, int sendcount, MPI_Datatype sendtype,
+                             void *recvbuf, int recvcount, MPI_Datatype recvtype, int root,
+                             MPI_Comm comm) {
+    size_t send_len, recv_len;
+    int err = nimbus_mpi_lengths(sendcount, sendtype, recvcount, recvtype, comm, &send_len,
+                                 &recv_len);
+    if (err) return err;
     if (root < 0 || root >= nimbus_mpi_size) return MPI_ERR_ROOT;
-    size_t send_len = (size_t)sendcount * (size_t)send_size;
-    size_t recv_len = (size_t)recvcount * (size_t)recv_size;
     if (nimbus_mpi_rank != root)
         return nimbus_mpi_send(sendbuf, send_len, root, NIMBUS_MPI_TAG_GATHER);
     for (int rank = 0; rank < nimbus_mpi_size; rank++) {
@@ -460,7 +471,7 @@ static inline int MPI_Gather(const void *sendbuf, int sendcount, MPI_Datatype se
             if (sendbuf != MPI_IN_PLACE) memcpy(slot, sendbuf, send_len);
             continue;
         }
-        int err = nimbus_mpi_recv(slot, recv_len, rank, NIMBUS_MPI_TAG_GATHER,
+        err = nimbus_mpi_recv(slot, recv_len, rank, NIMBUS_MPI_TAG_GATHER,
                                   MPI_STATUS_IGNORE);
         if (err) return err;
     }
@@ -470,13 +481,11 @@ static inline int MPI_Gather(const void *sendbuf, int sendcount, MPI_Datatype se
 static inline int MPI_Scatter(const void *sendbuf, int sendcount, MPI_Datatype sendtype,
                               void *recvbuf, int recvcount, MPI_Datatype recvtype, int root,
                               MPI_Comm comm) {
-    int send_size = nimbus_mpi_type_size(sendtype), recv_size = nimbus_mpi_type_size(recvtype);
-    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
-    if (send_size == 0 || recv_size == 0) return MPI_ERR_TYPE;
-    if (sendcount < 0 || recvcount < 0) return MPI_ERR_COUNT;
+    size_t send_len, recv_len;
+    int err = nimbus_mpi_lengths(sendcount, sendtype, recvcount, recvtype, comm, &send_len,
+                                 &recv_len);
+    if (err) return err;
     if (root < 0 || root >= nimbus_mpi_size) return MPI_ERR_ROOT;
-    size_t send_len = (size_t)sendcount * (size_t)send_size;
-    size_t recv_len = (size_t)recvcount * (size_t)recv_size;
     if (nimbus_mpi_rank != root)
         return nimbus_mpi_recv(recvbuf, recv_len, root, NIMBUS_MPI_TAG_SCATTER,
                                MPI_STATUS_IGNORE);
@@ -486,7 +495,7 @@ static inline int MPI_Scatter(const void *sendbuf, int sendcount, MPI_Datatype s
             if (recvbuf != MPI_IN_PLACE) memcpy(recvbuf, slot, send_len);
             continue;
         }
-        int err = nimbus_mpi_send(slot, send_len, rank, NIMBUS_MPI_TAG_SCATTER);
+        err = nimbus_mpi_send(slot, send_len, rank, NIMBUS_MPI_TAG_SCATTER);
         if (err) return err;
     }
     return MPI_SUCCESS;
@@ -495,13 +504,11 @@ static inline int MPI_Scatter(const void *sendbuf, int sendcount, MPI_Datatype s
 static inline int MPI_Alltoall(const void *sendbuf, int sendcount, MPI_Datatype sendtype,
                                void *recvbuf, int recvcount, MPI_Datatype recvtype,
                                MPI_Comm comm) {
-    int send_size = nimbus_mpi_type_size(sendtype), recv_size = nimbus_mpi_type_size(recvtype);
-    if (comm != MPI_COMM_WORLD) return MPI_ERR_COMM;
-    if (send_size == 0 || recv_size == 0) return MPI_ERR_TYPE;
-    if (sendcount < 0 || recvcount < 0) return MPI_ERR_COUNT;
-    size_t send_len = (size_t)sendcount * (size_t)send_size;
-    size_t recv_len = (size_t)recvcount * (size_t)recv_size;
-    int rank = nimbus_mpi_rank, size = nimbus_mpi_size, err;
+    size_t send_len, recv_len;
+    int err = nimbus_mpi_lengths(sendcount, sendtype, recvcount, recvtype, comm, &send_len,
+                                 &recv_len);
+    if (err) return err;
+    int rank = nimbus_mpi_rank, size = nimbus_mpi_size;
     /* Round k sends to rank + k and receives from rank - k: no rank waits on itself. */
     for (int k = 1; k < size; k++) {
         int to = (rank + k) % size;

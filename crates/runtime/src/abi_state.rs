@@ -156,6 +156,18 @@ fn keyed(
     Ok((memory, call(key)))
 }
 
+/// Reads a key and a value and builds the call of an operation that writes.
+fn keyed_value(
+    caller: &mut Caller<'_, ProcessCtx>,
+    key: (i32, i32),
+    (value_ptr, value_len): (i32, i32),
+    call: impl FnOnce(Vec<u8>, Vec<u8>) -> StateCall,
+) -> Result<StateCall, AbiError> {
+    let memory = GuestMemory::of(caller)?;
+    let value = memory.read(caller, value_ptr, value_len, MAX_VALUE_BYTES)?;
+    keyed(caller, key, |key| call(key, value)).map(|(_, call)| call)
+}
+
 pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result<()> {
     linker.func_wrap_async(
         MODULE,
@@ -241,16 +253,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
         "state_set",
         |mut caller: Caller<'_, ProcessCtx>,
          (tier_code, key_ptr, key_len, val_ptr, val_len): (i32, i32, i32, i32, i32)| {
-            let prepared = tier(tier_code).and_then(|tier| {
-                let memory = GuestMemory::of(&mut caller)?;
-                let value = memory.read(&caller, val_ptr, val_len, MAX_VALUE_BYTES)?;
-                let (_, call) = keyed(&mut caller, (key_ptr, key_len), |key| StateCall::Set {
-                    tier,
-                    key,
-                    value,
-                })?;
-                Ok(perform(&caller, call))
-            });
+            let prepared = tier(tier_code)
+                .and_then(|tier| {
+                    let (key, value) = ((key_ptr, key_len), (val_ptr, val_len));
+                    keyed_value(&mut caller, key, value, |key, value| StateCall::Set {
+                        tier,
+                        key,
+                        value,
+                    })
+                })
+                .map(|call| perform(&caller, call));
             Box::new(async move { code_of(async { prepared?.await.map(drop) }.await) })
         },
     )?;
@@ -267,19 +279,18 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
             i32,
             i32,
         )| {
-            let prepared = tier(tier_code).and_then(|tier| {
-                let offset = u64::try_from(offset).map_err(|_| AbiError::Invalid)?;
-                let memory = GuestMemory::of(&mut caller)?;
-                let bytes = memory.read(&caller, val_ptr, val_len, MAX_VALUE_BYTES)?;
-                let (_, call) =
-                    keyed(&mut caller, (key_ptr, key_len), |key| StateCall::SetRange {
+            let prepared = tier(tier_code)
+                .and_then(|tier| {
+                    let offset = u64::try_from(offset).map_err(|_| AbiError::Invalid)?;
+                    let (key, value) = ((key_ptr, key_len), (val_ptr, val_len));
+                    keyed_value(&mut caller, key, value, |key, bytes| StateCall::SetRange {
                         tier,
                         key,
                         offset,
                         bytes,
-                    })?;
-                Ok(perform(&caller, call))
-            });
+                    })
+                })
+                .map(|call| perform(&caller, call));
             Box::new(async move { code_of(async { prepared?.await.map(drop) }.await) })
         },
     )?;
@@ -289,15 +300,16 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
         "state_append",
         |mut caller: Caller<'_, ProcessCtx>,
          (tier_code, key_ptr, key_len, val_ptr, val_len): (i32, i32, i32, i32, i32)| {
-            let prepared =
-                tier(tier_code).and_then(|tier| {
-                    let memory = GuestMemory::of(&mut caller)?;
-                    let bytes = memory.read(&caller, val_ptr, val_len, MAX_VALUE_BYTES)?;
-                    let (_, call) = keyed(&mut caller, (key_ptr, key_len), |key| {
-                        StateCall::Append { tier, key, bytes }
-                    })?;
-                    Ok(perform(&caller, call))
-                });
+            let prepared = tier(tier_code)
+                .and_then(|tier| {
+                    let (key, value) = ((key_ptr, key_len), (val_ptr, val_len));
+                    keyed_value(&mut caller, key, value, |key, bytes| StateCall::Append {
+                        tier,
+                        key,
+                        bytes,
+                    })
+                })
+                .map(|call| perform(&caller, call));
             Box::new(async move {
                 match async { prepared?.await }.await {
                     Ok(StateReply::Length(len)) => len as i64,

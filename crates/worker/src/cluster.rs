@@ -101,6 +101,21 @@ pub struct RootProcess {
     pub limits: Limits,
 }
 
+impl RootProcess {
+    /// What the root's tree shares, and the root's own module, arguments and stdin.
+    fn into_parts(self) -> (Lineage, ModuleBytes, Vec<String>, Input) {
+        let lineage = Lineage::new(
+            self.app,
+            self.modules,
+            self.env,
+            self.dirs,
+            self.output,
+            self.limits,
+        );
+        (lineage, self.module, self.args, self.stdin)
+    }
+}
+
 /// N hosts in this OS process.
 pub struct Cluster {
     hosts: Vec<Host>,
@@ -177,15 +192,8 @@ impl Cluster {
         &self,
         root: RootProcess,
     ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
-        let lineage = Lineage::new(
-            root.app,
-            root.modules,
-            root.env,
-            root.dirs,
-            root.output,
-            root.limits,
-        );
-        self.start_in(root.module, root.args, root.stdin, Arc::new(lineage))
+        let (lineage, module, args, stdin) = root.into_parts();
+        self.start_in(module, args, stdin, Arc::new(lineage))
     }
 
     fn start_in(
@@ -232,26 +240,14 @@ impl Cluster {
         ranks: u16,
     ) -> Result<ExitStatus, ClusterError> {
         let (members, world) = watch::channel(None);
-        let lineage = Lineage::new(
-            root.app,
-            root.modules,
-            root.env,
-            root.dirs,
-            root.output,
-            root.limits,
-        );
+        let (lineage, module, args, stdin) = root.into_parts();
         let lineage = Arc::new(lineage.with_world(world));
-        let mut stdin = Some(root.stdin);
+        let mut stdin = Some(stdin);
         let mut pids = Vec::new();
         let (ended, mut endings) = mpsc::unbounded_channel();
         for _ in 0..ranks {
             let stdin = stdin.take().unwrap_or(Input::Null);
-            match self.start_in(
-                root.module.clone(),
-                root.args.clone(),
-                stdin,
-                lineage.clone(),
-            ) {
+            match self.start_in(module.clone(), args.clone(), stdin, lineage.clone()) {
                 Ok((pid, exited)) => {
                     pids.push(pid);
                     let ended = ended.clone();
