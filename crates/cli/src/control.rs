@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use nimbus_core::{exit_code, format_size, parse_duration, parse_size};
 use nimbus_planner::{HostInfo, HostReport};
-use nimbus_worker::{Cluster, ClusterConfig};
+use nimbus_worker::{Cluster, ClusterConfig, GlobalState, MeshConfig};
 
 use crate::Failure;
 
@@ -40,6 +40,22 @@ pub(crate) struct WorkerArgs {
     /// Where compiled modules are cached.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Address to listen on for other workers (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// The global state tier, `redis://HOST:PORT[/DB]`. Workers of one cluster
+    /// share state only through Redis; without it each keeps its own.
+    #[arg(long, value_name = "URL")]
+    state: Option<String>,
+}
+
+#[derive(Args)]
+pub(crate) struct PsArgs {
+    #[command(flatten)]
+    pub(crate) server: crate::client::Server,
+    /// List the processes of the cluster whose planner is here instead.
+    #[arg(long, value_name = "ADDR")]
+    pub(crate) planner: Option<String>,
 }
 
 #[derive(Args)]
@@ -89,23 +105,36 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
     let memory = args.mem.or_else(machine_memory).unwrap_or(1 << 30);
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
     let mut config = ClusterConfig::new(data_dir);
-    let info = HostInfo {
-        cpus,
-        memory,
-        capacity: config.max_processes_per_host,
-    };
     tokio()?.block_on(async {
-        let unreachable =
-            |e: nimbus_control::ControlError| Failure::new(exit_code::INTERNAL, e.to_string());
+        let internal = |e: &dyn std::fmt::Display| Failure::new(exit_code::INTERNAL, e.to_string());
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| Failure::new(2, format!("cannot listen on {}: {e}", args.listen)))?;
+        let address = listener.local_addr().map_err(|e| internal(&e))?.to_string();
+        let info = HostInfo {
+            cpus,
+            memory,
+            capacity: config.max_processes_per_host,
+            address: address.clone(),
+        };
         let mut link = nimbus_control::PlannerLink::join(&args.planner, info)
             .await
-            .map_err(unreachable)?;
+            .map_err(|e| internal(&e))?;
         config.first_host = link.host();
+        config.mesh = Some(MeshConfig {
+            address: address.clone(),
+            planner: args.planner.clone(),
+        });
+        let global = nimbus_state::open(args.state.as_deref())
+            .await
+            .map_err(|e| internal(&format!("state: {e}")))?;
+        config.global_state = GlobalState(global);
         let cluster = Cluster::new(&config).map_err(|e| {
             Failure::new(exit_code::INTERNAL, format!("cannot start the host: {e}"))
         })?;
+        // Tools and tests read this line to learn the host and its address.
         println!(
-            "nimbus: worker joined {} as host {}",
+            "nimbus: worker joined {} as host {} at {address}",
             args.planner,
             link.host()
         );
@@ -121,6 +150,10 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             lost = beating => Err(Failure::new(
                 exit_code::INTERNAL,
                 format!("this host left the cluster: {lost}"),
+            )),
+            served = nimbus_worker::serve_worker(listener, cluster.clone()) => Err(Failure::new(
+                exit_code::INTERNAL,
+                format!("the worker stopped serving: {served:?}"),
             )),
             () = crate::up::stop_signal() => Ok(0),
         }
@@ -162,6 +195,26 @@ pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
             host.report.instantiated,
             host.report.waiting,
             host.silent_ms
+        );
+    }
+    Ok(0)
+}
+
+pub(crate) fn ps(planner: &str) -> Result<i32, Failure> {
+    let (processes, silent) = tokio()?
+        .block_on(nimbus_worker::cluster_processes(planner))
+        .map_err(|e| Failure::new(1, e))?;
+    for why in silent {
+        eprintln!("nimbus: {why}");
+    }
+    println!("{:<20} {:<8} {:<9} PARENT", "PID", "HOST", "STATE");
+    for process in processes {
+        println!(
+            "{:<20} {:<8} {:<9} {}",
+            process.pid.to_string(),
+            process.host.to_string(),
+            process.state.name(),
+            process.parent.map_or_else(|| "-".into(), |p| p.to_string())
         );
     }
     Ok(0)

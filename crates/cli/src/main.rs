@@ -35,8 +35,8 @@ enum Command {
     Invoke(client::InvokeArgs),
     /// List the deployed apps.
     Apps(client::Server),
-    /// List the processes.
-    Ps(client::Server),
+    /// List the processes (of a gateway, or with `--planner` of a cluster).
+    Ps(control::PsArgs),
     /// Print a service instance's recent stderr.
     Logs(client::LogsArgs),
     /// Send a message to a process.
@@ -83,7 +83,10 @@ fn main() -> ExitCode {
         Command::Deploy(args) => client::deploy(args),
         Command::Invoke(args) => client::invoke(args),
         Command::Apps(server) => client::apps(server),
-        Command::Ps(server) => client::ps(server),
+        Command::Ps(args) => match args.planner {
+            Some(planner) => control::ps(&planner),
+            None => client::ps(args.server),
+        },
         Command::Logs(args) => client::logs(args),
         Command::Send(args) => client::send(args),
         Command::Kill(args) => client::kill(args),

@@ -43,6 +43,11 @@ pub(crate) struct RunArgs {
     /// the hosts; the exit status is the first failing rank's.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
     ranks: Option<u16>,
+    /// Run on the cluster whose planner is at ADDR instead of the embedded
+    /// default; the workers must see the program's directory and `--dir`s at the
+    /// same paths.
+    #[arg(long, value_name = "ADDR", conflicts_with_all = ["hosts", "state"])]
+    planner: Option<String>,
     /// Where nimbus keeps its module cache.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -108,6 +113,13 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
             .map_err(|e| Failure::new(exit_code::INTERNAL, format!("state: {e}")))?;
         config.global_state = GlobalState(global);
         let ran = async {
+            if let Some(planner) = &args.planner {
+                let root = RootProcess {
+                    stdin: read_stdin_unless_terminal()?,
+                    ..root
+                };
+                return nimbus_worker::run_on_cluster(planner, root, args.ranks).await;
+            }
             let cluster = Cluster::new(&config)?;
             match args.ranks {
                 Some(ranks) => cluster.run_world(root, ranks).await,
@@ -158,8 +170,24 @@ fn cluster_error_code(error: &ClusterError) -> i32 {
         ClusterError::Load(LoadError::Cache { .. })
         | ClusterError::Runtime(_)
         | ClusterError::NoCapacity(_)
-        | ClusterError::NoHosts => exit_code::INTERNAL,
+        | ClusterError::NoHosts
+        | ClusterError::Remote(_) => exit_code::INTERNAL,
     }
+}
+
+/// A process on a cluster cannot read this terminal as it runs, so it gets what
+/// stdin holds when that is a pipe or a file, and nothing from a terminal.
+fn read_stdin_unless_terminal() -> Result<Input, ClusterError> {
+    use std::io::{IsTerminal, Read};
+    let mut stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        return Ok(Input::Null);
+    }
+    let mut bytes = Vec::new();
+    stdin
+        .read_to_end(&mut bytes)
+        .map_err(|e| ClusterError::Remote(format!("reading stdin: {e}")))?;
+    Ok(Input::Bytes(bytes))
 }
 
 fn usage(message: impl Into<String>) -> Failure {

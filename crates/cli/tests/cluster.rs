@@ -1,37 +1,11 @@
-//! The control plane through the real binary: a planner and three workers as
-//! separate OS processes on loopback.
+//! The cluster through the real binary: a planner and three workers as separate OS
+//! processes on loopback; programs run on it with `nimbus run --planner`.
 
 mod common;
 
-use common::{Daemon, outcome, run};
+use std::process::Output;
 
-fn planner() -> (Daemon, String) {
-    let daemon = Daemon::start(common::nimbus(&[
-        "planner",
-        "--listen",
-        "127.0.0.1:0",
-        "--heartbeat",
-        "100ms",
-        "--timeout",
-        "2s",
-    ]));
-    let addr = daemon.announced("nimbus: planner listening on ");
-    (daemon, addr)
-}
-
-fn worker(planner: &str, cpus: &str) -> (Daemon, String) {
-    let daemon = Daemon::start(common::nimbus(&[
-        "worker",
-        "--planner",
-        planner,
-        "--cpus",
-        cpus,
-        "--mem",
-        "2GiB",
-    ]));
-    let host = daemon.announced(&format!("nimbus: worker joined {planner} as host "));
-    (daemon, host)
-}
+use common::{Daemon, TestCluster, guest, outcome, run};
 
 /// `nimbus hosts`: the header, then one row per host: its id first.
 fn hosts(planner: &str) -> Vec<Vec<String>> {
@@ -46,12 +20,16 @@ fn hosts(planner: &str) -> Vec<Vec<String>> {
 
 #[test]
 fn workers_join_heartbeat_and_a_killed_one_is_dropped() {
-    let (_planner, addr) = planner();
-    let mut workers: Vec<_> = ["1", "2", "3"]
+    let mut cluster = TestCluster::start(0, &[]);
+    for cpus in ["1", "2", "3"] {
+        cluster.add_worker(&["--cpus", cpus, "--mem", "2GiB"]);
+    }
+    let addr = cluster.addr.clone();
+    let ids: Vec<_> = cluster
+        .workers
         .iter()
-        .map(|cpus| worker(&addr, cpus))
+        .map(|(_, host)| host.clone())
         .collect();
-    let ids: Vec<_> = workers.iter().map(|(_, host)| host.clone()).collect();
     assert_eq!(ids, ["host-1", "host-2", "host-3"]);
     let listed = hosts(&addr);
     assert_eq!(listed.len(), 3, "{listed:?}");
@@ -65,15 +43,13 @@ fn workers_join_heartbeat_and_a_killed_one_is_dropped() {
     }
 
     // A worker killed outright stops heartbeating and is dropped; the others stay.
-    let (killed, _) = &mut workers[1];
-    killed.signal("KILL");
+    cluster.kill_worker("host-2");
     common::until("the killed worker is dropped", || hosts(&addr).len() == 2);
     let left: Vec<_> = hosts(&addr).iter().map(|row| row[0].clone()).collect();
     assert_eq!(left, ["host-1", "host-3"]);
 
     // A newcomer never reuses a dropped host's id (pids carry it).
-    let (_newcomer, id) = worker(&addr, "1");
-    assert_eq!(id, "host-4");
+    assert_eq!(cluster.add_worker(&[]), "host-4");
 }
 
 #[test]
@@ -85,4 +61,147 @@ fn a_worker_without_a_planner_fails_clearly() {
     ])));
     assert_eq!(code, Some(126), "{stderr}");
     assert!(stderr.contains("planner 127.0.0.1:1"), "{stderr}");
+}
+
+/// Runs `program` on `cluster`: `nimbus run FLAGS --planner ADDR PROGRAM -- ARGS`.
+fn run_on(cluster: &TestCluster, flags: &[&str], program: &str, args: &[&str]) -> Output {
+    let mut command = vec!["run"];
+    command.extend_from_slice(flags);
+    let mut nimbus = cluster.nimbus(&command);
+    nimbus.arg(guest(program)).arg("--").args(args);
+    run(nimbus)
+}
+
+/// A program run: (program, flags, program args, exit code, a line it must print).
+type Case<'a> = (&'a str, &'a [&'a str], &'a [&'a str], i32, &'a str);
+
+#[test]
+fn programs_run_unchanged_across_three_workers() {
+    let cluster = TestCluster::start(3, &[]);
+    let cases: &[Case] = &[
+        ("hello", &[], &[], 0, "Hello from nimbus!"),
+        ("spawn-check", &[], &[], 0, "spawn-check ok"),
+        ("c-spawn-check", &[], &[], 0, "spawn-check ok"),
+        // A child that traps on another host is reported to its parent.
+        (
+            "c-spawn-check",
+            &[],
+            &["trap-child"],
+            0,
+            "child failed with 132",
+        ),
+        (
+            "parallel-sum",
+            &[],
+            &["8", "1000000"],
+            0,
+            "sum of 0..1000000 over 8 processes = 499999500000",
+        ),
+        (
+            "c-mpi-check",
+            &["--ranks", "4"],
+            &[],
+            0,
+            "mpi-check: every collective agrees with the sequential result on 4 ranks",
+        ),
+        (
+            "c-mpi-check",
+            &["--ranks", "7"],
+            &[],
+            0,
+            "mpi-check: every collective agrees with the sequential result on 7 ranks",
+        ),
+        // The first rank to fail ends the world, wherever its ranks run.
+        (
+            "c-mpi-check",
+            &["--ranks", "4"],
+            &["trap-rank", "2"],
+            132,
+            "",
+        ),
+    ];
+    for (program, flags, args, code, line) in cases {
+        let (stdout, stderr, got) = outcome(&run_on(&cluster, flags, program, args));
+        assert_eq!(got, Some(*code), "{program} {args:?}: {stdout}{stderr}");
+        assert!(
+            line.is_empty() || stdout.lines().any(|l| l == *line),
+            "{program} {args:?}: no `{line}` in\n{stdout}"
+        );
+    }
+}
+
+/// `fan_out N FILE` running in the background on the cluster, with the file it
+/// waits for, once it has spawned its children.
+fn fan_out(cluster: &TestCluster, children: usize) -> (Daemon, tempfile::TempDir) {
+    let share = tempfile::tempdir().unwrap();
+    let mount = format!("{}::/share", share.path().display());
+    let path = guest("c-fan-out");
+    let count = children.to_string();
+    let mut command = cluster.nimbus(&["run", "--dir", &mount]);
+    command.arg(path).args(["--", &count, "/share/go"]);
+    let run = Daemon::start(command);
+    assert_eq!(run.announced("spawned "), count);
+    (run, share)
+}
+
+/// The hosts of the root (no parent) and of its children.
+fn placement(cluster: &TestCluster) -> (String, Vec<String>) {
+    let processes = cluster.processes();
+    let root = processes
+        .iter()
+        .find(|(_, _, parent)| parent == "-")
+        .unwrap();
+    let children = processes
+        .iter()
+        .filter(|(_, _, parent)| *parent == root.0)
+        .map(|(_, host, _)| host.clone())
+        .collect();
+    (root.1.clone(), children)
+}
+
+#[test]
+fn children_spread_over_workers_and_a_lost_worker_fails_its_processes() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let (mut run, share) = fan_out(&cluster, 6);
+    let (root_host, children) = placement(&cluster);
+    assert_eq!(children.len(), 6);
+    let mut hosts: Vec<&String> = children.iter().chain([&root_host]).collect();
+    hosts.sort();
+    hosts.dedup();
+    assert_eq!(hosts.len(), 3, "the planner spreads children: {children:?}");
+
+    // Lose a worker that runs children but not the root.
+    let lost = children.iter().find(|h| **h != root_host).unwrap().clone();
+    let lost_children = children.iter().filter(|h| **h == lost).count();
+    cluster.kill_worker(&lost);
+    std::fs::write(share.path().join("go"), "").unwrap();
+    let mut lines = Vec::new();
+    for _ in 0..6 {
+        lines.push(run.announced("child "));
+    }
+    assert_eq!(run.child.wait().unwrap().code(), Some(0));
+    let failed = lines
+        .iter()
+        .filter(|l| l.contains("lost (send -2, wait -4"))
+        .count();
+    let exited = lines.iter().filter(|l| l.ends_with("exited 0")).count();
+    assert_eq!(
+        (failed, exited),
+        (lost_children, 6 - lost_children),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn losing_the_root_worker_fails_the_run_and_ends_its_tree() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let (mut run, _share) = fan_out(&cluster, 6);
+    let (root_host, _) = placement(&cluster);
+    cluster.kill_worker(&root_host);
+    // The run reports the loss (exit 126, "host lost") ...
+    assert_eq!(run.child.wait().unwrap().code(), Some(126));
+    // ... and the children it left on the other workers are stopped.
+    common::until("the lost root's children are stopped", || {
+        cluster.processes().is_empty()
+    });
 }

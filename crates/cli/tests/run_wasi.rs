@@ -2,54 +2,65 @@
 
 mod common;
 
-use common::{guest, nimbus, outcome, run, run_with_input};
+use common::{TestCluster, guest, nimbus, outcome, run, run_with_input};
 
 /// The same checks for the Rust and the C program: args, env, stdin, clocks, random,
 /// stderr, files in a preopened directory, and the exit code.
 #[test]
 fn wasi_programs_see_args_env_stdin_files_and_set_the_exit_code() {
-    for (program, author) in [("wasi-check", "rust"), ("c-wasi-check", "c")] {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("input.txt"), "from the host\n").unwrap();
-        let mount = format!("{}::/data", dir.path().display());
-        let path = guest(program);
-        let command = nimbus(&[
-            "run",
-            "--dir",
-            &mount,
-            "--env",
-            "GREETING=hi there",
-            path.to_str().unwrap(),
-            "--",
-            "first",
-            "second arg",
-            "exit=7",
-        ]);
-        let (stdout, stderr, code) = outcome(&run_with_input(command, b"piped input\n"));
-        assert_eq!(code, Some(7), "{program}: {stderr}");
-        let expected = [
-            format!("arg[0]={program}.wasm"),
-            "arg[1]=first".into(),
-            "arg[2]=second arg".into(),
-            "arg[3]=exit=7".into(),
-            "env GREETING=hi there".into(),
-            "stdin=piped input".into(),
-            "clock ok".into(),
-            "random ok".into(),
-            "file=from the host".into(),
-        ];
-        for line in expected {
-            assert!(
-                stdout.lines().any(|l| l == line),
-                "{program}: no `{line}` in\n{stdout}"
-            );
+    // The same on the embedded default and on a cluster of worker processes.
+    let cluster = TestCluster::start(3, &[]);
+    let run_on = |on_cluster: bool| {
+        if on_cluster {
+            cluster.nimbus(&["run"])
+        } else {
+            nimbus(&["run"])
         }
-        assert!(
-            stderr.contains("stderr works"),
-            "{program}: stderr was {stderr:?}"
-        );
-        let written = std::fs::read_to_string(dir.path().join("output.txt")).unwrap();
-        assert_eq!(written.trim(), format!("written by {author}"));
+    };
+    for (program, author) in [("wasi-check", "rust"), ("c-wasi-check", "c")] {
+        for on_cluster in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("input.txt"), "from the host\n").unwrap();
+            let mount = format!("{}::/data", dir.path().display());
+            let path = guest(program);
+            let mut command = run_on(on_cluster);
+            command.args([
+                "--dir",
+                &mount,
+                "--env",
+                "GREETING=hi there",
+                path.to_str().unwrap(),
+                "--",
+                "first",
+                "second arg",
+                "exit=7",
+            ]);
+            let (stdout, stderr, code) = outcome(&run_with_input(command, b"piped input\n"));
+            assert_eq!(code, Some(7), "{program}: {stderr}");
+            let expected = [
+                format!("arg[0]={program}.wasm"),
+                "arg[1]=first".into(),
+                "arg[2]=second arg".into(),
+                "arg[3]=exit=7".into(),
+                "env GREETING=hi there".into(),
+                "stdin=piped input".into(),
+                "clock ok".into(),
+                "random ok".into(),
+                "file=from the host".into(),
+            ];
+            for line in expected {
+                assert!(
+                    stdout.lines().any(|l| l == line),
+                    "{program}: no `{line}` in\n{stdout}"
+                );
+            }
+            assert!(
+                stderr.contains("stderr works"),
+                "{program}: stderr was {stderr:?}"
+            );
+            let written = std::fs::read_to_string(dir.path().join("output.txt")).unwrap();
+            assert_eq!(written.trim(), format!("written by {author}"));
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{guest, nimbus, outcome, run};
+use common::{TestCluster, guest, nimbus, outcome, run};
 use nimbus_state::testing::RedisServer;
 
 /// Both state-check guests: the C one and the Rust one.
@@ -38,6 +38,19 @@ fn every_state_operation_on_redis() {
     let url = redis.url();
     for program in GUESTS {
         let (stdout, stderr, code) = state_check(program, &["--hosts", "3", "--state", &url]);
+        assert_eq!(code, Some(0), "{program}: {stdout}{stderr}");
+        assert_eq!(stdout, "state-check ok\n");
+    }
+}
+
+#[test]
+fn workers_in_separate_processes_share_state_through_redis() {
+    let redis = RedisServer::start().expect("redis-server starts (scripts/setup.sh installs it)");
+    let cluster = TestCluster::start(3, &["--state", &redis.url()]);
+    for program in GUESTS {
+        let mut command = cluster.nimbus(&["run"]);
+        command.arg(guest(program));
+        let (stdout, stderr, code) = outcome(&run(command));
         assert_eq!(code, Some(0), "{program}: {stdout}{stderr}");
         assert_eq!(stdout, "state-check ok\n");
     }

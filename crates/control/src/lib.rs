@@ -28,6 +28,7 @@ enum Request {
     Register(HostInfo),
     Heartbeat { host: HostId, report: HostReport },
     Hosts,
+    Place { near: Option<HostId> },
 }
 
 /// The planner's answer.
@@ -37,6 +38,7 @@ enum Reply {
     Registered { host: HostId, heartbeat_ms: u64 },
     Ack,
     Hosts(Vec<HostStatus>),
+    Placed { host: HostId, address: String },
     Error(String),
 }
 
@@ -146,6 +148,10 @@ async fn answer(
                     }
                 }
                 Request::Hosts => Reply::Hosts(registry.hosts(now)),
+                Request::Place { near } => match registry.place(near) {
+                    Ok((host, address)) => Reply::Placed { host, address },
+                    Err(full) => Reply::Error(full.to_string()),
+                },
             }
         };
         write_message(&mut write, &reply).await?;
@@ -283,13 +289,40 @@ impl PlannerLink {
     }
 }
 
+/// A client of the planner: asks where to place processes and who the hosts are.
+pub struct Planner {
+    connection: Connection,
+}
+
+impl Planner {
+    /// Connects to the planner at `addr`.
+    pub async fn connect(addr: &str) -> Result<Planner, ControlError> {
+        Ok(Planner {
+            connection: Connection::open(addr).await?,
+        })
+    }
+
+    /// Picks the host for a new process (`near`: the parent's host, preferred on
+    /// ties); returns it and its address. Refused when every host is full.
+    pub async fn place(&mut self, near: Option<HostId>) -> Result<(HostId, String), ControlError> {
+        match self.connection.request(&Request::Place { near }).await? {
+            Reply::Placed { host, address } => Ok((host, address)),
+            other => Err(self.connection.unexpected(other)),
+        }
+    }
+
+    /// Every registered host, by id.
+    pub async fn hosts(&mut self) -> Result<Vec<HostStatus>, ControlError> {
+        match self.connection.request(&Request::Hosts).await? {
+            Reply::Hosts(hosts) => Ok(hosts),
+            other => Err(self.connection.unexpected(other)),
+        }
+    }
+}
+
 /// The hosts registered with the planner at `addr`.
 pub async fn hosts(addr: &str) -> Result<Vec<HostStatus>, ControlError> {
-    let mut connection = Connection::open(addr).await?;
-    match connection.request(&Request::Hosts).await? {
-        Reply::Hosts(hosts) => Ok(hosts),
-        other => Err(connection.unexpected(other)),
-    }
+    Planner::connect(addr).await?.hosts().await
 }
 
 #[cfg(test)]
@@ -312,6 +345,7 @@ mod tests {
             cpus: 2,
             memory: 1 << 30,
             capacity: 10,
+            address: "127.0.0.1:1".into(),
         }
     }
 
@@ -330,6 +364,23 @@ mod tests {
         let listed = hosts(&addr).await.unwrap();
         assert_eq!(listed.len(), 2);
         assert_eq!((listed[0].host, listed[0].report), (HostId(1), report));
+    }
+
+    #[tokio::test]
+    async fn placement_spreads_over_hosts_and_refuses_when_none() {
+        let addr = planner(Duration::from_secs(60)).await;
+        let mut planner = Planner::connect(&addr).await.unwrap();
+        assert!(matches!(
+            planner.place(None).await,
+            Err(ControlError::Refused { .. })
+        ));
+        let first = PlannerLink::join(&addr, info()).await.unwrap();
+        let second = PlannerLink::join(&addr, info()).await.unwrap();
+        let near = Some(first.host());
+        let (a, address) = planner.place(near).await.unwrap();
+        let (b, _) = planner.place(near).await.unwrap();
+        assert_eq!((a, b), (first.host(), second.host()));
+        assert_eq!(address, "127.0.0.1:1");
     }
 
     #[tokio::test]

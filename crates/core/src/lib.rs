@@ -32,7 +32,10 @@ impl fmt::Display for HostId {
 /// coordination and always positive as an `i64`, which is how guests see them. The
 /// creating host is only where a pid was minted, not where the process runs now
 /// (processes may move), so routing must not rely on it once migration exists.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Pid(u64);
 
 impl Pid {
@@ -67,7 +70,7 @@ impl fmt::Display for Pid {
 }
 
 /// Why a process ended without exiting by itself.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Failure {
     /// The guest trapped; the message includes the wasm backtrace.
     Trap(String),
@@ -119,7 +122,7 @@ impl fmt::Display for Failure {
 }
 
 /// How a process ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExitStatus {
     /// The guest exited (returned from `_start` or called `proc_exit`) with this code.
     Exited(i32),
@@ -138,7 +141,7 @@ impl ExitStatus {
 }
 
 /// The life cycle of a process as a host reports it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ProcessState {
     /// Admitted, waiting for a slot or being instantiated.
     Starting,
@@ -146,6 +149,17 @@ pub enum ProcessState {
     Running,
     /// Ended; see the status.
     Ended(ExitStatus),
+}
+
+impl ProcessState {
+    /// The state's name as listings show it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProcessState::Starting => "starting",
+            ProcessState::Running => "running",
+            ProcessState::Ended(_) => "ended",
+        }
+    }
 }
 
 /// Per-process resource limits.

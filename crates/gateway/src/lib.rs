@@ -29,7 +29,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use nimbus_core::{Pid, ProcessState, parse_duration, parse_size};
+use nimbus_core::{Pid, parse_duration, parse_size};
 use nimbus_dataplane::{Failure as DataFailure, Invoker, Request, Status};
 use nimbus_runtime::{InvokeError, Kernel, ModuleBytes};
 use nimbus_worker::{AppConfig, AppInfo, Cluster, ServiceError, Services};
@@ -225,11 +225,7 @@ async fn invoke(
 
 async fn list_processes(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
     let processes = gateway.cluster.processes().into_iter().map(|p| {
-        let state = match p.state {
-            ProcessState::Starting => "starting",
-            ProcessState::Running => "running",
-            ProcessState::Ended(_) => "ended",
-        };
+        let state = p.state.name();
         json!({
             "pid": p.pid.to_string(),
             "parent": p.parent.map(|p| p.to_string()),

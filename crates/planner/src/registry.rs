@@ -18,6 +18,10 @@ pub struct HostInfo {
     pub memory: u64,
     /// The most processes it admits.
     pub capacity: usize,
+    /// Where other nodes reach it (its mesh listener); empty for a host that runs
+    /// nothing for others.
+    #[serde(default)]
+    pub address: String,
 }
 
 /// What a worker reports with each heartbeat.
@@ -57,6 +61,9 @@ pub struct RegistryFull;
 struct Entry {
     info: HostInfo,
     report: HostReport,
+    /// Processes placed here since its last report, which that report may not
+    /// count yet: without them a burst of spawns would all land on one host.
+    placed_since_report: usize,
     heard: Instant,
 }
 
@@ -88,6 +95,7 @@ impl Registry {
             Entry {
                 info,
                 report,
+                placed_since_report: 0,
                 heard: now,
             },
         );
@@ -103,6 +111,7 @@ impl Registry {
     ) -> Result<(), UnknownHost> {
         let entry = self.hosts.get_mut(&host).ok_or(UnknownHost(host))?;
         entry.report = report;
+        entry.placed_since_report = 0;
         entry.heard = now;
         Ok(())
     }
@@ -134,16 +143,29 @@ impl Registry {
             .collect()
     }
 
-    /// The hosts' loads, for [`crate::place`].
+    /// The hosts' loads, for [`crate::place`]: what each reported plus what was
+    /// placed on it since.
     pub fn loads(&self) -> Vec<HostLoad> {
         self.hosts
             .iter()
             .map(|(&host, entry)| HostLoad {
                 host,
-                processes: entry.report.processes,
+                processes: entry.report.processes + entry.placed_since_report,
                 capacity: entry.info.capacity,
             })
             .collect()
+    }
+
+    /// Places a process by [`crate::place`] and counts it against the chosen host
+    /// until that host's next report. Returns the host and its address.
+    pub fn place(&mut self, near: Option<HostId>) -> Result<(HostId, String), crate::NoCapacity> {
+        let host = crate::place(&self.loads(), near)?;
+        let entry = self
+            .hosts
+            .get_mut(&host)
+            .expect("placed on a registered host");
+        entry.placed_since_report += 1;
+        Ok((host, entry.info.address.clone()))
     }
 }
 
@@ -156,6 +178,7 @@ mod tests {
             cpus: 2,
             memory: 1 << 30,
             capacity: 100,
+            address: String::new(),
         }
     }
 
@@ -188,5 +211,18 @@ mod tests {
             Err(UnknownHost(a))
         );
         assert_eq!(registry.register(info(), start).unwrap(), HostId(3));
+    }
+
+    #[test]
+    fn placements_count_until_the_next_report() {
+        let now = Instant::now();
+        let mut registry = Registry::new(Duration::from_secs(3));
+        let a = registry.register(info(), now).unwrap();
+        let b = registry.register(info(), now).unwrap();
+        // Without counting its own placements the planner would pick `a` every time.
+        let picks: Vec<HostId> = (0..4).map(|_| registry.place(Some(a)).unwrap().0).collect();
+        assert_eq!(picks, [a, b, a, b]);
+        registry.heartbeat(a, HostReport::default(), now).unwrap();
+        assert_eq!(registry.place(None).unwrap().0, a);
     }
 }

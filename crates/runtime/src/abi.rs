@@ -114,6 +114,27 @@ impl AbiError {
             AbiError::TimedOut => -11,
         }
     }
+
+    /// The error with this code (as [`AbiError::code`] gives it); `Internal` for a
+    /// code that names none.
+    pub fn from_code(code: i32) -> AbiError {
+        const ALL: [AbiError; 11] = [
+            AbiError::Invalid,
+            AbiError::NoSuchProcess,
+            AbiError::NotChild,
+            AbiError::ChildFailed,
+            AbiError::Module,
+            AbiError::Quota,
+            AbiError::TooLarge,
+            AbiError::BufferTooSmall,
+            AbiError::Internal,
+            AbiError::NotFound,
+            AbiError::TimedOut,
+        ];
+        ALL.into_iter()
+            .find(|e| e.code() == code)
+            .unwrap_or(AbiError::Internal)
+    }
 }
 
 pub(crate) const MODULE: &str = "nimbus";

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nimbus_core::{ExitStatus, Failure, Limits, Pid};
+use tokio::io::AsyncWrite;
 use wasmtime::{Engine, Linker, ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -26,6 +28,15 @@ pub enum Input {
     Bytes(Vec<u8>),
 }
 
+/// Makes the writers a stream goes to, one per process: for a stream the platform
+/// carries elsewhere (to the host a process tree was started from).
+pub trait OutputSink: Send + Sync + std::fmt::Debug + 'static {
+    /// A writer for one process's stream.
+    fn writer(&self) -> Box<dyn AsyncWrite + Send + Sync>;
+    /// Resolves once everything written so far has reached its destination.
+    fn drained(&self) -> crate::BoxFuture<'static, ()>;
+}
+
 /// Where a process's stdout or stderr goes.
 #[derive(Clone, Debug)]
 pub enum Output {
@@ -37,6 +48,45 @@ pub enum Output {
     Capture(MemoryOutputPipe),
     /// Kept in this ring buffer (the oldest bytes make room).
     Log(LogBuffer),
+    /// Written to the writers this sink makes.
+    Sink(Arc<dyn OutputSink>),
+}
+
+impl Output {
+    /// A writer to this output, as a process's stdout or (`stderr`) stderr.
+    pub fn writer(&self, stderr: bool) -> Box<dyn AsyncWrite + Send + Sync> {
+        match self {
+            Output::Inherit if stderr => Box::new(tokio::io::stderr()),
+            Output::Inherit => Box::new(tokio::io::stdout()),
+            Output::Null => Box::new(tokio::io::sink()),
+            Output::Capture(pipe) => Box::new(pipe.clone()),
+            Output::Log(log) => Box::new(log.clone()),
+            Output::Sink(sink) => sink.writer(),
+        }
+    }
+
+    /// Resolves once everything written so far has reached its destination (at
+    /// once for every output but a sink).
+    pub async fn drained(&self) {
+        if let Output::Sink(sink) = self {
+            sink.drained().await;
+        }
+    }
+}
+
+/// A sink as WASI sees it.
+struct SinkStream(Arc<dyn OutputSink>);
+
+impl IsTerminal for SinkStream {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for SinkStream {
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        self.0.writer()
+    }
 }
 
 /// A host directory made visible to the guest.
@@ -182,12 +232,14 @@ impl WasiSetup {
             Output::Null => &mut wasi,
             Output::Capture(pipe) => wasi.stdout(pipe.clone()),
             Output::Log(log) => wasi.stdout(log.clone()),
+            Output::Sink(sink) => wasi.stdout(SinkStream(sink.clone())),
         };
         match stderr {
             Output::Inherit => wasi.inherit_stderr(),
             Output::Null => &mut wasi,
             Output::Capture(pipe) => wasi.stderr(pipe.clone()),
             Output::Log(log) => wasi.stderr(log.clone()),
+            Output::Sink(sink) => wasi.stderr(SinkStream(sink.clone())),
         };
         for dir in &self.dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)

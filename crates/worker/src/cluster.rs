@@ -14,8 +14,12 @@ use nimbus_state::{AppName, GlobalTier, HostState};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::host::{Host, Parent, ProcessInfo, StartRequest};
-use crate::lineage::{Lineage, ModuleSource};
+use crate::lineage::{Home, Lineage, LineageWire, ModuleSource};
+use crate::mesh::{Mesh, MeshConfig, Reply, Request, reply};
 use crate::state::Locks;
+
+/// How long a spawn waits for room by default when every host is full.
+pub(crate) const SPAWN_WAIT: Duration = Duration::from_secs(10);
 
 /// How an embedded cluster is sized.
 #[derive(Clone, Debug)]
@@ -35,6 +39,9 @@ pub struct ClusterConfig {
     pub max_processes_per_host: usize,
     /// How long a spawn waits for room when every host is full before it fails.
     pub spawn_wait: Duration,
+    /// When set, the cluster is one worker of many: its planner places children on
+    /// any worker, and processes elsewhere are reached over the mesh.
+    pub mesh: Option<MeshConfig>,
 }
 
 impl ClusterConfig {
@@ -47,7 +54,8 @@ impl ClusterConfig {
             first_host: HostId(1),
             runtime: RuntimeConfig::new(data_dir),
             max_processes_per_host: 100_000,
-            spawn_wait: Duration::from_secs(10),
+            spawn_wait: SPAWN_WAIT,
+            mesh: None,
         }
     }
 }
@@ -77,6 +85,9 @@ pub enum ClusterError {
     /// The cluster was asked for zero hosts.
     #[error("a cluster needs at least one host, and host ids up to 65535")]
     NoHosts,
+    /// The cluster of workers could not be reached or could not start the process.
+    #[error("the cluster cannot run it: {0}")]
+    Remote(String),
 }
 
 /// A process started from outside the cluster: the root of a process tree.
@@ -103,7 +114,7 @@ pub struct RootProcess {
 
 impl RootProcess {
     /// What the root's tree shares, and the root's own module, arguments and stdin.
-    fn into_parts(self) -> (Lineage, ModuleBytes, Vec<String>, Input) {
+    pub(crate) fn into_parts(self) -> (Lineage, ModuleBytes, Vec<String>, Input) {
         let lineage = Lineage::new(
             self.app,
             self.modules,
@@ -123,6 +134,7 @@ pub struct Cluster {
     room: Notify,
     spawn_wait: Duration,
     locks: Locks,
+    mesh: Option<Arc<Mesh>>,
     me: Weak<Cluster>,
 }
 
@@ -153,6 +165,7 @@ impl Cluster {
             room: Notify::new(),
             spawn_wait: config.spawn_wait,
             locks: Locks::default(),
+            mesh: config.mesh.as_ref().map(|mesh| Arc::new(Mesh::new(mesh))),
             me: me.clone(),
         }))
     }
@@ -244,7 +257,7 @@ impl Cluster {
         let lineage = Arc::new(lineage.with_world(world));
         let mut stdin = Some(stdin);
         let mut pids = Vec::new();
-        let (ended, mut endings) = mpsc::unbounded_channel();
+        let (ended, endings) = mpsc::unbounded_channel();
         for _ in 0..ranks {
             let stdin = stdin.take().unwrap_or(Input::Null);
             match self.start_in(module.clone(), args.clone(), stdin, lineage.clone()) {
@@ -269,16 +282,12 @@ impl Cluster {
         }
         members.send_replace(Some(pids.clone().into()));
         drop(ended);
-        let mut outcome = ExitStatus::Exited(0);
-        while let Some(status) = endings.recv().await {
-            if outcome == ExitStatus::Exited(0) && status != ExitStatus::Exited(0) {
-                outcome = status;
-                for &pid in &pids {
-                    let _ = self.kill(pid);
-                }
+        Ok(world_outcome(endings, || {
+            for &pid in &pids {
+                let _ = self.kill(pid);
             }
-        }
-        Ok(outcome)
+        })
+        .await)
     }
 
     /// Instantiated and waiting processes, summed over hosts.
@@ -339,25 +348,34 @@ impl Cluster {
         let (own, lineage) = parent_host.origin(parent).ok_or(AbiError::Internal)?;
         let module_bytes = lineage.resolve(module, &own)?;
         let argv0 = if module.is_empty() { "self" } else { module };
-        let target = self
-            .place_when_room(Some(parent_host.id()))
-            .await
-            .map_err(|_| AbiError::Quota)?;
-        if !target.runtime().is_command_loaded(&module_bytes) {
-            // Compiling takes milliseconds to seconds: keep it off the threads that
-            // run processes.
-            let (cluster, host, module) = (self.arc(), target.id(), module_bytes.clone());
-            tokio::task::spawn_blocking(move || {
-                let host = cluster.host(host).expect("placed on a known host");
-                host.runtime().load_command(&module).map(drop)
-            })
-            .await
-            .map_err(|_| AbiError::Internal)?
-            .map_err(|_| AbiError::Module)?;
-        }
+        let args = std::iter::once(argv0.to_owned()).chain(args).collect();
+        let target = match &self.mesh {
+            Some(mesh) => {
+                let (host, address) = mesh.place(Some(parent_host.id()), self.spawn_wait).await?;
+                if host != parent_host.id() {
+                    return self
+                        .spawn_remote(
+                            mesh,
+                            parent_host,
+                            parent,
+                            &lineage,
+                            &module_bytes,
+                            args,
+                            &address,
+                        )
+                        .await;
+                }
+                parent_host
+            }
+            None => self
+                .place_when_room(Some(parent_host.id()))
+                .await
+                .map_err(|_| AbiError::Quota)?,
+        };
+        self.load_off_thread(target, &module_bytes).await?;
         let request = StartRequest {
             module: module_bytes,
-            args: std::iter::once(argv0.to_owned()).chain(args).collect(),
+            args,
             stdin: Input::Null,
             lineage,
             parent: Parent::Process(parent),
@@ -366,6 +384,153 @@ impl Cluster {
         parent_host.add_child(parent, child);
         Ok(child)
     }
+
+    /// Compiles `module` for `host` unless it is already; compiling takes
+    /// milliseconds to seconds, so it runs off the threads that run processes.
+    async fn load_off_thread(&self, host: &Host, module: &ModuleBytes) -> Result<(), AbiError> {
+        if host.runtime().is_command_loaded(module) {
+            return Ok(());
+        }
+        let (cluster, host, module) = (self.arc(), host.id(), module.clone());
+        tokio::task::spawn_blocking(move || {
+            let host = cluster.host(host).expect("a known host");
+            host.runtime().load_command(&module).map(drop)
+        })
+        .await
+        .map_err(|_| AbiError::Internal)?
+        .map_err(|_| AbiError::Module)
+    }
+
+    /// Starts a child of `parent` on the worker at `address`; its end reaches the
+    /// parent like a local child's, or as a lost host if the worker dies first.
+    #[allow(clippy::too_many_arguments)]
+    async fn spawn_remote(
+        &self,
+        mesh: &Arc<Mesh>,
+        parent_host: &Host,
+        parent: Pid,
+        lineage: &Lineage,
+        module: &ModuleBytes,
+        args: Vec<String>,
+        address: &str,
+    ) -> Result<Pid, AbiError> {
+        mesh.offer(module);
+        let request = Request::Start {
+            lineage: Box::new(lineage.wire().ok_or(AbiError::Internal)?),
+            module: module.hash().to_string(),
+            from: mesh.address().to_owned(),
+            args,
+            parent: Some(parent),
+        };
+        let (pid, replies) = crate::mesh::start(mesh, address, &request, Vec::new()).await?;
+        parent_host.add_child(parent, pid);
+        let cluster = self.arc();
+        tokio::spawn(async move {
+            let status = crate::mesh::ended(replies).await;
+            cluster.child_ended(parent, pid, status);
+        });
+        Ok(pid)
+    }
+
+    /// Starts a process a peer asked for and answers the call: `Started`, then
+    /// `Ended` once it ended and its output reached the tree's home.
+    pub(crate) async fn start_for_peer(
+        &self,
+        start: PeerStart,
+        stdin: Vec<u8>,
+        replier: nimbus_mesh::Replier,
+    ) {
+        let started = async {
+            let mesh = self.mesh.as_ref().ok_or(AbiError::Internal)?;
+            let lineage = mesh.guest_lineage(start.lineage)?;
+            let module = mesh.module(&start.module, &start.from).await?;
+            let host = self.any_host();
+            self.load_off_thread(host, &module).await?;
+            let (notify, ended) = oneshot::channel();
+            let parent = match start.parent {
+                Some(parent) => Parent::Remote(parent, notify),
+                None => Parent::External(notify),
+            };
+            let stdin = if stdin.is_empty() {
+                Input::Null
+            } else {
+                Input::Bytes(stdin)
+            };
+            let request = StartRequest {
+                module,
+                args: start.args,
+                stdin,
+                lineage: lineage.clone(),
+                parent,
+            };
+            let pid = host.start(self.arc(), request)?;
+            Ok::<_, AbiError>((pid, ended, lineage))
+        };
+        match started.await {
+            Err(error) => replier.finish(Reply::error(error).frame()).await,
+            Ok((pid, ended, lineage)) => {
+                replier.send(Reply::Started { pid }.frame()).await;
+                let status = tokio::select! {
+                    status = ended => status.unwrap_or(ExitStatus::Failed(Failure::HostLost)),
+                    // No process is left whose parent's host is gone.
+                    () = replier.caller_gone() => {
+                        let _ = self.kill(pid);
+                        return;
+                    }
+                };
+                lineage.stdout.drained().await;
+                lineage.stderr.drained().await;
+                replier.finish(Reply::Ended { status }.frame()).await;
+            }
+        }
+    }
+
+    /// Stops every process here of the tree homed at `home`.
+    pub(crate) fn end_tree(&self, home: &Home) {
+        for host in &self.hosts {
+            host.kill_where(|lineage| lineage.home.as_ref() == Some(home));
+        }
+    }
+
+    /// The mesh this cluster is part of, if it is a worker of many.
+    pub(crate) fn mesh(&self) -> Option<&Arc<Mesh>> {
+        self.mesh.as_ref()
+    }
+
+    /// Delivers a message to a process on this cluster's hosts.
+    pub(crate) async fn deliver(&self, from: Pid, to: Pid, data: Vec<u8>) -> Result<(), AbiError> {
+        let mailbox = self
+            .host_of(to)
+            .and_then(|host| host.mailbox(to))
+            .ok_or(AbiError::NoSuchProcess)?;
+        mailbox.send(from, data).await
+    }
+}
+
+/// What a peer asks a worker to start.
+pub(crate) struct PeerStart {
+    pub(crate) lineage: LineageWire,
+    pub(crate) module: String,
+    pub(crate) from: String,
+    pub(crate) args: Vec<String>,
+    pub(crate) parent: Option<Pid>,
+}
+
+/// How a world ends, from its ranks' statuses as they end: like `mpirun`, the
+/// first rank to fail or exit non-zero gives the world's status and `end_all` is
+/// called to stop the others; else 0.
+pub(crate) async fn world_outcome(
+    mut endings: mpsc::UnboundedReceiver<ExitStatus>,
+    mut end_all: impl FnMut(),
+) -> ExitStatus {
+    let mut outcome = ExitStatus::Exited(0);
+    while let Some(status) = endings.recv().await {
+        if outcome == ExitStatus::Exited(0) && status != ExitStatus::Exited(0) {
+            outcome = status;
+            end_all();
+        }
+    }
+    outcome
 }
 
 impl Kernel for Cluster {
@@ -405,11 +570,20 @@ impl Kernel for Cluster {
 
     fn send(&self, from: Pid, to: Pid, data: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>> {
         Box::pin(async move {
-            let mailbox = self
-                .host_of(to)
-                .and_then(|host| host.mailbox(to))
-                .ok_or(AbiError::NoSuchProcess)?;
-            mailbox.send(from, data).await
+            let remote = self.host_of(to).is_none();
+            match &self.mesh {
+                Some(mesh) if remote => {
+                    let address = mesh
+                        .address_of(to.origin_host())
+                        .await
+                        .ok_or(AbiError::NoSuchProcess)?;
+                    let frame = mesh
+                        .call_one(&address, &Request::Send { from, to }, data)
+                        .await?;
+                    reply(&frame).map(drop)
+                }
+                _ => self.deliver(from, to, data).await,
+            }
         })
     }
 }

@@ -23,6 +23,8 @@ pub(crate) enum Parent {
     /// Whoever started the process from outside (the command line, later the
     /// gateway).
     External(oneshot::Sender<ExitStatus>),
+    /// A process on another host, told through the call that started this one.
+    Remote(Pid, oneshot::Sender<ExitStatus>),
 }
 
 /// A request to start a process on a host.
@@ -35,7 +37,7 @@ pub(crate) struct StartRequest {
 }
 
 /// A process as `ps` shows it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ProcessInfo {
     /// Its id.
     pub pid: Pid,
@@ -125,6 +127,7 @@ impl Host {
         let (parent, notify) = match request.parent {
             Parent::Process(parent) => (Some(parent), None),
             Parent::External(notify) => (None, Some(notify)),
+            Parent::Remote(parent, notify) => (Some(parent), Some(notify)),
         };
         let (kill, mut killed) = oneshot::channel();
         let (pid, mailbox) = self.enter(
@@ -172,8 +175,8 @@ impl Host {
             host.admitted.fetch_sub(1, Ordering::Relaxed);
             cluster.room_freed();
             match (parent, notify) {
-                (Some(parent), _) => cluster.child_ended(parent, pid, status),
-                (None, Some(notify)) => drop(notify.send(status)),
+                (_, Some(notify)) => drop(notify.send(status)),
+                (Some(parent), None) => cluster.child_ended(parent, pid, status),
                 (None, None) => {}
             }
         });
@@ -229,6 +232,16 @@ impl Host {
         // The process may be ending on its own at this instant; either way it ends.
         let _ = kill.send(());
         Ok(())
+    }
+
+    /// Stops every process (not service instance) whose lineage matches.
+    pub(crate) fn kill_where(&self, matches: impl Fn(&Lineage) -> bool) {
+        let mut table = self.table.lock().unwrap();
+        for entry in table.values_mut().filter(|entry| matches(&entry.lineage)) {
+            if let Some(kill) = entry.kill.take() {
+                let _ = kill.send(());
+            }
+        }
     }
 
     /// Gives a service instance a new, empty mailbox (its old one was lost with a

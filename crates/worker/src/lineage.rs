@@ -4,10 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::time::Instant;
-
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nimbus_core::{Limits, Pid};
 use nimbus_runtime::{AbiError, ModuleBytes, Output, Preopen};
@@ -17,6 +15,33 @@ use tokio::sync::watch;
 /// The ranks of a world (the processes `nimbus run --ranks N` starts together), by
 /// rank; `None` until every rank has started.
 pub(crate) type World = watch::Receiver<Option<Arc<[Pid]>>>;
+
+/// The node a process tree was started from, and the tree's id there.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Home {
+    /// The node's mesh address.
+    pub(crate) address: String,
+    /// The tree's id at that node.
+    pub(crate) id: u64,
+}
+
+/// A lineage as it travels between hosts. Directories and module directories are
+/// paths on the home node's machine: hosts are assumed to share its file system,
+/// as MPI's hosts do.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct LineageWire {
+    pub(crate) home: Home,
+    app: String,
+    modules: Option<PathBuf>,
+    env: Vec<(String, String)>,
+    dirs: Vec<(PathBuf, String)>,
+    memory: u64,
+    timeout_ms: Option<u64>,
+    /// Time left until the tree's deadline when the lineage was sent.
+    remaining_ms: Option<u64>,
+    /// Whether the tree's root processes are the ranks of a world.
+    pub(crate) world: bool,
+}
 
 /// Where the modules a process tree may spawn by name come from.
 #[derive(Clone, Debug)]
@@ -40,6 +65,9 @@ pub(crate) struct Lineage {
     /// The world whose ranks share this lineage, if any. Their children inherit
     /// the lineage but are no ranks.
     pub(crate) world: Option<World>,
+    /// The node the tree was started from, when its processes may run on other
+    /// hosts: their output and world questions go there.
+    pub(crate) home: Option<Home>,
     /// Modules already read and hashed, by name.
     loaded: Mutex<HashMap<String, ModuleBytes>>,
 }
@@ -64,7 +92,69 @@ impl Lineage {
             limits,
             deadline,
             world: None,
+            home: None,
             loaded: Mutex::default(),
+        }
+    }
+
+    /// The lineage of a tree started from the node at `home`, as its form on the
+    /// wire gives it, with its output going to `output`.
+    pub(crate) fn from_wire(
+        wire: LineageWire,
+        output: (Output, Output),
+        world: Option<World>,
+    ) -> Result<Lineage, String> {
+        let app = AppName::new(&wire.app).map_err(|e| e.to_string())?;
+        let limits = Limits {
+            memory: wire.memory,
+            timeout: wire.timeout_ms.map(Duration::from_millis),
+        };
+        let dirs = wire
+            .dirs
+            .into_iter()
+            .map(|(host, guest)| Preopen { host, guest })
+            .collect();
+        let modules = wire
+            .modules
+            .map_or(ModuleSource::None, ModuleSource::Directory);
+        let mut lineage = Lineage::new(app, modules, wire.env, dirs, output, limits);
+        lineage.deadline = wire
+            .remaining_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        lineage.world = world;
+        lineage.home = Some(wire.home);
+        Ok(lineage)
+    }
+
+    /// The lineage as it travels to another host; `None` if it has no home node.
+    pub(crate) fn wire(&self) -> Option<LineageWire> {
+        Some(LineageWire {
+            home: self.home.clone()?,
+            app: self.app.as_str().to_owned(),
+            modules: match &self.modules {
+                ModuleSource::Directory(dir) => Some(dir.clone()),
+                ModuleSource::None => None,
+            },
+            env: self.env.clone(),
+            dirs: self
+                .dirs
+                .iter()
+                .map(|d| (d.host.clone(), d.guest.clone()))
+                .collect(),
+            memory: self.limits.memory,
+            timeout_ms: self.limits.timeout.map(|t| t.as_millis() as u64),
+            remaining_ms: self
+                .deadline
+                .map(|d| d.saturating_duration_since(Instant::now()).as_millis() as u64),
+            world: self.world.is_some(),
+        })
+    }
+
+    /// This lineage, homed at `home`.
+    pub(crate) fn with_home(self, home: Home) -> Lineage {
+        Lineage {
+            home: Some(home),
+            ..self
         }
     }
 

@@ -144,3 +144,79 @@ pub fn until(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A planner and workers, each a separate `nimbus` OS process on loopback.
+#[allow(dead_code)]
+pub struct TestCluster {
+    pub planner: Daemon,
+    /// The planner's address.
+    pub addr: String,
+    /// Each worker and its host id (`host-N`).
+    pub workers: Vec<(Daemon, String)>,
+}
+
+#[allow(dead_code)]
+impl TestCluster {
+    /// A planner with `workers` workers joined, each started with `worker_flags`.
+    pub fn start(workers: usize, worker_flags: &[&str]) -> TestCluster {
+        let planner = Daemon::start(nimbus(&[
+            "planner",
+            "--listen",
+            "127.0.0.1:0",
+            "--heartbeat",
+            "100ms",
+            "--timeout",
+            "2s",
+        ]));
+        let addr = planner.announced("nimbus: planner listening on ");
+        let mut cluster = TestCluster {
+            planner,
+            addr,
+            workers: Vec::new(),
+        };
+        for _ in 0..workers {
+            cluster.add_worker(worker_flags);
+        }
+        cluster
+    }
+
+    /// Starts one more worker; returns its host id.
+    pub fn add_worker(&mut self, flags: &[&str]) -> String {
+        let mut args = vec!["worker", "--planner", &self.addr];
+        args.extend_from_slice(flags);
+        let daemon = Daemon::start(nimbus(&args));
+        let joined = daemon.announced(&format!("nimbus: worker joined {} as host ", self.addr));
+        let host = joined.split(" at ").next().unwrap().to_owned();
+        self.workers.push((daemon, host.clone()));
+        host
+    }
+
+    /// `nimbus ARGS... --planner ADDR`-style command: `args` with the planner's
+    /// address put after `--planner`.
+    pub fn nimbus(&self, args: &[&str]) -> Command {
+        let mut command = nimbus(args);
+        command.args(["--planner", &self.addr]);
+        command
+    }
+
+    /// `nimbus ps --planner`: (pid, host, parent) of each process.
+    pub fn processes(&self) -> Vec<(String, String, String)> {
+        let (stdout, stderr, code) = outcome(&run(self.nimbus(&["ps"])));
+        assert_eq!(code, Some(0), "{stderr}");
+        stdout
+            .lines()
+            .skip(1)
+            .map(|row| {
+                let cols: Vec<&str> = row.split_whitespace().collect();
+                (cols[0].into(), cols[1].into(), cols[3].into())
+            })
+            .collect()
+    }
+
+    /// SIGKILLs the worker that is host `host`.
+    pub fn kill_worker(&mut self, host: &str) {
+        let at = self.workers.iter().position(|(_, h)| h == host).unwrap();
+        self.workers[at].0.signal("KILL");
+        self.workers.remove(at);
+    }
+}

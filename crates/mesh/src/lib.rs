@@ -1,0 +1,44 @@
+//! The host-to-host data plane: how nimbus nodes (workers, and a client that
+//! submits a process tree) talk to each other over TCP.
+//!
+//! Owns: the frame format, calls multiplexed over one reused connection per peer
+//! ([`Link`]), replies that may come as a stream of frames ending with a last one
+//! (a spawn answers "started", then "ended"), the server loop that hands each
+//! request to a [`Handler`] on its own task ([`serve`]), and reporting a broken
+//! connection to every call waiting on it ([`MeshError::Lost`]).
+//!
+//! Must not: know what the frames mean (the worker defines its requests), or hold
+//! process state. Ordering: frames on one connection arrive in the order they were
+//! written; requests are handled concurrently, so a caller that needs order between
+//! two calls waits for the first one's reply before making the second.
+//!
+//! A frame on the wire: `u32` length of the rest, `u64` call id, `u8` flags
+//! (request, last), `u32` head length, the head (JSON), the body (raw bytes).
+
+mod frame;
+mod link;
+
+pub use frame::{Frame, MAX_FRAME};
+pub use link::{Handler, HandlerFuture, Link, Replier, Replies, serve};
+
+/// A mesh exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshError {
+    /// The peer could not be reached.
+    #[error("cannot reach {addr}: {source}")]
+    Connect {
+        /// Its address.
+        addr: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The connection broke before the call was answered: the peer is gone.
+    #[error("lost the connection to {addr}")]
+    Lost {
+        /// The peer's address.
+        addr: String,
+    },
+    /// A frame's head was not what the receiver expected.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}

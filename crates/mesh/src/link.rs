@@ -1,0 +1,355 @@
+//! Calls over a connection: the calling side ([`Link`]) and the answering side
+//! ([`serve`]).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::BufReader;
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+use crate::MeshError;
+use crate::frame::{self, Envelope, Frame};
+
+type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+
+/// Calls waiting for replies, by id. `None` once the connection is gone.
+type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::UnboundedSender<Envelope>>>>>;
+
+/// A connection to a peer, shared by every call to it.
+pub struct Link {
+    addr: String,
+    write: Writer,
+    pending: Pending,
+    next_id: AtomicU64,
+}
+
+impl Link {
+    /// Connects to the peer at `addr`.
+    pub async fn connect(addr: &str) -> Result<Arc<Link>, MeshError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| MeshError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        let (read, write) = stream.into_split();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let replies = pending.clone();
+        tokio::spawn(async move {
+            let mut read = BufReader::with_capacity(256 << 10, read);
+            while let Ok(Some(envelope)) = frame::read(&mut read).await {
+                let mut pending = replies.lock().unwrap();
+                let Some(calls) = pending.as_mut() else { break };
+                let id = envelope.id;
+                let last = envelope.last;
+                if let Some(call) = calls.get(&id) {
+                    let _ = call.send(envelope);
+                }
+                if last {
+                    calls.remove(&id);
+                }
+            }
+            // Dropping the senders tells every waiting call the peer is gone.
+            replies.lock().unwrap().take();
+        });
+        Ok(Arc::new(Link {
+            addr: addr.to_owned(),
+            write: Arc::new(tokio::sync::Mutex::new(write)),
+            pending,
+            next_id: AtomicU64::new(1),
+        }))
+    }
+
+    /// The peer's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether the connection still stands (a broken one is never repaired: connect
+    /// anew).
+    pub fn is_open(&self) -> bool {
+        self.pending.lock().unwrap().is_some()
+    }
+
+    /// Sends `request`; its replies arrive through the returned [`Replies`].
+    pub async fn call(&self, request: Frame) -> Result<Replies, MeshError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = mpsc::unbounded_channel();
+        self.pending
+            .lock()
+            .unwrap()
+            .as_mut()
+            .ok_or_else(|| self.lost())?
+            .insert(id, sender);
+        let written = frame::write(&mut *self.write.lock().await, id, true, true, &request).await;
+        if written.is_err() {
+            if let Some(calls) = self.pending.lock().unwrap().as_mut() {
+                calls.remove(&id);
+            }
+            return Err(self.lost());
+        }
+        Ok(Replies {
+            addr: self.addr.clone(),
+            receiver,
+            done: false,
+        })
+    }
+
+    /// Sends `request` and returns its one reply.
+    pub async fn call_one(&self, request: Frame) -> Result<Frame, MeshError> {
+        self.call(request).await?.next().await
+    }
+
+    fn lost(&self) -> MeshError {
+        MeshError::Lost {
+            addr: self.addr.clone(),
+        }
+    }
+}
+
+/// The replies to one call, in order; the last one ends the call.
+pub struct Replies {
+    addr: String,
+    receiver: mpsc::UnboundedReceiver<Envelope>,
+    done: bool,
+}
+
+impl Replies {
+    /// The next reply. After the last one, or when the connection broke first,
+    /// [`MeshError::Lost`].
+    pub async fn next(&mut self) -> Result<Frame, MeshError> {
+        if !self.done
+            && let Some(envelope) = self.receiver.recv().await
+        {
+            self.done = envelope.last;
+            return Ok(envelope.frame);
+        }
+        self.done = true;
+        Err(MeshError::Lost {
+            addr: self.addr.clone(),
+        })
+    }
+}
+
+/// A boxed, sendable future, what a [`Handler`] returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Answers requests. Each request runs on its own task, so a slow one does not
+/// hold up the others on its connection.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers `request` through `replier`, which it must finish.
+    fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture;
+}
+
+/// Where the answers to one request go.
+pub struct Replier {
+    id: u64,
+    write: Writer,
+    /// Closed when the caller's connection ends.
+    caller: watch::Receiver<()>,
+}
+
+impl Replier {
+    /// Resolves when the caller's connection has ended: nobody will read the
+    /// replies, and a caller that was a host is gone.
+    pub async fn caller_gone(&self) {
+        let mut caller = self.caller.clone();
+        while caller.changed().await.is_ok() {}
+    }
+
+    /// Sends a reply that is not the last; `false` if the caller is gone.
+    pub async fn send(&self, reply: Frame) -> bool {
+        self.write_reply(reply, false).await
+    }
+
+    /// Sends the last reply, ending the call.
+    pub async fn finish(self, reply: Frame) {
+        self.write_reply(reply, true).await;
+    }
+
+    async fn write_reply(&self, reply: Frame, last: bool) -> bool {
+        frame::write(&mut *self.write.lock().await, self.id, false, last, &reply)
+            .await
+            .is_ok()
+    }
+}
+
+/// Accepts connections on `listener` and hands every request to `handler`, until
+/// accepting fails.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(answer(stream, handler.clone()));
+    }
+}
+
+async fn answer<H: Handler>(stream: TcpStream, handler: Arc<H>) {
+    let (read, write) = stream.into_split();
+    let write: Writer = Arc::new(tokio::sync::Mutex::new(write));
+    let (_connected, caller) = watch::channel(());
+    let mut read = BufReader::with_capacity(256 << 10, read);
+    // A peer that breaks the format loses its connection; nothing else is affected.
+    while let Ok(Some(envelope)) = frame::read(&mut read).await {
+        if !envelope.request {
+            break;
+        }
+        let replier = Replier {
+            id: envelope.id,
+            write: write.clone(),
+            caller: caller.clone(),
+        };
+        tokio::spawn(handler.clone().handle(envelope.frame, replier));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Echoes the body `n` times as separate replies, `n` from the head; "hang"
+    /// never answers.
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
+            Box::pin(async move {
+                match request.head::<String>().unwrap().as_str() {
+                    "hang" => std::future::pending().await,
+                    times => {
+                        let n: usize = times.parse().unwrap();
+                        for _ in 1..n {
+                            replier
+                                .send(Frame::new(&"more", request.body.clone()))
+                                .await;
+                        }
+                        replier.finish(Frame::new(&"last", request.body)).await;
+                    }
+                }
+            })
+        }
+    }
+
+    async fn server() -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        (addr, tokio::spawn(serve(listener, Arc::new(Echo))))
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_get_their_own_streams_of_replies() {
+        let (addr, _server) = server().await;
+        let link = Link::connect(&addr).await.unwrap();
+        let calls = (1..=20u8).map(|i| {
+            let link = link.clone();
+            tokio::spawn(async move {
+                let mut replies = link
+                    .call(Frame::new(&(i % 3 + 1).to_string(), vec![i; 100]))
+                    .await
+                    .unwrap();
+                let mut got = Vec::new();
+                while let Ok(reply) = replies.next().await {
+                    assert_eq!(reply.body, vec![i; 100]);
+                    got.push(reply.head::<String>().unwrap());
+                }
+                assert_eq!(got.len(), usize::from(i % 3 + 1));
+                assert_eq!(got.last().unwrap(), "last");
+            })
+        });
+        for call in calls {
+            call.await.unwrap();
+        }
+        assert!(link.is_open());
+    }
+
+    #[tokio::test]
+    async fn a_lost_peer_fails_every_waiting_call() {
+        // A peer that takes the requests and then dies without answering.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (taken, mut requests_in) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut read = BufReader::new(stream);
+            for _ in 0..2 {
+                frame::read(&mut read).await.unwrap().unwrap();
+                taken.send(()).unwrap();
+            }
+        });
+        let link = Link::connect(&addr).await.unwrap();
+        let mut first = link.call(Frame::new(&"1", vec![])).await.unwrap();
+        let mut second = link.call(Frame::new(&"1", vec![])).await.unwrap();
+        for _ in 0..2 {
+            requests_in.recv().await.unwrap();
+        }
+        for replies in [&mut first, &mut second] {
+            let outcome = tokio::time::timeout(Duration::from_secs(10), replies.next()).await;
+            assert!(
+                matches!(outcome, Ok(Err(MeshError::Lost { .. }))),
+                "{outcome:?}"
+            );
+        }
+        assert!(!link.is_open());
+        assert!(matches!(
+            link.call(Frame::new(&"1", vec![])).await,
+            Err(MeshError::Lost { .. })
+        ));
+    }
+
+    /// Answers nothing, but reports when each request's caller is gone.
+    struct Watcher(mpsc::UnboundedSender<()>);
+
+    impl Handler for Watcher {
+        fn handle(self: Arc<Self>, _: Frame, replier: Replier) -> HandlerFuture {
+            Box::pin(async move {
+                replier.caller_gone().await;
+                let _ = self.0.send(());
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handler_learns_its_caller_is_gone() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (gone, mut gone_seen) = mpsc::unbounded_channel();
+        tokio::spawn(serve(listener, Arc::new(Watcher(gone))));
+        let link = Link::connect(&addr).await.unwrap();
+        let _replies = link.call(Frame::new(&"wait", vec![])).await.unwrap();
+        drop(link);
+        tokio::time::timeout(Duration::from_secs(10), gone_seen.recv())
+            .await
+            .expect("the handler never saw its caller go")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_request_stuck_in_its_handler_holds_up_no_other() {
+        let (addr, _server) = server().await;
+        let link = Link::connect(&addr).await.unwrap();
+        let _hanging = link.call(Frame::new(&"hang", vec![])).await.unwrap();
+        let reply = link
+            .call_one(Frame::new(&"1", b"x".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(reply.body, b"x");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_peer_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        drop(listener);
+        assert!(matches!(
+            Link::connect(&addr).await,
+            Err(MeshError::Connect { .. })
+        ));
+    }
+}

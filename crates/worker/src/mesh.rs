@@ -1,0 +1,471 @@
+//! What nodes ask each other over the mesh (`nimbus-mesh` carries the frames):
+//! a worker is asked to start a process, deliver a message, kill a process or list
+//! its processes; the node a tree was started from (its home) is asked for the
+//! tree's output, world and modules. [`Mesh`] is a node's side of it: its address,
+//! its links to peers, the planner that places processes, and the modules it can
+//! hand out.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use nimbus_control::Planner;
+use nimbus_core::{ExitStatus, Failure, HostId, Pid};
+use nimbus_mesh::{Frame, Link, MeshError, Replies};
+use nimbus_runtime::{AbiError, BoxFuture, ModuleBytes, Output, OutputSink};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWrite;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::PollSender;
+
+use crate::host::ProcessInfo;
+use crate::lineage::{Home, Lineage, LineageWire, World};
+
+/// How a node joins the mesh.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// The address other nodes reach this one at.
+    pub address: String,
+    /// The planner that places processes.
+    pub planner: String,
+}
+
+/// A request between nodes.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Request {
+    /// To a worker: start a process of `lineage` from the module with hash
+    /// `module`, fetched from the node at `from` if this one lacks it. Answered
+    /// with `Started`, then `Ended` once it ends (after its output went home).
+    Start {
+        lineage: Box<LineageWire>,
+        module: String,
+        from: String,
+        args: Vec<String>,
+        parent: Option<Pid>,
+    },
+    /// To a worker: deliver the body as a message from `from` to `to`, waiting
+    /// while the mailbox is full.
+    Send { from: Pid, to: Pid },
+    /// To a worker: stop process `pid`.
+    Kill { pid: Pid },
+    /// To a worker: its processes.
+    Processes,
+    /// To a worker: stop every process of the tree homed at `home` (its root
+    /// ended, and with it the run).
+    EndTree { home: Home },
+    /// To any node: the module with this hash, as the body.
+    Fetch { module: String },
+    /// To a home: the body is output of the tree `tree`'s processes.
+    Output { tree: u64, stderr: bool },
+    /// To a home: the pids of tree `tree`'s world, once every rank started.
+    World { tree: u64 },
+}
+
+/// An answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Reply {
+    Started { pid: Pid },
+    Ended { status: ExitStatus },
+    Done,
+    Processes(Vec<ProcessInfo>),
+    Module,
+    World { pids: Vec<Pid> },
+    Error { code: i32 },
+}
+
+impl Reply {
+    pub(crate) fn error(error: AbiError) -> Reply {
+        Reply::Error { code: error.code() }
+    }
+
+    pub(crate) fn frame(&self) -> Frame {
+        Frame::new(self, Vec::new())
+    }
+}
+
+/// Reads a reply's head; a malformed one or an error reply is the matching
+/// [`AbiError`].
+pub(crate) fn reply(frame: &Frame) -> Result<Reply, AbiError> {
+    match frame.head::<Reply>() {
+        Ok(Reply::Error { code }) => Err(AbiError::from_code(code)),
+        Ok(reply) => Ok(reply),
+        Err(_) => Err(AbiError::Internal),
+    }
+}
+
+/// How often a spawn asks the planner again while every host is full.
+const PLACE_RETRY: Duration = Duration::from_millis(20);
+
+/// A node's side of the mesh.
+pub(crate) struct Mesh {
+    address: String,
+    planner_address: String,
+    planner: tokio::sync::Mutex<Option<Planner>>,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+    /// Host addresses, learnt from placements and the planner's host list.
+    hosts: Mutex<HashMap<HostId, String>>,
+    /// Modules this node can hand to others, by hash: those of processes it
+    /// started or spawned. Kept for the node's life (modules are few and shared).
+    modules: Mutex<HashMap<String, ModuleBytes>>,
+    /// The lineages of trees homed elsewhere with processes here.
+    guests: Mutex<HashMap<Home, Weak<Lineage>>>,
+}
+
+impl Mesh {
+    pub(crate) fn new(config: &MeshConfig) -> Mesh {
+        Mesh {
+            address: config.address.clone(),
+            planner_address: config.planner.clone(),
+            planner: tokio::sync::Mutex::new(None),
+            links: Mutex::default(),
+            hosts: Mutex::default(),
+            modules: Mutex::default(),
+            guests: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The link to `addr`, connecting (again) if there is none standing.
+    pub(crate) async fn link(&self, addr: &str) -> Result<Arc<Link>, MeshError> {
+        if let Some(link) = self.links.lock().unwrap().get(addr)
+            && link.is_open()
+        {
+            return Ok(link.clone());
+        }
+        let link = Link::connect(addr).await?;
+        self.links
+            .lock()
+            .unwrap()
+            .insert(addr.to_owned(), link.clone());
+        Ok(link)
+    }
+
+    /// Calls `addr` with `request` and `body`.
+    pub(crate) async fn call(
+        &self,
+        addr: &str,
+        request: &Request,
+        body: Vec<u8>,
+    ) -> Result<Replies, MeshError> {
+        self.link(addr).await?.call(Frame::new(request, body)).await
+    }
+
+    /// Calls `addr` and reads its one reply.
+    pub(crate) async fn call_one(
+        &self,
+        addr: &str,
+        request: &Request,
+        body: Vec<u8>,
+    ) -> Result<Frame, AbiError> {
+        let mut replies = self
+            .call(addr, request, body)
+            .await
+            .map_err(|_| AbiError::NoSuchProcess)?;
+        replies.next().await.map_err(|_| AbiError::NoSuchProcess)
+    }
+
+    /// Asks the planner for a host, waiting up to `wait` while every host is full.
+    pub(crate) async fn place(
+        &self,
+        near: Option<HostId>,
+        wait: Duration,
+    ) -> Result<(HostId, String), AbiError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self
+                .ask_planner(|planner| Box::pin(planner.place(near)))
+                .await
+            {
+                Ok((host, address)) => {
+                    self.hosts.lock().unwrap().insert(host, address.clone());
+                    return Ok((host, address));
+                }
+                Err(nimbus_control::ControlError::Refused { .. })
+                    if tokio::time::Instant::now() + PLACE_RETRY < deadline =>
+                {
+                    tokio::time::sleep(PLACE_RETRY).await;
+                }
+                Err(nimbus_control::ControlError::Refused { .. }) => return Err(AbiError::Quota),
+                Err(_) => return Err(AbiError::Internal),
+            }
+        }
+    }
+
+    /// The address of `host`, from what this node learnt or else the planner.
+    pub(crate) async fn address_of(&self, host: HostId) -> Option<String> {
+        if let Some(address) = self.hosts.lock().unwrap().get(&host) {
+            return Some(address.clone());
+        }
+        let hosts = self
+            .ask_planner(|planner| Box::pin(planner.hosts()))
+            .await
+            .ok()?;
+        let mut known = self.hosts.lock().unwrap();
+        for status in hosts {
+            known.insert(status.host, status.info.address);
+        }
+        known.get(&host).cloned()
+    }
+
+    /// One exchange with the planner over the node's connection to it, which is
+    /// opened (again) as needed.
+    async fn ask_planner<T>(
+        &self,
+        ask: impl for<'a> FnOnce(
+            &'a mut Planner,
+        ) -> BoxFuture<'a, Result<T, nimbus_control::ControlError>>,
+    ) -> Result<T, nimbus_control::ControlError> {
+        let mut planner = self.planner.lock().await;
+        if planner.is_none() {
+            *planner = Some(Planner::connect(&self.planner_address).await?);
+        }
+        let answer = ask(planner.as_mut().expect("connected above")).await;
+        if let Err(
+            nimbus_control::ControlError::Io { .. } | nimbus_control::ControlError::Protocol { .. },
+        ) = &answer
+        {
+            *planner = None;
+        }
+        answer
+    }
+
+    /// Makes `module` available to nodes that fetch it from here.
+    pub(crate) fn offer(&self, module: &ModuleBytes) {
+        self.modules
+            .lock()
+            .unwrap()
+            .entry(module.hash().to_string())
+            .or_insert_with(|| module.clone());
+    }
+
+    pub(crate) fn offered(&self, hash: &str) -> Option<ModuleBytes> {
+        self.modules.lock().unwrap().get(hash).cloned()
+    }
+
+    /// The module with `hash`: offered here, or fetched from `from` and checked.
+    pub(crate) async fn module(&self, hash: &str, from: &str) -> Result<ModuleBytes, AbiError> {
+        if let Some(module) = self.offered(hash) {
+            return Ok(module);
+        }
+        let request = Request::Fetch {
+            module: hash.to_owned(),
+        };
+        let frame = self.call_one(from, &request, Vec::new()).await?;
+        reply(&frame)?;
+        let module = ModuleBytes::new(frame.body);
+        if module.hash().to_string() != hash {
+            return Err(AbiError::Module);
+        }
+        self.offer(&module);
+        Ok(module)
+    }
+
+    /// The lineage here of a tree homed elsewhere: one per tree on each host, so
+    /// its processes here share loaded modules and output streams.
+    pub(crate) fn guest_lineage(
+        self: &Arc<Self>,
+        wire: LineageWire,
+    ) -> Result<Arc<Lineage>, AbiError> {
+        let mut guests = self.guests.lock().unwrap();
+        if let Some(lineage) = guests.get(&wire.home).and_then(Weak::upgrade) {
+            return Ok(lineage);
+        }
+        guests.retain(|_, lineage| lineage.strong_count() > 0);
+        let home = wire.home.clone();
+        let output = (
+            Output::Sink(Forward::start(self.clone(), home.clone(), false)),
+            Output::Sink(Forward::start(self.clone(), home.clone(), true)),
+        );
+        let world = wire.world.then(|| self.world_of(home.clone()));
+        let lineage =
+            Arc::new(Lineage::from_wire(wire, output, world).map_err(|_| AbiError::Invalid)?);
+        guests.insert(home, Arc::downgrade(&lineage));
+        Ok(lineage)
+    }
+
+    /// The world of a tree homed elsewhere, filled in once its home answers.
+    fn world_of(self: &Arc<Self>, home: Home) -> World {
+        let (members, world) = watch::channel(None);
+        let mesh = self.clone();
+        tokio::spawn(async move {
+            let request = Request::World { tree: home.id };
+            if let Ok(frame) = mesh.call_one(&home.address, &request, Vec::new()).await
+                && let Ok(Reply::World { pids }) = reply(&frame)
+            {
+                members.send_replace(Some(pids.into()));
+            }
+        });
+        world
+    }
+
+    /// Asks every host the planner knows; returns each one's reply, or why it
+    /// gave none.
+    pub(crate) async fn ask_all(
+        &self,
+        request: &Request,
+    ) -> Result<Vec<Result<Reply, String>>, String> {
+        let hosts = self
+            .ask_planner(|planner| Box::pin(planner.hosts()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut replies = Vec::new();
+        for host in hosts {
+            let answer = self
+                .call_one(&host.info.address, request, Vec::new())
+                .await
+                .and_then(|frame| reply(&frame))
+                .map_err(|e| format!("host {} at {}: {e}", host.host, host.info.address));
+            replies.push(answer);
+        }
+        Ok(replies)
+    }
+
+    /// Every process on every host the planner knows, with the host it runs on,
+    /// and why each host that did not answer did not.
+    pub(crate) async fn processes(&self) -> Result<(Vec<ProcessInfo>, Vec<String>), String> {
+        let (mut all, mut silent) = (Vec::new(), Vec::new());
+        for answer in self.ask_all(&Request::Processes).await? {
+            match answer {
+                Ok(Reply::Processes(processes)) => all.extend(processes),
+                Ok(_) => {}
+                Err(why) => silent.push(why),
+            }
+        }
+        Ok((all, silent))
+    }
+}
+
+/// A stream of a tree's processes on this host, carried to the tree's home in
+/// order by one task. Writers queue chunks; a bounded queue holds back a guest
+/// that writes faster than the home takes it.
+#[derive(Debug)]
+struct Forward {
+    chunks: mpsc::Sender<Chunk>,
+}
+
+#[derive(Debug)]
+enum Chunk {
+    Bytes(Vec<u8>),
+    /// Answered once every chunk before it reached the home.
+    Drained(oneshot::Sender<()>),
+}
+
+/// Chunks queued per stream before writers wait.
+const FORWARD_QUEUE: usize = 64;
+
+impl Forward {
+    fn start(mesh: Arc<Mesh>, home: Home, stderr: bool) -> Arc<Forward> {
+        let (chunks, mut queue) = mpsc::channel(FORWARD_QUEUE);
+        tokio::spawn(async move {
+            let request = Request::Output {
+                tree: home.id,
+                stderr,
+            };
+            while let Some(chunk) = queue.recv().await {
+                match chunk {
+                    // A home that is gone has no one left to show output to.
+                    Chunk::Bytes(bytes) => {
+                        drop(mesh.call_one(&home.address, &request, bytes).await)
+                    }
+                    Chunk::Drained(done) => drop(done.send(())),
+                }
+            }
+        });
+        Arc::new(Forward { chunks })
+    }
+}
+
+impl OutputSink for Forward {
+    fn writer(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(ForwardWriter {
+            chunks: PollSender::new(self.chunks.clone()),
+        })
+    }
+
+    fn drained(&self) -> BoxFuture<'static, ()> {
+        let chunks = self.chunks.clone();
+        Box::pin(async move {
+            let (done, drained) = oneshot::channel();
+            if chunks.send(Chunk::Drained(done)).await.is_ok() {
+                let _ = drained.await;
+            }
+        })
+    }
+}
+
+/// Largest chunk forwarded in one call.
+const MAX_CHUNK: usize = 64 << 10;
+
+struct ForwardWriter {
+    chunks: PollSender<Chunk>,
+}
+
+impl AsyncWrite for ForwardWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let closed = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        ready!(self.chunks.poll_reserve(cx)).map_err(|_| closed())?;
+        let n = buf.len().min(MAX_CHUNK);
+        self.chunks
+            .send_item(Chunk::Bytes(buf[..n].to_vec()))
+            .map_err(|_| closed())?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The status of a process started elsewhere, from the rest of its start call:
+/// a broken call means its host was lost.
+pub(crate) async fn ended(mut replies: Replies) -> ExitStatus {
+    match replies.next().await.map(|frame| reply(&frame)) {
+        Ok(Ok(Reply::Ended { status })) => status,
+        _ => ExitStatus::Failed(Failure::HostLost),
+    }
+}
+
+/// Answers a request any node answers; `None` for requests it does not.
+pub(crate) fn answer_common(mesh: &Mesh, request: &Request) -> Option<Frame> {
+    match request {
+        Request::Fetch { module } => Some(match mesh.offered(module) {
+            Some(module) => Frame::new(&Reply::Module, module.bytes().to_vec()),
+            None => Reply::error(AbiError::Module).frame(),
+        }),
+        _ => None,
+    }
+}
+
+/// Asks the worker at `address` to start a process; returns its pid and the rest
+/// of the call, which ends when the process does (see [`ended`]).
+pub(crate) async fn start(
+    mesh: &Mesh,
+    address: &str,
+    request: &Request,
+    stdin: Vec<u8>,
+) -> Result<(Pid, Replies), AbiError> {
+    let mut replies = mesh
+        .call(address, request, stdin)
+        .await
+        .map_err(|_| AbiError::Internal)?;
+    let first = replies.next().await.map_err(|_| AbiError::Internal)?;
+    match reply(&first)? {
+        Reply::Started { pid } => Ok((pid, replies)),
+        _ => Err(AbiError::Internal),
+    }
+}

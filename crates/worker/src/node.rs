@@ -1,0 +1,255 @@
+//! The mesh servers: a worker answering its peers, and the home of a process tree
+//! submitted from outside the cluster (`nimbus run --planner`), which answers for
+//! the tree's output, world and modules.
+
+use std::sync::Arc;
+
+use nimbus_core::{ExitStatus, Pid};
+use nimbus_mesh::{Frame, Handler, HandlerFuture, Replier};
+use nimbus_runtime::{AbiError, Input};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::cluster::{Cluster, ClusterError, PeerStart, RootProcess, SPAWN_WAIT, world_outcome};
+use crate::host::ProcessInfo;
+use crate::lineage::{Home, Lineage};
+use crate::mesh::{Mesh, MeshConfig, Reply, Request, answer_common};
+
+/// Serves the worker `cluster` (built with a mesh) to its peers on `listener`.
+pub async fn serve_worker(listener: TcpListener, cluster: Arc<Cluster>) -> std::io::Result<()> {
+    nimbus_mesh::serve(listener, Arc::new(Worker { cluster })).await
+}
+
+struct Worker {
+    cluster: Arc<Cluster>,
+}
+
+impl Handler for Worker {
+    fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
+        Box::pin(async move {
+            let Some(mesh) = self.cluster.mesh() else {
+                return replier
+                    .finish(Reply::error(AbiError::Internal).frame())
+                    .await;
+            };
+            let Ok(head) = request.head::<Request>() else {
+                return replier
+                    .finish(Reply::error(AbiError::Invalid).frame())
+                    .await;
+            };
+            if let Some(answer) = answer_common(mesh, &head) {
+                return replier.finish(answer).await;
+            }
+            let answer = match head {
+                Request::Start {
+                    lineage,
+                    module,
+                    from,
+                    args,
+                    parent,
+                } => {
+                    let start = PeerStart {
+                        lineage: *lineage,
+                        module,
+                        from,
+                        args,
+                        parent,
+                    };
+                    return self
+                        .cluster
+                        .start_for_peer(start, request.body, replier)
+                        .await;
+                }
+                Request::Send { from, to } => {
+                    match self.cluster.deliver(from, to, request.body).await {
+                        Ok(()) => Reply::Done,
+                        Err(error) => Reply::error(error),
+                    }
+                }
+                Request::Kill { pid } => match self.cluster.kill(pid) {
+                    Ok(()) => Reply::Done,
+                    Err(error) => Reply::error(error),
+                },
+                Request::Processes => Reply::Processes(self.cluster.processes()),
+                Request::EndTree { home } => {
+                    self.cluster.end_tree(&home);
+                    Reply::Done
+                }
+                _ => Reply::error(AbiError::Invalid),
+            };
+            replier.finish(answer.frame()).await;
+        })
+    }
+}
+
+/// The id of the one tree a submission's home serves.
+const TREE: u64 = 1;
+
+/// The home of a submitted tree.
+struct TreeHome {
+    mesh: Arc<Mesh>,
+    tree: Arc<Lineage>,
+    world: watch::Receiver<Option<Arc<[Pid]>>>,
+}
+
+impl Handler for TreeHome {
+    fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
+        Box::pin(async move {
+            let answer = match request.head::<Request>() {
+                Err(_) => Reply::error(AbiError::Invalid).frame(),
+                Ok(head) => match answer_common(&self.mesh, &head) {
+                    Some(answer) => answer,
+                    None => self.answer(head, request.body).await.frame(),
+                },
+            };
+            replier.finish(answer).await;
+        })
+    }
+}
+
+impl TreeHome {
+    async fn answer(&self, request: Request, body: Vec<u8>) -> Reply {
+        match request {
+            Request::Output { tree: TREE, stderr } => {
+                let output = if stderr {
+                    &self.tree.stderr
+                } else {
+                    &self.tree.stdout
+                };
+                let mut writer = Box::into_pin(output.writer(stderr));
+                let _ = writer.write_all(&body).await;
+                let _ = writer.flush().await;
+                Reply::Done
+            }
+            Request::World { tree: TREE } => {
+                let mut world = self.world.clone();
+                match world.wait_for(Option::is_some).await {
+                    Ok(members) => Reply::World {
+                        pids: members.as_deref().unwrap_or_default().to_vec(),
+                    },
+                    Err(_) => Reply::error(AbiError::Internal),
+                }
+            }
+            _ => Reply::error(AbiError::Invalid),
+        }
+    }
+}
+
+/// Runs `root` on the cluster of workers whose planner is at `planner`, as
+/// `ranks` ranks of one world if `ranks` is given (see `Cluster::run_world`).
+/// This node is the tree's home: its output arrives here, and the modules of the
+/// tree are fetched from here.
+pub async fn run_on_cluster(
+    planner: &str,
+    root: RootProcess,
+    ranks: Option<u16>,
+) -> Result<ExitStatus, ClusterError> {
+    let remote = |e: &dyn std::fmt::Display| ClusterError::Remote(e.to_string());
+    // Listen on the interface that reaches the planner, so workers reach us too.
+    let probe = tokio::net::TcpStream::connect(planner)
+        .await
+        .map_err(|e| remote(&format!("planner {planner}: {e}")))?;
+    let ip = probe.local_addr().map_err(|e| remote(&e))?.ip();
+    drop(probe);
+    let listener = TcpListener::bind((ip, 0)).await.map_err(|e| remote(&e))?;
+    let address = listener.local_addr().map_err(|e| remote(&e))?.to_string();
+    let mesh = Arc::new(Mesh::new(&MeshConfig {
+        address: address.clone(),
+        planner: planner.to_owned(),
+    }));
+
+    let (lineage, module, args, stdin) = root.into_parts();
+    let (members, world) = watch::channel(None);
+    let mut lineage = lineage.with_home(Home {
+        address: address.clone(),
+        id: TREE,
+    });
+    if ranks.is_some() {
+        lineage = lineage.with_world(world.clone());
+    }
+    let tree = Arc::new(lineage);
+    mesh.offer(&module);
+    let home = Arc::new(TreeHome {
+        mesh: mesh.clone(),
+        tree: tree.clone(),
+        world,
+    });
+    let serving = tokio::spawn(nimbus_mesh::serve(listener, home));
+
+    let mut stdin = Some(match stdin {
+        Input::Bytes(bytes) => bytes,
+        Input::Null | Input::Inherit => Vec::new(),
+    });
+    let request = Request::Start {
+        lineage: Box::new(tree.wire().expect("the tree has a home")),
+        module: module.hash().to_string(),
+        from: address,
+        args,
+        parent: None,
+    };
+    let (ended, endings) = mpsc::unbounded_channel();
+    let mut started: Vec<(Pid, String)> = Vec::new();
+    for _ in 0..ranks.unwrap_or(1) {
+        let placed = mesh.place(None, SPAWN_WAIT).await;
+        let start = match placed {
+            Ok((_, worker)) => {
+                let stdin = stdin.take().unwrap_or_default();
+                crate::mesh::start(&mesh, &worker, &request, stdin)
+                    .await
+                    .map(|(pid, replies)| (pid, replies, worker))
+            }
+            Err(error) => Err(error),
+        };
+        match start {
+            Ok((pid, replies, worker)) => {
+                started.push((pid, worker));
+                let ended = ended.clone();
+                tokio::spawn(async move {
+                    let _ = ended.send(crate::mesh::ended(replies).await);
+                });
+            }
+            Err(error) => {
+                // The started ranks wait for a world that will never be whole.
+                kill_all(&mesh, &started);
+                serving.abort();
+                return Err(match error {
+                    AbiError::Quota => ClusterError::Remote("every worker is full".into()),
+                    AbiError::Module => {
+                        ClusterError::Remote("a worker cannot load the module".into())
+                    }
+                    other => ClusterError::Remote(format!("no worker could start it ({other})")),
+                });
+            }
+        }
+    }
+    members.send_replace(Some(started.iter().map(|(pid, _)| *pid).collect()));
+    drop(ended);
+    let outcome = world_outcome(endings, || kill_all(&mesh, &started)).await;
+    // As when a local run ends, processes of the tree still running end with it.
+    let home = tree.home.clone().expect("the tree has a home");
+    let _ = mesh.ask_all(&Request::EndTree { home }).await;
+    serving.abort();
+    Ok(outcome)
+}
+
+fn kill_all(mesh: &Arc<Mesh>, started: &[(Pid, String)]) {
+    for (pid, worker) in started {
+        let (mesh, pid, worker) = (mesh.clone(), *pid, worker.clone());
+        tokio::spawn(async move {
+            let _ = mesh
+                .call_one(&worker, &Request::Kill { pid }, Vec::new())
+                .await;
+        });
+    }
+}
+
+/// Every process on the cluster whose planner is at `planner`, and why each host
+/// that did not answer did not (it may have just died).
+pub async fn cluster_processes(planner: &str) -> Result<(Vec<ProcessInfo>, Vec<String>), String> {
+    let mesh = Mesh::new(&MeshConfig {
+        address: String::new(),
+        planner: planner.to_owned(),
+    });
+    mesh.processes().await
+}
