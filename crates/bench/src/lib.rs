@@ -3,6 +3,7 @@
 //!
 //! Owns: measurement and reporting. Must not: be depended on by any product crate.
 
+pub mod daemon;
 pub mod mpi;
 
 use std::path::PathBuf;

@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::daemon::WorkerCluster;
+
 /// Builds `guests/c/NAME.c` natively with `mpicc -O2` into `dir`.
 pub fn compile_native(name: &str, dir: &Path) -> PathBuf {
     for tool in ["mpicc", "mpirun"] {
@@ -43,14 +45,24 @@ fn run(mut command: Command, what: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// `nimbus run --ranks N --hosts N GUEST -- ARGS`: each rank on its own in-process host.
-pub fn nimbus(guest: &str, ranks: &str, args: &[&str]) -> Vec<Vec<String>> {
+/// Where a nimbus world's ranks run.
+#[derive(Clone, Copy)]
+pub enum Ranks<'a> {
+    /// Each on its own in-process host of one `nimbus run` (`--hosts N`).
+    InProcess,
+    /// On the workers of this cluster, placed by its planner.
+    Workers(&'a WorkerCluster),
+}
+
+/// `nimbus run --ranks N GUEST -- ARGS`, the ranks placed as `placement` says.
+pub fn nimbus(placement: Ranks, guest: &str, ranks: &str, args: &[&str]) -> Vec<Vec<String>> {
     let mut command = Command::new(crate::nimbus_binary());
-    command
-        .args(["run", "--ranks", ranks, "--hosts", ranks])
-        .arg(crate::guest_path(guest))
-        .arg("--")
-        .args(args);
+    command.args(["run", "--ranks", ranks]);
+    match placement {
+        Ranks::InProcess => command.args(["--hosts", ranks]),
+        Ranks::Workers(cluster) => command.args(["--planner", &cluster.planner]),
+    };
+    command.arg(crate::guest_path(guest)).arg("--").args(args);
     run(command, &format!("nimbus {guest} {args:?}"))
 }
 

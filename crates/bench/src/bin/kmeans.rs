@@ -1,12 +1,13 @@
 //! A distributed example: k-means (`guests/c/kmeans.c`, MPI, 2,000,000 generated 4-d
-//! points, 8 clusters, 20 iterations) on 1, 2 and 3 ranks, each on its own in-process
-//! host, beside the same C program built with `mpicc` under OpenMPI over TCP. Prints
+//! points, 8 clusters, 20 iterations) on 1, 2 and 3 ranks, each on its own worker
+//! process (a planner and 3 workers the benchmark starts), beside the same C program built with `mpicc` under OpenMPI over TCP. Prints
 //! the time of the iterations, the speedup over one rank, and checks that every run
 //! finds the same centroids.
 //!
 //! `cargo build --release && cargo run --release -p nimbus-bench --bin kmeans`
 
-use nimbus_bench::mpi;
+use nimbus_bench::daemon::WorkerCluster;
+use nimbus_bench::mpi::{self, Ranks};
 
 const ARGS: [&str; 2] = ["2000000", "20"];
 
@@ -20,14 +21,16 @@ fn parse(lines: Vec<Vec<String>>) -> (f64, String) {
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let native = mpi::compile_native("kmeans", dir.path());
-    println!("k-means, 2,000,000 points, 8 clusters, 20 iterations (2 cores)");
+    let workers = WorkerCluster::start(3);
+    let on = Ranks::Workers(&workers);
+    println!("k-means, 2,000,000 points, 8 clusters, 20 iterations, one rank per worker (2 cores)");
     println!(
         "  {:>5}   {:>10} {:>8}   {:>10} {:>8}   {:>13}",
         "ranks", "nimbus s", "speedup", "OpenMPI s", "speedup", "nimbus/OpenMPI"
     );
     let (mut first_nimbus, mut first_openmpi, mut checksum) = (0.0, 0.0, None);
     for ranks in ["1", "2", "3"] {
-        let (ours, our_sum) = parse(mpi::nimbus("c-kmeans", ranks, &ARGS));
+        let (ours, our_sum) = parse(mpi::nimbus(on, "c-kmeans", ranks, &ARGS));
         let (theirs, their_sum) = parse(mpi::openmpi(&native, ranks, &ARGS));
         assert_eq!(our_sum, their_sum, "nimbus and OpenMPI disagree");
         assert_eq!(

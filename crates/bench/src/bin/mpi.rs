@@ -5,8 +5,10 @@
 //! - streaming bandwidth, 1 MiB messages, two ranks: MiB/s (median of 7 batches of 64);
 //! - allreduce of 1 MiB of doubles on four ranks: p50/p99.
 //!
-//! nimbus: `nimbus run --ranks N --hosts N` (each rank on its own in-process host;
-//! messages are nimbus messages between mailboxes in one OS process). Baseline:
+//! nimbus: `nimbus run --ranks N --planner ADDR` on a planner and 4 worker processes
+//! started by the benchmark (each rank on its own worker; messages cross the mesh
+//! over loopback TCP), and for reference `nimbus run --ranks N --hosts N` (each rank
+//! on its own in-process host, messages between mailboxes of one OS process). Baseline:
 //! `mpicc -O2` and `mpirun -np N --mca btl tcp,self` (OpenMPI over loopback TCP,
 //! separate OS processes). Needs `openmpi-bin` and `libopenmpi-dev`
 //! (`scripts/setup.sh openmpi-bin libopenmpi-dev`) and `cargo build --release`.
@@ -14,9 +16,9 @@
 //! `cargo build --release && cargo run --release -p nimbus-bench --bin mpi`
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
-use nimbus_bench::mpi;
+use nimbus_bench::daemon::WorkerCluster;
+use nimbus_bench::mpi::{self, Ranks};
 
 /// Figures by their first words: "pingpong 8" → [p50, p99].
 fn figures(lines: Vec<Vec<String>>, key_words: usize) -> BTreeMap<String, Vec<f64>> {
@@ -34,28 +36,35 @@ fn figures(lines: Vec<Vec<String>>, key_words: usize) -> BTreeMap<String, Vec<f6
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let native = mpi::compile_native("mpi_bench", dir.path());
-    let nimbus = |mode: &str, ranks: &str| mpi::nimbus("c-mpi-bench", ranks, &[mode]);
-    let openmpi = |native: &Path, mode: &str, ranks: &str| mpi::openmpi(native, ranks, &[mode]);
+    let workers = WorkerCluster::start(4);
+    let on = Ranks::Workers(&workers);
+    let nimbus =
+        |placement, mode: &str, ranks: &str| mpi::nimbus(placement, "c-mpi-bench", ranks, &[mode]);
+    let openmpi = |mode: &str, ranks: &str| mpi::openmpi(&native, ranks, &[mode]);
 
     println!(
-        "MPI micro-benchmarks: nimbus world (ranks on in-process hosts) vs OpenMPI over TCP loopback"
+        "MPI micro-benchmarks: a nimbus world with each rank on its own worker process \
+         (4 workers, mesh over TCP loopback), the same world on in-process hosts, and \
+         OpenMPI over TCP loopback"
     );
-    println!("ping-pong, one-way latency in µs (targets: nimbus <= 1.5x OpenMPI)");
+    println!("ping-pong, one-way latency in µs (target: workers <= 1.5x OpenMPI)");
     println!(
-        "  {:>8}   {:>9} {:>9}   {:>9} {:>9}   {:>7} {:>7}",
-        "bytes", "nimbus50", "nimbus99", "ompi50", "ompi99", "x p50", "x p99"
+        "  {:>8}   {:>9} {:>9}   {:>9}   {:>9} {:>9}   {:>7} {:>7}",
+        "bytes", "workers50", "workers99", "inproc50", "ompi50", "ompi99", "x p50", "x p99"
     );
-    let ours = figures(nimbus("pingpong", "2"), 2);
-    let theirs = figures(openmpi(&native, "pingpong", "2"), 2);
+    let ours = figures(nimbus(on, "pingpong", "2"), 2);
+    let in_process = figures(nimbus(Ranks::InProcess, "pingpong", "2"), 2);
+    let theirs = figures(openmpi("pingpong", "2"), 2);
     let mut sizes: Vec<_> = ours.keys().collect();
     sizes.sort_by_key(|key| key[9..].parse::<u64>().unwrap_or(0));
     for key in sizes {
-        let (n, o) = (&ours[key], &theirs[key]);
+        let (n, i, o) = (&ours[key], &in_process[key], &theirs[key]);
         println!(
-            "  {:>8}   {:>9.2} {:>9.2}   {:>9.2} {:>9.2}   {:>6.2}x {:>6.2}x",
+            "  {:>8}   {:>9.2} {:>9.2}   {:>9.2}   {:>9.2} {:>9.2}   {:>6.2}x {:>6.2}x",
             &key[9..],
             n[0],
             n[1],
+            i[0],
             o[0],
             o[1],
             n[0] / o[0],
@@ -63,21 +72,28 @@ fn main() {
         );
     }
 
-    let ours = figures(nimbus("bandwidth", "2"), 1)["bandwidth"][0];
-    let theirs = figures(openmpi(&native, "bandwidth", "2"), 1)["bandwidth"][0];
-    println!("streaming bandwidth, 1 MiB messages (target: nimbus >= 0.8x OpenMPI)");
+    let bandwidth = |lines| figures(lines, 1)["bandwidth"][0];
+    let ours = bandwidth(nimbus(on, "bandwidth", "2"));
+    let in_process = bandwidth(nimbus(Ranks::InProcess, "bandwidth", "2"));
+    let theirs = bandwidth(openmpi("bandwidth", "2"));
+    println!("streaming bandwidth, 1 MiB messages (target: workers >= 0.8x OpenMPI)");
     println!(
-        "  nimbus {ours:.0} MiB/s   OpenMPI {theirs:.0} MiB/s   ratio {:.2}x",
+        "  workers {ours:.0} MiB/s   in-process {in_process:.0} MiB/s   OpenMPI {theirs:.0} MiB/s   \
+         ratio {:.2}x",
         ours / theirs
     );
 
-    let ours = &figures(nimbus("allreduce", "4"), 1)["allreduce"];
-    let theirs = &figures(openmpi(&native, "allreduce", "4"), 1)["allreduce"];
-    println!("allreduce of 1 MiB of doubles, 4 ranks, µs (target: nimbus <= 1.2x OpenMPI)");
+    let allreduce = |lines| figures(lines, 1)["allreduce"].clone();
+    let ours = allreduce(nimbus(on, "allreduce", "4"));
+    let in_process = allreduce(nimbus(Ranks::InProcess, "allreduce", "4"));
+    let theirs = allreduce(openmpi("allreduce", "4"));
+    println!("allreduce of 1 MiB of doubles, 4 ranks, µs (target: workers <= 1.2x OpenMPI)");
     println!(
-        "  nimbus p50 {:.1} p99 {:.1}   OpenMPI p50 {:.1} p99 {:.1}   ratio p50 {:.2}x p99 {:.2}x",
+        "  workers p50 {:.1} p99 {:.1}   in-process p50 {:.1}   OpenMPI p50 {:.1} p99 {:.1}   \
+         ratio p50 {:.2}x p99 {:.2}x",
         ours[0],
         ours[1],
+        in_process[0],
         theirs[0],
         theirs[1],
         ours[0] / theirs[0],

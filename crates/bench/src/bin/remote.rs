@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use nimbus_bench::daemon::Daemon;
 use nimbus_bench::{PING, Samples, bare_export_call, print_samples, start_alone, wat};
 use nimbus_dataplane::Client;
 use nimbus_runtime::{Invocation, Runtime, RuntimeConfig};
@@ -25,50 +26,33 @@ const THROUGHPUT_WINDOW: Duration = Duration::from_secs(3);
 
 /// A `nimbus up` child process, stopped on drop.
 struct Node {
-    child: Child,
+    _daemon: Daemon,
     http: String,
     data_plane: String,
-    _data: tempfile::TempDir,
 }
 
 impl Node {
     fn start() -> Node {
-        let nimbus = nimbus_bench::nimbus_binary();
-        let data = tempfile::tempdir().expect("temporary directory");
-        let mut child = Command::new(&nimbus)
-            .args([
+        let (daemon, mut addresses) = Daemon::start(
+            &[
                 "up",
                 "--listen",
                 "127.0.0.1:0",
                 "--data-listen",
                 "127.0.0.1:0",
-            ])
-            .env("NIMBUS_DATA_DIR", data.path())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("nimbus up starts");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut announced = |prefix: &str| {
-            let line = lines.next().expect("an announcement").expect("a line");
-            line.strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
-                .to_owned()
-        };
-        let http = announced("nimbus: gateway listening on ");
-        let data_plane = announced("nimbus: data plane listening on ");
+            ],
+            &[
+                "nimbus: gateway listening on ",
+                "nimbus: data plane listening on ",
+            ],
+        );
+        let data_plane = addresses.pop().expect("two addresses");
+        let http = addresses.pop().expect("two addresses");
         Node {
-            child,
+            _daemon: daemon,
             http,
             data_plane,
-            _data: data,
         }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
