@@ -10,7 +10,7 @@
 //! `cargo build --release && cargo run --release -p nimbus-bench --bin remote [ITERATIONS]`
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
