@@ -87,6 +87,11 @@ typedef struct {
 #define NIMBUS_MPI_TAG_GATHER (-5)
 #define NIMBUS_MPI_TAG_SCATTER (-6)
 #define NIMBUS_MPI_TAG_ALLTOALL (-7)
+#define NIMBUS_MPI_TAG_ALLREDUCE (-8)
+/* Allreduces of at least this many bytes go round a ring (reduce-scatter, then
+ * allgather): each rank moves 2(p-1)/p of the data instead of the root moving p-1
+ * times all of it. */
+#define NIMBUS_MPI_RING_MIN_BYTES (64 * 1024)
 
 /* A message that arrived before anyone asked for it. */
 struct nimbus_mpi_message {
@@ -415,8 +420,58 @@ done:
     return err;
 }
 
+/* The first element of segment i when count elements are cut into size segments. */
+static inline int nimbus_mpi_segment(int i, int count) {
+    return (int)((long long)count * i / nimbus_mpi_size);
+}
+
+/* Ring allreduce of buf (count elements of type_size bytes) in place. In step s of
+ * the reduce-scatter, each rank passes segment (rank - s) to its right and folds
+ * segment (rank - s - 1) from its left into its own; after size - 1 steps it holds
+ * segment rank + 1 whole, and the allgather passes the whole segments round. */
+static inline int nimbus_mpi_ring_allreduce(void *buf, int count, int type_size,
+                                            MPI_Datatype type, MPI_Op op) {
+    int size = nimbus_mpi_size, rank = nimbus_mpi_rank, err = MPI_SUCCESS;
+    int right = (rank + 1) % size, left = (rank + size - 1) % size;
+    unsigned char *bytes = (unsigned char *)buf;
+    int largest = count / size + 1;
+    unsigned char *in = (unsigned char *)malloc((size_t)largest * (size_t)type_size);
+    if (in == NULL) return MPI_ERR_INTERN;
+    for (int phase = 0; phase < 2 && err == MPI_SUCCESS; phase++) {
+        for (int step = 0; step < size - 1; step++) {
+            int out_seg = (rank - step + phase + 2 * size) % size;
+            int in_seg = (rank - step - 1 + phase + 2 * size) % size;
+            int out_first = nimbus_mpi_segment(out_seg, count);
+            int out_count = nimbus_mpi_segment(out_seg + 1, count) - out_first;
+            int in_first = nimbus_mpi_segment(in_seg, count);
+            int in_count = nimbus_mpi_segment(in_seg + 1, count) - in_first;
+            err = nimbus_mpi_send(bytes + (size_t)out_first * type_size,
+                                  (size_t)out_count * type_size, right,
+                                  NIMBUS_MPI_TAG_ALLREDUCE);
+            if (err) break;
+            unsigned char *target = phase == 0 ? in : bytes + (size_t)in_first * type_size;
+            err = nimbus_mpi_recv(target, (size_t)in_count * type_size, left,
+                                  NIMBUS_MPI_TAG_ALLREDUCE, MPI_STATUS_IGNORE);
+            if (err) break;
+            if (phase == 0)
+                nimbus_mpi_combine(bytes + (size_t)in_first * type_size, in, in_count, type, op);
+        }
+    }
+    free(in);
+    return err;
+}
+
 static inline int MPI_Allreduce(const void *sendbuf, void *recvbuf, int count,
                                 MPI_Datatype type, MPI_Op op, MPI_Comm comm) {
+    int type_size = nimbus_mpi_type_size(type);
+    size_t len = (size_t)count * (size_t)type_size;
+    int ring = comm == MPI_COMM_WORLD && type_size > 0 && count >= nimbus_mpi_size &&
+               nimbus_mpi_size > 1 && op >= MPI_SUM && op <= MPI_PROD &&
+               len >= NIMBUS_MPI_RING_MIN_BYTES;
+    if (ring) {
+        if (sendbuf != MPI_IN_PLACE) memcpy(recvbuf, sendbuf, len);
+        return nimbus_mpi_ring_allreduce(recvbuf, count, type_size, type, op);
+    }
     int err = MPI_Reduce(sendbuf == MPI_IN_PLACE ? recvbuf : sendbuf, recvbuf, count, type,
                          op, 0, comm);
     if (err) return err;

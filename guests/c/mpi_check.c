@@ -9,6 +9,7 @@
  * With `trap-rank R`, rank R traps after the first barrier while the others go on
  * into the collectives, which can then never complete: nimbus must end the world.
  */
+#include <limits.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -151,6 +152,26 @@ static void check_data_movement(void) {
     for (int i = 0; i < 3; i++) CHECK(MPI_Barrier(MPI_COMM_WORLD) == 0, "barrier");
 }
 
+/* Large enough for the ring allreduce; a length no rank count divides. */
+#define LARGE 20011
+
+static void check_large_allreduce(void) {
+    static int mine[LARGE], sum[LARGE], in_place[LARGE];
+    for (int i = 0; i < LARGE; i++) mine[i] = in_place[i] = (rank + 1) * (i % 97) - rank;
+    MPI_Allreduce(mine, sum, LARGE, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, in_place, LARGE, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    for (int i = 0; i < LARGE; i++) {
+        int expected_sum = 0, expected_max = INT_MIN;
+        for (int r = 0; r < size; r++) {
+            int v = (r + 1) * (i % 97) - r;
+            expected_sum += v;
+            if (v > expected_max) expected_max = v;
+        }
+        CHECK(sum[i] == expected_sum, "large allreduce sum [%d] = %d", i, sum[i]);
+        CHECK(in_place[i] == expected_max, "large allreduce max [%d] = %d", i, in_place[i]);
+    }
+}
+
 int main(int argc, char **argv) {
     if (MPI_Init(&argc, &argv) != MPI_SUCCESS) {
         fprintf(stderr, "MPI_Init failed\n");
@@ -173,6 +194,7 @@ int main(int argc, char **argv) {
     CHECK_REDUCTIONS(long, MPI_LONG);
     CHECK_REDUCTIONS(float, MPI_FLOAT);
     CHECK_REDUCTIONS(double, MPI_DOUBLE);
+    check_large_allreduce();
 
     int total = 0;
     MPI_Allreduce(&failures, &total, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
