@@ -17,6 +17,19 @@ use crate::frame::{self, Envelope, Frame};
 
 type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
 
+/// Socket buffers large enough that a message of a few MiB is written in one go
+/// rather than in rounds that each wait for the reader to wake.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Frames go out at once (no Nagle delay) and big ones without stalls. The kernel
+/// caps the buffers at its `net.core.{w,r}mem_max`; failing to set them is harmless.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let socket = socket2::SockRef::from(stream);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+}
+
 /// Calls waiting for replies, by id. `None` once the connection is gone.
 type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::UnboundedSender<Envelope>>>>>;
 
@@ -37,7 +50,7 @@ impl Link {
                 addr: addr.to_owned(),
                 source,
             })?;
-        let _ = stream.set_nodelay(true);
+        tune(&stream);
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let replies = pending.clone();
@@ -185,7 +198,7 @@ impl Replier {
 pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
+        tune(&stream);
         tokio::spawn(answer(stream, handler.clone()));
     }
 }
