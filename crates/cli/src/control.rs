@@ -43,8 +43,8 @@ pub(crate) struct WorkerArgs {
     /// Address to listen on for other workers (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
-    /// The global state tier, `redis://HOST:PORT[/DB]`. Workers of one cluster
-    /// share state only through Redis; without it each keeps its own.
+    /// The global state tier, `redis://HOST:PORT[/DB]` (default: the embedded
+    /// tier the planner serves to the whole cluster).
     #[arg(long, value_name = "URL")]
     state: Option<String>,
 }
@@ -85,9 +85,22 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
             .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
         // Tools and tests read this line to learn the port.
         println!("nimbus: planner listening on {address}");
+        // The cluster's embedded global state tier, served beside the planner.
+        let state = tokio::net::TcpListener::bind((address.ip(), 0))
+            .await
+            .map_err(|e| Failure::new(exit_code::INTERNAL, format!("state listener: {e}")))?;
+        let state_address = state
+            .local_addr()
+            .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
+        println!("nimbus: planner serves the global state tier on {state_address}");
+        tokio::spawn(nimbus_state::serve(
+            state,
+            std::sync::Arc::new(nimbus_state::Embedded::new()),
+        ));
         let config = nimbus_control::PlannerConfig {
             heartbeat: args.heartbeat,
             timeout: args.timeout,
+            state: Some(state_address.to_string()),
         };
         tokio::select! {
             served = nimbus_control::serve_planner(listener, config) => served
@@ -125,7 +138,12 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             address: address.clone(),
             planner: args.planner.clone(),
         });
-        let global = nimbus_state::open(args.state.as_deref())
+        // Without --state, the cluster shares the tier its planner serves.
+        let url = args.state.clone().or_else(|| {
+            link.state_address()
+                .map(|address| format!("nimbus://{address}"))
+        });
+        let global = nimbus_state::open(url.as_deref())
             .await
             .map_err(|e| internal(&format!("state: {e}")))?;
         config.global_state = GlobalState(global);

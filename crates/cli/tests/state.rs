@@ -44,15 +44,24 @@ fn every_state_operation_on_redis() {
 }
 
 #[test]
-fn workers_in_separate_processes_share_state_through_redis() {
+fn workers_in_separate_processes_share_state_on_both_tiers() {
     let redis = RedisServer::start().expect("redis-server starts (scripts/setup.sh installs it)");
-    let cluster = TestCluster::start(3, &["--state", &redis.url()]);
-    for program in GUESTS {
-        let mut command = cluster.nimbus(&["run"]);
-        command.arg(guest(program));
-        let (stdout, stderr, code) = outcome(&run(command));
-        assert_eq!(code, Some(0), "{program}: {stdout}{stderr}");
-        assert_eq!(stdout, "state-check ok\n");
+    let redis_url = redis.url();
+    // The embedded tier their planner serves (no flag), and Redis.
+    let tiers: [&[&str]; 2] = [&[], &["--state", &redis_url]];
+    for worker_flags in tiers {
+        let cluster = TestCluster::start(3, worker_flags);
+        for program in GUESTS {
+            let mut command = cluster.nimbus(&["run"]);
+            command.arg(guest(program));
+            let (stdout, stderr, code) = outcome(&run(command));
+            assert_eq!(
+                code,
+                Some(0),
+                "{program} {worker_flags:?}: {stdout}{stderr}"
+            );
+            assert_eq!(stdout, "state-check ok\n");
+        }
     }
 }
 

@@ -35,10 +35,17 @@ enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Reply {
-    Registered { host: HostId, heartbeat_ms: u64 },
+    Registered {
+        host: HostId,
+        heartbeat_ms: u64,
+        state: Option<String>,
+    },
     Ack,
     Hosts(Vec<HostStatus>),
-    Placed { host: HostId, address: String },
+    Placed {
+        host: HostId,
+        address: String,
+    },
     Error(String),
 }
 
@@ -72,12 +79,15 @@ pub enum ControlError {
 }
 
 /// How the planner paces its workers.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PlannerConfig {
     /// How often workers report.
     pub heartbeat: Duration,
     /// How long a worker may stay silent before it is dropped.
     pub timeout: Duration,
+    /// Where the cluster's shared global state tier is served, told to workers as
+    /// they join (`None`: they bring their own).
+    pub state: Option<String>,
 }
 
 /// Serves the planner on `listener` until the task is dropped.
@@ -101,9 +111,9 @@ pub async fn serve_planner(listener: TcpListener, config: PlannerConfig) -> std:
             Ok((stream, _)) => stream,
             Err(e) => break Err(e),
         };
-        let registry = registry.clone();
+        let (registry, config) = (registry.clone(), config.clone());
         tokio::spawn(async move {
-            let _ = answer(stream, &registry, config).await;
+            let _ = answer(stream, &registry, &config).await;
         });
     };
     expiry.abort();
@@ -114,7 +124,7 @@ pub async fn serve_planner(listener: TcpListener, config: PlannerConfig) -> std:
 async fn answer(
     stream: TcpStream,
     registry: &Mutex<Registry>,
-    config: PlannerConfig,
+    config: &PlannerConfig,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
@@ -137,6 +147,7 @@ async fn answer(
                         Reply::Registered {
                             host,
                             heartbeat_ms: config.heartbeat.as_millis() as u64,
+                            state: config.state.clone(),
                         }
                     }
                     Err(full) => Reply::Error(full.to_string()),
@@ -248,6 +259,7 @@ pub struct PlannerLink {
     connection: Connection,
     host: HostId,
     heartbeat: Duration,
+    state: Option<String>,
 }
 
 impl PlannerLink {
@@ -255,10 +267,15 @@ impl PlannerLink {
     pub async fn join(addr: &str, info: HostInfo) -> Result<PlannerLink, ControlError> {
         let mut connection = Connection::open(addr).await?;
         match connection.request(&Request::Register(info)).await? {
-            Reply::Registered { host, heartbeat_ms } => Ok(PlannerLink {
+            Reply::Registered {
+                host,
+                heartbeat_ms,
+                state,
+            } => Ok(PlannerLink {
                 connection,
                 host,
                 heartbeat: Duration::from_millis(heartbeat_ms.max(1)),
+                state,
             }),
             other => Err(connection.unexpected(other)),
         }
@@ -267,6 +284,11 @@ impl PlannerLink {
     /// The id the planner assigned.
     pub fn host(&self) -> HostId {
         self.host
+    }
+
+    /// Where the cluster's global state tier is served, if the planner serves one.
+    pub fn state_address(&self) -> Option<&str> {
+        self.state.as_deref()
     }
 
     /// How often the planner wants a heartbeat.
@@ -335,6 +357,7 @@ mod tests {
         let config = PlannerConfig {
             heartbeat: timeout / 4,
             timeout,
+            state: Some("127.0.0.1:2".into()),
         };
         tokio::spawn(serve_planner(listener, config));
         addr
@@ -355,6 +378,7 @@ mod tests {
         let mut first = PlannerLink::join(&addr, info()).await.unwrap();
         let second = PlannerLink::join(&addr, info()).await.unwrap();
         assert_eq!((first.host(), second.host()), (HostId(1), HostId(2)));
+        assert_eq!(first.state_address(), Some("127.0.0.1:2"));
         let report = HostReport {
             processes: 3,
             instantiated: 2,

@@ -29,6 +29,7 @@ mod embedded;
 mod key;
 mod local;
 mod redis_tier;
+mod served;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
@@ -45,6 +46,7 @@ pub use embedded::Embedded;
 pub use key::{AppName, Key};
 pub use local::{AppState, HostState, LocalTier};
 pub use redis_tier::Redis;
+pub use served::{Served, serve};
 
 /// The longest app name, in bytes.
 pub const MAX_APP_NAME_LEN: usize = 64;
@@ -134,6 +136,14 @@ pub enum StateError {
         /// The client's error.
         source: redis::RedisError,
     },
+    /// The served tier (`nimbus://`) could not be reached or failed.
+    #[error("state store at nimbus://{addr}: {message}")]
+    Served {
+        /// Its address.
+        addr: String,
+        /// What failed.
+        message: String,
+    },
     /// A Redis command failed (connection lost, timeout, server error).
     #[error("Redis state store at {url}: {source}")]
     Redis {
@@ -217,7 +227,10 @@ pub trait GlobalTier: Send + Sync {
 pub async fn open(url: Option<&str>) -> Result<Arc<dyn GlobalTier>, StateError> {
     match url {
         None => Ok(Arc::new(Embedded::new())),
-        Some(url) => Ok(Arc::new(Redis::connect(url).await?)),
+        Some(url) => match url.strip_prefix("nimbus://") {
+            Some(addr) => Ok(Arc::new(Served::connect(addr).await?)),
+            None => Ok(Arc::new(Redis::connect(url).await?)),
+        },
     }
 }
 

@@ -1,5 +1,6 @@
-//! One suite run against both global tiers, the embedded one and a real `redis-server`
-//! started by each test; then what depends on neither.
+//! One suite run against every global tier: the embedded one, a real `redis-server`
+//! started by each test, and an embedded one served over TCP; then what depends on
+//! none.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +41,21 @@ async fn redis() -> Fixture {
     }
 }
 
+/// An embedded tier served over loopback TCP, reached as `nimbus://ADDR`.
+async fn served() -> Fixture {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(crate::serve(listener, Arc::new(Embedded::new())));
+    let tier = crate::open(Some(&format!("nimbus://{addr}")))
+        .await
+        .expect("connects to the served tier");
+    assert_eq!(tier.location(), format!("nimbus://{addr}"));
+    Fixture {
+        tier,
+        _server: None,
+    }
+}
+
 fn app(name: &str) -> AppState {
     // Tests reach the tier through an app's handle, as the platform does.
     AppState::new(
@@ -70,6 +86,15 @@ macro_rules! suite {
                 #[tokio::test]
                 async fn $case() {
                     let fixture = super::redis().await;
+                    super::cases::$case(fixture.tier.clone()).await;
+                }
+            )*
+        }
+        mod served {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let fixture = super::served().await;
                     super::cases::$case(fixture.tier.clone()).await;
                 }
             )*

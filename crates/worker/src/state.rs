@@ -133,6 +133,7 @@ fn code_of(error: &StateError) -> AbiError {
         StateError::InvalidAppName { .. }
         | StateError::UnsupportedUrl { .. }
         | StateError::Connect { .. }
+        | StateError::Served { .. }
         | StateError::Redis { .. } => AbiError::Internal,
     }
 }
