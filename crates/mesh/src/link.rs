@@ -6,6 +6,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Waker};
 
 use tokio::io::BufReader;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -218,7 +219,14 @@ async fn answer<H: Handler>(stream: TcpStream, handler: Arc<H>) {
             write: write.clone(),
             caller: caller.clone(),
         };
-        tokio::spawn(handler.clone().handle(envelope.frame, replier));
+        // Most requests finish without waiting (a message into a mailbox with room):
+        // running their first step here spares them a hand-off to another task. One
+        // that waits goes on on its own task; a future may be polled by any waker.
+        let mut request = handler.clone().handle(envelope.frame, replier);
+        let mut first_step = Context::from_waker(Waker::noop());
+        if request.as_mut().poll(&mut first_step).is_pending() {
+            tokio::spawn(request);
+        }
     }
 }
 
