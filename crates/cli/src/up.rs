@@ -1,5 +1,6 @@
 //! `nimbus up`: a single-node nimbus (embedded cluster, service manager and HTTP
-//! gateway) serving until it is interrupted.
+//! gateway) serving until it is interrupted; with `--workers N`, also a local
+//! cluster of a planner and N worker processes.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -26,6 +27,10 @@ pub(crate) struct UpArgs {
     /// The global state tier, `redis://HOST:PORT[/DB]` (default: embedded in nimbus).
     #[arg(long, value_name = "URL")]
     state: Option<String>,
+    /// Also start a local cluster: a planner and this many worker processes, for
+    /// `nimbus run --planner` (its address is printed); `ps` lists their processes.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    workers: Option<u16>,
 }
 
 pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
@@ -65,6 +70,18 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         // Tools and tests read these lines to learn the ports.
         println!("nimbus: gateway listening on http://{address}");
         println!("nimbus: data plane listening on {data_address}");
+        let local_cluster = match args.workers {
+            Some(workers) => Some(
+                LocalCluster::start(workers, &data_dir, args.state.as_deref())
+                    .await
+                    .map_err(|e| internal("cannot start the local cluster", &e))?,
+            ),
+            None => None,
+        };
+        let planner = local_cluster.as_ref().map(|c| c.planner.clone());
+        if let Some(planner) = &planner {
+            println!("nimbus: planner listening on {planner}");
+        }
         tokio::spawn(nimbus_dataplane::serve(
             data_listener,
             nimbus_gateway::DataPlane::new(services.clone()),
@@ -73,6 +90,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         let gateway = Arc::new(Gateway {
             services: services.clone(),
             cluster,
+            planner,
         });
         nimbus_gateway::serve(listener, gateway, stop_signal())
             .await
@@ -82,8 +100,71 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             .swap_out_all()
             .await
             .map_err(|e| internal("swapping out", &e))?;
+        drop(local_cluster);
         Ok(0)
     })
+}
+
+/// A planner and workers started as child processes of `nimbus up`; they stop
+/// with it (killed when this is dropped).
+struct LocalCluster {
+    planner: String,
+    _children: Vec<tokio::process::Child>,
+}
+
+impl LocalCluster {
+    async fn start(
+        workers: u16,
+        data_dir: &std::path::Path,
+        state: Option<&str>,
+    ) -> std::io::Result<LocalCluster> {
+        let (planner_child, planner) = spawn_announcing(
+            &["planner", "--listen", "127.0.0.1:0"],
+            data_dir,
+            "nimbus: planner listening on ",
+        )
+        .await?;
+        let mut children = vec![planner_child];
+        let joined = format!("nimbus: worker joined {planner} as host ");
+        for n in 1..=workers {
+            let worker_dir = data_dir.join("workers").join(n.to_string());
+            let mut args = vec!["worker", "--planner", &planner];
+            if let Some(url) = state {
+                args.extend(["--state", url]);
+            }
+            let (child, _) = spawn_announcing(&args, &worker_dir, &joined).await?;
+            children.push(child);
+        }
+        Ok(LocalCluster {
+            planner,
+            _children: children,
+        })
+    }
+}
+
+/// Starts `nimbus ARGS` and returns it with the rest of its first line, which must
+/// start with `prefix`.
+async fn spawn_announcing(
+    args: &[&str],
+    data_dir: &std::path::Path,
+    prefix: &str,
+) -> std::io::Result<(tokio::process::Child, String)> {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .env("NIMBUS_DATA_DIR", data_dir)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut first = String::new();
+    stdout.read_line(&mut first).await?;
+    // Read on, so that its later lines never meet a closed pipe.
+    tokio::spawn(async move { tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await });
+    let rest = first.trim_end().strip_prefix(prefix).ok_or_else(|| {
+        std::io::Error::other(format!("`nimbus {}` said {first:?}", args.join(" ")))
+    })?;
+    Ok((child, rest.to_owned()))
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -130,14 +130,14 @@ fn programs_run_unchanged_across_three_workers() {
     }
 }
 
-/// `fan_out N FILE` running in the background on the cluster, with the file it
-/// waits for, once it has spawned its children.
-fn fan_out(cluster: &TestCluster, children: usize) -> (Daemon, tempfile::TempDir) {
+/// `fan_out N FILE` running in the background on the cluster of `planner`, with
+/// the file it waits for, once it has spawned its children.
+fn fan_out(planner: &str, children: usize) -> (Daemon, tempfile::TempDir) {
     let share = tempfile::tempdir().unwrap();
     let mount = format!("{}::/share", share.path().display());
     let path = guest("c-fan-out");
     let count = children.to_string();
-    let mut command = cluster.nimbus(&["run", "--dir", &mount]);
+    let mut command = common::nimbus(&["run", "--dir", &mount, "--planner", planner]);
     command.arg(path).args(["--", &count, "/share/go"]);
     let run = Daemon::start(command);
     assert_eq!(run.announced("spawned "), count);
@@ -162,7 +162,7 @@ fn placement(cluster: &TestCluster) -> (String, Vec<String>) {
 #[test]
 fn children_spread_over_workers_and_a_lost_worker_fails_its_processes() {
     let mut cluster = TestCluster::start(3, &[]);
-    let (mut run, share) = fan_out(&cluster, 6);
+    let (mut run, share) = fan_out(&cluster.addr, 6);
     let (root_host, children) = placement(&cluster);
     assert_eq!(children.len(), 6);
     let mut hosts: Vec<&String> = children.iter().chain([&root_host]).collect();
@@ -195,7 +195,7 @@ fn children_spread_over_workers_and_a_lost_worker_fails_its_processes() {
 #[test]
 fn losing_the_root_worker_fails_the_run_and_ends_its_tree() {
     let mut cluster = TestCluster::start(3, &[]);
-    let (mut run, _share) = fan_out(&cluster, 6);
+    let (mut run, _share) = fan_out(&cluster.addr, 6);
     let (root_host, _) = placement(&cluster);
     cluster.kill_worker(&root_host);
     // The run reports the loss (exit 126, "host lost") ...
@@ -204,4 +204,34 @@ fn losing_the_root_worker_fails_the_run_and_ends_its_tree() {
     common::until("the lost root's children are stopped", || {
         cluster.processes().is_empty()
     });
+}
+
+#[test]
+fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
+    let mut up = Daemon::start(common::nimbus(&[
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "3",
+    ]));
+    let gateway = up.announced("nimbus: gateway listening on ");
+    up.announced("nimbus: data plane listening on ");
+    let planner = up.announced("nimbus: planner listening on ");
+    assert_eq!(hosts(&planner).len(), 3);
+
+    let (mut tree, share) = fan_out(&planner, 4);
+    let (stdout, stderr, code) = outcome(&run(common::nimbus(&["ps", "--server", &gateway])));
+    assert_eq!(code, Some(0), "{stderr}");
+    let on_workers = stdout.lines().filter(|l| l.contains(" host-")).count();
+    assert_eq!(on_workers, 5, "the root and its 4 children:\n{stdout}");
+    std::fs::write(share.path().join("go"), "").unwrap();
+    assert_eq!(tree.child.wait().unwrap().code(), Some(0));
+
+    // The cluster stops with `nimbus up`.
+    assert!(up.signal("TERM").success());
+    let (_, _, code) = outcome(&run(common::nimbus(&["hosts", "--planner", &planner])));
+    assert_ne!(code, Some(0), "the planner outlived nimbus up");
 }

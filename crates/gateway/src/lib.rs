@@ -48,6 +48,9 @@ pub struct Gateway {
     pub services: Arc<Services>,
     /// The hosts and their processes.
     pub cluster: Arc<Cluster>,
+    /// The planner of the worker processes started beside this node, whose
+    /// processes `ps` lists too.
+    pub planner: Option<String>,
 }
 
 /// The gateway's routes.
@@ -224,13 +227,18 @@ async fn invoke(
 }
 
 async fn list_processes(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
-    let processes = gateway.cluster.processes().into_iter().map(|p| {
-        let state = p.state.name();
+    let mut processes = gateway.cluster.processes();
+    if let Some(planner) = &gateway.planner
+        && let Ok((on_workers, _)) = nimbus_worker::cluster_processes(planner).await
+    {
+        processes.extend(on_workers);
+    }
+    let processes = processes.into_iter().map(|p| {
         json!({
             "pid": p.pid.to_string(),
             "parent": p.parent.map(|p| p.to_string()),
             "host": p.host.to_string(),
-            "state": state,
+            "state": p.state.name(),
         })
     });
     Json(Value::Array(processes.collect()))
