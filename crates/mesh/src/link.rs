@@ -374,3 +374,37 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod big_frames {
+    use super::*;
+
+    struct Echo;
+
+    impl Handler for Echo {
+        fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
+            Box::pin(async move { replier.finish(request).await })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn big_frames_go_back_and_forth() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(serve(listener, Arc::new(Echo)));
+        let link = Link::connect(&addr).await.unwrap();
+        for len in [8usize, 70_000, 262_144, 1 << 20, 3 << 20, 16 << 20] {
+            for _ in 0..10 {
+                let sent = Frame::new(&len, vec![7; len]);
+                let got = tokio::time::timeout(
+                    std::time::Duration::from_secs(10),
+                    link.call_one(sent.clone()),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("a {len}-byte frame never came back"))
+                .unwrap();
+                assert_eq!(got, sent);
+            }
+        }
+    }
+}
