@@ -235,3 +235,15 @@ fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
     let (_, _, code) = outcome(&run(common::nimbus(&["hosts", "--planner", &planner])));
     assert_ne!(code, Some(0), "the planner outlived nimbus up");
 }
+
+#[test]
+fn an_interrupted_run_ends_its_tree_on_every_worker() {
+    let cluster = TestCluster::start(3, &[]);
+    let (mut tree, _share) = fan_out(&cluster.addr, 6);
+    assert_eq!(cluster.processes().len(), 7);
+    // The `nimbus run` that is the tree's home dies without a word.
+    tree.signal("KILL");
+    common::until("the tree of the killed run is stopped", || {
+        cluster.processes().is_empty()
+    });
+}

@@ -40,6 +40,8 @@ pub struct Link {
     write: Writer,
     pending: Pending,
     next_id: AtomicU64,
+    /// Closed when the connection ends.
+    open: watch::Receiver<()>,
 }
 
 impl Link {
@@ -55,7 +57,9 @@ impl Link {
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let replies = pending.clone();
+        let (connected, open) = watch::channel(());
         tokio::spawn(async move {
+            let _connected = connected;
             let mut read = BufReader::with_capacity(256 << 10, read);
             while let Ok(Some(envelope)) = frame::read(&mut read).await {
                 let mut pending = replies.lock().unwrap();
@@ -77,6 +81,7 @@ impl Link {
             write: Arc::new(tokio::sync::Mutex::new(write)),
             pending,
             next_id: AtomicU64::new(1),
+            open,
         }))
     }
 
@@ -89,6 +94,13 @@ impl Link {
     /// anew).
     pub fn is_open(&self) -> bool {
         self.pending.lock().unwrap().is_some()
+    }
+
+    /// Resolves when the connection has ended: the peer is gone (or broke the
+    /// protocol).
+    pub async fn closed(&self) {
+        let mut open = self.open.clone();
+        while open.changed().await.is_ok() {}
     }
 
     /// Sends `request`; its replies arrive through the returned [`Replies`].
@@ -318,6 +330,9 @@ mod tests {
             );
         }
         assert!(!link.is_open());
+        tokio::time::timeout(Duration::from_secs(10), link.closed())
+            .await
+            .expect("a lost link reports itself closed");
         assert!(matches!(
             link.call(Frame::new(&"1", vec![])).await,
             Err(MeshError::Lost { .. })

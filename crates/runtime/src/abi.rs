@@ -115,23 +115,26 @@ impl AbiError {
         }
     }
 
+    /// Every error, in the order of their codes.
+    pub const ALL: [AbiError; 11] = [
+        AbiError::Invalid,
+        AbiError::NoSuchProcess,
+        AbiError::NotChild,
+        AbiError::ChildFailed,
+        AbiError::Module,
+        AbiError::Quota,
+        AbiError::TooLarge,
+        AbiError::BufferTooSmall,
+        AbiError::Internal,
+        AbiError::NotFound,
+        AbiError::TimedOut,
+    ];
+
     /// The error with this code (as [`AbiError::code`] gives it); `Internal` for a
     /// code that names none.
     pub fn from_code(code: i32) -> AbiError {
-        const ALL: [AbiError; 11] = [
-            AbiError::Invalid,
-            AbiError::NoSuchProcess,
-            AbiError::NotChild,
-            AbiError::ChildFailed,
-            AbiError::Module,
-            AbiError::Quota,
-            AbiError::TooLarge,
-            AbiError::BufferTooSmall,
-            AbiError::Internal,
-            AbiError::NotFound,
-            AbiError::TimedOut,
-        ];
-        ALL.into_iter()
+        AbiError::ALL
+            .into_iter()
             .find(|e| e.code() == code)
             .unwrap_or(AbiError::Internal)
     }
@@ -458,20 +461,11 @@ mod tests {
 
     #[test]
     fn codes_match_the_spec() {
-        let all = [
-            AbiError::Invalid,
-            AbiError::NoSuchProcess,
-            AbiError::NotChild,
-            AbiError::ChildFailed,
-            AbiError::Module,
-            AbiError::Quota,
-            AbiError::TooLarge,
-            AbiError::BufferTooSmall,
-            AbiError::Internal,
-            AbiError::NotFound,
-            AbiError::TimedOut,
-        ];
-        let codes: Vec<i32> = all.iter().map(|e| e.code()).collect();
+        let codes: Vec<i32> = AbiError::ALL.iter().map(|e| e.code()).collect();
         assert_eq!(codes, (1..=11).map(|c| -c).collect::<Vec<_>>());
+        for error in AbiError::ALL {
+            assert_eq!(AbiError::from_code(error.code()), error);
+        }
+        assert_eq!(AbiError::from_code(-99), AbiError::Internal);
     }
 }

@@ -442,7 +442,17 @@ impl Cluster {
     ) {
         let started = async {
             let mesh = self.mesh.as_ref().ok_or(AbiError::Internal)?;
-            let lineage = mesh.guest_lineage(start.lineage)?;
+            let (lineage, new) = mesh.guest_lineage(start.lineage)?;
+            if new && let Some(home) = lineage.home.clone() {
+                // A tree whose home is gone (its run was interrupted, its machine
+                // died) has no one left to report to: it ends, as a local run's
+                // processes end with it.
+                let (cluster, mesh) = (self.arc(), mesh.clone());
+                tokio::spawn(async move {
+                    mesh.home_gone(&home).await;
+                    cluster.end_tree(&home);
+                });
+            }
             let module = mesh.module(&start.module, &start.from).await?;
             let host = self.any_host();
             self.load_off_thread(host, &module).await?;

@@ -269,13 +269,14 @@ impl Mesh {
 
     /// The lineage here of a tree homed elsewhere: one per tree on each host, so
     /// its processes here share loaded modules and output streams.
+    /// Also says whether it was made just now.
     pub(crate) fn guest_lineage(
         self: &Arc<Self>,
         wire: LineageWire,
-    ) -> Result<Arc<Lineage>, AbiError> {
+    ) -> Result<(Arc<Lineage>, bool), AbiError> {
         let mut guests = self.guests.lock().unwrap();
         if let Some(lineage) = guests.get(&wire.home).and_then(Weak::upgrade) {
-            return Ok(lineage);
+            return Ok((lineage, false));
         }
         guests.retain(|_, lineage| lineage.strong_count() > 0);
         let home = wire.home.clone();
@@ -287,7 +288,14 @@ impl Mesh {
         let lineage =
             Arc::new(Lineage::from_wire(wire, output, world).map_err(|_| AbiError::Invalid)?);
         guests.insert(home, Arc::downgrade(&lineage));
-        Ok(lineage)
+        Ok((lineage, true))
+    }
+
+    /// Resolves when the node at `home` is gone (or cannot be reached).
+    pub(crate) async fn home_gone(&self, home: &Home) {
+        if let Ok(link) = self.link(&home.address).await {
+            link.closed().await;
+        }
     }
 
     /// The world of a tree homed elsewhere, filled in once its home answers.
