@@ -157,9 +157,10 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             link.host()
         );
         let beating = async {
+            let mut cpu = CpuMeter::default();
             loop {
                 tokio::time::sleep(link.heartbeat_interval()).await;
-                if let Err(lost) = link.heartbeat(report(&cluster)).await {
+                if let Err(lost) = link.heartbeat(report(&cluster, &mut cpu)).await {
                     return lost;
                 }
             }
@@ -178,13 +179,53 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
     })
 }
 
-fn report(cluster: &Cluster) -> HostReport {
+fn report(cluster: &Cluster, cpu: &mut CpuMeter) -> HostReport {
     let load = cluster.runtime_load();
     HostReport {
         processes: cluster.processes().len(),
         instantiated: load.instantiated,
         waiting: load.waiting,
+        memory_used: resident_memory().unwrap_or(0),
+        cpu_percent: cpu.percent_since_last().unwrap_or(0),
+        network: nimbus_mesh::traffic(),
+        apps: cluster.apps(),
     }
+}
+
+/// This process's resident memory, from `/proc/self/statm` (in pages of 4 KiB, the
+/// page size of every platform nimbus runs on).
+fn resident_memory() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// This process's CPU use between two readings.
+#[derive(Default)]
+struct CpuMeter {
+    last: Option<(std::time::Instant, u64)>,
+}
+
+impl CpuMeter {
+    /// Percent of one core used since the last call (`None` the first time).
+    fn percent_since_last(&mut self) -> Option<u32> {
+        let now = (std::time::Instant::now(), cpu_ticks()?);
+        let (then, ticks) = self.last.replace(now)?;
+        // Linux counts CPU time in USER_HZ ticks, 100 per second on every ABI.
+        let used = (now.1 - ticks) as f64 / 100.0;
+        let elapsed = now.0.duration_since(then).as_secs_f64();
+        (elapsed > 0.0).then(|| (used / elapsed * 100.0).round() as u32)
+    }
+}
+
+/// User plus system CPU time of this process so far, in ticks (`/proc/self/stat`).
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may hold spaces, closed by the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some(user + system)
 }
 
 /// This machine's memory, from `/proc/meminfo`.
@@ -200,19 +241,44 @@ pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
         .block_on(nimbus_control::hosts(&args.planner))
         .map_err(|e| Failure::new(1, e.to_string()))?;
     println!(
-        "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>10}",
-        "HOST", "CPUS", "MEMORY", "PROCESSES", "LIVE", "WAITING", "HEARD"
+        "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>5} {:>10} {:>10}  APPS",
+        "HOST",
+        "CPUS",
+        "MEMORY",
+        "PROCESSES",
+        "LIVE",
+        "WAITING",
+        "HEARD",
+        "MEM USED",
+        "CPU%",
+        "NET IN",
+        "NET OUT"
     );
     for host in hosts {
+        let report = &host.report;
+        let apps: Vec<String> = report
+            .apps
+            .iter()
+            .map(|(app, count)| format!("{app}:{count}"))
+            .collect();
         println!(
-            "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8}ms",
+            "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8}ms {:>10} {:>5} {:>10} {:>10}  {}",
             host.host.to_string(),
             host.info.cpus,
             format_size(host.info.memory),
-            host.report.processes,
-            host.report.instantiated,
-            host.report.waiting,
-            host.silent_ms
+            report.processes,
+            report.instantiated,
+            report.waiting,
+            host.silent_ms,
+            format_size(report.memory_used),
+            report.cpu_percent,
+            format_size(report.network.0),
+            format_size(report.network.1),
+            if apps.is_empty() {
+                "-".into()
+            } else {
+                apps.join(",")
+            }
         );
     }
     Ok(0)

@@ -165,10 +165,17 @@ fn children_spread_over_workers_and_a_lost_worker_fails_its_processes() {
     let (mut run, share) = fan_out(&cluster.addr, 6);
     let (root_host, children) = placement(&cluster);
     assert_eq!(children.len(), 6);
-    let mut hosts: Vec<&String> = children.iter().chain([&root_host]).collect();
-    hosts.sort();
-    hosts.dedup();
-    assert_eq!(hosts.len(), 3, "the planner spreads children: {children:?}");
+    let mut used: Vec<&String> = children.iter().chain([&root_host]).collect();
+    used.sort();
+    used.dedup();
+    assert_eq!(used.len(), 3, "the planner spreads children: {children:?}");
+    // Heartbeats report each worker's processes by app, and its memory.
+    common::until("every worker reports the app's processes", || {
+        hosts(&cluster.addr).iter().all(|row| {
+            row.last()
+                .is_some_and(|apps| apps.starts_with("c-fan-out:"))
+        })
+    });
 
     // Lose a worker that runs children but not the root.
     let lost = children.iter().find(|h| **h != root_host).unwrap().clone();

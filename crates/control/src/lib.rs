@@ -26,9 +26,15 @@ pub const MAX_LINE: u64 = 1 << 20;
 #[serde(rename_all = "snake_case")]
 enum Request {
     Register(HostInfo),
-    Heartbeat { host: HostId, report: HostReport },
+    Heartbeat {
+        host: HostId,
+        report: HostReport,
+    },
     Hosts,
-    Place { near: Option<HostId> },
+    Place {
+        near: Option<HostId>,
+        app: Option<String>,
+    },
 }
 
 /// The planner's answer.
@@ -159,7 +165,7 @@ async fn answer(
                     }
                 }
                 Request::Hosts => Reply::Hosts(registry.hosts(now)),
-                Request::Place { near } => match registry.place(near) {
+                Request::Place { near, app } => match registry.place(near, app.as_deref()) {
                     Ok((host, address)) => Reply::Placed { host, address },
                     Err(full) => Reply::Error(full.to_string()),
                 },
@@ -324,10 +330,19 @@ impl Planner {
         })
     }
 
-    /// Picks the host for a new process (`near`: the parent's host, preferred on
-    /// ties); returns it and its address. Refused when every host is full.
-    pub async fn place(&mut self, near: Option<HostId>) -> Result<(HostId, String), ControlError> {
-        match self.connection.request(&Request::Place { near }).await? {
+    /// Picks the host for a new process of `app` (hosts running the app, then
+    /// `near`, the parent's host, are preferred on ties); returns it and its
+    /// address. Refused when every host is full.
+    pub async fn place(
+        &mut self,
+        near: Option<HostId>,
+        app: Option<String>,
+    ) -> Result<(HostId, String), ControlError> {
+        match self
+            .connection
+            .request(&Request::Place { near, app })
+            .await?
+        {
             Reply::Placed { host, address } => Ok((host, address)),
             other => Err(self.connection.unexpected(other)),
         }
@@ -383,11 +398,15 @@ mod tests {
             processes: 3,
             instantiated: 2,
             waiting: 1,
+            memory_used: 5 << 20,
+            cpu_percent: 40,
+            network: (100, 200),
+            apps: [("app".to_owned(), 3)].into(),
         };
-        first.heartbeat(report).await.unwrap();
+        first.heartbeat(report.clone()).await.unwrap();
         let listed = hosts(&addr).await.unwrap();
         assert_eq!(listed.len(), 2);
-        assert_eq!((listed[0].host, listed[0].report), (HostId(1), report));
+        assert_eq!((listed[0].host, &listed[0].report), (HostId(1), &report));
     }
 
     #[tokio::test]
@@ -395,14 +414,14 @@ mod tests {
         let addr = planner(Duration::from_secs(60)).await;
         let mut planner = Planner::connect(&addr).await.unwrap();
         assert!(matches!(
-            planner.place(None).await,
+            planner.place(None, None).await,
             Err(ControlError::Refused { .. })
         ));
         let first = PlannerLink::join(&addr, info()).await.unwrap();
         let second = PlannerLink::join(&addr, info()).await.unwrap();
         let near = Some(first.host());
-        let (a, address) = planner.place(near).await.unwrap();
-        let (b, _) = planner.place(near).await.unwrap();
+        let (a, address) = planner.place(near, Some("app".into())).await.unwrap();
+        let (b, _) = planner.place(near, Some("app".into())).await.unwrap();
         assert_eq!((a, b), (first.host(), second.host()));
         assert_eq!(address, "127.0.0.1:1");
     }

@@ -1,5 +1,7 @@
 //! Frames and their encoding.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -15,6 +17,10 @@ const LAST: u8 = 2;
 const PREAMBLE: usize = 8 + 1 + 4;
 /// Bodies at least this long are written separately instead of copied behind the head.
 const COPY_LIMIT: usize = 64 << 10;
+
+/// Bytes of frames read and written by this process (see [`crate::traffic`]).
+pub(crate) static RECEIVED: AtomicU64 = AtomicU64::new(0);
+pub(crate) static SENT: AtomicU64 = AtomicU64::new(0);
 
 /// One message: a small JSON head saying what it is and a raw body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -57,6 +63,7 @@ pub(crate) async fn write(
     frame: &Frame,
 ) -> std::io::Result<()> {
     let rest = PREAMBLE + frame.head.len() + frame.body.len();
+    SENT.fetch_add(4 + rest as u64, Ordering::Relaxed);
     let mut buf =
         Vec::with_capacity(4 + PREAMBLE + frame.head.len() + COPY_LIMIT.min(frame.body.len()));
     buf.extend_from_slice(
@@ -89,6 +96,7 @@ pub(crate) async fn read(
         Err(e) => return Err(e),
     }
     let rest = u32::from_le_bytes(len) as usize;
+    RECEIVED.fetch_add(4 + rest as u64, Ordering::Relaxed);
     if !(PREAMBLE..=MAX_FRAME).contains(&rest) {
         return Err(invalid(format!("a frame of {rest} bytes")));
     }

@@ -21,6 +21,16 @@ mod link;
 pub use frame::{Frame, MAX_FRAME};
 pub use link::{Handler, HandlerFuture, Link, Replier, Replies, serve};
 
+/// Bytes this process has received and sent over the mesh since it started, frames
+/// whole (for load reports).
+pub fn traffic() -> (u64, u64) {
+    use std::sync::atomic::Ordering;
+    (
+        frame::RECEIVED.load(Ordering::Relaxed),
+        frame::SENT.load(Ordering::Relaxed),
+    )
+}
+
 /// A mesh exchange failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MeshError {

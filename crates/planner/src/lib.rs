@@ -24,11 +24,30 @@ pub struct HostLoad {
     pub processes: usize,
     /// The most processes it admits.
     pub capacity: usize,
+    /// Whether it has memory left (as far as its reports tell).
+    pub memory_left: bool,
+    /// Whether it already runs processes of the app being placed.
+    pub runs_app: bool,
 }
 
 impl HostLoad {
+    /// A host with nothing known but its process count and capacity.
+    pub fn new(host: HostId, processes: usize, capacity: usize) -> HostLoad {
+        HostLoad {
+            host,
+            processes,
+            capacity,
+            memory_left: true,
+            runs_app: false,
+        }
+    }
+
     fn free(&self) -> usize {
-        self.capacity.saturating_sub(self.processes)
+        if self.memory_left {
+            self.capacity.saturating_sub(self.processes)
+        } else {
+            0
+        }
     }
 }
 
@@ -40,13 +59,22 @@ pub struct NoCapacity {
     pub hosts: usize,
 }
 
-/// Picks the host for a new process: the one with the most free room; on a tie the
-/// `near` host (where the parent runs: locality), then the lowest id.
+/// Picks the host for a new process among those with room and memory left: the one
+/// with the most free room (spreading work over cores); on a tie one that already
+/// runs the app (its modules compiled, its local state there), then the `near` host
+/// (where the parent runs: locality), then the lowest id.
 pub fn place(hosts: &[HostLoad], near: Option<HostId>) -> Result<HostId, NoCapacity> {
     hosts
         .iter()
         .filter(|h| h.free() > 0)
-        .max_by_key(|h| (h.free(), Some(h.host) == near, std::cmp::Reverse(h.host)))
+        .max_by_key(|h| {
+            (
+                h.free(),
+                h.runs_app,
+                Some(h.host) == near,
+                std::cmp::Reverse(h.host),
+            )
+        })
         .map(|h| h.host)
         .ok_or(NoCapacity { hosts: hosts.len() })
 }
@@ -56,11 +84,7 @@ mod tests {
     use super::*;
 
     fn load(host: u16, processes: usize, capacity: usize) -> HostLoad {
-        HostLoad {
-            host: HostId(host),
-            processes,
-            capacity,
-        }
+        HostLoad::new(HostId(host), processes, capacity)
     }
 
     #[test]
@@ -79,6 +103,22 @@ mod tests {
             let got = place(hosts, near.map(HostId)).ok().map(|h| h.0);
             assert_eq!(got, *expected, "hosts {hosts:?} near {near:?}");
         }
+    }
+
+    #[test]
+    fn prefers_hosts_running_the_app_and_skips_those_out_of_memory() {
+        let with_app = HostLoad {
+            runs_app: true,
+            ..load(3, 3, 10)
+        };
+        let hosts = [load(1, 3, 10), load(2, 3, 10), with_app];
+        assert_eq!(place(&hosts, Some(HostId(1))), Ok(HostId(3)));
+        let full = HostLoad {
+            memory_left: false,
+            ..load(1, 0, 10)
+        };
+        assert_eq!(place(&[full, load(2, 9, 10)], None), Ok(HostId(2)));
+        assert!(place(&[full], None).is_err());
     }
 
     #[test]

@@ -25,7 +25,8 @@ pub struct HostInfo {
 }
 
 /// What a worker reports with each heartbeat.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct HostReport {
     /// Processes admitted (queued or running).
     pub processes: usize,
@@ -33,6 +34,14 @@ pub struct HostReport {
     pub instantiated: usize,
     /// Of those, processes blocked in `recv` or `wait`.
     pub waiting: usize,
+    /// Memory the worker uses (its resident set), in bytes.
+    pub memory_used: u64,
+    /// CPU the worker used since its last report, in percent of one core.
+    pub cpu_percent: u32,
+    /// Bytes it received and sent over the mesh since it started.
+    pub network: (u64, u64),
+    /// Its processes, by app.
+    pub apps: BTreeMap<String, usize>,
 }
 
 /// A registered host as the registry knows it.
@@ -137,29 +146,35 @@ impl Registry {
             .map(|(&host, entry)| HostStatus {
                 host,
                 info: entry.info.clone(),
-                report: entry.report,
+                report: entry.report.clone(),
                 silent_ms: now.duration_since(entry.heard).as_millis() as u64,
             })
             .collect()
     }
 
-    /// The hosts' loads, for [`crate::place`]: what each reported plus what was
-    /// placed on it since.
-    pub fn loads(&self) -> Vec<HostLoad> {
+    /// The hosts' loads for placing a process of `app`, for [`crate::place`]: what
+    /// each reported plus what was placed on it since.
+    pub fn loads(&self, app: Option<&str>) -> Vec<HostLoad> {
         self.hosts
             .iter()
             .map(|(&host, entry)| HostLoad {
                 host,
                 processes: entry.report.processes + entry.placed_since_report,
                 capacity: entry.info.capacity,
+                memory_left: entry.report.memory_used < entry.info.memory,
+                runs_app: app.is_some_and(|app| entry.report.apps.contains_key(app)),
             })
             .collect()
     }
 
-    /// Places a process by [`crate::place`] and counts it against the chosen host
-    /// until that host's next report. Returns the host and its address.
-    pub fn place(&mut self, near: Option<HostId>) -> Result<(HostId, String), crate::NoCapacity> {
-        let host = crate::place(&self.loads(), near)?;
+    /// Places a process of `app` by [`crate::place`] and counts it against the
+    /// chosen host until that host's next report. Returns the host and its address.
+    pub fn place(
+        &mut self,
+        near: Option<HostId>,
+        app: Option<&str>,
+    ) -> Result<(HostId, String), crate::NoCapacity> {
+        let host = crate::place(&self.loads(app), near)?;
         let entry = self
             .hosts
             .get_mut(&host)
@@ -194,20 +209,30 @@ mod tests {
             processes: 7,
             instantiated: 5,
             waiting: 1,
+            memory_used: 1 << 20,
+            apps: [("app".to_owned(), 7)].into(),
+            ..HostReport::default()
         };
-        registry.heartbeat(b, report, start + 2 * second).unwrap();
+        registry
+            .heartbeat(b, report.clone(), start + 2 * second)
+            .unwrap();
         assert_eq!(registry.expire(start + 3 * second), []);
         assert_eq!(registry.expire(start + 4 * second), [a]);
         let hosts = registry.hosts(start + 4 * second);
         assert_eq!(hosts.len(), 1);
         assert_eq!(
-            (hosts[0].host, hosts[0].report, hosts[0].silent_ms),
-            (b, report, 2000)
+            (hosts[0].host, &hosts[0].report, hosts[0].silent_ms),
+            (b, &report, 2000)
         );
-        assert_eq!(registry.loads()[0].processes, 7);
+        let load = registry.loads(Some("app"))[0];
+        assert_eq!(
+            (load.processes, load.runs_app, load.memory_left),
+            (7, true, true)
+        );
+        assert!(!registry.loads(Some("other"))[0].runs_app);
         // An expired host must register again, and gets a new id.
         assert_eq!(
-            registry.heartbeat(a, report, start + 4 * second),
+            registry.heartbeat(a, report.clone(), start + 4 * second),
             Err(UnknownHost(a))
         );
         assert_eq!(registry.register(info(), start).unwrap(), HostId(3));
@@ -220,9 +245,18 @@ mod tests {
         let a = registry.register(info(), now).unwrap();
         let b = registry.register(info(), now).unwrap();
         // Without counting its own placements the planner would pick `a` every time.
-        let picks: Vec<HostId> = (0..4).map(|_| registry.place(Some(a)).unwrap().0).collect();
+        let picks: Vec<HostId> = (0..4)
+            .map(|_| registry.place(Some(a), None).unwrap().0)
+            .collect();
         assert_eq!(picks, [a, b, a, b]);
         registry.heartbeat(a, HostReport::default(), now).unwrap();
-        assert_eq!(registry.place(None).unwrap().0, a);
+        assert_eq!(registry.place(None, None).unwrap().0, a);
+        // A host that reports its memory used up takes no more.
+        let exhausted = HostReport {
+            memory_used: info().memory,
+            ..HostReport::default()
+        };
+        registry.heartbeat(a, exhausted, now).unwrap();
+        assert_eq!(registry.place(Some(a), None).unwrap().0, b);
     }
 }

@@ -306,6 +306,17 @@ impl Cluster {
         self.host_of(pid).ok_or(AbiError::NoSuchProcess)?.kill(pid)
     }
 
+    /// How many processes of each app run on this cluster's hosts.
+    pub fn apps(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut apps = std::collections::BTreeMap::new();
+        for host in &self.hosts {
+            for (app, count) in host.apps() {
+                *apps.entry(app).or_default() += count;
+            }
+        }
+        apps
+    }
+
     /// Every live process on every host.
     pub fn processes(&self) -> Vec<ProcessInfo> {
         self.hosts.iter().flat_map(Host::processes).collect()
@@ -351,7 +362,9 @@ impl Cluster {
         let args = std::iter::once(argv0.to_owned()).chain(args).collect();
         let target = match &self.mesh {
             Some(mesh) => {
-                let (host, address) = mesh.place(Some(parent_host.id()), self.spawn_wait).await?;
+                let near = Some(parent_host.id());
+                let app = lineage.app.as_str();
+                let (host, address) = mesh.place(near, app, self.spawn_wait).await?;
                 if host != parent_host.id() {
                     return self
                         .spawn_remote(

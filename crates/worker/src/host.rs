@@ -106,11 +106,11 @@ impl Host {
     }
 
     pub(crate) fn load(&self) -> HostLoad {
-        HostLoad {
-            host: self.id,
-            processes: self.admitted.load(Ordering::Relaxed),
-            capacity: self.max_processes,
-        }
+        HostLoad::new(
+            self.id,
+            self.admitted.load(Ordering::Relaxed),
+            self.max_processes,
+        )
     }
 
     /// Admits a process and starts it in the background; returns its pid.
@@ -308,6 +308,17 @@ impl Host {
             };
             child_ended.notified().await;
         }
+    }
+
+    /// How many processes of each app are here.
+    pub(crate) fn apps(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut apps = std::collections::BTreeMap::new();
+        for entry in self.table.lock().unwrap().values() {
+            *apps
+                .entry(entry.lineage.app.as_str().to_owned())
+                .or_default() += 1;
+        }
+        apps
     }
 
     pub(crate) fn processes(&self) -> Vec<ProcessInfo> {

@@ -171,16 +171,19 @@ impl Mesh {
         replies.next().await.map_err(|_| AbiError::NoSuchProcess)
     }
 
-    /// Asks the planner for a host, waiting up to `wait` while every host is full.
+    /// Asks the planner for a host for a process of `app`, waiting up to `wait`
+    /// while every host is full.
     pub(crate) async fn place(
         &self,
         near: Option<HostId>,
+        app: &str,
         wait: Duration,
     ) -> Result<(HostId, String), AbiError> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
+            let app = Some(app.to_owned());
             match self
-                .ask_planner(|planner| Box::pin(planner.place(near)))
+                .ask_planner(move |planner| Box::pin(planner.place(near, app)))
                 .await
             {
                 Ok((host, address)) => {

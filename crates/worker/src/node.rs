@@ -191,7 +191,7 @@ pub async fn run_on_cluster(
     let (ended, endings) = mpsc::unbounded_channel();
     let mut started: Vec<(Pid, String)> = Vec::new();
     for _ in 0..ranks.unwrap_or(1) {
-        let placed = mesh.place(None, SPAWN_WAIT).await;
+        let placed = mesh.place(None, tree.app.as_str(), SPAWN_WAIT).await;
         let start = match placed {
             Ok((_, worker)) => {
                 let stdin = stdin.take().unwrap_or_default();
