@@ -189,6 +189,7 @@ fn report(cluster: &Cluster, cpu: &mut CpuMeter) -> HostReport {
         cpu_percent: cpu.percent_since_last().unwrap_or(0),
         network: nimbus_mesh::traffic(),
         apps: cluster.apps(),
+        local_state: cluster.local_state(),
     }
 }
 

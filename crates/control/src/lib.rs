@@ -402,6 +402,7 @@ mod tests {
             cpu_percent: 40,
             network: (100, 200),
             apps: [("app".to_owned(), 3)].into(),
+            local_state: [("app".to_owned(), 64)].into(),
         };
         first.heartbeat(report.clone()).await.unwrap();
         let listed = hosts(&addr).await.unwrap();

@@ -26,8 +26,9 @@ pub struct HostLoad {
     pub capacity: usize,
     /// Whether it has memory left (as far as its reports tell).
     pub memory_left: bool,
-    /// Whether it already runs processes of the app being placed.
-    pub runs_app: bool,
+    /// Whether it already runs processes of the app being placed or holds some of
+    /// the app's local state.
+    pub has_app: bool,
 }
 
 impl HostLoad {
@@ -38,7 +39,7 @@ impl HostLoad {
             processes,
             capacity,
             memory_left: true,
-            runs_app: false,
+            has_app: false,
         }
     }
 
@@ -61,7 +62,8 @@ pub struct NoCapacity {
 
 /// Picks the host for a new process among those with room and memory left: the one
 /// with the most free room (spreading work over cores); on a tie one that already
-/// runs the app (its modules compiled, its local state there), then the `near` host
+/// runs the app or holds its local state (its modules compiled, its state at memory
+/// speed), then the `near` host
 /// (where the parent runs: locality), then the lowest id.
 pub fn place(hosts: &[HostLoad], near: Option<HostId>) -> Result<HostId, NoCapacity> {
     hosts
@@ -70,7 +72,7 @@ pub fn place(hosts: &[HostLoad], near: Option<HostId>) -> Result<HostId, NoCapac
         .max_by_key(|h| {
             (
                 h.free(),
-                h.runs_app,
+                h.has_app,
                 Some(h.host) == near,
                 std::cmp::Reverse(h.host),
             )
@@ -108,7 +110,7 @@ mod tests {
     #[test]
     fn prefers_hosts_running_the_app_and_skips_those_out_of_memory() {
         let with_app = HostLoad {
-            runs_app: true,
+            has_app: true,
             ..load(3, 3, 10)
         };
         let hosts = [load(1, 3, 10), load(2, 3, 10), with_app];

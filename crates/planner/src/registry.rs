@@ -42,6 +42,8 @@ pub struct HostReport {
     pub network: (u64, u64),
     /// Its processes, by app.
     pub apps: BTreeMap<String, usize>,
+    /// Bytes of local-tier state it holds, by app (apps holding none are left out).
+    pub local_state: BTreeMap<String, u64>,
 }
 
 /// A registered host as the registry knows it.
@@ -162,7 +164,10 @@ impl Registry {
                 processes: entry.report.processes + entry.placed_since_report,
                 capacity: entry.info.capacity,
                 memory_left: entry.report.memory_used < entry.info.memory,
-                runs_app: app.is_some_and(|app| entry.report.apps.contains_key(app)),
+                has_app: app.is_some_and(|app| {
+                    entry.report.apps.contains_key(app)
+                        || entry.report.local_state.contains_key(app)
+                }),
             })
             .collect()
     }
@@ -226,10 +231,17 @@ mod tests {
         );
         let load = registry.loads(Some("app"))[0];
         assert_eq!(
-            (load.processes, load.runs_app, load.memory_left),
+            (load.processes, load.has_app, load.memory_left),
             (7, true, true)
         );
-        assert!(!registry.loads(Some("other"))[0].runs_app);
+        assert!(!registry.loads(Some("other"))[0].has_app);
+        // Holding an app's local state counts as having the app.
+        let holding = HostReport {
+            local_state: [("other".to_owned(), 10)].into(),
+            ..report.clone()
+        };
+        registry.heartbeat(b, holding, start + 4 * second).unwrap();
+        assert!(registry.loads(Some("other"))[0].has_app);
         // An expired host must register again, and gets a new id.
         assert_eq!(
             registry.heartbeat(a, report.clone(), start + 4 * second),

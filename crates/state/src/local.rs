@@ -414,6 +414,15 @@ impl HostState {
             .clone()
     }
 
+    /// The bytes each app keeps in its local tier here, for the apps that keep any.
+    pub fn local_usage(&self) -> Vec<(AppName, u64)> {
+        let apps = self.apps.lock().unwrap_or_else(PoisonError::into_inner);
+        apps.iter()
+            .map(|(app, state)| (app.clone(), state.local().used()))
+            .filter(|&(_, used)| used > 0)
+            .collect()
+    }
+
     /// Drops `app`'s local tier on this host (when the app is removed), returning
     /// whether it had one. Handles still held keep the old tier until they are dropped.
     pub fn forget(&self, app: &AppName) -> bool {

@@ -317,6 +317,17 @@ impl Cluster {
         apps
     }
 
+    /// The bytes of local-tier state each app keeps on this cluster's hosts.
+    pub fn local_state(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut apps = std::collections::BTreeMap::new();
+        for host in &self.hosts {
+            for (app, used) in host.state().local_usage() {
+                *apps.entry(app.as_str().to_owned()).or_default() += used;
+            }
+        }
+        apps
+    }
+
     /// Every live process on every host.
     pub fn processes(&self) -> Vec<ProcessInfo> {
         self.hosts.iter().flat_map(Host::processes).collect()
