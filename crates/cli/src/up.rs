@@ -44,6 +44,9 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         .map_err(|e| internal("cannot start", &e))?;
     tokio.block_on(async {
         let mut config = ClusterConfig::new(&data_dir);
+        if args.workers.is_some() {
+            config.first_host = nimbus_core::HostId::BESIDE_CLUSTER;
+        }
         config.global_state = GlobalState(
             nimbus_state::open(args.state.as_deref())
                 .await

@@ -19,6 +19,12 @@ pub use parse::{ParseError, parse_duration, parse_size};
 #[serde(transparent)]
 pub struct HostId(pub u16);
 
+impl HostId {
+    /// The embedded host of a `nimbus up` that runs a local cluster beside it. A
+    /// planner assigns ids below it, so the pids of the two never meet.
+    pub const BESIDE_CLUSTER: HostId = HostId(u16::MAX);
+}
+
 impl fmt::Display for HostId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "host-{}", self.0)

@@ -81,7 +81,8 @@ struct Entry {
 /// The hosts that joined and have not gone silent for longer than the timeout.
 pub struct Registry {
     hosts: BTreeMap<HostId, Entry>,
-    /// Ids are never reused, so a pid never names two hosts.
+    /// Ids are never reused, so a pid never names two hosts; they stop below
+    /// [`HostId::BESIDE_CLUSTER`].
     next_id: u16,
     timeout: Duration,
 }
@@ -99,7 +100,10 @@ impl Registry {
     /// Adds a host and assigns its id.
     pub fn register(&mut self, info: HostInfo, now: Instant) -> Result<HostId, RegistryFull> {
         let id = HostId(self.next_id);
-        self.next_id = self.next_id.checked_add(1).ok_or(RegistryFull)?;
+        if id == HostId::BESIDE_CLUSTER {
+            return Err(RegistryFull);
+        }
+        self.next_id += 1;
         let report = HostReport::default();
         self.hosts.insert(
             id,
@@ -248,6 +252,16 @@ mod tests {
             Err(UnknownHost(a))
         );
         assert_eq!(registry.register(info(), start).unwrap(), HostId(3));
+    }
+
+    #[test]
+    fn the_id_beside_a_cluster_is_never_assigned() {
+        let now = Instant::now();
+        let mut registry = Registry::new(Duration::from_secs(3));
+        for expected in 1..u16::MAX {
+            assert_eq!(registry.register(info(), now), Ok(HostId(expected)));
+        }
+        assert_eq!(registry.register(info(), now), Err(RegistryFull));
     }
 
     #[test]
