@@ -40,6 +40,9 @@ pub(crate) struct WorkerArgs {
     /// Where compiled modules are cached.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// The most processes (queued or running) this worker admits.
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_processes: u32,
     /// Address to listen on for other workers (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
@@ -118,6 +121,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
     let memory = args.mem.or_else(machine_memory).unwrap_or(1 << 30);
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
     let mut config = ClusterConfig::new(data_dir);
+    config.max_processes_per_host = args.max_processes as usize;
     tokio()?.block_on(async {
         let internal = |e: &dyn std::fmt::Display| Failure::new(exit_code::INTERNAL, e.to_string());
         let listener = tokio::net::TcpListener::bind(&args.listen)

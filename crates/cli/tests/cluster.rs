@@ -254,3 +254,18 @@ fn an_interrupted_run_ends_its_tree_on_every_worker() {
         cluster.processes().is_empty()
     });
 }
+
+#[test]
+fn a_spawn_no_worker_can_fit_waits_then_fails_clearly() {
+    // Two workers of two processes each: the root and three children fill them.
+    let cluster = TestCluster::start(2, &["--max-processes", "2"]);
+    let share = tempfile::tempdir().unwrap();
+    let mount = format!("{}::/share", share.path().display());
+    let mut command = cluster.nimbus(&["run", "--dir", &mount]);
+    command
+        .arg(guest("c-fan-out"))
+        .args(["--", "4", "/share/go"]);
+    let (stdout, stderr, code) = outcome(&run(command));
+    assert_eq!(code, Some(1), "{stdout}{stderr}");
+    assert!(stderr.contains("fan_out: spawn 3 failed: -6"), "{stderr}");
+}
