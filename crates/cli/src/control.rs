@@ -24,6 +24,20 @@ pub(crate) struct PlannerArgs {
     /// How long a worker may stay silent before it is dropped.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Cap the processes an app runs across the cluster: `APP=N` (repeatable).
+    #[arg(long = "app-budget", value_name = "APP=N", value_parser = parse_budget)]
+    budgets: Vec<(String, usize)>,
+}
+
+fn parse_budget(text: &str) -> Result<(String, usize), String> {
+    let (app, processes) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text}: expected APP=N"))?;
+    nimbus_state::AppName::new(app).map_err(|e| e.to_string())?;
+    let processes = processes
+        .parse()
+        .map_err(|_| format!("{text}: N must be a whole number"))?;
+    Ok((app.to_owned(), processes))
 }
 
 #[derive(Args)]
@@ -40,6 +54,10 @@ pub(crate) struct WorkerArgs {
     /// Where compiled modules are cached.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// How long a spawn waits for room when every worker is full (or its app is at
+    /// its budget) before it fails.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    spawn_wait: Duration,
     /// The most processes (queued or running) this worker admits.
     #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_processes: u32,
@@ -104,6 +122,7 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
             heartbeat: args.heartbeat,
             timeout: args.timeout,
             state: Some(state_address.to_string()),
+            budgets: args.budgets,
         };
         tokio::select! {
             served = nimbus_control::serve_planner(listener, config) => served
@@ -122,6 +141,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
     let mut config = ClusterConfig::new(data_dir);
     config.max_processes_per_host = args.max_processes as usize;
+    config.spawn_wait = args.spawn_wait;
     tokio()?.block_on(async {
         let internal = |e: &dyn std::fmt::Display| Failure::new(exit_code::INTERNAL, e.to_string());
         let listener = tokio::net::TcpListener::bind(&args.listen)

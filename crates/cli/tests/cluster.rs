@@ -255,17 +255,40 @@ fn an_interrupted_run_ends_its_tree_on_every_worker() {
     });
 }
 
-#[test]
-fn a_spawn_no_worker_can_fit_waits_then_fails_clearly() {
-    // Two workers of two processes each: the root and three children fill them.
-    let cluster = TestCluster::start(2, &["--max-processes", "2"]);
+/// Runs `fan_out CHILDREN` on `cluster` to the end; returns its stderr and exit code.
+fn fan_out_to_the_end(cluster: &TestCluster, children: &str) -> (String, Option<i32>) {
     let share = tempfile::tempdir().unwrap();
+    std::fs::write(share.path().join("go"), "").unwrap();
     let mount = format!("{}::/share", share.path().display());
     let mut command = cluster.nimbus(&["run", "--dir", &mount]);
     command
         .arg(guest("c-fan-out"))
-        .args(["--", "4", "/share/go"]);
-    let (stdout, stderr, code) = outcome(&run(command));
-    assert_eq!(code, Some(1), "{stdout}{stderr}");
+        .args(["--", children, "/share/go"]);
+    let (_, stderr, code) = outcome(&run(command));
+    (stderr, code)
+}
+
+#[test]
+fn a_spawn_no_worker_can_fit_waits_then_fails_clearly() {
+    // Two workers of two processes each: the root and three children fill them.
+    let cluster = TestCluster::start(2, &["--max-processes", "2", "--spawn-wait", "300ms"]);
+    let (stderr, code) = fan_out_to_the_end(&cluster, "4");
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("fan_out: spawn 3 failed: -6"), "{stderr}");
+}
+
+#[test]
+fn an_app_budget_holds_across_workers() {
+    let cluster = TestCluster::start_with(
+        &["--app-budget", "c-fan-out=3"],
+        3,
+        &["--spawn-wait", "300ms"],
+    );
+    // The root and two children fit the budget; a third child does not, whichever
+    // worker has room.
+    let (stderr, code) = fan_out_to_the_end(&cluster, "2");
+    assert_eq!(code, Some(0), "{stderr}");
+    let (stderr, code) = fan_out_to_the_end(&cluster, "3");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("fan_out: spawn 2 failed: -6"), "{stderr}");
 }

@@ -94,11 +94,17 @@ pub struct PlannerConfig {
     /// Where the cluster's shared global state tier is served, told to workers as
     /// they join (`None`: they bring their own).
     pub state: Option<String>,
+    /// The most processes an app may run across the cluster, for the apps listed.
+    pub budgets: Vec<(String, usize)>,
 }
 
 /// Serves the planner on `listener` until the task is dropped.
 pub async fn serve_planner(listener: TcpListener, config: PlannerConfig) -> std::io::Result<()> {
-    let registry = Arc::new(Mutex::new(Registry::new(config.timeout)));
+    let mut registry = Registry::new(config.timeout);
+    for (app, processes) in &config.budgets {
+        registry.set_budget(app, *processes);
+    }
+    let registry = Arc::new(Mutex::new(registry));
     let expiring = registry.clone();
     let expiry = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(config.timeout / 4);
@@ -165,7 +171,7 @@ async fn answer(
                     }
                 }
                 Request::Hosts => Reply::Hosts(registry.hosts(now)),
-                Request::Place { near, app } => match registry.place(near, app.as_deref()) {
+                Request::Place { near, app } => match registry.place(near, app.as_deref(), now) {
                     Ok((host, address)) => Reply::Placed { host, address },
                     Err(full) => Reply::Error(full.to_string()),
                 },
@@ -373,6 +379,7 @@ mod tests {
             heartbeat: timeout / 4,
             timeout,
             state: Some("127.0.0.1:2".into()),
+            budgets: vec![("small".into(), 1)],
         };
         tokio::spawn(serve_planner(listener, config));
         addr
@@ -425,6 +432,13 @@ mod tests {
         let (b, _) = planner.place(near, Some("app".into())).await.unwrap();
         assert_eq!((a, b), (first.host(), second.host()));
         assert_eq!(address, "127.0.0.1:1");
+        // An app at its budget is refused, with the reason.
+        planner.place(None, Some("small".into())).await.unwrap();
+        let refused = planner.place(None, Some("small".into())).await;
+        assert!(
+            matches!(&refused, Err(ControlError::Refused { message, .. }) if message.contains("budget of 1")),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]

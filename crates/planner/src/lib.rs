@@ -11,7 +11,9 @@
 
 mod registry;
 
-pub use registry::{HostInfo, HostReport, HostStatus, Registry, RegistryFull, UnknownHost};
+pub use registry::{
+    HostInfo, HostReport, HostStatus, PlaceError, Registry, RegistryFull, UnknownHost,
+};
 
 use nimbus_core::HostId;
 
@@ -53,7 +55,7 @@ impl HostLoad {
 }
 
 /// No host can take the process.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, thiserror::Error, PartialEq, Eq)]
 #[error("no host has room for another process ({hosts} hosts, all full)")]
 pub struct NoCapacity {
     /// How many hosts were considered.

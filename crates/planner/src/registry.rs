@@ -72,10 +72,31 @@ pub struct RegistryFull;
 struct Entry {
     info: HostInfo,
     report: HostReport,
-    /// Processes placed here since its last report, which that report may not
-    /// count yet: without them a burst of spawns would all land on one host.
-    placed_since_report: usize,
+    /// Processes placed here (when, and of which app) that its reports may not count
+    /// yet: without them a burst of spawns would all land on one host, and an app
+    /// could overrun its budget.
+    placed: Vec<(Instant, Option<String>)>,
     heard: Instant,
+}
+
+/// How long a placement still counts after a report arrives: the report may have
+/// been taken before the process reached its host.
+const REPORT_LAG: Duration = Duration::from_millis(50);
+
+/// Why the registry could not place a process.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PlaceError {
+    /// Every host is full.
+    #[error(transparent)]
+    NoCapacity(#[from] crate::NoCapacity),
+    /// The app already runs as many processes as its budget allows, cluster-wide.
+    #[error("app {app} is at its budget of {budget} processes across the cluster")]
+    OverBudget {
+        /// The app.
+        app: String,
+        /// Its budget.
+        budget: usize,
+    },
 }
 
 /// The hosts that joined and have not gone silent for longer than the timeout.
@@ -85,6 +106,8 @@ pub struct Registry {
     /// [`HostId::BESIDE_CLUSTER`].
     next_id: u16,
     timeout: Duration,
+    /// The most processes each app with a budget may run across all hosts.
+    budgets: BTreeMap<String, usize>,
 }
 
 impl Registry {
@@ -94,7 +117,25 @@ impl Registry {
             hosts: BTreeMap::new(),
             next_id: 1,
             timeout,
+            budgets: BTreeMap::new(),
         }
+    }
+
+    /// Caps the processes `app` may run across all hosts at `processes`.
+    pub fn set_budget(&mut self, app: &str, processes: usize) {
+        self.budgets.insert(app.to_owned(), processes);
+    }
+
+    /// The processes of `app` across all hosts: as reported, plus placed since.
+    fn app_processes(&self, app: &str) -> usize {
+        self.hosts
+            .values()
+            .map(|entry| {
+                let placed = entry.placed.iter();
+                entry.report.apps.get(app).copied().unwrap_or(0)
+                    + placed.filter(|(_, of)| of.as_deref() == Some(app)).count()
+            })
+            .sum()
     }
 
     /// Adds a host and assigns its id.
@@ -110,7 +151,7 @@ impl Registry {
             Entry {
                 info,
                 report,
-                placed_since_report: 0,
+                placed: Vec::new(),
                 heard: now,
             },
         );
@@ -126,7 +167,9 @@ impl Registry {
     ) -> Result<(), UnknownHost> {
         let entry = self.hosts.get_mut(&host).ok_or(UnknownHost(host))?;
         entry.report = report;
-        entry.placed_since_report = 0;
+        entry
+            .placed
+            .retain(|(when, _)| now.saturating_duration_since(*when) < REPORT_LAG);
         entry.heard = now;
         Ok(())
     }
@@ -165,7 +208,7 @@ impl Registry {
             .iter()
             .map(|(&host, entry)| HostLoad {
                 host,
-                processes: entry.report.processes + entry.placed_since_report,
+                processes: entry.report.processes + entry.placed.len(),
                 capacity: entry.info.capacity,
                 memory_left: entry.report.memory_used < entry.info.memory,
                 has_app: app.is_some_and(|app| {
@@ -176,19 +219,31 @@ impl Registry {
             .collect()
     }
 
-    /// Places a process of `app` by [`crate::place`] and counts it against the
-    /// chosen host until that host's next report. Returns the host and its address.
+    /// Places a process of `app` by [`crate::place`], within the app's budget, and
+    /// counts it against the chosen host (and the app) until a report of that host
+    /// taken after it arrives.
+    /// Returns the host and its address.
     pub fn place(
         &mut self,
         near: Option<HostId>,
         app: Option<&str>,
-    ) -> Result<(HostId, String), crate::NoCapacity> {
+        now: Instant,
+    ) -> Result<(HostId, String), PlaceError> {
+        if let Some(app) = app
+            && let Some(&budget) = self.budgets.get(app)
+            && self.app_processes(app) >= budget
+        {
+            return Err(PlaceError::OverBudget {
+                app: app.to_owned(),
+                budget,
+            });
+        }
         let host = crate::place(&self.loads(app), near)?;
         let entry = self
             .hosts
             .get_mut(&host)
             .expect("placed on a registered host");
-        entry.placed_since_report += 1;
+        entry.placed.push((now, app.map(str::to_owned)));
         Ok((host, entry.info.address.clone()))
     }
 }
@@ -255,6 +310,39 @@ mod tests {
     }
 
     #[test]
+    fn an_app_at_its_budget_is_not_placed_until_it_shrinks() {
+        let now = Instant::now();
+        let mut registry = Registry::new(Duration::from_secs(3));
+        let a = registry.register(info(), now).unwrap();
+        let b = registry.register(info(), now).unwrap();
+        registry.set_budget("small", 3);
+        for _ in 0..3 {
+            registry.place(None, Some("small"), now).unwrap();
+        }
+        let over = PlaceError::OverBudget {
+            app: "small".into(),
+            budget: 3,
+        };
+        assert_eq!(registry.place(None, Some("small"), now), Err(over.clone()));
+        // Other apps are not held back.
+        assert!(registry.place(None, Some("other"), now).is_ok());
+        // A report taken before the placements reached the hosts does not forget them.
+        registry.heartbeat(a, HostReport::default(), now).unwrap();
+        assert_eq!(registry.place(None, Some("small"), now), Err(over.clone()));
+        // Later reports say where the app runs now: one process has ended.
+        let later = now + Duration::from_secs(1);
+        for (host, count) in [(a, 1), (b, 1)] {
+            let report = HostReport {
+                apps: [("small".to_owned(), count)].into(),
+                ..HostReport::default()
+            };
+            registry.heartbeat(host, report, later).unwrap();
+        }
+        assert!(registry.place(None, Some("small"), later).is_ok());
+        assert_eq!(registry.place(None, Some("small"), later), Err(over));
+    }
+
+    #[test]
     fn the_id_beside_a_cluster_is_never_assigned() {
         let now = Instant::now();
         let mut registry = Registry::new(Duration::from_secs(3));
@@ -272,17 +360,17 @@ mod tests {
         let b = registry.register(info(), now).unwrap();
         // Without counting its own placements the planner would pick `a` every time.
         let picks: Vec<HostId> = (0..4)
-            .map(|_| registry.place(Some(a), None).unwrap().0)
+            .map(|_| registry.place(Some(a), None, now).unwrap().0)
             .collect();
         assert_eq!(picks, [a, b, a, b]);
         registry.heartbeat(a, HostReport::default(), now).unwrap();
-        assert_eq!(registry.place(None, None).unwrap().0, a);
+        assert_eq!(registry.place(None, None, now).unwrap().0, a);
         // A host that reports its memory used up takes no more.
         let exhausted = HostReport {
             memory_used: info().memory,
             ..HostReport::default()
         };
         registry.heartbeat(a, exhausted, now).unwrap();
-        assert_eq!(registry.place(Some(a), None).unwrap().0, b);
+        assert_eq!(registry.place(Some(a), None, now).unwrap().0, b);
     }
 }

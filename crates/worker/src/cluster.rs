@@ -370,42 +370,54 @@ impl Cluster {
         let (own, lineage) = parent_host.origin(parent).ok_or(AbiError::Internal)?;
         let module_bytes = lineage.resolve(module, &own)?;
         let argv0 = if module.is_empty() { "self" } else { module };
-        let args = std::iter::once(argv0.to_owned()).chain(args).collect();
-        let target = match &self.mesh {
-            Some(mesh) => {
-                let near = Some(parent_host.id());
-                let app = lineage.app.as_str();
-                let (host, address) = mesh.place(near, app, self.spawn_wait).await?;
-                if host != parent_host.id() {
-                    return self
-                        .spawn_remote(
-                            mesh,
-                            parent_host,
-                            parent,
-                            &lineage,
-                            &module_bytes,
-                            args,
-                            &address,
-                        )
-                        .await;
-                }
-                parent_host
-            }
-            None => self
+        let args: Vec<String> = std::iter::once(argv0.to_owned()).chain(args).collect();
+        let Some(mesh) = &self.mesh else {
+            let target = self
                 .place_when_room(Some(parent_host.id()))
                 .await
-                .map_err(|_| AbiError::Quota)?,
+                .map_err(|_| AbiError::Quota)?;
+            return self
+                .spawn_here(target, parent, lineage, module_bytes, args)
+                .await;
         };
-        self.load_off_thread(target, &module_bytes).await?;
+        let near = Some(parent_host.id());
+        let app = lineage.app.as_str();
+        mesh.place_and_start(near, app, self.spawn_wait, |host, address| {
+            let (lineage, module, args) = (lineage.clone(), module_bytes.clone(), args.clone());
+            async move {
+                if host == parent_host.id() {
+                    self.spawn_here(parent_host, parent, lineage, module, args)
+                        .await
+                } else {
+                    self.spawn_remote(mesh, parent_host, parent, &lineage, &module, args, &address)
+                        .await
+                }
+            }
+        })
+        .await
+    }
+
+    /// Starts a child of `parent` on `target`, a host of this cluster.
+    async fn spawn_here(
+        &self,
+        target: &Host,
+        parent: Pid,
+        lineage: Arc<Lineage>,
+        module: ModuleBytes,
+        args: Vec<String>,
+    ) -> Result<Pid, AbiError> {
+        self.load_off_thread(target, &module).await?;
         let request = StartRequest {
-            module: module_bytes,
+            module,
             args,
             stdin: Input::Null,
             lineage,
             parent: Parent::Process(parent),
         };
         let child = target.start(self.arc(), request)?;
-        parent_host.add_child(parent, child);
+        self.host_of(parent)
+            .ok_or(AbiError::Internal)?
+            .add_child(parent, child);
         Ok(child)
     }
 

@@ -201,6 +201,32 @@ impl Mesh {
         }
     }
 
+    /// Places a process of `app` and starts it with `start` on the host chosen. The
+    /// planner's view lags the workers' reports, so a host it picks may turn out
+    /// full (`ERR_QUOTA`); then it is asked again, for up to `wait` in all.
+    pub(crate) async fn place_and_start<T, Started>(
+        &self,
+        near: Option<HostId>,
+        app: &str,
+        wait: Duration,
+        mut start: impl FnMut(HostId, String) -> Started,
+    ) -> Result<T, AbiError>
+    where
+        Started: std::future::Future<Output = Result<T, AbiError>>,
+    {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (host, address) = self.place(near, app, left).await?;
+            match start(host, address).await {
+                Err(AbiError::Quota) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(PLACE_RETRY).await;
+                }
+                started => return started,
+            }
+        }
+    }
+
     /// The address of `host`, from what this node learnt or else the planner.
     pub(crate) async fn address_of(&self, host: HostId) -> Option<String> {
         if let Some(address) = self.hosts.lock().unwrap().get(&host) {

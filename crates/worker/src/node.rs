@@ -191,16 +191,17 @@ pub async fn run_on_cluster(
     let (ended, endings) = mpsc::unbounded_channel();
     let mut started: Vec<(Pid, String)> = Vec::new();
     for _ in 0..ranks.unwrap_or(1) {
-        let placed = mesh.place(None, tree.app.as_str(), SPAWN_WAIT).await;
-        let start = match placed {
-            Ok((_, worker)) => {
-                let stdin = stdin.take().unwrap_or_default();
-                crate::mesh::start(&mesh, &worker, &request, stdin)
-                    .await
-                    .map(|(pid, replies)| (pid, replies, worker))
-            }
-            Err(error) => Err(error),
-        };
+        // Rank 0 gets stdin.
+        let stdin = stdin.take().unwrap_or_default();
+        let start = mesh
+            .place_and_start(None, tree.app.as_str(), SPAWN_WAIT, |_, worker| {
+                let (mesh, request, stdin) = (&mesh, &request, stdin.clone());
+                async move {
+                    let (pid, replies) = crate::mesh::start(mesh, &worker, request, stdin).await?;
+                    Ok((pid, replies, worker))
+                }
+            })
+            .await;
         match start {
             Ok((pid, replies, worker)) => {
                 started.push((pid, worker));
@@ -214,7 +215,9 @@ pub async fn run_on_cluster(
                 kill_all(&mesh, &started);
                 serving.abort();
                 return Err(match error {
-                    AbiError::Quota => ClusterError::Remote("every worker is full".into()),
+                    AbiError::Quota => ClusterError::Remote(
+                        "no worker has room for it, or its app is at its budget".into(),
+                    ),
                     AbiError::Module => {
                         ClusterError::Remote("a worker cannot load the module".into())
                     }

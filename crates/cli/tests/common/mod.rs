@@ -159,7 +159,16 @@ pub struct TestCluster {
 impl TestCluster {
     /// A planner with `workers` workers joined, each started with `worker_flags`.
     pub fn start(workers: usize, worker_flags: &[&str]) -> TestCluster {
-        let planner = Daemon::start(nimbus(&[
+        TestCluster::start_with(&[], workers, worker_flags)
+    }
+
+    /// The same, the planner started with `planner_flags` too.
+    pub fn start_with(
+        planner_flags: &[&str],
+        workers: usize,
+        worker_flags: &[&str],
+    ) -> TestCluster {
+        let mut args = vec![
             "planner",
             "--listen",
             "127.0.0.1:0",
@@ -167,7 +176,9 @@ impl TestCluster {
             "100ms",
             "--timeout",
             "2s",
-        ]));
+        ];
+        args.extend_from_slice(planner_flags);
+        let planner = Daemon::start(nimbus(&args));
         let addr = planner.announced("nimbus: planner listening on ");
         let mut cluster = TestCluster {
             planner,
