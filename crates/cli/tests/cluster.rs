@@ -292,3 +292,25 @@ fn an_app_budget_holds_across_workers() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("fan_out: spawn 2 failed: -6"), "{stderr}");
 }
+
+#[test]
+fn a_run_on_an_unreachable_planner_or_with_embedded_flags_fails_clearly() {
+    let hello = guest("hello");
+    let hello = hello.to_str().unwrap();
+    let (_, stderr, code) = outcome(&run(common::nimbus(&[
+        "run",
+        "--planner",
+        "127.0.0.1:1",
+        hello,
+    ])));
+    assert_eq!(code, Some(126), "{stderr}");
+    assert!(stderr.contains("planner 127.0.0.1:1"), "{stderr}");
+    // In-process hosts and a state URL belong to the embedded default, not a cluster.
+    for flag in [["--hosts", "2"], ["--state", "redis://127.0.0.1:1"]] {
+        let mut args = vec!["run", "--planner", "127.0.0.1:1"];
+        args.extend(flag);
+        args.push(hello);
+        let (_, stderr, code) = outcome(&run(common::nimbus(&args)));
+        assert_eq!(code, Some(2), "{flag:?}: {stderr}");
+    }
+}
