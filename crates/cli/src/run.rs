@@ -114,10 +114,6 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
         config.global_state = GlobalState(global);
         let ran = async {
             if let Some(planner) = &args.planner {
-                let root = RootProcess {
-                    stdin: read_stdin_unless_terminal()?,
-                    ..root
-                };
                 return nimbus_worker::run_on_cluster(planner, root, args.ranks).await;
             }
             let cluster = Cluster::new(&config)?;
@@ -173,21 +169,6 @@ fn cluster_error_code(error: &ClusterError) -> i32 {
         | ClusterError::NoHosts
         | ClusterError::Remote(_) => exit_code::INTERNAL,
     }
-}
-
-/// A process on a cluster cannot read this terminal as it runs, so it gets what
-/// stdin holds when that is a pipe or a file, and nothing from a terminal.
-fn read_stdin_unless_terminal() -> Result<Input, ClusterError> {
-    use std::io::{IsTerminal, Read};
-    let mut stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        return Ok(Input::Null);
-    }
-    let mut bytes = Vec::new();
-    stdin
-        .read_to_end(&mut bytes)
-        .map_err(|e| ClusterError::Remote(format!("reading stdin: {e}")))?;
-    Ok(Input::Bytes(bytes))
 }
 
 fn usage(message: impl Into<String>) -> Failure {

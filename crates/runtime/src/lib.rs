@@ -29,5 +29,5 @@ pub use cache::{CacheStats, LoadError, ModuleBytes, ModuleHash};
 pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
 pub use log::LogBuffer;
 pub use mailbox::{MAILBOX_CAPACITY, MAX_MESSAGE_SIZE, Mailbox, MailboxSender, Message, mailbox};
-pub use process::{Input, Output, OutputSink, Preopen, ProcessSpec};
+pub use process::{Input, InputStream, Output, OutputSink, Preopen, ProcessSpec};
 pub use service::{Invocation, InvokeError, ServiceInstance};

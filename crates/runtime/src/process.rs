@@ -7,9 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use nimbus_core::{ExitStatus, Failure, Limits, Pid};
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use wasmtime::{Engine, Linker, ResourceLimiter, Store, Trap, UpdateDeadline, WasmBacktrace};
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::cli::{AsyncStdinStream, IsTerminal, StdoutStream};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -26,6 +26,29 @@ pub enum Input {
     Null,
     /// These bytes.
     Bytes(Vec<u8>),
+    /// What this reader yields (taken by the first process built from it).
+    Stream(InputStream),
+}
+
+/// A reader a process's stdin comes from, shared until a process takes it.
+#[derive(Clone)]
+pub struct InputStream(Arc<std::sync::Mutex<Option<Box<dyn AsyncRead + Send + Sync + Unpin>>>>);
+
+impl InputStream {
+    /// Stdin read from `reader`.
+    pub fn new(reader: impl AsyncRead + Send + Sync + Unpin + 'static) -> InputStream {
+        InputStream(Arc::new(std::sync::Mutex::new(Some(Box::new(reader)))))
+    }
+
+    fn take(&self) -> Option<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+        self.0.lock().unwrap().take()
+    }
+}
+
+impl std::fmt::Debug for InputStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InputStream")
+    }
 }
 
 /// Makes the writers a stream goes to, one per process: for a stream the platform
@@ -226,6 +249,10 @@ impl WasiSetup {
             Input::Inherit => wasi.inherit_stdin(),
             Input::Null => &mut wasi,
             Input::Bytes(bytes) => wasi.stdin(MemoryInputPipe::new(bytes.clone())),
+            Input::Stream(stream) => match stream.take() {
+                Some(reader) => wasi.stdin(AsyncStdinStream::new(reader)),
+                None => &mut wasi,
+            },
         };
         match stdout {
             Output::Inherit => wasi.inherit_stdout(),

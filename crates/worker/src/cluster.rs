@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure, HostId, Limits, Pid};
 use nimbus_runtime::{
-    AbiError, BoxFuture, Input, Kernel, LoadError, ModuleBytes, Output, Preopen, RuntimeConfig,
-    RuntimeError, RuntimeLoad, StateCall, StateReply,
+    AbiError, BoxFuture, Input, InputStream, Kernel, LoadError, ModuleBytes, Output, Preopen,
+    RuntimeConfig, RuntimeError, RuntimeLoad, StateCall, StateReply,
 };
 use nimbus_state::{AppName, GlobalTier, HostState};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::host::{Host, Parent, ProcessInfo, StartRequest};
 use crate::lineage::{Home, Lineage, LineageWire, ModuleSource};
-use crate::mesh::{Mesh, MeshConfig, Reply, Request, reply};
+use crate::mesh::{Mesh, MeshConfig, RemoteStdin, Reply, Request, reply};
 use crate::state::Locks;
 
 /// How long a spawn waits for room by default when every host is full.
@@ -457,8 +457,9 @@ impl Cluster {
             from: mesh.address().to_owned(),
             args,
             parent: Some(parent),
+            stdin: false,
         };
-        let (pid, replies) = crate::mesh::start(mesh, address, &request, Vec::new()).await?;
+        let (pid, replies) = crate::mesh::start(mesh, address, &request).await?;
         parent_host.add_child(parent, pid);
         let cluster = self.arc();
         tokio::spawn(async move {
@@ -470,12 +471,7 @@ impl Cluster {
 
     /// Starts a process a peer asked for and answers the call: `Started`, then
     /// `Ended` once it ended and its output reached the tree's home.
-    pub(crate) async fn start_for_peer(
-        &self,
-        start: PeerStart,
-        stdin: Vec<u8>,
-        replier: nimbus_mesh::Replier,
-    ) {
+    pub(crate) async fn start_for_peer(&self, start: PeerStart, replier: nimbus_mesh::Replier) {
         let started = async {
             let mesh = self.mesh.as_ref().ok_or(AbiError::Internal)?;
             let (lineage, new) = mesh.guest_lineage(start.lineage)?;
@@ -497,10 +493,12 @@ impl Cluster {
                 Some(parent) => Parent::Remote(parent, notify),
                 None => Parent::External(notify),
             };
-            let stdin = if stdin.is_empty() {
-                Input::Null
-            } else {
-                Input::Bytes(stdin)
+            let stdin = match (&lineage.home, start.stdin) {
+                (Some(home), true) => Input::Stream(InputStream::new(RemoteStdin::new(
+                    mesh.clone(),
+                    home.clone(),
+                ))),
+                _ => Input::Null,
             };
             let request = StartRequest {
                 module,
@@ -560,6 +558,7 @@ pub(crate) struct PeerStart {
     pub(crate) from: String,
     pub(crate) args: Vec<String>,
     pub(crate) parent: Option<Pid>,
+    pub(crate) stdin: bool,
 }
 
 /// How a world ends, from its ranks' statuses as they end: like `mpirun`, the

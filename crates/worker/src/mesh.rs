@@ -1,7 +1,7 @@
 //! What nodes ask each other over the mesh (`nimbus-mesh` carries the frames):
 //! a worker is asked to start a process, deliver a message, kill a process or list
 //! its processes; the node a tree was started from (its home) is asked for the
-//! tree's output, world and modules. [`Mesh`] is a node's side of it: its address,
+//! tree's output, stdin, world and modules. [`Mesh`] is a node's side of it: its address,
 //! its links to peers, the planner that places processes, and the modules it can
 //! hand out.
 
@@ -45,6 +45,9 @@ pub(crate) enum Request {
         from: String,
         args: Vec<String>,
         parent: Option<Pid>,
+        /// Whether it reads its stdin from the home (the root, or rank 0).
+        #[serde(default)]
+        stdin: bool,
     },
     /// To a worker: deliver the body as a message from `from` to `to`, waiting
     /// while the mailbox is full.
@@ -62,6 +65,8 @@ pub(crate) enum Request {
     Output { tree: u64, stderr: bool },
     /// To a home: the pids of tree `tree`'s world, once every rank started.
     World { tree: u64 },
+    /// To a home: the next bytes of tree `tree`'s stdin, as the body; none at its end.
+    Stdin { tree: u64 },
 }
 
 /// An answer to a [`Request`].
@@ -74,6 +79,7 @@ pub(crate) enum Reply {
     Processes(Vec<ProcessInfo>),
     Module,
     World { pids: Vec<Pid> },
+    Input,
     Error { code: i32 },
 }
 
@@ -494,15 +500,79 @@ pub(crate) async fn start(
     mesh: &Mesh,
     address: &str,
     request: &Request,
-    stdin: Vec<u8>,
 ) -> Result<(Pid, Replies), AbiError> {
     let mut replies = mesh
-        .call(address, request, stdin)
+        .call(address, request, Vec::new())
         .await
         .map_err(|_| AbiError::Internal)?;
     let first = replies.next().await.map_err(|_| AbiError::Internal)?;
     match reply(&first)? {
         Reply::Started { pid } => Ok((pid, replies)),
         _ => Err(AbiError::Internal),
+    }
+}
+
+/// Stdin read from a tree's home, a chunk per call as the process reads it, so a
+/// process on a worker reads the terminal or pipe of the `nimbus run` that started it.
+pub(crate) struct RemoteStdin {
+    mesh: Arc<Mesh>,
+    home: Home,
+    /// The call under way; in a mutex only because a reader must be `Sync`.
+    pending: Mutex<Option<BoxFuture<'static, Result<Frame, AbiError>>>>,
+    chunk: Vec<u8>,
+    read: usize,
+    ended: bool,
+}
+
+impl RemoteStdin {
+    pub(crate) fn new(mesh: Arc<Mesh>, home: Home) -> RemoteStdin {
+        RemoteStdin {
+            mesh,
+            home,
+            pending: Mutex::new(None),
+            chunk: Vec::new(),
+            read: 0,
+            ended: false,
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for RemoteStdin {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.read < this.chunk.len() {
+                let n = buf.remaining().min(this.chunk.len() - this.read);
+                buf.put_slice(&this.chunk[this.read..this.read + n]);
+                this.read += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.ended {
+                return Poll::Ready(Ok(()));
+            }
+            let mut pending = this.pending.lock().unwrap();
+            let call = pending.get_or_insert_with(|| {
+                let (mesh, home) = (this.mesh.clone(), this.home.clone());
+                Box::pin(async move {
+                    let request = Request::Stdin { tree: home.id };
+                    mesh.call_one(&home.address, &request, Vec::new()).await
+                })
+            });
+            let answer = ready!(call.as_mut().poll(cx));
+            *pending = None;
+            drop(pending);
+            match answer.as_ref().map(reply) {
+                Ok(Ok(Reply::Input)) if !answer.as_ref().is_ok_and(|f| f.body.is_empty()) => {
+                    this.chunk = answer.map(|f| f.body).unwrap_or_default();
+                    this.read = 0;
+                }
+                // The end of stdin, or a home that is gone: either way, end of file.
+                _ => this.ended = true,
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use nimbus_core::{ExitStatus, Pid};
 use nimbus_mesh::{Frame, Handler, HandlerFuture, Replier};
 use nimbus_runtime::{AbiError, Input};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -48,6 +48,7 @@ impl Handler for Worker {
                     from,
                     args,
                     parent,
+                    stdin,
                 } => {
                     let start = PeerStart {
                         lineage: *lineage,
@@ -55,11 +56,9 @@ impl Handler for Worker {
                         from,
                         args,
                         parent,
+                        stdin,
                     };
-                    return self
-                        .cluster
-                        .start_for_peer(start, request.body, replier)
-                        .await;
+                    return self.cluster.start_for_peer(start, replier).await;
                 }
                 Request::Send { from, to } => {
                     match self.cluster.deliver(from, to, request.body).await {
@@ -91,7 +90,12 @@ struct TreeHome {
     mesh: Arc<Mesh>,
     tree: Arc<Lineage>,
     world: watch::Receiver<Option<Arc<[Pid]>>>,
+    /// The root's stdin, read as the root asks for it.
+    stdin: tokio::sync::Mutex<Box<dyn AsyncRead + Send + Unpin>>,
 }
+
+/// The most stdin one call carries.
+const STDIN_CHUNK: usize = 64 << 10;
 
 impl Handler for TreeHome {
     fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
@@ -100,7 +104,7 @@ impl Handler for TreeHome {
                 Err(_) => Reply::error(AbiError::Invalid).frame(),
                 Ok(head) => match answer_common(&self.mesh, &head) {
                     Some(answer) => answer,
-                    None => self.answer(head, request.body).await.frame(),
+                    None => self.answer(head, request.body).await,
                 },
             };
             replier.finish(answer).await;
@@ -109,7 +113,19 @@ impl Handler for TreeHome {
 }
 
 impl TreeHome {
-    async fn answer(&self, request: Request, body: Vec<u8>) -> Reply {
+    async fn answer(&self, request: Request, body: Vec<u8>) -> Frame {
+        match request {
+            Request::Stdin { tree: TREE } => {
+                let mut chunk = vec![0; STDIN_CHUNK];
+                let n = self.stdin.lock().await.read(&mut chunk).await.unwrap_or(0);
+                chunk.truncate(n);
+                Frame::new(&Reply::Input, chunk)
+            }
+            request => self.answer_plain(request, body).await.frame(),
+        }
+    }
+
+    async fn answer_plain(&self, request: Request, body: Vec<u8>) -> Reply {
         match request {
             Request::Output { tree: TREE, stderr } => {
                 let output = if stderr {
@@ -170,34 +186,39 @@ pub async fn run_on_cluster(
     }
     let tree = Arc::new(lineage);
     mesh.offer(&module);
+    let reads_stdin = !matches!(stdin, Input::Null);
+    let stdin: Box<dyn AsyncRead + Send + Unpin> = match stdin {
+        Input::Inherit => Box::new(tokio::io::stdin()),
+        Input::Bytes(bytes) => Box::new(std::io::Cursor::new(bytes)),
+        Input::Null => Box::new(tokio::io::empty()),
+        Input::Stream(_) => return Err(remote(&"a stream as the stdin of a cluster run")),
+    };
     let home = Arc::new(TreeHome {
         mesh: mesh.clone(),
         tree: tree.clone(),
         world,
+        stdin: tokio::sync::Mutex::new(stdin),
     });
     let serving = tokio::spawn(nimbus_mesh::serve(listener, home));
 
-    let mut stdin = Some(match stdin {
-        Input::Bytes(bytes) => bytes,
-        Input::Null | Input::Inherit => Vec::new(),
-    });
-    let request = Request::Start {
+    let start_rank = |stdin| Request::Start {
         lineage: Box::new(tree.wire().expect("the tree has a home")),
         module: module.hash().to_string(),
-        from: address,
-        args,
+        from: address.clone(),
+        args: args.clone(),
         parent: None,
+        stdin,
     };
     let (ended, endings) = mpsc::unbounded_channel();
     let mut started: Vec<(Pid, String)> = Vec::new();
-    for _ in 0..ranks.unwrap_or(1) {
-        // Rank 0 gets stdin.
-        let stdin = stdin.take().unwrap_or_default();
+    for rank in 0..ranks.unwrap_or(1) {
+        // Rank 0 reads the run's stdin.
+        let request = start_rank(rank == 0 && reads_stdin);
         let start = mesh
             .place_and_start(None, tree.app.as_str(), SPAWN_WAIT, |_, worker| {
-                let (mesh, request, stdin) = (&mesh, &request, stdin.clone());
+                let (mesh, request) = (&mesh, &request);
                 async move {
-                    let (pid, replies) = crate::mesh::start(mesh, &worker, request, stdin).await?;
+                    let (pid, replies) = crate::mesh::start(mesh, &worker, request).await?;
                     Ok((pid, replies, worker))
                 }
             })
