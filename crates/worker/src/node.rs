@@ -1,6 +1,6 @@
 //! The mesh servers: a worker answering its peers, and the home of a process tree
 //! submitted from outside the cluster (`nimbus run --planner`), which answers for
-//! the tree's output, world and modules.
+//! the tree's output, stdin, world and modules.
 
 use std::sync::Arc;
 
