@@ -32,8 +32,6 @@ impl Daemon {
                     .to_owned()
             })
             .collect();
-        // Read on, so that its later lines never meet a closed pipe.
-        std::thread::spawn(move || lines.for_each(drop));
         (Daemon { child, _data: data }, announced)
     }
 }

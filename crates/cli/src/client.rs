@@ -298,17 +298,23 @@ pub(crate) fn apps(server: Server) -> Result<i32, Failure> {
 
 pub(crate) fn ps(server: Server) -> Result<i32, Failure> {
     let processes = get_json(&server, "/v1/processes")?;
-    println!("{:<20} {:<8} {:<9} PARENT", "PID", "HOST", "STATE");
-    for process in processes.as_array().into_iter().flatten() {
-        println!(
-            "{:<20} {:<8} {:<9} {}",
-            text(&process["pid"]),
-            text(&process["host"]),
-            text(&process["state"]),
-            text(&process["parent"])
-        );
-    }
+    print_processes(
+        processes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|process| ["pid", "host", "state", "parent"].map(|field| text(&process[field]))),
+    );
     Ok(0)
+}
+
+/// The table `nimbus ps` prints: pid, host, state and parent (`-` for none) of each
+/// process.
+pub(crate) fn print_processes(rows: impl IntoIterator<Item = [String; 4]>) {
+    println!("{:<20} {:<8} {:<9} PARENT", "PID", "HOST", "STATE");
+    for [pid, host, state, parent] in rows {
+        println!("{pid:<20} {host:<8} {state:<9} {parent}");
+    }
 }
 
 pub(crate) fn logs(args: LogsArgs) -> Result<i32, Failure> {

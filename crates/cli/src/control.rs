@@ -105,7 +105,7 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
             .local_addr()
             .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
         // Tools and tests read this line to learn the port.
-        println!("nimbus: planner listening on {address}");
+        crate::announce(format_args!("nimbus: planner listening on {address}"));
         // The cluster's embedded global state tier, served beside the planner.
         let state = tokio::net::TcpListener::bind((address.ip(), 0))
             .await
@@ -113,7 +113,9 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         let state_address = state
             .local_addr()
             .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
-        println!("nimbus: planner serves the global state tier on {state_address}");
+        crate::announce(format_args!(
+            "nimbus: planner serves the global state tier on {state_address}"
+        ));
         tokio::spawn(nimbus_state::serve(
             state,
             std::sync::Arc::new(nimbus_state::Embedded::new()),
@@ -175,11 +177,11 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             Failure::new(exit_code::INTERNAL, format!("cannot start the host: {e}"))
         })?;
         // Tools and tests read this line to learn the host and its address.
-        println!(
+        crate::announce(format_args!(
             "nimbus: worker joined {} as host {} at {address}",
             args.planner,
             link.host()
-        );
+        ));
         let beating = async {
             let mut cpu = CpuMeter::default();
             loop {
@@ -316,15 +318,13 @@ pub(crate) fn ps(planner: &str) -> Result<i32, Failure> {
     for why in silent {
         eprintln!("nimbus: {why}");
     }
-    println!("{:<20} {:<8} {:<9} PARENT", "PID", "HOST", "STATE");
-    for process in processes {
-        println!(
-            "{:<20} {:<8} {:<9} {}",
+    crate::client::print_processes(processes.into_iter().map(|process| {
+        [
             process.pid.to_string(),
             process.host.to_string(),
-            process.state.name(),
-            process.parent.map_or_else(|| "-".into(), |p| p.to_string())
-        );
-    }
+            process.state.name().to_owned(),
+            process.parent.map_or_else(|| "-".into(), |p| p.to_string()),
+        ]
+    }));
     Ok(0)
 }

@@ -66,6 +66,15 @@ impl Failure {
     }
 }
 
+/// Prints a line that tools and tests read to learn an address. A reader that has
+/// gone (a closed pipe) is no reason for a long-running command to stop, so write
+/// errors are ignored (`println!` would panic on them).
+pub(crate) fn announce(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}
+
 /// The default data directory: `$NIMBUS_DATA_DIR`, else the XDG data directory.
 pub(crate) fn default_data_dir() -> PathBuf {
     let base = std::env::var_os("XDG_DATA_HOME")

@@ -71,8 +71,12 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             .local_addr()
             .map_err(|e| internal("listener", &e))?;
         // Tools and tests read these lines to learn the ports.
-        println!("nimbus: gateway listening on http://{address}");
-        println!("nimbus: data plane listening on {data_address}");
+        crate::announce(format_args!(
+            "nimbus: gateway listening on http://{address}"
+        ));
+        crate::announce(format_args!(
+            "nimbus: data plane listening on {data_address}"
+        ));
         let local_cluster = match args.workers {
             Some(workers) => Some(
                 LocalCluster::start(workers, &data_dir, args.state.as_deref())
@@ -83,7 +87,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         };
         let planner = local_cluster.as_ref().map(|c| c.planner.clone());
         if let Some(planner) = &planner {
-            println!("nimbus: planner listening on {planner}");
+            crate::announce(format_args!("nimbus: planner listening on {planner}"));
         }
         tokio::spawn(nimbus_dataplane::serve(
             data_listener,
@@ -162,8 +166,6 @@ async fn spawn_announcing(
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));
     let mut first = String::new();
     stdout.read_line(&mut first).await?;
-    // Read on, so that its later lines never meet a closed pipe.
-    tokio::spawn(async move { tokio::io::copy(&mut stdout, &mut tokio::io::sink()).await });
     let rest = first.trim_end().strip_prefix(prefix).ok_or_else(|| {
         std::io::Error::other(format!("`nimbus {}` said {first:?}", args.join(" ")))
     })?;

@@ -138,6 +138,14 @@ fn perform(
     async move { kernel.state(pid, call).await }
 }
 
+/// The guest's answer to an operation that only succeeds or fails: 0 or an error
+/// code, once the operation `prepared` (or the error preparing it) is done.
+fn acknowledged(
+    prepared: Result<impl Future<Output = Result<StateReply, AbiError>> + Send + 'static, AbiError>,
+) -> Box<dyn Future<Output = i32> + Send> {
+    Box::new(async move { code_of(async { prepared?.await.map(drop) }.await) })
+}
+
 fn value(reply: StateReply) -> Result<Vec<u8>, AbiError> {
     match reply {
         StateReply::Value(value) => Ok(value),
@@ -263,7 +271,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
                     })
                 })
                 .map(|call| perform(&caller, call));
-            Box::new(async move { code_of(async { prepared?.await.map(drop) }.await) })
+            acknowledged(prepared)
         },
     )?;
 
@@ -291,7 +299,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
                     })
                 })
                 .map(|call| perform(&caller, call));
-            Box::new(async move { code_of(async { prepared?.await.map(drop) }.await) })
+            acknowledged(prepared)
         },
     )?;
 
@@ -334,7 +342,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
             move |mut caller: Caller<'_, ProcessCtx>, (key_ptr, key_len): (i32, i32)| {
                 let prepared = keyed(&mut caller, (key_ptr, key_len), call)
                     .map(|(_, call)| perform(&caller, call));
-                Box::new(async move { code_of(async { prepared?.await.map(drop) }.await) })
+                acknowledged(prepared)
             },
         )?;
     }
@@ -350,7 +358,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
                 })?;
                 Ok(perform(&caller, call))
             });
-            Box::new(async move { code_of(async { prepared?.await.map(drop) }.await) })
+            acknowledged(prepared)
         },
     )?;
 

@@ -40,7 +40,15 @@ fn main() {
     let on = Ranks::Workers(&workers);
     let nimbus =
         |placement, mode: &str, ranks: &str| mpi::nimbus(placement, "c-mpi-bench", ranks, &[mode]);
-    let openmpi = |mode: &str, ranks: &str| mpi::openmpi(&native, ranks, &[mode]);
+    // Each figure three ways: ranks on workers, on in-process hosts, and OpenMPI.
+    let three_ways = |mode: &str, ranks: &str, key_words: usize| {
+        [
+            nimbus(on, mode, ranks),
+            nimbus(Ranks::InProcess, mode, ranks),
+            mpi::openmpi(&native, ranks, &[mode]),
+        ]
+        .map(|lines| figures(lines, key_words))
+    };
 
     println!(
         "MPI micro-benchmarks: a nimbus world with each rank on its own worker process \
@@ -52,9 +60,7 @@ fn main() {
         "  {:>8}   {:>9} {:>9}   {:>9}   {:>9} {:>9}   {:>7} {:>7}",
         "bytes", "workers50", "workers99", "inproc50", "ompi50", "ompi99", "x p50", "x p99"
     );
-    let ours = figures(nimbus(on, "pingpong", "2"), 2);
-    let in_process = figures(nimbus(Ranks::InProcess, "pingpong", "2"), 2);
-    let theirs = figures(openmpi("pingpong", "2"), 2);
+    let [ours, in_process, theirs] = three_ways("pingpong", "2", 2);
     let mut sizes: Vec<_> = ours.keys().collect();
     sizes.sort_by_key(|key| key[9..].parse::<u64>().unwrap_or(0));
     for key in sizes {
@@ -72,10 +78,7 @@ fn main() {
         );
     }
 
-    let bandwidth = |lines| figures(lines, 1)["bandwidth"][0];
-    let ours = bandwidth(nimbus(on, "bandwidth", "2"));
-    let in_process = bandwidth(nimbus(Ranks::InProcess, "bandwidth", "2"));
-    let theirs = bandwidth(openmpi("bandwidth", "2"));
+    let [ours, in_process, theirs] = three_ways("bandwidth", "2", 1).map(|f| f["bandwidth"][0]);
     println!("streaming bandwidth, 1 MiB messages (target: workers >= 0.8x OpenMPI)");
     println!(
         "  workers {ours:.0} MiB/s   in-process {in_process:.0} MiB/s   OpenMPI {theirs:.0} MiB/s   \
@@ -83,10 +86,8 @@ fn main() {
         ours / theirs
     );
 
-    let allreduce = |lines| figures(lines, 1)["allreduce"].clone();
-    let ours = allreduce(nimbus(on, "allreduce", "4"));
-    let in_process = allreduce(nimbus(Ranks::InProcess, "allreduce", "4"));
-    let theirs = allreduce(openmpi("allreduce", "4"));
+    let [ours, in_process, theirs] =
+        three_ways("allreduce", "4", 1).map(|mut f| f.remove("allreduce").expect("a figure"));
     println!("allreduce of 1 MiB of doubles, 4 ranks, µs (target: workers <= 1.2x OpenMPI)");
     println!(
         "  workers p50 {:.1} p99 {:.1}   in-process p50 {:.1}   OpenMPI p50 {:.1} p99 {:.1}   \
