@@ -139,24 +139,30 @@ impl<R: Read> Read for Progress<R> {
         let n = self.inner.read(buf)?;
         self.sent += n as u64;
         if self.visible {
-            let width = 30;
-            let done = (self.sent * width / self.total.max(1)) as usize;
             let mut err = std::io::stderr();
-            let _ = write!(
-                err,
-                "\r  uploading [{}{}] {:>5.1} / {:.1} MiB",
-                "#".repeat(done),
-                " ".repeat(width as usize - done),
-                self.sent as f64 / 1048576.0,
-                self.total as f64 / 1048576.0
-            );
-            if self.sent == self.total {
-                let _ = write!(err, "\n  compiling...");
-            }
+            let _ = write!(err, "{}", progress_line(self.sent, self.total));
             let _ = err.flush();
         }
         Ok(n)
     }
+}
+
+/// What the upload progress shows after `sent` of `total` bytes: a bar redrawn in
+/// place, and once everything is sent, that the server is compiling.
+fn progress_line(sent: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let done = (sent.min(total) * WIDTH / total.max(1)) as usize;
+    let mut line = format!(
+        "\r  uploading [{}{}] {:>5.1} / {:.1} MiB",
+        "#".repeat(done),
+        " ".repeat(WIDTH as usize - done),
+        sent as f64 / 1048576.0,
+        total as f64 / 1048576.0
+    );
+    if sent == total {
+        line.push_str("\n  compiling...");
+    }
+    line
 }
 
 pub(crate) fn deploy(args: DeployArgs) -> Result<i32, Failure> {
@@ -324,4 +330,27 @@ pub(crate) fn logs(args: LogsArgs) -> Result<i32, Failure> {
         .write_all(&body)
         .map_err(|e| Failure::new(REQUEST_FAILED, format!("writing the logs: {e}")))?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_bar_fills_then_says_compiling() {
+        let half = progress_line(3 << 20, 6 << 20);
+        assert!(
+            half.contains(&format!("[{}{}]", "#".repeat(15), " ".repeat(15))),
+            "{half:?}"
+        );
+        assert!(
+            half.contains("3.0 / 6.0 MiB") && !half.contains("compiling"),
+            "{half:?}"
+        );
+        let whole = progress_line(6 << 20, 6 << 20);
+        assert!(
+            whole.contains(&"#".repeat(30)) && whole.ends_with("compiling..."),
+            "{whole:?}"
+        );
+    }
 }

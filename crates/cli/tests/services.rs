@@ -203,6 +203,23 @@ fn deploy_invoke_state_and_every_error() {
         .send(&b"\0asm"[..])
         .unwrap();
     assert_eq!(response.status(), 400);
+
+    // A body read from a file, with the server named by `--server` (no variable).
+    let body = data.path().join("body.txt");
+    std::fs::write(&body, "3").unwrap();
+    let from_file = format!("@{}", body.display());
+    let invoke = |data: &str| {
+        let mut command = common::nimbus(&["invoke", "counter", "add", "--data", data]);
+        command
+            .args(["--server", &node.url])
+            .env_remove("NIMBUS_SERVER");
+        outcome(&run(command))
+    };
+    let (stdout, stderr, code) = invoke(&from_file);
+    assert_eq!((code, stdout.trim()), (Some(0), "15"), "{stderr}");
+    let (_, stderr, code) = invoke("@/no/such/body");
+    assert_eq!(code, Some(127), "{stderr}");
+    assert!(stderr.contains("/no/such/body"), "{stderr}");
 }
 
 #[test]
