@@ -62,10 +62,29 @@ pub(crate) async fn write(
     last: bool,
     frame: &Frame,
 ) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(
+        4 + PREAMBLE + frame.head.len() + COPY_LIMIT.min(frame.body.len()),
+    );
+    if frame.body.len() < COPY_LIMIT {
+        encode(&mut buf, id, request, last, frame);
+        out.write_all(&buf).await
+    } else {
+        encode_head(&mut buf, id, request, last, frame);
+        out.write_all(&buf).await?;
+        out.write_all(&frame.body).await
+    }
+}
+
+/// Appends `frame`, whole, to `buf`.
+pub(crate) fn encode(buf: &mut Vec<u8>, id: u64, request: bool, last: bool, frame: &Frame) {
+    encode_head(buf, id, request, last, frame);
+    buf.extend_from_slice(&frame.body);
+}
+
+/// Appends everything of `frame` before its body to `buf`.
+fn encode_head(buf: &mut Vec<u8>, id: u64, request: bool, last: bool, frame: &Frame) {
     let rest = PREAMBLE + frame.head.len() + frame.body.len();
     SENT.fetch_add(4 + rest as u64, Ordering::Relaxed);
-    let mut buf =
-        Vec::with_capacity(4 + PREAMBLE + frame.head.len() + COPY_LIMIT.min(frame.body.len()));
     buf.extend_from_slice(
         &u32::try_from(rest)
             .expect("frames are under 4 GiB")
@@ -76,13 +95,6 @@ pub(crate) async fn write(
     buf.push(flags);
     buf.extend_from_slice(&(frame.head.len() as u32).to_le_bytes());
     buf.extend_from_slice(&frame.head);
-    if frame.body.len() < COPY_LIMIT {
-        buf.extend_from_slice(&frame.body);
-        out.write_all(&buf).await
-    } else {
-        out.write_all(&buf).await?;
-        out.write_all(&frame.body).await
-    }
 }
 
 /// Reads one frame; `None` at a clean end of the stream between frames.

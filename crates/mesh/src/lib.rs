@@ -5,7 +5,9 @@
 //! ([`Link`]), replies that may come as a stream of frames ending with a last one
 //! (a spawn answers "started", then "ended"), the server loop that hands each
 //! request to a [`Handler`] on its own task ([`serve`]), and reporting a broken
-//! connection to every call waiting on it ([`MeshError::Lost`]).
+//! connection to every call waiting on it ([`MeshError::Lost`]), and connections
+//! handed over whole after a hello and its answer ([`open_stream`]), for byte
+//! streams whose owners read and write them directly.
 //!
 //! Must not: know what the frames mean (the worker defines its requests), or hold
 //! process state. Ordering: frames on one connection arrive in the order they were
@@ -17,9 +19,11 @@
 
 mod frame;
 mod link;
+mod stream;
 
 pub use frame::{Frame, MAX_FRAME};
 pub use link::{Handler, HandlerFuture, Link, Replier, Replies, serve};
+pub use stream::{Adoption, open_stream};
 
 /// Bytes this process has received and sent over the mesh since it started, frames
 /// whole (for load reports).

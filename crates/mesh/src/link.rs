@@ -8,13 +8,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Waker};
 
-use tokio::io::BufReader;
+use std::io::Cursor;
+
+use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::MeshError;
 use crate::frame::{self, Envelope, Frame};
+use crate::stream::{self, Adoption};
 
 type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
 
@@ -24,7 +27,7 @@ const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Frames go out at once (no Nagle delay) and big ones without stalls. The kernel
 /// caps the buffers at its `net.core.{w,r}mem_max`; failing to set them is harmless.
-fn tune(stream: &TcpStream) {
+pub(crate) fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let socket = socket2::SockRef::from(stream);
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
@@ -171,6 +174,14 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 pub trait Handler: Send + Sync + 'static {
     /// Answers `request` through `replier`, which it must finish.
     fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture;
+
+    /// Takes over a connection opened with [`open_stream`](crate::open_stream),
+    /// `hello` being what its opener sent; it must answer through `adoption`. A
+    /// handler that takes none drops it, and the opener sees the connection lost.
+    fn adopt(self: Arc<Self>, hello: Frame, adoption: Adoption) -> HandlerFuture {
+        drop((hello, adoption));
+        Box::pin(async {})
+    }
 }
 
 /// Where the answers to one request go.
@@ -216,11 +227,22 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>) -> std::i
     }
 }
 
-async fn answer<H: Handler>(stream: TcpStream, handler: Arc<H>) {
+async fn answer<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
+    let mut first = [0; 4];
+    if stream.read_exact(&mut first).await.is_err() {
+        return;
+    }
+    if first == stream::MAGIC {
+        if let Ok(hello) = stream::hello(&mut stream).await {
+            handler.adopt(hello, Adoption::new(stream)).await;
+        }
+        return;
+    }
     let (read, write) = stream.into_split();
     let write: Writer = Arc::new(tokio::sync::Mutex::new(write));
     let (_connected, caller) = watch::channel(());
-    let mut read = BufReader::with_capacity(256 << 10, read);
+    // The first four bytes, read to tell the connection's kind, are a frame's length.
+    let mut read = BufReader::with_capacity(256 << 10, Cursor::new(first).chain(read));
     // A peer that breaks the format loses its connection; nothing else is affected.
     while let Ok(Some(envelope)) = frame::read(&mut read).await {
         if !envelope.request {
@@ -231,8 +253,8 @@ async fn answer<H: Handler>(stream: TcpStream, handler: Arc<H>) {
             write: write.clone(),
             caller: caller.clone(),
         };
-        // Most requests finish without waiting (a message into a mailbox with room):
-        // running their first step here spares them a hand-off to another task. One
+        // Most requests finish without waiting (a kill, a list of processes): running
+        // their first step here spares them a hand-off to another task. One
         // that waits goes on on its own task; a future may be polled by any waker.
         let mut request = handler.clone().handle(envelope.frame, replier);
         let mut first_step = Context::from_waker(Waker::noop());

@@ -11,7 +11,9 @@ use nimbus_core::{ExitStatus, Pid};
 use wasmtime::{Caller, Extern, Linker, Memory};
 
 use crate::abi_state::{StateCall, StateReply};
+use crate::mailbox::Arrival;
 use crate::process::ProcessCtx;
+use crate::stream::Outlet;
 
 /// A boxed, sendable future, the return type of [`Kernel`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -30,11 +32,27 @@ pub trait Kernel: Send + Sync + 'static {
     fn wait(&self, parent: Pid, child: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>>;
     /// Sends `data` from `from` to `to`, waiting while `to`'s mailbox is full.
     fn send(&self, from: Pid, to: Pid, data: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>>;
+    /// How messages from `from` reach `to`. Asked on `from`'s first send to `to`;
+    /// a stream it opens is kept by the sending process until one of the two ends.
+    fn route(&self, from: Pid, to: Pid) -> BoxFuture<'_, Result<Route, AbiError>> {
+        let _ = (from, to);
+        Box::pin(async { Ok(Route::Kernel) })
+    }
     /// The processes of the world `pid` is a rank of, by rank, once every rank has
     /// started; `None` if `pid` is a rank of no world.
     fn world(&self, pid: Pid) -> BoxFuture<'_, Option<Arc<[Pid]>>>;
     /// Performs a state operation for `pid`, on its app's state.
     fn state(&self, pid: Pid, call: StateCall) -> BoxFuture<'_, Result<StateReply, AbiError>>;
+}
+
+/// How a process's messages reach a receiver.
+#[derive(Debug)]
+pub enum Route {
+    /// Through [`Kernel::send`]: the receiver is on this host.
+    Kernel,
+    /// Over a connection of their own to the receiver's host, whose other end the
+    /// kernel has attached to the receiver's mailbox (see [`crate::stream`]).
+    Stream(std::net::TcpStream),
 }
 
 /// The kernel of a process alone in the world: it may not spawn, wait or send.
@@ -192,6 +210,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
                                 (failure.exit_code(), Err(AbiError::ChildFailed))
                             }
                         };
+                    // An ended child's stream is closed: the next send asks the kernel,
+                    // which knows the child is gone.
+                    caller.data_mut().outlets.remove(&child);
                     memory.write(&mut caller, status_ptr, &status.to_le_bytes())?;
                     result
                 };
@@ -295,23 +316,65 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
     crate::abi_state::add_to_linker(linker)
 }
 
-/// Sends the concatenation of `parts` to `to`, then yields.
+/// Sends the concatenation of `parts` to `to`.
 async fn send(caller: &mut Caller<'_, ProcessCtx>, to: i64, parts: [(i32, i32); 2]) -> i32 {
     let result = async {
         let memory = GuestMemory::of(caller)?;
         let to = Pid::from_guest(to).ok_or(AbiError::NoSuchProcess)?;
-        let mut data = memory.read(caller, parts[0].0, parts[0].1, crate::MAX_MESSAGE_SIZE)?;
-        let rest = crate::MAX_MESSAGE_SIZE - data.len();
-        data.extend_from_slice(&memory.read(caller, parts[1].0, parts[1].1, rest)?);
+        let [head, body] = parts.map(|(ptr, len)| memory.range(caller, ptr, len));
+        let (head, body) = (head?, body?);
+        if head.len() + body.len() > crate::MAX_MESSAGE_SIZE {
+            return Err(AbiError::TooLarge);
+        }
         let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
-        kernel.send(pid, to, data).await
+        let outlet = match caller.data().outlets.get(&to) {
+            Some(outlet) => outlet.clone(),
+            None => match kernel.route(pid, to).await? {
+                Route::Kernel => {
+                    let data = [head, body].map(|range| &memory.0.data(&*caller)[range]).concat();
+                    kernel.send(pid, to, data).await?;
+                    return Ok(Delivered::Here);
+                }
+                Route::Stream(stream) => {
+                    let outlet = Arc::new(Outlet::new(stream).map_err(|_| AbiError::Internal)?);
+                    caller.data_mut().outlets.insert(to, outlet.clone());
+                    outlet
+                }
+            },
+        };
+        let written = if outlet.is_closed() {
+            Err(AbiError::NoSuchProcess)
+        } else {
+            let gauges = caller.data().gauges();
+            let writing = outlet.send(&mut *caller, |caller| memory.0.data(caller), [head, body]);
+            ProcessCtx::waiting(gauges, writing)
+                .await
+                .map_err(|_| AbiError::NoSuchProcess)
+        };
+        if written.is_err() {
+            caller.data_mut().outlets.remove(&to);
+        }
+        written.map(|()| Delivered::Away)
     };
-    let sent = code_of(result.await);
-    // A receiver this send woke waits in this thread's next-task slot, which no other
-    // thread may take: step aside so the sender, not the receiver, is the one left
-    // for an idle thread to pick up.
-    tokio::task::yield_now().await;
-    sent
+    match result.await {
+        Ok(Delivered::Here) => {
+            // A receiver this send woke waits in this thread's next-task slot, which
+            // no other thread may take: step aside so the sender, not the receiver,
+            // is the one left for an idle thread to pick up.
+            tokio::task::yield_now().await;
+            0
+        }
+        Ok(Delivered::Away) => 0,
+        Err(error) => error.code(),
+    }
+}
+
+/// Where a sent message went.
+enum Delivered {
+    /// Into a mailbox on this host.
+    Here,
+    /// Into a stream to another host.
+    Away,
 }
 
 /// Receives the next message: its first bytes fill `parts[0]`, the rest `parts[1]`.
@@ -322,27 +385,77 @@ async fn receive(
     len_ptr: i32,
 ) -> Result<(), AbiError> {
     let memory = GuestMemory::of(caller)?;
-    for (ptr, cap) in parts {
-        memory.check(caller, ptr, cap)?;
-    }
+    let [head, body] = parts.map(|(ptr, cap)| memory.range(caller, ptr, cap));
+    let (head, body) = (head?, body?);
     memory.check(caller, sender_ptr, 8)?;
     memory.check(caller, len_ptr, 4)?;
+    let capacity = head.len() + body.len();
+    // The ranges a message of `len` bytes fills.
+    let split = |len: usize| {
+        let in_head = len.min(head.len());
+        [
+            head.start..head.start + in_head,
+            body.start..body.start + len - in_head,
+        ]
+    };
     let gauges = caller.data().gauges();
-    let next = caller.data_mut().mailbox.next();
-    let message = ProcessCtx::waiting(gauges, next)
-        .await
-        .ok_or(AbiError::Internal)?;
-    let len = message.data.len();
+    let (from, len) = loop {
+        let next = caller.data_mut().mailbox.next();
+        let arrival = ProcessCtx::waiting(gauges.clone(), next)
+            .await
+            .ok_or(AbiError::Internal)?;
+        let incoming = match arrival {
+            Arrival::Queued(message) => {
+                let len = message.data.len();
+                memory.write(caller, len_ptr, &(len as i32).to_le_bytes())?;
+                if len > capacity {
+                    caller.data_mut().mailbox.hold_back(message);
+                    return Err(AbiError::BufferTooSmall);
+                }
+                let guest = memory.0.data_mut(&mut *caller);
+                let (first, rest) = message.data.split_at(len.min(head.len()));
+                let [into_head, into_body] = split(len);
+                guest[into_head].copy_from_slice(first);
+                guest[into_body].copy_from_slice(rest);
+                break (message.from, len);
+            }
+            Arrival::Streamed(incoming) => incoming,
+        };
+        let mut incoming = incoming;
+        let read = if incoming.len > capacity {
+            match ProcessCtx::waiting(gauges.clone(), incoming.read_all()).await {
+                Ok(data) => {
+                    memory.write(caller, len_ptr, &(incoming.len as i32).to_le_bytes())?;
+                    caller
+                        .data_mut()
+                        .mailbox
+                        .hold_back_streamed(incoming.from, data);
+                    return Err(AbiError::BufferTooSmall);
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let reading = async {
+                for range in split(incoming.len) {
+                    incoming
+                        .read_into(&mut *caller, |caller| {
+                            &mut memory.0.data_mut(caller)[range.clone()]
+                        })
+                        .await?;
+                }
+                Ok(())
+            };
+            ProcessCtx::waiting(gauges.clone(), reading).await
+        };
+        match read {
+            Ok(()) => break (incoming.from, incoming.len),
+            // Its sender ended halfway through it: the message is lost with the
+            // sender, and the stream with both.
+            Err(_) => continue,
+        }
+    };
     memory.write(caller, len_ptr, &(len as i32).to_le_bytes())?;
-    let (head_cap, body_cap) = (parts[0].1 as usize, parts[1].1 as usize);
-    if len > head_cap + body_cap {
-        caller.data_mut().mailbox.hold_back(message);
-        return Err(AbiError::BufferTooSmall);
-    }
-    let (head, body) = message.data.split_at(len.min(head_cap));
-    memory.write(caller, parts[0].0, head)?;
-    memory.write(caller, parts[1].0, body)?;
-    memory.write(caller, sender_ptr, &message.from.to_guest().to_le_bytes())
+    memory.write(caller, sender_ptr, &from.to_guest().to_le_bytes())
 }
 
 /// The world the caller is a rank of, waiting until all its ranks have started.
@@ -384,7 +497,7 @@ impl GuestMemory {
         }
     }
 
-    fn range(
+    pub(crate) fn range(
         &self,
         caller: &Caller<'_, ProcessCtx>,
         ptr: i32,

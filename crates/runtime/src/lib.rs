@@ -22,12 +22,15 @@ mod mailbox;
 mod memory;
 mod process;
 mod service;
+mod stream;
 
-pub use abi::{AbiError, BoxFuture, Isolated, Kernel};
+pub use abi::{AbiError, BoxFuture, Isolated, Kernel, Route};
 pub use abi_state::{StateCall, StateReply, Tier};
 pub use cache::{CacheStats, LoadError, ModuleBytes, ModuleHash};
 pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
 pub use log::LogBuffer;
-pub use mailbox::{MAILBOX_CAPACITY, MAX_MESSAGE_SIZE, Mailbox, MailboxSender, Message, mailbox};
+pub use mailbox::{
+    Arrival, MAILBOX_CAPACITY, MAX_MESSAGE_SIZE, Mailbox, MailboxSender, Message, mailbox,
+};
 pub use process::{Input, InputStream, Output, OutputSink, Preopen, ProcessSpec};
 pub use service::{Invocation, InvokeError, ServiceInstance};

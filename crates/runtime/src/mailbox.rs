@@ -1,18 +1,26 @@
-//! A process's mailbox: an ordered queue of messages bounded by the bytes it holds.
+//! A process's mailbox: messages from processes on its own host, queued in order
+//! and bounded by the bytes they hold, and [`Inlet`]s, streams from senders on
+//! other hosts whose messages stay in the socket until the receiver reads them.
 //!
 //! Senders wait for room instead of growing memory without bound, which is the
 //! backpressure a slow receiver exerts on fast senders.
 
+use std::future::poll_fn;
+use std::net::TcpStream;
 use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
 
 use nimbus_core::Pid;
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::AbiError;
+use crate::stream::{Incoming, Inlet, SPIN};
 
 /// The largest message a process may send.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
-/// The most bytes of messages a mailbox holds before senders wait.
+/// The most bytes of queued messages a mailbox holds before senders wait.
 pub const MAILBOX_CAPACITY: usize = 64 << 20;
 
 /// A message in a mailbox.
@@ -22,22 +30,44 @@ pub struct Message {
     pub from: Pid,
     /// Its bytes.
     pub data: Vec<u8>,
-    /// The mailbox room this message occupies, released when it is received.
-    _room: OwnedSemaphorePermit,
+    /// The mailbox room this message occupies, released when it is received; none
+    /// for a message read from a stream.
+    _room: Option<OwnedSemaphorePermit>,
+}
+
+/// What the next message is: queued whole, or streamed with only its length read.
+#[derive(Debug)]
+pub enum Arrival {
+    /// A message from the queue (or one held back).
+    Queued(Message),
+    /// A message from a stream, to be read where the receiver wants it.
+    Streamed(Incoming),
+}
+
+/// What goes through the queue: messages, and new streams in the order they came.
+#[derive(Debug)]
+enum Entry {
+    Message(Message),
+    Inlet(Inlet),
 }
 
 /// The sending half of a mailbox; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct MailboxSender {
-    queue: mpsc::UnboundedSender<Message>,
+    queue: mpsc::UnboundedSender<Entry>,
     room: Arc<Semaphore>,
 }
 
 /// The receiving half of a mailbox, owned by the process.
 #[derive(Debug)]
 pub struct Mailbox {
-    queue: mpsc::UnboundedReceiver<Message>,
+    queue: mpsc::UnboundedReceiver<Entry>,
+    /// Whether every sender of the queue is gone.
+    queue_closed: bool,
     room: Arc<Semaphore>,
+    inlets: Vec<Inlet>,
+    /// The inlet to look at first next time, so that none starves the others.
+    next_inlet: usize,
     /// A message that did not fit the guest's buffer and waits for a retry.
     held_back: Option<Message>,
 }
@@ -53,7 +83,10 @@ pub fn mailbox() -> (MailboxSender, Mailbox) {
         },
         Mailbox {
             queue: rx,
+            queue_closed: false,
             room,
+            inlets: Vec::new(),
+            next_inlet: 0,
             held_back: None,
         },
     )
@@ -74,21 +107,113 @@ impl MailboxSender {
             .await
             .map_err(|_| AbiError::NoSuchProcess)?;
         self.queue
-            .send(Message {
+            .send(Entry::Message(Message {
                 from,
                 data,
-                _room: room,
-            })
+                _room: Some(room),
+            }))
+            .map_err(|_| AbiError::NoSuchProcess)
+    }
+
+    /// Adds the receiving end of a stream of messages from `from` on another host.
+    pub fn attach(&self, from: Pid, stream: TcpStream) -> Result<(), AbiError> {
+        if self.room.is_closed() {
+            return Err(AbiError::NoSuchProcess);
+        }
+        let inlet = Inlet::new(from, stream).map_err(|_| AbiError::Internal)?;
+        self.queue
+            .send(Entry::Inlet(inlet))
             .map_err(|_| AbiError::NoSuchProcess)
     }
 }
 
 impl Mailbox {
     /// Waits for the next message. `None` once no sender can ever send again.
-    pub async fn next(&mut self) -> Option<Message> {
-        match self.held_back.take() {
-            Some(message) => Some(message),
-            None => self.queue.recv().await,
+    ///
+    /// Looks again at once for [`SPIN`], then parks until a source is ready: a
+    /// reply that comes back within microseconds is taken without a wake-up.
+    pub async fn next(&mut self) -> Option<Arrival> {
+        if let Some(message) = self.held_back.take() {
+            return Some(Arrival::Queued(message));
+        }
+        let spin_until = Instant::now() + SPIN;
+        loop {
+            if let Some(arrival) = self.try_next() {
+                return Some(arrival);
+            }
+            if self.queue_closed && self.inlets.is_empty() {
+                return None;
+            }
+            if Instant::now() < spin_until {
+                std::thread::yield_now();
+                continue;
+            }
+            poll_fn(|cx| {
+                if !self.queue_closed {
+                    match self.queue.poll_recv(cx) {
+                        Poll::Ready(Some(entry)) => {
+                            self.take(entry);
+                            return Poll::Ready(());
+                        }
+                        Poll::Ready(None) => {
+                            self.queue_closed = true;
+                            return Poll::Ready(());
+                        }
+                        Poll::Pending => {}
+                    }
+                }
+                for inlet in &self.inlets {
+                    if inlet.poll_ready(cx).is_ready() {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            if let Some(message) = self.held_back.take() {
+                return Some(Arrival::Queued(message));
+            }
+        }
+    }
+
+    /// The next message if one is there, without waiting.
+    fn try_next(&mut self) -> Option<Arrival> {
+        while !self.queue_closed {
+            match self.queue.try_recv() {
+                Ok(Entry::Message(message)) => return Some(Arrival::Queued(message)),
+                Ok(Entry::Inlet(inlet)) => self.inlets.push(inlet),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => self.queue_closed = true,
+            }
+        }
+        let count = self.inlets.len();
+        let mut ended = Vec::new();
+        let mut found = None;
+        for k in 0..count {
+            let index = (self.next_inlet + k) % count;
+            match self.inlets[index].try_next() {
+                Ok(Some(incoming)) => {
+                    self.next_inlet = index + 1;
+                    found = Some(Arrival::Streamed(incoming));
+                    break;
+                }
+                Ok(None) => {}
+                // Its sender ended; whatever it sent before has been read.
+                Err(_) => ended.push(index),
+            }
+        }
+        ended.sort_unstable();
+        for index in ended.into_iter().rev() {
+            self.inlets.swap_remove(index);
+        }
+        found
+    }
+
+    /// Files an entry the queue delivered while parked.
+    fn take(&mut self, entry: Entry) {
+        match entry {
+            Entry::Message(message) => self.held_back = Some(message),
+            Entry::Inlet(inlet) => self.inlets.push(inlet),
         }
     }
 
@@ -97,6 +222,15 @@ impl Mailbox {
     pub fn hold_back(&mut self, message: Message) {
         debug_assert!(self.held_back.is_none());
         self.held_back = Some(message);
+    }
+
+    /// Holds back a streamed message that did not fit, read whole.
+    pub(crate) fn hold_back_streamed(&mut self, from: Pid, data: Vec<u8>) {
+        self.hold_back(Message {
+            from,
+            data,
+            _room: None,
+        });
     }
 }
 
@@ -116,18 +250,25 @@ mod tests {
         Pid::new(HostId(1), n)
     }
 
+    async fn queued(mailbox: &mut Mailbox) -> Message {
+        match mailbox.next().await {
+            Some(Arrival::Queued(message)) => message,
+            other => panic!("expected a queued message, got {other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn delivers_in_order_and_holds_back() {
         let (tx, mut rx) = mailbox();
         for i in 0..3u8 {
             tx.send(pid(1), vec![i]).await.unwrap();
         }
-        let first = rx.next().await.unwrap();
+        let first = queued(&mut rx).await;
         assert_eq!(first.data, [0]);
         rx.hold_back(first);
-        assert_eq!(rx.next().await.unwrap().data, [0]);
-        assert_eq!(rx.next().await.unwrap().data, [1]);
-        assert_eq!(rx.next().await.unwrap().from, pid(1));
+        assert_eq!(queued(&mut rx).await.data, [0]);
+        assert_eq!(queued(&mut rx).await.data, [1]);
+        assert_eq!(queued(&mut rx).await.from, pid(1));
     }
 
     #[tokio::test]
@@ -149,7 +290,7 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!blocked.is_finished());
-        drop(rx.next().await.unwrap());
+        drop(queued(&mut rx).await);
         blocked.await.unwrap().unwrap();
 
         let also_blocked = tokio::spawn({
@@ -158,5 +299,24 @@ mod tests {
         });
         drop(rx);
         assert_eq!(also_blocked.await.unwrap(), Err(AbiError::NoSuchProcess));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_breaks_the_format_is_dropped() {
+        use std::io::Write;
+        let (mut sending, receiving) = crate::stream::tests::connection();
+        let (tx, mut rx) = mailbox();
+        tx.attach(pid(3), receiving).unwrap();
+        let too_long = u32::try_from(MAX_MESSAGE_SIZE + 1).unwrap();
+        sending.write_all(&too_long.to_le_bytes()).unwrap();
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            assert!(rx.try_next().is_none(), "no message arrives");
+            if rx.inlets.is_empty() && rx.queue.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the stream is still attached");
+            tokio::task::yield_now().await;
+        }
     }
 }

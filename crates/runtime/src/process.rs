@@ -1,6 +1,7 @@
 //! One process's execution: its store, WASI context, limits and time slicing, and
 //! the translation of how it ended into an [`ExitStatus`].
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,6 +16,7 @@ use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 use crate::engine::{Gauges, Program, SLICE_TICKS};
+use crate::stream::Outlet;
 use crate::{Kernel, LogBuffer, Mailbox};
 
 /// Where a process's stdin comes from.
@@ -156,6 +158,8 @@ pub(crate) struct ProcessCtx {
     pub(crate) pid: Pid,
     pub(crate) kernel: Arc<dyn Kernel>,
     pub(crate) mailbox: Mailbox,
+    /// Streams to receivers on other hosts, by receiver.
+    pub(crate) outlets: HashMap<Pid, Arc<Outlet>>,
     pub(crate) deadline: Option<Instant>,
     pub(crate) deadline_hit: bool,
     gauges: Arc<Gauges>,
@@ -304,6 +308,7 @@ pub(crate) fn new_store(
         pid: spec.pid,
         kernel: spec.kernel,
         mailbox: spec.mailbox,
+        outlets: HashMap::new(),
         deadline: spec.deadline,
         deadline_hit: false,
         gauges,

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure, HostId, Limits, Pid};
 use nimbus_runtime::{
-    AbiError, BoxFuture, Input, InputStream, Kernel, LoadError, ModuleBytes, Output, Preopen,
-    RuntimeConfig, RuntimeError, RuntimeLoad, StateCall, StateReply,
+    AbiError, BoxFuture, Input, InputStream, Kernel, LoadError, MailboxSender, ModuleBytes,
+    Output, Preopen, Route, RuntimeConfig, RuntimeError, RuntimeLoad, StateCall, StateReply,
 };
 use nimbus_state::{AppName, GlobalTier, HostState};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::host::{Host, Parent, ProcessInfo, StartRequest};
 use crate::lineage::{Home, Lineage, LineageWire, ModuleSource};
-use crate::mesh::{Mesh, MeshConfig, RemoteStdin, Reply, Request, reply};
+use crate::mesh::{Mesh, MeshConfig, RemoteStdin, Reply, Request};
 use crate::state::Locks;
 
 /// How long a spawn waits for room by default when every host is full.
@@ -543,11 +543,13 @@ impl Cluster {
 
     /// Delivers a message to a process on this cluster's hosts.
     pub(crate) async fn deliver(&self, from: Pid, to: Pid, data: Vec<u8>) -> Result<(), AbiError> {
-        let mailbox = self
-            .host_of(to)
-            .and_then(|host| host.mailbox(to))
-            .ok_or(AbiError::NoSuchProcess)?;
+        let mailbox = self.mailbox(to).ok_or(AbiError::NoSuchProcess)?;
         mailbox.send(from, data).await
+    }
+
+    /// The mailbox of process `pid`, if it runs on one of this cluster's hosts.
+    pub(crate) fn mailbox(&self, pid: Pid) -> Option<MailboxSender> {
+        self.host_of(pid).and_then(|host| host.mailbox(pid))
     }
 }
 
@@ -614,20 +616,16 @@ impl Kernel for Cluster {
     }
 
     fn send(&self, from: Pid, to: Pid, data: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>> {
+        Box::pin(async move { self.deliver(from, to, data).await })
+    }
+
+    fn route(&self, from: Pid, to: Pid) -> BoxFuture<'_, Result<Route, AbiError>> {
         Box::pin(async move {
-            let remote = self.host_of(to).is_none();
             match &self.mesh {
-                Some(mesh) if remote => {
-                    let address = mesh
-                        .address_of(to.origin_host())
-                        .await
-                        .ok_or(AbiError::NoSuchProcess)?;
-                    let frame = mesh
-                        .call_one(&address, &Request::Send { from, to }, data)
-                        .await?;
-                    reply(&frame).map(drop)
+                Some(mesh) if self.host_of(to).is_none() => {
+                    mesh.open_stream(&Request::Stream { from, to }).await.map(Route::Stream)
                 }
-                _ => self.deliver(from, to, data).await,
+                _ => Ok(Route::Kernel),
             }
         })
     }

@@ -16,6 +16,8 @@ use nimbus_core::{ExitStatus, Failure, HostId, Pid};
 use nimbus_mesh::{Frame, Link, MeshError, Replies};
 use nimbus_runtime::{AbiError, BoxFuture, ModuleBytes, Output, OutputSink};
 use serde::{Deserialize, Serialize};
+use std::net::TcpStream;
+
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::PollSender;
@@ -49,9 +51,10 @@ pub(crate) enum Request {
         #[serde(default)]
         stdin: bool,
     },
-    /// To a worker: deliver the body as a message from `from` to `to`, waiting
-    /// while the mailbox is full.
-    Send { from: Pid, to: Pid },
+    /// To a worker, opening a connection handed over whole: attach it to the
+    /// mailbox of `to` as a stream of messages from `from` (see
+    /// `nimbus_runtime::Route::Stream`).
+    Stream { from: Pid, to: Pid },
     /// To a worker: stop process `pid`.
     Kill { pid: Pid },
     /// To a worker: its processes.
@@ -175,6 +178,23 @@ impl Mesh {
             .await
             .map_err(|_| AbiError::NoSuchProcess)?;
         replies.next().await.map_err(|_| AbiError::NoSuchProcess)
+    }
+
+    /// Opens a stream of messages for `request` (a [`Request::Stream`]) to the
+    /// worker of its receiver.
+    pub(crate) async fn open_stream(&self, request: &Request) -> Result<TcpStream, AbiError> {
+        let Request::Stream { to, .. } = request else {
+            return Err(AbiError::Internal);
+        };
+        let address = self
+            .address_of(to.origin_host())
+            .await
+            .ok_or(AbiError::NoSuchProcess)?;
+        let (answer, stream) = nimbus_mesh::open_stream(&address, &Frame::new(request, Vec::new()))
+            .await
+            .map_err(|_| AbiError::NoSuchProcess)?;
+        reply(&answer)?;
+        stream.into_std().map_err(|_| AbiError::Internal)
     }
 
     /// Asks the planner for a host for a process of `app`, waiting up to `wait`

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use nimbus_core::{ExitStatus, Pid};
-use nimbus_mesh::{Frame, Handler, HandlerFuture, Replier};
+use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, Replier};
 use nimbus_runtime::{AbiError, Input};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -60,12 +60,6 @@ impl Handler for Worker {
                     };
                     return self.cluster.start_for_peer(start, replier).await;
                 }
-                Request::Send { from, to } => {
-                    match self.cluster.deliver(from, to, request.body).await {
-                        Ok(()) => Reply::Done,
-                        Err(error) => Reply::error(error),
-                    }
-                }
                 Request::Kill { pid } => match self.cluster.kill(pid) {
                     Ok(()) => Reply::Done,
                     Err(error) => Reply::error(error),
@@ -78,6 +72,31 @@ impl Handler for Worker {
                 _ => Reply::error(AbiError::Invalid),
             };
             replier.finish(answer.frame()).await;
+        })
+    }
+
+    fn adopt(self: Arc<Self>, hello: Frame, adoption: Adoption) -> HandlerFuture {
+        Box::pin(async move {
+            let receiver = match hello.head::<Request>() {
+                Ok(Request::Stream { from, to }) => self
+                    .cluster
+                    .mailbox(to)
+                    .map(|mailbox| (from, mailbox))
+                    .ok_or(AbiError::NoSuchProcess),
+                _ => Err(AbiError::Invalid),
+            };
+            let answer = match &receiver {
+                Ok(_) => Reply::Done,
+                Err(error) => Reply::error(*error),
+            };
+            let Ok(stream) = adoption.answer(&answer.frame()).await else {
+                return;
+            };
+            if let (Ok((from, mailbox)), Ok(stream)) = (receiver, stream.into_std()) {
+                // A receiver that ended since drops the stream, and its sender's next
+                // send finds it closed.
+                let _ = mailbox.attach(from, stream);
+            }
         })
     }
 }

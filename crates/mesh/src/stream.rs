@@ -1,0 +1,155 @@
+//! Connections handed over whole: a node opens one to a peer with a hello frame,
+//! the peer's [`Handler::adopt`](crate::Handler::adopt) answers with a frame, and
+//! from then on the bytes are the two owners' business (the worker streams a
+//! process's messages over them, written and read straight from guest memory).
+//!
+//! Such a connection starts with [`MAGIC`], four bytes that read as a frame length
+//! no frame may have, so [`serve`](crate::serve) tells the two kinds apart on the
+//! listener every node already has.
+
+use tokio::net::TcpStream;
+
+use crate::MeshError;
+use crate::frame::{self, Frame};
+use crate::link::tune;
+
+/// The first bytes of a handed-over connection: as a little-endian frame length,
+/// far above [`crate::MAX_FRAME`].
+pub(crate) const MAGIC: [u8; 4] = *b"NMST";
+
+/// Opens a connection to the node at `addr` and hands it to its handler with
+/// `hello`; returns the handler's answer and the connection.
+pub async fn open_stream(addr: &str, hello: &Frame) -> Result<(Frame, TcpStream), MeshError> {
+    let lost = || MeshError::Lost {
+        addr: addr.to_owned(),
+    };
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| MeshError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    tune(&stream);
+    let mut opening = MAGIC.to_vec();
+    frame::encode(&mut opening, 0, true, true, hello);
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &opening)
+        .await
+        .map_err(|_| lost())?;
+    match frame::read(&mut stream).await {
+        Ok(Some(answer)) => Ok((answer.frame, stream)),
+        Ok(None) | Err(_) => Err(lost()),
+    }
+}
+
+/// A connection opened with [`open_stream`], waiting for its handler's answer.
+pub struct Adoption {
+    stream: TcpStream,
+}
+
+impl Adoption {
+    pub(crate) fn new(stream: TcpStream) -> Adoption {
+        Adoption { stream }
+    }
+
+    /// Sends `answer` to the opener and hands over the connection.
+    pub async fn answer(mut self, answer: &Frame) -> std::io::Result<TcpStream> {
+        frame::write(&mut self.stream, 0, false, true, answer).await?;
+        Ok(self.stream)
+    }
+}
+
+/// Reads the hello of a handed-over connection, whose magic has been read.
+pub(crate) async fn hello(stream: &mut TcpStream) -> std::io::Result<Frame> {
+    match frame::read(stream).await? {
+        Some(hello) => Ok(hello.frame),
+        None => Err(std::io::ErrorKind::UnexpectedEof.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::{Handler, HandlerFuture, Link, Replier, serve};
+
+    /// Answers calls with their own head; adopts a connection whose hello is "echo",
+    /// answering "ok" and then echoing its bytes, and refuses any other.
+    struct Adopter;
+
+    impl Handler for Adopter {
+        fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
+            Box::pin(async move { replier.finish(request).await })
+        }
+
+        fn adopt(self: Arc<Self>, hello: Frame, adoption: Adoption) -> HandlerFuture {
+            Box::pin(async move {
+                if hello.head::<String>().unwrap() != "echo" {
+                    drop(adoption.answer(&Frame::new(&"refused", Vec::new())).await);
+                    return;
+                }
+                let mut stream = adoption.answer(&Frame::new(&"ok", Vec::new())).await.unwrap();
+                let mut buf = vec![0; 64 << 10];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => stream.write_all(&buf[..n]).await.unwrap(),
+                    }
+                }
+            })
+        }
+    }
+
+    async fn listening(handler: impl Handler) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(serve(listener, Arc::new(handler)));
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_connection_carries_raw_bytes_beside_calls() {
+        let addr = listening(Adopter).await;
+        let (answer, mut stream) = open_stream(&addr, &Frame::new(&"echo", vec![1, 2]))
+            .await
+            .unwrap();
+        assert_eq!(answer.head::<String>().unwrap(), "ok");
+        let bytes: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
+        let (mut read, mut write) = stream.split();
+        let (echoed, ()) = tokio::join!(
+            async {
+                let mut echoed = vec![0; bytes.len()];
+                read.read_exact(&mut echoed).await.unwrap();
+                echoed
+            },
+            async { write.write_all(&bytes).await.unwrap() }
+        );
+        assert_eq!(echoed, bytes);
+
+        // Calls on the same listener are unaffected.
+        let link = Link::connect(&addr).await.unwrap();
+        let answer = link.call_one(Frame::new(&"call", vec![7])).await.unwrap();
+        assert_eq!(answer, Frame::new(&"call", vec![7]));
+
+        let (refused, _) = open_stream(&addr, &Frame::new(&"other", Vec::new()))
+            .await
+            .unwrap();
+        assert_eq!(refused.head::<String>().unwrap(), "refused");
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_adopts_nothing_leaves_the_opener_a_lost_connection() {
+        struct CallsOnly;
+        impl Handler for CallsOnly {
+            fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
+                Box::pin(async move { replier.finish(request).await })
+            }
+        }
+        let addr = listening(CallsOnly).await;
+        let opened = open_stream(&addr, &Frame::new(&"echo", Vec::new())).await;
+        assert!(matches!(opened, Err(MeshError::Lost { .. })), "{opened:?}");
+    }
+}
