@@ -31,7 +31,7 @@ static void percentiles(double *samples, int n, double *p50, double *p99) {
 }
 
 static int pingpong(int rank) {
-    enum { WARMUP = 20, ROUNDS = 200 };
+    enum { WARMUP = 200, ROUNDS = 1000 };
     static double samples[ROUNDS];
     char *buf = malloc(1 << 20);
     if (buf == NULL) return 1;

@@ -145,34 +145,40 @@ impl Mailbox {
                 return None;
             }
             if Instant::now() < spin_until {
-                std::thread::yield_now();
+                std::hint::spin_loop();
                 continue;
             }
-            poll_fn(|cx| {
-                if !self.queue_closed {
-                    match self.queue.poll_recv(cx) {
-                        Poll::Ready(Some(entry)) => {
-                            self.take(entry);
-                            return Poll::Ready(());
-                        }
-                        Poll::Ready(None) => {
-                            self.queue_closed = true;
-                            return Poll::Ready(());
-                        }
-                        Poll::Pending => {}
-                    }
-                }
-                for inlet in &self.inlets {
-                    if inlet.poll_ready(cx).is_ready() {
-                        return Poll::Ready(());
-                    }
-                }
-                Poll::Pending
-            })
-            .await;
+            self.park().await;
             if let Some(message) = self.held_back.take() {
                 return Some(Arrival::Queued(message));
             }
+        }
+    }
+
+    /// Waits until a source may have something: the queue, or an inlet (each lent
+    /// to the reactor meanwhile).
+    async fn park(&mut self) {
+        let Ok(lent) = self.inlets.iter().map(Inlet::lend).collect::<Result<Vec<_>, _>>() else {
+            // The reactor cannot take them (out of memory, or of descriptors): poll.
+            return tokio::task::yield_now().await;
+        };
+        let (queue, queue_closed) = (&mut self.queue, self.queue_closed);
+        let arrived = poll_fn(|cx| {
+            if !queue_closed && let Poll::Ready(entry) = queue.poll_recv(cx) {
+                return Poll::Ready(Some(entry));
+            }
+            match lent.iter().any(|inlet| inlet.poll_ready(cx).is_ready()) {
+                true => Poll::Ready(None),
+                false => Poll::Pending,
+            }
+        })
+        .await;
+        drop(lent);
+        match arrived {
+            Some(Some(Entry::Message(message))) => self.held_back = Some(message),
+            Some(Some(Entry::Inlet(inlet))) => self.inlets.push(inlet),
+            Some(None) => self.queue_closed = true,
+            None => {}
         }
     }
 
@@ -207,14 +213,6 @@ impl Mailbox {
             self.inlets.swap_remove(index);
         }
         found
-    }
-
-    /// Files an entry the queue delivered while parked.
-    fn take(&mut self, entry: Entry) {
-        match entry {
-            Entry::Message(message) => self.held_back = Some(message),
-            Entry::Inlet(inlet) => self.inlets.push(inlet),
-        }
     }
 
     /// Puts `message` back at the head of the queue, for a receiver whose buffer was

@@ -6,6 +6,9 @@
 //!
 //! A waiting side retries its socket for [`SPIN`] before it parks: on a virtual
 //! machine, waking a parked thread costs more than a whole loopback round trip.
+//! Sockets are lent to the runtime's reactor only while their owner is parked on
+//! them ([`Lent`]); registered for good, each message would wake an idle runtime
+//! thread, on a core the peer may need, for a readiness nobody waits for.
 //!
 //! On the wire each message is its length (`u32`, little-endian), then its bytes.
 //! The receiving end never writes; its closing is how a sender learns that the
@@ -15,7 +18,10 @@
 use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::ops::Range;
+use std::marker::PhantomData;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use nimbus_core::Pid;
@@ -32,21 +38,21 @@ const HEADER: usize = 4;
 /// The sending end of a stream to one receiver, owned by the sending process.
 #[derive(Debug)]
 pub struct Outlet {
-    socket: AsyncFd<TcpStream>,
+    socket: TcpStream,
 }
 
 impl Outlet {
     /// Wraps a connection whose receiving end is attached to the receiver's mailbox.
     pub(crate) fn new(stream: TcpStream) -> io::Result<Outlet> {
         Ok(Outlet {
-            socket: register(stream, Interest::WRITABLE)?,
+            socket: nonblocking(stream)?,
         })
     }
 
     /// Whether the receiving end has closed: the receiver ended or its host is gone.
     pub(crate) fn is_closed(&self) -> bool {
         let mut byte = [0];
-        !matches!(self.socket.get_ref().peek(&mut byte),
+        !matches!(self.socket.peek(&mut byte),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
@@ -75,7 +81,7 @@ impl Outlet {
                 ];
                 let mut rest = &mut slices[..];
                 IoSlice::advance_slices(&mut rest, written);
-                (&*self.socket.get_ref()).write_vectored(rest)
+                (&self.socket).write_vectored(rest)
             })
             .await?;
         }
@@ -87,7 +93,7 @@ impl Outlet {
 #[derive(Debug)]
 pub(crate) struct Inlet {
     from: Pid,
-    socket: Arc<AsyncFd<TcpStream>>,
+    socket: Arc<TcpStream>,
     /// Bytes read ahead, so that a small message takes one read, length and all:
     /// those in `start..end` are unconsumed.
     ahead: Box<[u8]>,
@@ -110,7 +116,7 @@ pub struct Incoming {
     prefix: Vec<u8>,
     /// Bytes of it handed out so far.
     done: usize,
-    socket: Arc<AsyncFd<TcpStream>>,
+    socket: Arc<TcpStream>,
 }
 
 impl Inlet {
@@ -118,7 +124,7 @@ impl Inlet {
     pub(crate) fn new(from: Pid, stream: TcpStream) -> io::Result<Inlet> {
         Ok(Inlet {
             from,
-            socket: Arc::new(register(stream, Interest::READABLE)?),
+            socket: Arc::new(nonblocking(stream)?),
             ahead: vec![0; READ_AHEAD].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -131,7 +137,7 @@ impl Inlet {
         if self.end - self.start < HEADER {
             self.ahead.copy_within(self.start..self.end, 0);
             (self.start, self.end) = (0, self.end - self.start);
-            match (&*self.socket.get_ref()).read(&mut self.ahead[self.end..]) {
+            match (&*self.socket).read(&mut self.ahead[self.end..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => self.end += n,
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
@@ -159,18 +165,9 @@ impl Inlet {
         }))
     }
 
-    /// Resolves when the socket may have something to read, registering `cx` for
-    /// when it does.
-    pub(crate) fn poll_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
-        match self.socket.poll_read_ready(cx) {
-            std::task::Poll::Ready(Ok(mut ready)) => {
-                // The caller reads next; a stale readiness must not be seen again.
-                ready.clear_ready();
-                std::task::Poll::Ready(())
-            }
-            std::task::Poll::Ready(Err(_)) => std::task::Poll::Ready(()),
-            std::task::Poll::Pending => std::task::Poll::Pending,
-        }
+    /// Lends the socket to the reactor, to park on until it may have more to read.
+    pub(crate) fn lend(&self) -> io::Result<Lent<'_>> {
+        Lent::new(&self.socket, Interest::READABLE)
     }
 }
 
@@ -189,7 +186,7 @@ impl Incoming {
         let mut filled = buffered;
         while filled < n {
             let read = retry(&self.socket, Interest::READABLE, || {
-                match (&*self.socket.get_ref()).read(&mut into(target)[filled..]) {
+                match (&*self.socket).read(&mut into(target)[filled..]) {
                     Ok(0) => Err(io::ErrorKind::UnexpectedEof.into()),
                     result => result,
                 }
@@ -209,19 +206,59 @@ impl Incoming {
     }
 }
 
-/// Hands `stream` (non-blocking) to the runtime's reactor, to wait on for `interest`.
-fn register(stream: TcpStream, interest: Interest) -> io::Result<AsyncFd<TcpStream>> {
+fn nonblocking(stream: TcpStream) -> io::Result<TcpStream> {
     stream.set_nonblocking(true)?;
-    // SAFETY: the `AsyncFd` owns the `TcpStream`, which owns its descriptor: it stays
-    // open until both are dropped, and `as_raw_fd` always returns that one.
-    Ok(unsafe { AsyncFd::register_with_interest(stream, interest) }?)
+    Ok(stream)
+}
+
+/// A socket lent to the runtime's reactor while its owner parks on it; returned
+/// (deregistered) when dropped.
+pub(crate) struct Lent<'a> {
+    registration: AsyncFd<Descriptor>,
+    interest: Interest,
+    _socket: PhantomData<&'a TcpStream>,
+}
+
+/// The descriptor of a socket someone else owns.
+struct Descriptor(RawFd);
+
+impl AsRawFd for Descriptor {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl<'a> Lent<'a> {
+    fn new(socket: &'a TcpStream, interest: Interest) -> io::Result<Lent<'a>> {
+        let descriptor = Descriptor(socket.as_raw_fd());
+        // SAFETY: the descriptor stays open and the same for the registration's whole
+        // life: `Lent` borrows the socket that owns it and drops the registration
+        // (deregistering it) before that borrow ends.
+        let registration = unsafe { AsyncFd::register_with_interest(descriptor, interest) }?;
+        Ok(Lent {
+            registration,
+            interest,
+            _socket: PhantomData,
+        })
+    }
+
+    /// Resolves once the kernel reports the socket ready (or broken), registering
+    /// `cx` until it does. Registering reports a readiness already there, so none
+    /// is missed between the owner's last attempt and its parking.
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.interest.is_readable() {
+            self.registration.poll_read_ready(cx).map(drop)
+        } else {
+            self.registration.poll_write_ready(cx).map(drop)
+        }
+    }
 }
 
 /// Runs `attempt` until it does something other than would-block: at once again
 /// (yielding the CPU to whoever needs it) for [`SPIN`], then whenever the kernel
 /// reports the socket ready for `interest`.
 async fn retry<T>(
-    socket: &AsyncFd<TcpStream>,
+    socket: &TcpStream,
     interest: Interest,
     mut attempt: impl FnMut() -> io::Result<T>,
 ) -> io::Result<T> {
@@ -232,12 +269,11 @@ async fn retry<T>(
             result => return result,
         }
         if Instant::now() < spin_until {
-            std::thread::yield_now();
+            std::hint::spin_loop();
             continue;
         }
-        // Cleared before the next attempt, so a readiness that attempt finds stale
-        // is not taken for a new one.
-        socket.ready(interest).await?.clear_ready();
+        let lent = Lent::new(socket, interest)?;
+        std::future::poll_fn(|cx| lent.poll_ready(cx)).await;
     }
 }
 
