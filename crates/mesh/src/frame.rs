@@ -62,9 +62,8 @@ pub(crate) async fn write(
     last: bool,
     frame: &Frame,
 ) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(
-        4 + PREAMBLE + frame.head.len() + COPY_LIMIT.min(frame.body.len()),
-    );
+    let mut buf =
+        Vec::with_capacity(4 + PREAMBLE + frame.head.len() + COPY_LIMIT.min(frame.body.len()));
     if frame.body.len() < COPY_LIMIT {
         encode(&mut buf, id, request, last, frame);
         out.write_all(&buf).await

@@ -91,7 +91,10 @@ mod tests {
                     drop(adoption.answer(&Frame::new(&"refused", Vec::new())).await);
                     return;
                 }
-                let mut stream = adoption.answer(&Frame::new(&"ok", Vec::new())).await.unwrap();
+                let mut stream = adoption
+                    .answer(&Frame::new(&"ok", Vec::new()))
+                    .await
+                    .unwrap();
                 let mut buf = vec![0; 64 << 10];
                 loop {
                     match stream.read(&mut buf).await {

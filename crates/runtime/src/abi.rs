@@ -13,7 +13,7 @@ use wasmtime::{Caller, Extern, Linker, Memory};
 use crate::abi_state::{StateCall, StateReply};
 use crate::mailbox::Arrival;
 use crate::process::ProcessCtx;
-use crate::stream::Outlet;
+use crate::stream::{Outlet, channel};
 
 /// A boxed, sendable future, the return type of [`Kernel`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -329,18 +329,28 @@ async fn send(caller: &mut Caller<'_, ProcessCtx>, to: i64, parts: [(i32, i32); 
         let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
         let outlet = match caller.data().outlets.get(&to) {
             Some(outlet) => outlet.clone(),
-            None => match kernel.route(pid, to).await? {
-                Route::Kernel => {
-                    let data = [head, body].map(|range| &memory.0.data(&*caller)[range]).concat();
-                    kernel.send(pid, to, data).await?;
-                    return Ok(Delivered::Here);
-                }
-                Route::Stream(stream) => {
-                    let outlet = Arc::new(Outlet::new(stream).map_err(|_| AbiError::Internal)?);
-                    caller.data_mut().outlets.insert(to, outlet.clone());
-                    outlet
-                }
-            },
+            None => {
+                let channel = match caller.data().mailbox.channel_with(to) {
+                    Some(channel) => channel,
+                    None => match kernel.route(pid, to).await? {
+                        Route::Kernel => {
+                            let data = [head, body]
+                                .map(|range| &memory.0.data(&*caller)[range])
+                                .concat();
+                            kernel.send(pid, to, data).await?;
+                            return Ok(Delivered::Here);
+                        }
+                        Route::Stream(stream) => {
+                            let channel = channel(stream).map_err(|_| AbiError::Internal)?;
+                            caller.data_mut().mailbox.add_channel(to, channel.clone());
+                            channel
+                        }
+                    },
+                };
+                let outlet = Arc::new(Outlet::new(channel));
+                caller.data_mut().outlets.insert(to, outlet.clone());
+                outlet
+            }
         };
         let written = if outlet.is_closed() {
             Err(AbiError::NoSuchProcess)

@@ -9,14 +9,13 @@ use std::future::poll_fn;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::Instant;
 
 use nimbus_core::Pid;
 use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::AbiError;
-use crate::stream::{Incoming, Inlet, SPIN};
+use crate::stream::{Channel, Incoming, Inlet, Spin, channel};
 
 /// The largest message a process may send.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
@@ -115,12 +114,12 @@ impl MailboxSender {
             .map_err(|_| AbiError::NoSuchProcess)
     }
 
-    /// Adds the receiving end of a stream of messages from `from` on another host.
+    /// Adds a channel with `from` on another host, which opened it.
     pub fn attach(&self, from: Pid, stream: TcpStream) -> Result<(), AbiError> {
         if self.room.is_closed() {
             return Err(AbiError::NoSuchProcess);
         }
-        let inlet = Inlet::new(from, stream).map_err(|_| AbiError::Internal)?;
+        let inlet = Inlet::new(from, channel(stream).map_err(|_| AbiError::Internal)?);
         self.queue
             .send(Entry::Inlet(inlet))
             .map_err(|_| AbiError::NoSuchProcess)
@@ -130,13 +129,13 @@ impl MailboxSender {
 impl Mailbox {
     /// Waits for the next message. `None` once no sender can ever send again.
     ///
-    /// Looks again at once for [`SPIN`], then parks until a source is ready: a
-    /// reply that comes back within microseconds is taken without a wake-up.
+    /// Looks again while it [`Spin`]s, then parks until a source is ready: a reply
+    /// that comes back within microseconds is taken without a wake-up.
     pub async fn next(&mut self) -> Option<Arrival> {
         if let Some(message) = self.held_back.take() {
             return Some(Arrival::Queued(message));
         }
-        let spin_until = Instant::now() + SPIN;
+        let spin = Spin::start();
         loop {
             if let Some(arrival) = self.try_next() {
                 return Some(arrival);
@@ -144,8 +143,7 @@ impl Mailbox {
             if self.queue_closed && self.inlets.is_empty() {
                 return None;
             }
-            if Instant::now() < spin_until {
-                std::hint::spin_loop();
+            if spin.again() {
                 continue;
             }
             self.park().await;
@@ -158,7 +156,12 @@ impl Mailbox {
     /// Waits until a source may have something: the queue, or an inlet (each lent
     /// to the reactor meanwhile).
     async fn park(&mut self) {
-        let Ok(lent) = self.inlets.iter().map(Inlet::lend).collect::<Result<Vec<_>, _>>() else {
+        let Ok(lent) = self
+            .inlets
+            .iter()
+            .map(Inlet::lend)
+            .collect::<Result<Vec<_>, _>>()
+        else {
             // The reactor cannot take them (out of memory, or of descriptors): poll.
             return tokio::task::yield_now().await;
         };
@@ -213,6 +216,20 @@ impl Mailbox {
             self.inlets.swap_remove(index);
         }
         found
+    }
+
+    /// Adds the receiving side of a channel this process opened to `from`.
+    pub(crate) fn add_channel(&mut self, from: Pid, channel: Channel) {
+        self.inlets.push(Inlet::new(from, channel));
+    }
+
+    /// A channel with `peer` already here, opened by either side.
+    pub(crate) fn channel_with(&self, peer: Pid) -> Option<Channel> {
+        self.inlets
+            .iter()
+            .map(Inlet::channel)
+            .find(|(from, _)| *from == peer)
+            .map(|(_, channel)| channel.clone())
     }
 
     /// Puts `message` back at the head of the queue, for a receiver whose buffer was
@@ -307,13 +324,16 @@ mod tests {
         tx.attach(pid(3), receiving).unwrap();
         let too_long = u32::try_from(MAX_MESSAGE_SIZE + 1).unwrap();
         sending.write_all(&too_long.to_le_bytes()).unwrap();
-        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             assert!(rx.try_next().is_none(), "no message arrives");
             if rx.inlets.is_empty() && rx.queue.is_empty() {
                 break;
             }
-            assert!(Instant::now() < deadline, "the stream is still attached");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stream is still attached"
+            );
             tokio::task::yield_now().await;
         }
     }

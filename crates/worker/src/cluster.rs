@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure, HostId, Limits, Pid};
 use nimbus_runtime::{
-    AbiError, BoxFuture, Input, InputStream, Kernel, LoadError, MailboxSender, ModuleBytes,
-    Output, Preopen, Route, RuntimeConfig, RuntimeError, RuntimeLoad, StateCall, StateReply,
+    AbiError, BoxFuture, Input, InputStream, Kernel, LoadError, MailboxSender, ModuleBytes, Output,
+    Preopen, Route, RuntimeConfig, RuntimeError, RuntimeLoad, StateCall, StateReply,
 };
 use nimbus_state::{AppName, GlobalTier, HostState};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -622,9 +622,10 @@ impl Kernel for Cluster {
     fn route(&self, from: Pid, to: Pid) -> BoxFuture<'_, Result<Route, AbiError>> {
         Box::pin(async move {
             match &self.mesh {
-                Some(mesh) if self.host_of(to).is_none() => {
-                    mesh.open_stream(&Request::Stream { from, to }).await.map(Route::Stream)
-                }
+                Some(mesh) if self.host_of(to).is_none() => mesh
+                    .open_stream(&Request::Stream { from, to })
+                    .await
+                    .map(Route::Stream),
                 _ => Ok(Route::Kernel),
             }
         })
