@@ -51,7 +51,9 @@ pub struct WorkerCluster {
 }
 
 impl WorkerCluster {
-    /// A planner with `workers` workers joined.
+    /// A planner with `workers` workers joined, each offering one core (and so
+    /// running its guests on one thread): the benchmarks place one rank per worker,
+    /// as OpenMPI runs each rank as one single-threaded process.
     pub fn start(workers: usize) -> WorkerCluster {
         let (planner, mut addr) = Daemon::start(
             &["planner", "--listen", "127.0.0.1:0"],
@@ -61,7 +63,10 @@ impl WorkerCluster {
         let mut daemons = vec![planner];
         let joined = format!("nimbus: worker joined {planner_addr} as host ");
         for _ in 0..workers {
-            let (worker, _) = Daemon::start(&["worker", "--planner", &planner_addr], &[&joined]);
+            let (worker, _) = Daemon::start(
+                &["worker", "--planner", &planner_addr, "--cpus", "1"],
+                &[&joined],
+            );
             daemons.push(worker);
         }
         WorkerCluster {

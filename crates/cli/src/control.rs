@@ -45,8 +45,8 @@ pub(crate) struct WorkerArgs {
     /// The planner to join.
     #[arg(long, env = "NIMBUS_PLANNER", default_value = DEFAULT_PLANNER)]
     planner: String,
-    /// Cores to offer (default: all of this machine's).
-    #[arg(long)]
+    /// Cores to offer, and threads to run guests on (default: all of this machine's).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     cpus: Option<u32>,
     /// Memory to offer (default: all of this machine's).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -87,7 +87,16 @@ pub(crate) struct HostsArgs {
 }
 
 fn tokio() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio_with_threads(None)
+}
+
+/// A runtime with `threads` worker threads (by default one per core).
+fn tokio_with_threads(threads: Option<usize>) -> Result<tokio::runtime::Runtime, Failure> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = threads {
+        builder.worker_threads(threads);
+    }
+    builder
         .enable_all()
         .build()
         .map_err(|e| Failure::new(exit_code::INTERNAL, format!("cannot start: {e}")))
@@ -144,7 +153,8 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
     let mut config = ClusterConfig::new(data_dir);
     config.max_processes_per_host = args.max_processes as usize;
     config.spawn_wait = args.spawn_wait;
-    tokio()?.block_on(async {
+    // Guests run on the runtime's threads: a worker offering N CPUs uses N.
+    tokio_with_threads(Some(cpus as usize))?.block_on(async {
         let internal = |e: &dyn std::fmt::Display| Failure::new(exit_code::INTERNAL, e.to_string());
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await

@@ -164,6 +164,7 @@ fn bad_flags_are_usage_errors() {
         &["run", "--dir", "/no/such/dir::/data", hello],
         &["run", "--mem", "8GiB", hello],
         &["run", "--hosts", "0", hello],
+        &["worker", "--cpus", "0"],
     ];
     for args in cases {
         let (_, stderr, code) = outcome(&run(nimbus(args)));

@@ -30,7 +30,8 @@ pub trait Kernel: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<Pid, AbiError>>;
     /// Waits for child `child` of `parent` to end, and reaps it.
     fn wait(&self, parent: Pid, child: Pid) -> BoxFuture<'_, Result<ExitStatus, AbiError>>;
-    /// Sends `data` from `from` to `to`, waiting while `to`'s mailbox is full.
+    /// Sends `data` from `from` to `to` when [`Kernel::route`] said [`Route::Kernel`],
+    /// waiting while `to`'s mailbox is full.
     fn send(&self, from: Pid, to: Pid, data: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>>;
     /// How messages from `from` reach `to`. Asked on `from`'s first send to `to`;
     /// a stream it opens is kept by the sending process until one of the two ends.

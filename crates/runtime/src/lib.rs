@@ -5,12 +5,14 @@
 //! roll back; for both: epoch interruption), the module cache (precompiled artifacts keyed
 //! by sha256, of modules instrumented to export their mutable globals), per-process
 //! limits, WASI preview 1 and the nimbus host ABI, the mailbox a process receives
-//! from, and long-lived service instances with the capture and restore of their
-//! state as snapshots.
+//! from, the message channels it writes to and reads from (connected sockets the
+//! kernel hands it), and long-lived service instances with the capture and restore
+//! of their state as snapshots.
 //!
 //! Must not: decide where a process runs, keep a process table, or know about other
-//! hosts. Everything a guest asks of the platform beyond its own mailbox (spawn, wait,
-//! send) goes up through the [`Kernel`] trait, which the worker implements.
+//! hosts. Everything a guest asks of the platform beyond its own mailbox and channels
+//! (spawn, wait, where a message goes) goes up through the [`Kernel`] trait, which the
+//! worker implements.
 
 mod abi;
 mod abi_state;

@@ -18,6 +18,7 @@
 //! is gone). Unread bytes sit in the kernel's socket buffers, which bound what a
 //! sender may get ahead of its receiver.
 
+use std::cell::Cell;
 use std::io::{self, IoSlice, Read, Write};
 use std::marker::PhantomData;
 use std::net::TcpStream;
@@ -34,12 +35,21 @@ use tokio::io::unix::AsyncFd;
 
 /// How a waiting side looks again before it parks until the kernel reports its
 /// socket ready: at once for [`Spin::HOT`], which is what a reply from a peer that
-/// is running takes; then yielding the CPU between looks until [`Spin::ALL`]. When
-/// a yield has shown that others wait for the CPU (it came back late), the process
-/// skips the first phase for a while: there the peer it waits for may be one of
-/// those others, and spinning would only delay it.
+/// is running takes; then yielding the CPU between looks until [`Spin::ALL`].
+///
+/// Two signs of sharing a core change that. A yield that came back late shows that
+/// others wait for the CPU: for a while, waiting sides skip the hot phase, since the
+/// peer they wait for may be one of those others. And a thread whose yields keep
+/// handing the core to someone else parks at once: woken again, it is placed on an
+/// idle core if there is one (the kernel's balancer leaves two busy threads sharing
+/// a core for tens of milliseconds, and a thread that only yields stays where it is).
 pub(crate) struct Spin {
     started: Instant,
+}
+
+thread_local! {
+    /// Yields in a row on this thread that let another thread run.
+    static SHARED_YIELDS: Cell<u32> = const { Cell::new(0) };
 }
 
 /// Until when (in µs since [`clock_origin`]) waiting sides yield from the start.
@@ -57,10 +67,15 @@ fn micros_since_origin(at: Instant) -> u64 {
 impl Spin {
     const HOT: Duration = Duration::from_micros(20);
     const ALL: Duration = Duration::from_micros(200);
-    /// A yield that takes longer than this let another thread run.
+    /// A yield longer than this let another thread run (one with nothing else to
+    /// run takes well under a microsecond).
+    const SHARED_YIELD: Duration = Duration::from_micros(2);
+    /// After this many shared yields in a row, the thread parks.
+    const SHARED_YIELDS_TO_PARK: u32 = 16;
+    /// A yield longer than this showed the CPUs contended...
     const LATE_YIELD: Duration = Duration::from_micros(10);
-    /// How long a late yield keeps waiting sides from spinning hot.
-    const CONTENDED_FOR: Duration = Duration::from_millis(100);
+    /// ...and keeps waiting sides from spinning hot for this long.
+    const CONTENDED_FOR: Duration = Duration::from_millis(10);
 
     pub(crate) fn start() -> Spin {
         Spin {
@@ -75,15 +90,24 @@ impl Spin {
         let contended = micros_since_origin(now) < CONTENDED_UNTIL.load(Ordering::Relaxed);
         if spun < Spin::HOT && !contended {
             std::hint::spin_loop();
-        } else if spun < Spin::ALL {
-            std::thread::yield_now();
-            if now.elapsed() > Spin::LATE_YIELD {
-                let until = micros_since_origin(Instant::now() + Spin::CONTENDED_FOR);
-                CONTENDED_UNTIL.store(until, Ordering::Relaxed);
-            }
-        } else {
+            return true;
+        }
+        if spun >= Spin::ALL || SHARED_YIELDS.get() >= Spin::SHARED_YIELDS_TO_PARK {
+            SHARED_YIELDS.set(0);
             return false;
         }
+        std::thread::yield_now();
+        let took = now.elapsed();
+        if took > Spin::LATE_YIELD {
+            let until = micros_since_origin(Instant::now() + Spin::CONTENDED_FOR);
+            CONTENDED_UNTIL.store(until, Ordering::Relaxed);
+        }
+        let shared = if took > Spin::SHARED_YIELD {
+            SHARED_YIELDS.get() + 1
+        } else {
+            0
+        };
+        SHARED_YIELDS.set(shared);
         true
     }
 }

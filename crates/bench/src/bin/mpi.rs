@@ -5,6 +5,11 @@
 //! - streaming bandwidth, 1 MiB messages, two ranks: MiB/s (median of 7 batches of 64);
 //! - allreduce of 1 MiB of doubles on four ranks: p50/p99.
 //!
+//! Each measurement runs [`RUNS`] times, the three ways interleaved, and each figure
+//! printed is the median of its runs: on the project's 2-core VM a kernel thread
+//! (`kdamond`) takes one core for tens of milliseconds every few hundred, which would
+//! otherwise decide by luck which side a short measurement catches.
+//!
 //! nimbus: `nimbus run --ranks N --planner ADDR` on a planner and 4 worker processes
 //! started by the benchmark (each rank on its own worker; messages cross the mesh
 //! over loopback TCP), and for reference `nimbus run --ranks N --hosts N` (each rank
@@ -20,6 +25,9 @@ use std::collections::BTreeMap;
 use nimbus_bench::daemon::WorkerCluster;
 use nimbus_bench::mpi::{self, Ranks};
 
+/// How many times each measurement runs.
+const RUNS: usize = 3;
+
 /// Figures by their first words: "pingpong 8" → [p50, p99].
 fn figures(lines: Vec<Vec<String>>, key_words: usize) -> BTreeMap<String, Vec<f64>> {
     lines
@@ -33,6 +41,26 @@ fn figures(lines: Vec<Vec<String>>, key_words: usize) -> BTreeMap<String, Vec<f6
         .collect()
 }
 
+/// Each figure's values, the median of the runs': the runs must have the same keys.
+fn median_of_runs<'a>(
+    runs: impl Iterator<Item = &'a BTreeMap<String, Vec<f64>>>,
+) -> BTreeMap<String, Vec<f64>> {
+    let runs: Vec<_> = runs.collect();
+    runs[0]
+        .iter()
+        .map(|(key, values)| {
+            let medians = (0..values.len())
+                .map(|i| {
+                    let mut of_runs: Vec<f64> = runs.iter().map(|run| run[key][i]).collect();
+                    of_runs.sort_by(f64::total_cmp);
+                    of_runs[of_runs.len() / 2]
+                })
+                .collect();
+            (key.clone(), medians)
+        })
+        .collect()
+}
+
 fn main() {
     let dir = tempfile::tempdir().expect("temporary directory");
     let native = mpi::compile_native("mpi_bench", dir.path());
@@ -40,20 +68,26 @@ fn main() {
     let on = Ranks::Workers(&workers);
     let nimbus =
         |placement, mode: &str, ranks: &str| mpi::nimbus(placement, "c-mpi-bench", ranks, &[mode]);
-    // Each figure three ways: ranks on workers, on in-process hosts, and OpenMPI.
+    // Each figure three ways (ranks on workers, on in-process hosts, and OpenMPI),
+    // the median of its runs.
     let three_ways = |mode: &str, ranks: &str, key_words: usize| {
-        [
-            nimbus(on, mode, ranks),
-            nimbus(Ranks::InProcess, mode, ranks),
-            mpi::openmpi(&native, ranks, &[mode]),
-        ]
-        .map(|lines| figures(lines, key_words))
+        let runs: Vec<_> = (0..RUNS)
+            .map(|_| {
+                [
+                    nimbus(on, mode, ranks),
+                    nimbus(Ranks::InProcess, mode, ranks),
+                    mpi::openmpi(&native, ranks, &[mode]),
+                ]
+                .map(|lines| figures(lines, key_words))
+            })
+            .collect();
+        [0, 1, 2].map(|way| median_of_runs(runs.iter().map(|run| &run[way])))
     };
 
     println!(
         "MPI micro-benchmarks: a nimbus world with each rank on its own worker process \
          (4 workers, mesh over TCP loopback), the same world on in-process hosts, and \
-         OpenMPI over TCP loopback"
+         OpenMPI over TCP loopback; each figure the median of {RUNS} interleaved runs"
     );
     println!("ping-pong, one-way latency in µs (target: workers <= 1.5x OpenMPI)");
     println!(
