@@ -23,7 +23,7 @@ mod stream;
 
 pub use frame::{Frame, MAX_FRAME};
 pub use link::{Handler, HandlerFuture, Link, Replier, Replies, serve};
-pub use stream::{Adoption, open_stream};
+pub use stream::{Adoption, open_stream, read_frame, write_frame};
 
 /// Bytes this process has received and sent over the mesh since it started, frames
 /// whole (for load reports).

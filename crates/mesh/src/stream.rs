@@ -35,8 +35,8 @@ pub async fn open_stream(addr: &str, hello: &Frame) -> Result<(Frame, TcpStream)
     tokio::io::AsyncWriteExt::write_all(&mut stream, &opening)
         .await
         .map_err(|_| lost())?;
-    match frame::read(&mut stream).await {
-        Ok(Some(answer)) => Ok((answer.frame, stream)),
+    match read_frame(&mut stream).await {
+        Ok(Some(answer)) => Ok((answer, stream)),
         Ok(None) | Err(_) => Err(lost()),
     }
 }
@@ -53,17 +53,26 @@ impl Adoption {
 
     /// Sends `answer` to the opener and hands over the connection.
     pub async fn answer(mut self, answer: &Frame) -> std::io::Result<TcpStream> {
-        frame::write(&mut self.stream, 0, false, true, answer).await?;
+        write_frame(&mut self.stream, answer).await?;
         Ok(self.stream)
     }
 }
 
 /// Reads the hello of a handed-over connection, whose magic has been read.
 pub(crate) async fn hello(stream: &mut TcpStream) -> std::io::Result<Frame> {
-    match frame::read(stream).await? {
-        Some(hello) => Ok(hello.frame),
-        None => Err(std::io::ErrorKind::UnexpectedEof.into()),
-    }
+    read_frame(stream)
+        .await?
+        .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
+}
+
+/// Writes `frame` on a handed-over connection, for owners that go on in frames.
+pub async fn write_frame(stream: &mut TcpStream, frame: &Frame) -> std::io::Result<()> {
+    frame::write(stream, 0, false, true, frame).await
+}
+
+/// Reads a frame from a handed-over connection; `None` if it ended first.
+pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<Frame>> {
+    Ok(frame::read(stream).await?.map(|envelope| envelope.frame))
 }
 
 #[cfg(test)]

@@ -1,17 +1,23 @@
 //! A global tier served to other processes over the mesh, and its client: how the
 //! workers of a cluster share one embedded tier (the planner serves it) without an
 //! external store. The client is the [`GlobalTier`] at `nimbus://HOST:PORT`.
+//!
+//! A call is one mesh frame and so is its answer, up to [`MAX_CARRIED`] bytes of
+//! value. A longer answer comes in several frames; a call carrying a longer value
+//! opens a connection of its own (an [`Upload`]) and sends the value raw after it,
+//! so the tier still sets it in one step.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use nimbus_mesh::{Frame, Handler, HandlerFuture, Link, Replier};
+use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, Link, Replier};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::{AppName, GlobalTier, Key, LockToken, StateError, StateFuture};
 
-/// The largest value one call carries: a mesh frame's payload.
+/// The largest value one frame carries: a mesh frame's payload.
 const MAX_CARRIED: usize = nimbus_mesh::MAX_FRAME - (64 << 10);
 
 /// A key on the wire.
@@ -49,10 +55,20 @@ enum Call {
     Unlock(WireKey, String),
 }
 
+/// The hello of a connection that carries a call's value of `len` bytes, raw,
+/// after the server has answered it.
+#[derive(Debug, Serialize, Deserialize)]
+struct Upload {
+    call: Call,
+    len: u64,
+}
+
 /// An answer; a value travels in the frame's body.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 enum Answer {
+    /// A piece of a value too long for one frame; the rest follows.
+    Part,
     Value,
     Absent,
     Length(u64),
@@ -97,23 +113,79 @@ struct Server {
 impl Handler for Server {
     fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
         Box::pin(async move {
-            let answer = match request.head::<Call>() {
-                Ok(call) => self.perform(call, request.body).await,
-                Err(e) => Err(StateError::Served {
-                    addr: "this server".into(),
-                    message: e.to_string(),
-                }),
+            let (answer, mut value) = match request.head::<Call>() {
+                Ok(call) => self.answer(call, request.body).await,
+                Err(e) => failed(malformed(e)),
             };
-            let frame = match answer {
-                Ok((answer, body)) => Frame::new(&answer, body),
-                Err(error) => Frame::new(&Answer::Failed(error.into()), Vec::new()),
+            // All but the last piece go ahead as parts.
+            let last = value.len().saturating_sub(1) / MAX_CARRIED * MAX_CARRIED;
+            let rest = value.split_off(last);
+            for piece in value.chunks(MAX_CARRIED) {
+                if !replier
+                    .send(Frame::new(&Answer::Part, piece.to_vec()))
+                    .await
+                {
+                    return;
+                }
+            }
+            replier.finish(Frame::new(&answer, rest)).await;
+        })
+    }
+
+    fn adopt(self: Arc<Self>, hello: Frame, adoption: Adoption) -> HandlerFuture {
+        Box::pin(async move {
+            let upload = hello
+                .head::<Upload>()
+                .map_err(malformed)
+                .and_then(|upload| {
+                    match upload.call {
+                        Call::Set(_) | Call::SetRange(..) | Call::Append(_) => {}
+                        _ => return Err(malformed("only a value to write is uploaded")),
+                    }
+                    crate::check_len(upload.len)?;
+                    Ok(upload)
+                });
+            let upload = match upload {
+                Ok(upload) => upload,
+                Err(error) => {
+                    let _ = adoption
+                        .answer(&Frame::new(&failed(error).0, Vec::new()))
+                        .await;
+                    return;
+                }
             };
-            replier.finish(frame).await;
+            let Ok(mut stream) = adoption
+                .answer(&Frame::new(&Answer::Done, Vec::new()))
+                .await
+            else {
+                return;
+            };
+            let mut value = vec![0; upload.len as usize];
+            if stream.read_exact(&mut value).await.is_err() {
+                return;
+            }
+            let (answer, _) = self.answer(upload.call, value).await;
+            let _ = nimbus_mesh::write_frame(&mut stream, &Frame::new(&answer, Vec::new())).await;
         })
     }
 }
 
+fn malformed(e: impl std::fmt::Display) -> StateError {
+    StateError::Served {
+        addr: "this server".into(),
+        message: e.to_string(),
+    }
+}
+
+fn failed(error: StateError) -> (Answer, Vec<u8>) {
+    (Answer::Failed(error.into()), Vec::new())
+}
+
 impl Server {
+    async fn answer(&self, call: Call, body: Vec<u8>) -> (Answer, Vec<u8>) {
+        self.perform(call, body).await.unwrap_or_else(failed)
+    }
+
     async fn perform(&self, call: Call, body: Vec<u8>) -> Result<(Answer, Vec<u8>), StateError> {
         let tier = &*self.tier;
         let plain = |answer| (answer, Vec::new());
@@ -189,19 +261,11 @@ impl Served {
     }
 
     async fn call(&self, call: Call, body: Vec<u8>) -> Result<(Answer, Vec<u8>), StateError> {
-        if body.len() > MAX_CARRIED {
-            return Err(self.failed(format!(
-                "a value of {} bytes is over the {MAX_CARRIED} one call carries",
-                body.len()
-            )));
-        }
-        let reply = self
-            .link()
-            .await?
-            .call_one(Frame::new(&call, body))
-            .await
-            .map_err(|e| self.failed(e))?;
-        match reply.head::<Answer>().map_err(|e| self.failed(e))? {
+        let (answer, value) = match body.len() > MAX_CARRIED {
+            true => self.upload(call, body).await?,
+            false => self.exchange(call, body).await?,
+        };
+        match answer {
             Answer::Failed(error) => Err(match error {
                 WireError::ValueTooLarge(len) => StateError::ValueTooLarge { len },
                 WireError::InvalidLease(lease) => StateError::InvalidLease { lease },
@@ -209,8 +273,54 @@ impl Served {
                 WireError::NotHolder(key) => StateError::NotHolder { key },
                 WireError::Other(message) => self.failed(message),
             }),
-            answer => Ok((answer, reply.body)),
+            answer => Ok((answer, value)),
         }
+    }
+
+    /// A call in one frame, over the shared connection; its answer's value may
+    /// come in parts.
+    async fn exchange(&self, call: Call, body: Vec<u8>) -> Result<(Answer, Vec<u8>), StateError> {
+        let mut replies = self
+            .link()
+            .await?
+            .call(Frame::new(&call, body))
+            .await
+            .map_err(|e| self.failed(e))?;
+        let mut value = Vec::new();
+        loop {
+            let reply = replies.next().await.map_err(|e| self.failed(e))?;
+            match reply.head::<Answer>().map_err(|e| self.failed(e))? {
+                Answer::Part => value.extend_from_slice(&reply.body),
+                answer if value.is_empty() => return Ok((answer, reply.body)),
+                answer => {
+                    value.extend_from_slice(&reply.body);
+                    return Ok((answer, value));
+                }
+            }
+        }
+    }
+
+    /// A call whose value is too long for a frame, over a connection of its own.
+    async fn upload(&self, call: Call, value: Vec<u8>) -> Result<(Answer, Vec<u8>), StateError> {
+        let hello = Upload {
+            call,
+            len: value.len() as u64,
+        };
+        let (ready, mut stream) =
+            nimbus_mesh::open_stream(&self.addr, &Frame::new(&hello, Vec::new()))
+                .await
+                .map_err(|e| self.failed(e))?;
+        let ready = ready.head::<Answer>().map_err(|e| self.failed(e))?;
+        if let Answer::Failed(_) = ready {
+            return Ok((ready, Vec::new()));
+        }
+        stream.write_all(&value).await.map_err(|e| self.failed(e))?;
+        let reply = nimbus_mesh::read_frame(&mut stream)
+            .await
+            .map_err(|e| self.failed(e))?
+            .ok_or_else(|| self.failed("the connection ended before the answer"))?;
+        let answer = reply.head::<Answer>().map_err(|e| self.failed(e))?;
+        Ok((answer, reply.body))
     }
 
     fn unexpected(&self, answer: Answer) -> StateError {

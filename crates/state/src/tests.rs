@@ -119,6 +119,7 @@ suite!(
     lease_expires,
     push_pull_between_hosts,
     push_pull_ranges,
+    values_longer_than_a_frame,
 );
 
 mod cases {
@@ -198,6 +199,31 @@ mod cases {
         a.append(name, b"\0\xff").await.unwrap();
         assert_eq!(a.len(name).await.unwrap(), value.len() as u64 + 2);
         assert_eq!(a.get(b"\0:\xff\r\n").await.unwrap(), None);
+    }
+
+    /// 40 MiB and more: the served tier answers in parts and uploads such values.
+    pub async fn values_longer_than_a_frame(tier: Arc<dyn GlobalTier>) {
+        const MIB: usize = 1 << 20;
+        let a = on(&tier, "app");
+        let big: Vec<u8> = (0..40 * MIB).map(|i| (i % 251) as u8).collect();
+        a.set(b"big", big.clone()).await.unwrap();
+        assert_eq!(a.len(b"big").await.unwrap(), (40 * MIB) as u64);
+        assert!(a.get(b"big").await.unwrap().unwrap() == big);
+        let range = a.get_range(b"big", 10 * MIB as u64, 20 * MIB as u64);
+        assert!(range.await.unwrap() == big[10 * MIB..30 * MIB]);
+        let sevens = vec![7u8; 20 * MIB];
+        assert_eq!(a.append(b"big", &sevens).await.unwrap(), (60 * MIB) as u64);
+        assert_eq!(
+            a.set_range(b"big", 1, &sevens).await.unwrap(),
+            (60 * MIB) as u64
+        );
+        let whole = a.get(b"big").await.unwrap().unwrap();
+        assert_eq!(whole.len(), 60 * MIB);
+        assert_eq!(whole[0], big[0]);
+        assert!(whole[1..=20 * MIB].iter().all(|&b| b == 7));
+        assert!(whole[20 * MIB + 1..40 * MIB] == big[20 * MIB + 1..]);
+        assert!(whole[40 * MIB..].iter().all(|&b| b == 7));
+        assert!(a.delete(b"big").await.unwrap());
     }
 
     pub async fn limits(tier: Arc<dyn GlobalTier>) {

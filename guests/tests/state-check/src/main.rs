@@ -1,7 +1,7 @@
 //! Two-tier state through the Rust SDK: every operation on both tiers, a value moved
-//! between hosts by push and pull, and a global counter incremented under its lock by
-//! children spread over the hosts. Prints `state-check ok`, or panics naming the
-//! failed check.
+//! between hosts by push and pull, a global value longer than one host-to-host frame,
+//! and a global counter incremented under its lock by children spread over the hosts.
+//! Prints `state-check ok`, or panics naming the failed check.
 
 use nimbus_sdk::Error;
 use nimbus_sdk::state::{self, Tier};
@@ -55,6 +55,11 @@ fn main() {
     }
     tier_operations(Tier::Local);
     tier_operations(Tier::Global);
+
+    let big: Vec<u8> = (0..24 << 20).map(|i| (i % 251) as u8).collect();
+    state::set(Tier::Global, b"big", &big).unwrap();
+    assert!(state::get(Tier::Global, b"big").unwrap().unwrap() == big);
+    assert!(state::delete(Tier::Global, b"big").unwrap());
 
     state::delete(Tier::Global, b"greeting").unwrap();
     assert!(!state::push(b"greeting").unwrap());
