@@ -410,6 +410,18 @@ pub(crate) mod tests {
         }
     }
 
+    /// Waits (bounded) until `outlet` sees its peer's end closed.
+    async fn until_closed(outlet: &Outlet) {
+        let closed = async {
+            while !outlet.is_closed() {
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), closed)
+            .await
+            .expect("the outlet sees its peer gone");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn messages_stream_in_order_straight_between_buffers() {
         let (sending, receiving) = connection();
@@ -450,14 +462,7 @@ pub(crate) mod tests {
         assert!(!outlet.is_closed());
         drop(mailbox);
         // The receiving end closing is how the sender learns the receiver ended.
-        let closed = async {
-            while !outlet.is_closed() {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), closed)
-            .await
-            .expect("the outlet sees its receiver gone");
+        until_closed(&outlet).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,13 +538,6 @@ pub(crate) mod tests {
 
         // Gone with `b`: its mailbox, its outlet, and the message it was reading.
         drop((b_mailbox, b_outlet, ping));
-        let closed = async {
-            while !a_outlet.is_closed() {
-                tokio::task::yield_now().await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), closed)
-            .await
-            .expect("a sees b gone");
+        until_closed(&a_outlet).await;
     }
 }
