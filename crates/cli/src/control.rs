@@ -217,14 +217,16 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
 
 fn report(cluster: &Cluster, cpu: &mut CpuMeter) -> HostReport {
     let load = cluster.runtime_load();
+    // Counted by app, which walks the process table without listing it.
+    let apps = cluster.apps();
     HostReport {
-        processes: cluster.processes().len(),
+        processes: apps.values().sum(),
         instantiated: load.instantiated,
         waiting: load.waiting,
         memory_used: resident_memory().unwrap_or(0),
         cpu_percent: cpu.percent_since_last().unwrap_or(0),
         network: nimbus_mesh::traffic(),
-        apps: cluster.apps(),
+        apps,
         local_state: cluster.local_state(),
     }
 }
