@@ -1,12 +1,13 @@
 //! `nimbus planner`, `nimbus worker` and `nimbus hosts`: the cluster's control plane.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use nimbus_core::{exit_code, format_size, parse_duration, parse_size};
 use nimbus_planner::{HostInfo, HostReport};
-use nimbus_worker::{Cluster, ClusterConfig, GlobalState, MeshConfig};
+use nimbus_worker::{Cluster, ClusterConfig, GlobalState, MeshConfig, Services};
 
 use crate::Failure;
 
@@ -150,7 +151,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     let memory = args.mem.or_else(machine_memory).unwrap_or(1 << 30);
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
-    let mut config = ClusterConfig::new(data_dir);
+    let mut config = ClusterConfig::new(&data_dir);
     config.max_processes_per_host = args.max_processes as usize;
     config.spawn_wait = args.spawn_wait;
     // Guests run on the runtime's threads: a worker offering N CPUs uses N.
@@ -186,6 +187,11 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
         let cluster = Cluster::new(&config).map_err(|e| {
             Failure::new(exit_code::INTERNAL, format!("cannot start the host: {e}"))
         })?;
+        // The apps a gateway places here (and those placed before a restart).
+        let services = Arc::new(
+            Services::open(cluster.clone(), &data_dir)
+                .map_err(|e| internal(&format!("cannot open the deployments: {e}")))?,
+        );
         // Tools and tests read this line to learn the host and its address.
         crate::announce(format_args!(
             "nimbus: worker joined {} as host {} at {address}",
@@ -206,11 +212,17 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
                 exit_code::INTERNAL,
                 format!("this host left the cluster: {lost}"),
             )),
-            served = nimbus_worker::serve_worker(listener, cluster.clone()) => Err(Failure::new(
+            served = nimbus_worker::serve_worker(listener, cluster.clone(), services.clone()) => Err(Failure::new(
                 exit_code::INTERNAL,
                 format!("the worker stopped serving: {served:?}"),
             )),
-            () = crate::up::stop_signal() => Ok(0),
+            () = crate::up::stop_signal() => {
+                eprintln!("nimbus: worker stopping; swapping every instance out");
+                Services::swap_out_all(&services)
+                    .await
+                    .map(|()| 0)
+                    .map_err(|e| internal(&format!("swapping out: {e}")))
+            }
         }
     })
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use clap::Args;
 use nimbus_core::exit_code;
 use nimbus_gateway::Gateway;
-use nimbus_worker::{Cluster, ClusterConfig, GlobalState, Services};
+use nimbus_worker::{Cluster, ClusterConfig, GlobalState, PlacedServices, ServiceFront, Services};
 
 use crate::Failure;
 
@@ -54,10 +54,6 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         );
         let cluster =
             Cluster::new(&config).map_err(|e| internal("cannot start the cluster", &e))?;
-        let services = Arc::new(
-            Services::open(cluster.clone(), &data_dir)
-                .map_err(|e| internal("cannot open the deployments", &e))?,
-        );
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|e| Failure::new(2, format!("cannot listen on {}: {e}", args.listen)))?;
@@ -89,6 +85,17 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         if let Some(planner) = &planner {
             crate::announce(format_args!("nimbus: planner listening on {planner}"));
         }
+        // With workers, apps are placed on them; otherwise they run here.
+        let services: Arc<dyn ServiceFront> = match &planner {
+            Some(planner) => Arc::new(
+                PlacedServices::open(planner, &data_dir)
+                    .map_err(|e| internal("cannot open the deployments", &e))?,
+            ),
+            None => Arc::new(
+                Services::open(cluster.clone(), &data_dir)
+                    .map_err(|e| internal("cannot open the deployments", &e))?,
+            ),
+        };
         tokio::spawn(nimbus_dataplane::serve(
             data_listener,
             nimbus_gateway::DataPlane::new(services.clone()),

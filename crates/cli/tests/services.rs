@@ -16,10 +16,17 @@ struct Node {
     url: String,
     data_plane: String,
     data_dir: std::path::PathBuf,
+    /// With `--workers`, the planner of the local cluster.
+    planner: Option<String>,
 }
 
 impl Node {
     fn start(data_dir: &Path) -> Node {
+        Node::start_with(data_dir, &[])
+    }
+
+    /// `nimbus up` with `flags` besides its listen addresses.
+    fn start_with(data_dir: &Path, flags: &[&str]) -> Node {
         let mut command = Command::new(env!("CARGO_BIN_EXE_nimbus"));
         command
             .args([
@@ -29,15 +36,20 @@ impl Node {
                 "--data-listen",
                 "127.0.0.1:0",
             ])
+            .args(flags)
             .env("NIMBUS_DATA_DIR", data_dir);
         let daemon = Daemon::start(command);
         let url = daemon.announced("nimbus: gateway listening on ");
         let data_plane = daemon.announced("nimbus: data plane listening on ");
+        let planner = flags
+            .contains(&"--workers")
+            .then(|| daemon.announced("nimbus: planner listening on "));
         Node {
             daemon,
             url,
             data_plane,
             data_dir: data_dir.to_owned(),
+            planner,
         }
     }
 
@@ -381,4 +393,87 @@ fn a_service_written_with_the_typed_sdk_layer() {
         node.fails(&["invoke", "greeter", "greet", "--data", " "])
             .contains("500")
     );
+}
+
+/// The host `ps` shows for process `pid`.
+fn host_of(node: &Node, pid: &str) -> String {
+    let ps = node.ok(&["ps"]);
+    let line = ps.lines().find(|l| l.starts_with(pid));
+    let line = line.unwrap_or_else(|| panic!("no process {pid} in\n{ps}"));
+    line.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+/// The OS process of the worker `nimbus up` started with data directory `dir`.
+fn worker_process(dir: &Path) -> u32 {
+    let wanted = format!("NIMBUS_DATA_DIR={}", dir.display());
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            environ
+                .split(|&b| b == 0)
+                .any(|var| var == wanted.as_bytes())
+                && cmdline.starts_with(env!("CARGO_BIN_EXE_nimbus").as_bytes())
+        })
+        .unwrap_or_else(|| panic!("no worker with {wanted}"))
+}
+
+#[test]
+fn with_workers_apps_run_on_them_and_move_when_one_is_lost() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start_with(data.path(), &["--workers", "3"]);
+    let planner = node.planner.clone().unwrap();
+    node.deploy("counter-service", "counter", &[]);
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "7"]), "12");
+    // Errors come back from the worker as they would from the node itself.
+    let stderr = node.fails(&["invoke", "counter", "subtract"]);
+    assert!(stderr.contains("no handler `subtract`"), "{stderr}");
+
+    // The instance runs on a worker, which keeps the app in its own directory.
+    let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    let first_host = host_of(&node, &pid);
+    assert!(first_host.starts_with("host-"), "{first_host}");
+    node.ok(&["logs", &pid]);
+    let holder = (1..=3)
+        .map(|n| data.path().join(format!("workers/{n}")))
+        .find(|dir| dir.join("apps/counter").exists())
+        .expect("a worker holds the app");
+
+    // That worker is lost: once the planner has dropped it, the next request
+    // places the app on another worker, starting afresh.
+    let worker = worker_process(&holder).to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-KILL", &worker])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let hosts = || {
+        let (stdout, _, code) = outcome(&run(common::nimbus(&["hosts", "--planner", &planner])));
+        (code == Some(0)).then_some(stdout)
+    };
+    common::until("the planner drops the lost worker", || {
+        hosts().is_some_and(|h| !h.contains(&format!("{first_host} ")))
+    });
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "2"]), "2");
+    let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    let second_host = host_of(&node, &pid);
+    assert!(second_host.starts_with("host-") && second_host != first_host);
+
+    // A restart swaps the instance out on its worker and finds it there again.
+    node.stop();
+    let node = Node::start_with(data.path(), &["--workers", "3"]);
+    let planner = node.planner.clone().unwrap();
+    let hosts = || {
+        let (stdout, _, code) = outcome(&run(common::nimbus(&["hosts", "--planner", &planner])));
+        (code == Some(0)).then_some(stdout)
+    };
+    common::until("a worker reports the app's instance", || {
+        hosts().is_some_and(|h| h.contains("counter:1"))
+    });
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "1"]), "3");
 }

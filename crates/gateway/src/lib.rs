@@ -5,8 +5,10 @@
 //! body `{"error": "..."}` (429 carries `Retry-After`); and the [`DataPlane`], which
 //! serves the same invocations over the binary protocol of `nimbus-dataplane`.
 //!
-//! Must not: hold platform state or logic of its own; it is a thin layer over
-//! [`nimbus_worker::Services`] and [`nimbus_worker::Cluster`].
+//! Must not: hold platform state or logic of its own; it is a thin layer over a
+//! [`nimbus_worker::ServiceFront`] (the node's own [`nimbus_worker::Services`], or
+//! [`nimbus_worker::PlacedServices`] on the workers of a cluster) and
+//! [`nimbus_worker::Cluster`].
 //!
 //! | method and path | does |
 //! |---|---|
@@ -32,7 +34,7 @@ use axum::{Json, Router};
 use nimbus_core::{Pid, parse_duration, parse_size};
 use nimbus_dataplane::{Failure as DataFailure, Invoker, Request, Status};
 use nimbus_runtime::{InvokeError, Kernel, ModuleBytes};
-use nimbus_worker::{AppConfig, AppInfo, Cluster, ServiceError, Services};
+use nimbus_worker::{AppConfig, AppInfo, Cluster, ServiceError, ServiceFront};
 use serde_json::{Value, json};
 
 /// Largest module a deployment may upload.
@@ -45,7 +47,7 @@ const RETRY_AFTER_SECONDS: u64 = 1;
 /// What the routes work on.
 pub struct Gateway {
     /// The deployed apps.
-    pub services: Arc<Services>,
+    pub services: Arc<dyn ServiceFront>,
     /// The hosts and their processes.
     pub cluster: Arc<Cluster>,
     /// The planner of the worker processes started beside this node, whose
@@ -188,17 +190,13 @@ async fn deploy(
     // sending, gets the answer rather than a broken connection.
     let module = ModuleBytes::new(read_body(body, MAX_MODULE_SIZE).await?.to_vec());
     let config = app_config(name, &query)?;
-    let services = gateway.services.clone();
-    // Compiling takes milliseconds to seconds: off the request threads.
-    let info = tokio::task::spawn_blocking(move || services.deploy(config, module))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let info = gateway.services.clone().deploy(config, module).await?;
     Ok((StatusCode::CREATED, Json(app_json(&info))))
 }
 
 async fn list_apps(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
     Json(Value::Array(
-        gateway.services.apps().iter().map(app_json).collect(),
+        gateway.services.apps().await.iter().map(app_json).collect(),
     ))
 }
 
@@ -291,7 +289,7 @@ async fn logs(
     Path(pid): Path<String>,
 ) -> Result<Vec<u8>, ApiError> {
     let pid = parse_pid(&pid)?;
-    gateway.services.logs(pid).ok_or_else(|| {
+    gateway.services.logs(pid).await.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no service instance with pid {pid}"),
@@ -301,12 +299,12 @@ async fn logs(
 
 /// Serves invocations over the binary data plane, for the lowest latency.
 pub struct DataPlane {
-    services: Arc<Services>,
+    services: Arc<dyn ServiceFront>,
 }
 
 impl DataPlane {
     /// A data plane over `services`.
-    pub fn new(services: Arc<Services>) -> Arc<DataPlane> {
+    pub fn new(services: Arc<dyn ServiceFront>) -> Arc<DataPlane> {
         Arc::new(DataPlane { services })
     }
 }

@@ -22,7 +22,7 @@ mod link;
 mod stream;
 
 pub use frame::{Frame, MAX_FRAME};
-pub use link::{Handler, HandlerFuture, Link, Replier, Replies, serve};
+pub use link::{Handler, HandlerFuture, Link, Links, Replier, Replies, serve};
 pub use stream::{Adoption, open_stream, read_frame, write_frame};
 
 /// Bytes this process has received and sent over the mesh since it started, frames

@@ -142,6 +142,29 @@ impl Link {
     }
 }
 
+/// Links to peers by address, each opened on first use and again once broken.
+#[derive(Default)]
+pub struct Links {
+    open: Mutex<HashMap<String, Arc<Link>>>,
+}
+
+impl Links {
+    /// The link to `addr`, connecting (again) if there is none standing.
+    pub async fn get(&self, addr: &str) -> Result<Arc<Link>, MeshError> {
+        if let Some(link) = self.open.lock().unwrap().get(addr)
+            && link.is_open()
+        {
+            return Ok(link.clone());
+        }
+        let link = Link::connect(addr).await?;
+        self.open
+            .lock()
+            .unwrap()
+            .insert(addr.to_owned(), link.clone());
+        Ok(link)
+    }
+}
+
 /// The replies to one call, in order; the last one ends the call.
 pub struct Replies {
     addr: String,

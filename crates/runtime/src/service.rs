@@ -39,7 +39,7 @@ pub struct Invocation {
 }
 
 /// Why an invocation did not produce a response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum InvokeError {
     /// The module exports no function of that name with a handler's signature.
     #[error(

@@ -17,6 +17,7 @@ mod host;
 mod lineage;
 mod mesh;
 mod node;
+mod placed;
 mod services;
 mod state;
 
@@ -25,4 +26,5 @@ pub use host::ProcessInfo;
 pub use lineage::ModuleSource;
 pub use mesh::MeshConfig;
 pub use node::{cluster_processes, run_on_cluster, serve_worker};
-pub use services::{AppConfig, AppInfo, ServiceError, Services};
+pub use placed::PlacedServices;
+pub use services::{AppConfig, AppInfo, ServiceError, ServiceFront, Services};

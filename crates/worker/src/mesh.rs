@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use nimbus_control::Planner;
 use nimbus_core::{ExitStatus, Failure, HostId, Pid};
-use nimbus_mesh::{Frame, Link, MeshError, Replies};
+use nimbus_mesh::{Frame, Link, Links, MeshError, Replies};
 use nimbus_runtime::{AbiError, BoxFuture, ModuleBytes, Output, OutputSink};
 use serde::{Deserialize, Serialize};
 use std::net::TcpStream;
@@ -24,6 +24,7 @@ use tokio_util::sync::PollSender;
 
 use crate::host::ProcessInfo;
 use crate::lineage::{Home, Lineage, LineageWire, World};
+use crate::services::{AppConfig, AppInfo, ServiceError};
 
 /// How a node joins the mesh.
 #[derive(Clone, Debug)]
@@ -70,20 +71,57 @@ pub(crate) enum Request {
     World { tree: u64 },
     /// To a home: the next bytes of tree `tree`'s stdin, as the body; none at its end.
     Stdin { tree: u64 },
+    /// To a worker: deploy the app `config` there, its module the body; unless
+    /// `replace`, an app there with the same module and configuration is kept as it
+    /// is (with its instances' saved state).
+    Deploy { config: AppConfig, replace: bool },
+    /// To a worker: invoke `handler` of its app `app` with the body.
+    Invoke {
+        app: String,
+        handler: String,
+        session: Option<String>,
+    },
+    /// To a worker: the apps deployed there.
+    Apps,
+    /// To a worker: the recent stderr of its service instance `pid`, as the body.
+    Logs { pid: Pid },
+    /// To a worker: stop its service instance `pid`.
+    KillInstance { pid: Pid },
+    /// To a worker: swap every service instance out to its disk.
+    SwapOut,
 }
 
 /// An answer to a [`Request`].
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub(crate) enum Reply {
-    Started { pid: Pid },
-    Ended { status: ExitStatus },
+    Started {
+        pid: Pid,
+    },
+    Ended {
+        status: ExitStatus,
+    },
     Done,
     Processes(Vec<ProcessInfo>),
     Module,
-    World { pids: Vec<Pid> },
+    World {
+        pids: Vec<Pid>,
+    },
     Input,
-    Error { code: i32 },
+    Error {
+        code: i32,
+    },
+    Deployed(AppInfo),
+    /// An invocation's response, as the body.
+    Response,
+    Apps(Vec<AppInfo>),
+    Log {
+        found: bool,
+    },
+    Killed {
+        found: bool,
+    },
+    ServiceFailed(ServiceError),
 }
 
 impl Reply {
@@ -114,7 +152,7 @@ pub(crate) struct Mesh {
     address: String,
     planner_address: String,
     planner: tokio::sync::Mutex<Option<Planner>>,
-    links: Mutex<HashMap<String, Arc<Link>>>,
+    links: Links,
     /// Host addresses, learnt from placements and the planner's host list.
     hosts: Mutex<HashMap<HostId, String>>,
     /// Modules this node can hand to others, by hash: those of processes it
@@ -130,7 +168,7 @@ impl Mesh {
             address: config.address.clone(),
             planner_address: config.planner.clone(),
             planner: tokio::sync::Mutex::new(None),
-            links: Mutex::default(),
+            links: Links::default(),
             hosts: Mutex::default(),
             modules: Mutex::default(),
             guests: Mutex::default(),
@@ -143,17 +181,7 @@ impl Mesh {
 
     /// The link to `addr`, connecting (again) if there is none standing.
     pub(crate) async fn link(&self, addr: &str) -> Result<Arc<Link>, MeshError> {
-        if let Some(link) = self.links.lock().unwrap().get(addr)
-            && link.is_open()
-        {
-            return Ok(link.clone());
-        }
-        let link = Link::connect(addr).await?;
-        self.links
-            .lock()
-            .unwrap()
-            .insert(addr.to_owned(), link.clone());
-        Ok(link)
+        self.links.get(addr).await
     }
 
     /// Calls `addr` with `request` and `body`.

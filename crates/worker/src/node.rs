@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use nimbus_core::{ExitStatus, Pid};
 use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, Replier};
-use nimbus_runtime::{AbiError, Input};
+use nimbus_runtime::{AbiError, Input, ModuleBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -15,14 +15,71 @@ use crate::cluster::{Cluster, ClusterError, PeerStart, RootProcess, SPAWN_WAIT, 
 use crate::host::ProcessInfo;
 use crate::lineage::{Home, Lineage};
 use crate::mesh::{Mesh, MeshConfig, Reply, Request, answer_common};
+use crate::services::{ServiceError, Services};
 
-/// Serves the worker `cluster` (built with a mesh) to its peers on `listener`.
-pub async fn serve_worker(listener: TcpListener, cluster: Arc<Cluster>) -> std::io::Result<()> {
-    nimbus_mesh::serve(listener, Arc::new(Worker { cluster })).await
+/// Serves the worker `cluster` (built with a mesh) and its `services` to its peers
+/// and gateways on `listener`.
+pub async fn serve_worker(
+    listener: TcpListener,
+    cluster: Arc<Cluster>,
+    services: Arc<Services>,
+) -> std::io::Result<()> {
+    nimbus_mesh::serve(listener, Arc::new(Worker { cluster, services })).await
 }
 
 struct Worker {
     cluster: Arc<Cluster>,
+    services: Arc<Services>,
+}
+
+impl Worker {
+    /// Answers a request about the apps placed here; `Err` gives back one of
+    /// another kind.
+    async fn serve_apps(&self, request: Request, body: Vec<u8>) -> Result<Frame, Request> {
+        let failed = |error| Reply::ServiceFailed(error).frame();
+        let services = &*self.services;
+        Ok(match request {
+            Request::Deploy { config, replace } => {
+                let module = ModuleBytes::new(body);
+                let services = self.services.clone();
+                // Compiling the module blocks for as long as it takes.
+                let deployed = tokio::task::spawn_blocking(move || match replace {
+                    true => services.deploy(config, module),
+                    false => services.deploy_unless_there(config, module),
+                });
+                match deployed.await {
+                    Ok(Ok(info)) => Reply::Deployed(info).frame(),
+                    Ok(Err(error)) => failed(error),
+                    Err(e) => failed(ServiceError::Unavailable(e.to_string())),
+                }
+            }
+            Request::Invoke {
+                app,
+                handler,
+                session,
+            } => match services
+                .invoke(&app, &handler, body, session.as_deref())
+                .await
+            {
+                Ok(response) => Frame::new(&Reply::Response, response),
+                Err(error) => failed(error),
+            },
+            Request::Apps => Reply::Apps(services.apps()).frame(),
+            Request::Logs { pid } => match services.logs(pid) {
+                Some(log) => Frame::new(&Reply::Log { found: true }, log),
+                None => Reply::Log { found: false }.frame(),
+            },
+            Request::KillInstance { pid } => Reply::Killed {
+                found: services.kill(pid).await,
+            }
+            .frame(),
+            Request::SwapOut => services
+                .swap_out_all()
+                .await
+                .map_or_else(failed, |()| Reply::Done.frame()),
+            other => return Err(other),
+        })
+    }
 }
 
 impl Handler for Worker {
@@ -41,6 +98,10 @@ impl Handler for Worker {
             if let Some(answer) = answer_common(mesh, &head) {
                 return replier.finish(answer).await;
             }
+            let head = match self.serve_apps(head, request.body).await {
+                Ok(answer) => return replier.finish(answer).await,
+                Err(head) => head,
+            };
             let answer = match head {
                 Request::Start {
                     lineage,

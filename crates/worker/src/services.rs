@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use nimbus_core::{HostId, Limits, Pid};
 use nimbus_runtime::{
-    Input, Invocation, InvokeError, LoadError, LogBuffer, Mailbox, ModuleBytes, Output,
+    BoxFuture, Input, Invocation, InvokeError, LoadError, LogBuffer, Mailbox, ModuleBytes, Output,
     ProcessSpec, ServiceInstance,
 };
 use nimbus_state::AppName;
@@ -71,7 +71,7 @@ impl AppConfig {
 }
 
 /// An app as listed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppInfo {
     /// Its configuration.
     pub config: AppConfig,
@@ -88,7 +88,7 @@ pub struct AppInfo {
 }
 
 /// Why a deployment or an invocation failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum ServiceError {
     /// No app has that name.
     #[error("no app named `{0}`")]
@@ -98,7 +98,7 @@ pub enum ServiceError {
     InvalidName(String),
     /// The configuration is not acceptable.
     #[error("invalid configuration: {0}")]
-    InvalidConfig(&'static str),
+    InvalidConfig(String),
     /// The module cannot serve.
     #[error("{0}")]
     Module(String),
@@ -136,6 +136,81 @@ struct AppRecord {
     module: String,
 }
 
+/// What a gateway asks of the apps it serves, wherever their instances run: in
+/// this process ([`Services`]) or on the workers of a cluster
+/// ([`PlacedServices`](crate::PlacedServices)).
+pub trait ServiceFront: Send + Sync + 'static {
+    /// Deploys `module` as the app `config.name`, replacing an app of that name.
+    fn deploy(
+        self: Arc<Self>,
+        config: AppConfig,
+        module: ModuleBytes,
+    ) -> BoxFuture<'static, Result<AppInfo, ServiceError>>;
+
+    /// Invokes `handler` of `app` with `body`; requests with the same `session` go
+    /// to the same instance.
+    fn invoke<'a>(
+        &'a self,
+        app: &'a str,
+        handler: &'a str,
+        body: Vec<u8>,
+        session: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, ServiceError>>;
+
+    /// Every app, by name.
+    fn apps(&self) -> BoxFuture<'_, Vec<AppInfo>>;
+
+    /// The recent stderr of the service instance `pid`, if it is one.
+    fn logs(&self, pid: Pid) -> BoxFuture<'_, Option<Vec<u8>>>;
+
+    /// Stops the service instance `pid`; `false` if no instance has that pid.
+    fn kill(&self, pid: Pid) -> BoxFuture<'_, bool>;
+
+    /// Swaps every live instance out to disk, e.g. before the node stops.
+    fn swap_out_all(&self) -> BoxFuture<'_, Result<(), ServiceError>>;
+}
+
+impl ServiceFront for Services {
+    fn deploy(
+        self: Arc<Self>,
+        config: AppConfig,
+        module: ModuleBytes,
+    ) -> BoxFuture<'static, Result<AppInfo, ServiceError>> {
+        // Compiling the module blocks for as long as it takes.
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || Services::deploy(&self, config, module))
+                .await
+                .unwrap_or_else(|e| Err(ServiceError::Unavailable(e.to_string())))
+        })
+    }
+
+    fn invoke<'a>(
+        &'a self,
+        app: &'a str,
+        handler: &'a str,
+        body: Vec<u8>,
+        session: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, ServiceError>> {
+        Box::pin(Services::invoke(self, app, handler, body, session))
+    }
+
+    fn apps(&self) -> BoxFuture<'_, Vec<AppInfo>> {
+        Box::pin(async { Services::apps(self) })
+    }
+
+    fn logs(&self, pid: Pid) -> BoxFuture<'_, Option<Vec<u8>>> {
+        Box::pin(async move { Services::logs(self, pid) })
+    }
+
+    fn kill(&self, pid: Pid) -> BoxFuture<'_, bool> {
+        Box::pin(Services::kill(self, pid))
+    }
+
+    fn swap_out_all(&self) -> BoxFuture<'_, Result<(), ServiceError>> {
+        Box::pin(Services::swap_out_all(self))
+    }
+}
+
 /// All apps of this node.
 pub struct Services {
     cluster: Arc<Cluster>,
@@ -166,24 +241,8 @@ impl Services {
     }
 
     fn reopen(&self, app_dir: &Path) -> Result<Arc<App>, ServiceError> {
-        let record_path = app_dir.join("app.json");
-        let record: AppRecord =
-            serde_json::from_slice(&std::fs::read(&record_path).map_err(storage(&record_path))?)
-                .map_err(|e| ServiceError::Storage(format!("{}: {e}", record_path.display())))?;
-        let module_path = app_dir.join("module.wasm");
-        let module = ModuleBytes::new(std::fs::read(&module_path).map_err(storage(&module_path))?);
-        if module.hash().to_string() != record.module {
-            return Err(ServiceError::Storage(format!(
-                "{}: does not match the hash in app.json",
-                module_path.display()
-            )));
-        }
-        let app = App::new(
-            self.cluster.clone(),
-            app_dir.to_owned(),
-            record.config,
-            module,
-        )?;
+        let (config, module) = load_app(app_dir)?;
+        let app = App::new(self.cluster.clone(), app_dir.to_owned(), config, module)?;
         let mut swapped = 0;
         while app.snapshot_path(swapped).exists() {
             swapped += 1;
@@ -196,22 +255,26 @@ impl Services {
         Ok(app)
     }
 
+    /// The app `config.name` if it runs `module` with `config` here already (its
+    /// instances and their saved state kept), else `module` deployed as it.
+    pub fn deploy_unless_there(
+        &self,
+        config: AppConfig,
+        module: ModuleBytes,
+    ) -> Result<AppInfo, ServiceError> {
+        if let Some(app) = self.apps.lock().unwrap().get(&config.name)
+            && app.config == config
+            && app.module.hash() == module.hash()
+        {
+            return Ok(app.info());
+        }
+        self.deploy(config, module)
+    }
+
     /// Deploys `module` as the app `config.name`, replacing an app of that name
     /// (whose instances and saved state are discarded).
     pub fn deploy(&self, config: AppConfig, module: ModuleBytes) -> Result<AppInfo, ServiceError> {
-        let valid_name = (1..=64).contains(&config.name.len())
-            && config
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid_name {
-            return Err(ServiceError::InvalidName(config.name));
-        }
-        if config.max_instances == 0 || config.queue_depth == 0 {
-            return Err(ServiceError::InvalidConfig(
-                "max instances and queue depth must be at least 1",
-            ));
-        }
+        config.check()?;
         let program = self
             .cluster
             .any_host()
@@ -229,17 +292,7 @@ impl Services {
         if let Some(old) = self.apps.lock().unwrap().remove(&config.name) {
             old.retire();
         }
-        if app_dir.exists() {
-            std::fs::remove_dir_all(&app_dir).map_err(storage(&app_dir))?;
-        }
-        std::fs::create_dir_all(&app_dir).map_err(storage(&app_dir))?;
-        write_atomically(&app_dir.join("module.wasm"), module.bytes())?;
-        let record = AppRecord {
-            config: config.clone(),
-            module: module.hash().to_string(),
-        };
-        let json = serde_json::to_vec_pretty(&record).expect("an app record serializes");
-        write_atomically(&app_dir.join("app.json"), &json)?;
+        save_app(&app_dir, &config, &module)?;
         let app = App::new(self.cluster.clone(), app_dir, config, module)?;
         let info = app.info();
         self.apps
@@ -325,8 +378,64 @@ impl Services {
     }
 }
 
-fn storage(path: &Path) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
+pub(crate) fn storage(path: &Path) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
     move |e| ServiceError::Storage(format!("{}: {e}", path.display()))
+}
+
+impl AppConfig {
+    /// Refuses a name or limits no app may have.
+    pub(crate) fn check(&self) -> Result<(), ServiceError> {
+        let valid_name = (1..=64).contains(&self.name.len())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !valid_name {
+            return Err(ServiceError::InvalidName(self.name.clone()));
+        }
+        if self.max_instances == 0 || self.queue_depth == 0 {
+            return Err(ServiceError::InvalidConfig(
+                "max instances and queue depth must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Writes an app's record and module into `app_dir`, replacing what was there.
+pub(crate) fn save_app(
+    app_dir: &Path,
+    config: &AppConfig,
+    module: &ModuleBytes,
+) -> Result<(), ServiceError> {
+    if app_dir.exists() {
+        std::fs::remove_dir_all(app_dir).map_err(storage(app_dir))?;
+    }
+    std::fs::create_dir_all(app_dir).map_err(storage(app_dir))?;
+    write_atomically(&app_dir.join("module.wasm"), module.bytes())?;
+    let record = AppRecord {
+        config: config.clone(),
+        module: module.hash().to_string(),
+    };
+    let json = serde_json::to_vec_pretty(&record).expect("an app record serializes");
+    write_atomically(&app_dir.join("app.json"), &json)
+}
+
+/// Reads the record and module [`save_app`] wrote into `app_dir`.
+pub(crate) fn load_app(app_dir: &Path) -> Result<(AppConfig, ModuleBytes), ServiceError> {
+    let record_path = app_dir.join("app.json");
+    let record: AppRecord =
+        serde_json::from_slice(&std::fs::read(&record_path).map_err(storage(&record_path))?)
+            .map_err(|e| ServiceError::Storage(format!("{}: {e}", record_path.display())))?;
+    let module_path = app_dir.join("module.wasm");
+    let module = ModuleBytes::new(std::fs::read(&module_path).map_err(storage(&module_path))?);
+    if module.hash().to_string() != record.module {
+        return Err(ServiceError::Storage(format!(
+            "{}: does not match the hash in app.json",
+            module_path.display()
+        )));
+    }
+    Ok((record.config, module))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ServiceError> {

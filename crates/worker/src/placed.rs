@@ -1,0 +1,362 @@
+//! Apps placed on the workers of a cluster: what a gateway in front of a cluster
+//! serves. The planner picks the worker for an app (most free room, preferring one
+//! that already runs it); the app is deployed there, and every request for it is
+//! forwarded over the mesh to that worker's [`Services`](crate::Services), where
+//! its instances run, keep their sessions and swap out.
+//!
+//! The gateway keeps each app's record and module (under `<data>/apps/<name>/`, as
+//! a node's own services do), so an app whose worker is lost is placed and deployed
+//! again on the next request. What its instances held in memory, or swapped out on
+//! the lost worker's disk, is lost with it; the request that was under way when the
+//! worker went fails with [`ServiceError::Unavailable`], and is not retried, since it
+//! may have taken effect.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nimbus_core::Pid;
+use nimbus_mesh::{Frame, Links, MAX_FRAME};
+use nimbus_planner::HostStatus;
+use nimbus_runtime::{BoxFuture, ModuleBytes};
+
+use crate::mesh::{Reply, Request};
+use crate::services::{
+    AppConfig, AppInfo, ServiceError, ServiceFront, load_app, save_app, storage,
+};
+
+/// The largest module a deployment carries to a worker: one mesh frame's body.
+const MAX_MODULE: usize = MAX_FRAME - (64 << 10);
+
+/// How long placing an app may wait for a worker with room.
+const PLACE_WAIT: Duration = Duration::from_secs(10);
+
+/// How often placing asks the planner again meanwhile.
+const PLACE_RETRY: Duration = Duration::from_millis(50);
+
+/// The apps of a gateway, each deployed on one worker of the cluster whose planner
+/// is at `planner`.
+pub struct PlacedServices {
+    planner: String,
+    dir: PathBuf,
+    apps: Mutex<BTreeMap<String, Placed>>,
+    links: Links,
+    /// Held while an app is placed, so that concurrent requests place it once.
+    placing: tokio::sync::Mutex<()>,
+}
+
+/// An app and the worker it runs on, if it is placed.
+#[derive(Clone)]
+struct Placed {
+    config: AppConfig,
+    module: ModuleBytes,
+    worker: Option<String>,
+}
+
+impl PlacedServices {
+    /// Opens the apps recorded under `data_dir/apps`, to be placed on the cluster of
+    /// `planner` when first invoked.
+    pub fn open(planner: &str, data_dir: &Path) -> Result<PlacedServices, ServiceError> {
+        let dir = data_dir.join("apps");
+        std::fs::create_dir_all(&dir).map_err(storage(&dir))?;
+        let mut apps = BTreeMap::new();
+        for entry in std::fs::read_dir(&dir).map_err(storage(&dir))? {
+            let (config, module) = load_app(&entry.map_err(storage(&dir))?.path())?;
+            let placed = Placed {
+                config,
+                module,
+                worker: None,
+            };
+            apps.insert(placed.config.name.clone(), placed);
+        }
+        Ok(PlacedServices {
+            planner: planner.to_owned(),
+            dir,
+            apps: Mutex::new(apps),
+            links: Links::default(),
+            placing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Asks `worker` to answer `request`; `None` if it cannot be reached.
+    async fn ask(
+        &self,
+        worker: &str,
+        request: &Request,
+        body: Vec<u8>,
+    ) -> Option<(Reply, Vec<u8>)> {
+        let link = self.links.get(worker).await.ok()?;
+        let reply = link.call_one(Frame::new(request, body)).await.ok()?;
+        Some((reply.head().ok()?, reply.body))
+    }
+
+    /// Deploys `config` and `module` on a worker the planner picks (the one it runs
+    /// on now, if any), asking again while a worker it picks turns out unreachable
+    /// or full, for up to [`PLACE_WAIT`]. A new deployment `replace`s the app there;
+    /// placing it again keeps what a worker has of it.
+    async fn place(
+        &self,
+        config: &AppConfig,
+        module: &ModuleBytes,
+        now_on: Option<String>,
+        replace: bool,
+    ) -> Result<(String, AppInfo), ServiceError> {
+        let deadline = tokio::time::Instant::now() + PLACE_WAIT;
+        let mut candidate = now_on;
+        let mut last_error = String::from("no worker has room");
+        loop {
+            let worker = match candidate.take() {
+                Some(worker) => Some(worker),
+                None => self.pick_worker(&config.name, &mut last_error).await,
+            };
+            if let Some(worker) = worker {
+                let request = Request::Deploy {
+                    config: config.clone(),
+                    replace,
+                };
+                match self.ask(&worker, &request, module.bytes().to_vec()).await {
+                    Some((Reply::Deployed(info), _)) => return Ok((worker, info)),
+                    Some((Reply::ServiceFailed(error), _)) => return Err(error),
+                    Some((other, _)) => last_error = format!("{worker} answered {other:?}"),
+                    None => last_error = format!("cannot reach the worker at {worker}"),
+                }
+            }
+            if tokio::time::Instant::now() + PLACE_RETRY >= deadline {
+                return Err(ServiceError::Unavailable(format!(
+                    "cannot place app `{}` on the cluster of {}: {last_error}",
+                    config.name, self.planner
+                )));
+            }
+            tokio::time::sleep(PLACE_RETRY).await;
+        }
+    }
+
+    /// A worker that reports instances of `app` (their saved state is there), else
+    /// the one the planner picks; `None` (saying why in `error`) if the planner
+    /// cannot be asked or refuses.
+    async fn pick_worker(&self, app: &str, error: &mut String) -> Option<String> {
+        let placed = async {
+            let mut planner = nimbus_control::Planner::connect(&self.planner).await?;
+            let holds_app = |host: &HostStatus| host.report.apps.get(app).is_some_and(|&n| n > 0);
+            if let Some(holder) = planner.hosts().await?.into_iter().find(holds_app) {
+                return Ok(holder.info.address);
+            }
+            let (_, address) = planner.place(None, Some(app.to_owned())).await?;
+            Ok::<_, nimbus_control::ControlError>(address)
+        };
+        match placed.await {
+            Ok(address) => Some(address),
+            Err(e) => {
+                *error = e.to_string();
+                None
+            }
+        }
+    }
+
+    /// The worker `app` runs on, placing it there first if it runs nowhere.
+    async fn worker_of(&self, app: &str) -> Result<String, ServiceError> {
+        let placed = |apps: &BTreeMap<String, Placed>| {
+            apps.get(app)
+                .cloned()
+                .ok_or_else(|| ServiceError::UnknownApp(app.to_owned()))
+        };
+        if let Some(worker) = placed(&self.apps.lock().unwrap())?.worker {
+            return Ok(worker);
+        }
+        let _placing = self.placing.lock().await;
+        let app = placed(&self.apps.lock().unwrap())?;
+        if let Some(worker) = app.worker {
+            return Ok(worker);
+        }
+        let (worker, _) = self.place(&app.config, &app.module, None, false).await?;
+        self.settle(&app.config.name, &app.module, Some(worker.clone()));
+        Ok(worker)
+    }
+
+    /// Records where app `name` (with `module`) runs now, unless it was deployed
+    /// anew meanwhile.
+    fn settle(&self, name: &str, module: &ModuleBytes, worker: Option<String>) {
+        if let Some(placed) = self.apps.lock().unwrap().get_mut(name)
+            && placed.module.hash() == module.hash()
+        {
+            placed.worker = worker;
+        }
+    }
+
+    /// Forgets that `app` runs on `worker`, which could not be reached: the next
+    /// request places it again.
+    fn lost(&self, app: &str, worker: &str) {
+        if let Some(placed) = self.apps.lock().unwrap().get_mut(app)
+            && placed.worker.as_deref() == Some(worker)
+        {
+            placed.worker = None;
+        }
+    }
+
+    /// The workers apps run on, each once.
+    fn workers(&self) -> Vec<String> {
+        let apps = self.apps.lock().unwrap();
+        let mut workers: Vec<String> = apps.values().filter_map(|p| p.worker.clone()).collect();
+        workers.sort();
+        workers.dedup();
+        workers
+    }
+
+    /// Asks every worker apps run on, in turn, until `found` takes an answer.
+    async fn first_answer<T>(
+        &self,
+        request: Request,
+        mut found: impl FnMut(Reply, Vec<u8>) -> Option<T>,
+    ) -> Option<T> {
+        for worker in self.workers() {
+            if let Some((reply, body)) = self.ask(&worker, &request, Vec::new()).await
+                && let Some(answer) = found(reply, body)
+            {
+                return Some(answer);
+            }
+        }
+        None
+    }
+}
+
+impl ServiceFront for PlacedServices {
+    fn deploy(
+        self: Arc<Self>,
+        config: AppConfig,
+        module: ModuleBytes,
+    ) -> BoxFuture<'static, Result<AppInfo, ServiceError>> {
+        Box::pin(async move {
+            config.check()?;
+            if module.bytes().len() > MAX_MODULE {
+                return Err(ServiceError::Module(format!(
+                    "a module of {} bytes is over the {MAX_MODULE} a deployment to a \
+                     cluster carries",
+                    module.bytes().len()
+                )));
+            }
+            let _placing = self.placing.lock().await;
+            let now_on = self
+                .apps
+                .lock()
+                .unwrap()
+                .get(&config.name)
+                .and_then(|p| p.worker.clone());
+            let (worker, info) = self.place(&config, &module, now_on, true).await?;
+            save_app(&self.dir.join(&config.name), &config, &module)?;
+            let placed = Placed {
+                config: config.clone(),
+                module,
+                worker: Some(worker),
+            };
+            self.apps.lock().unwrap().insert(config.name, placed);
+            Ok(info)
+        })
+    }
+
+    fn invoke<'a>(
+        &'a self,
+        app: &'a str,
+        handler: &'a str,
+        body: Vec<u8>,
+        session: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Vec<u8>, ServiceError>> {
+        Box::pin(async move {
+            let request = Request::Invoke {
+                app: app.to_owned(),
+                handler: handler.to_owned(),
+                session: session.map(str::to_owned),
+            };
+            // A worker that cannot be reached has not seen the request: place the
+            // app again and send it there, once.
+            let mut body = Some(body);
+            for _ in 0..2 {
+                let worker = self.worker_of(app).await?;
+                let Ok(link) = self.links.get(&worker).await else {
+                    self.lost(app, &worker);
+                    continue;
+                };
+                let sent = Frame::new(&request, body.take().unwrap_or_default());
+                let Ok(reply) = link.call_one(sent).await else {
+                    self.lost(app, &worker);
+                    return Err(ServiceError::Unavailable(format!(
+                        "lost the worker at {worker} running `{app}` during the request; \
+                         the app is placed again on the next one"
+                    )));
+                };
+                return match reply.head::<Reply>() {
+                    Ok(Reply::Response) => Ok(reply.body),
+                    Ok(Reply::ServiceFailed(error)) => Err(error),
+                    other => Err(ServiceError::Unavailable(format!(
+                        "the worker at {worker} answered {other:?}"
+                    ))),
+                };
+            }
+            Err(ServiceError::Unavailable(format!(
+                "cannot reach a worker to run `{app}`"
+            )))
+        })
+    }
+
+    fn apps(&self) -> BoxFuture<'_, Vec<AppInfo>> {
+        Box::pin(async move {
+            let mut running = BTreeMap::new();
+            for worker in self.workers() {
+                if let Some((Reply::Apps(apps), _)) =
+                    self.ask(&worker, &Request::Apps, Vec::new()).await
+                {
+                    running.extend(
+                        apps.into_iter()
+                            .map(|info| (info.config.name.clone(), info)),
+                    );
+                }
+            }
+            let apps = self.apps.lock().unwrap().clone();
+            apps.into_values()
+                .map(|placed| match running.remove(&placed.config.name) {
+                    Some(info) if info.module == placed.module.hash().to_string() => info,
+                    _ => AppInfo {
+                        module: placed.module.hash().to_string(),
+                        config: placed.config,
+                        instances: 0,
+                        live: 0,
+                        queued: 0,
+                        pids: Vec::new(),
+                    },
+                })
+                .collect()
+        })
+    }
+
+    fn logs(&self, pid: Pid) -> BoxFuture<'_, Option<Vec<u8>>> {
+        Box::pin(
+            self.first_answer(Request::Logs { pid }, |reply, log| match reply {
+                Reply::Log { found: true } => Some(log),
+                _ => None,
+            }),
+        )
+    }
+
+    fn kill(&self, pid: Pid) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            let killed = self.first_answer(Request::KillInstance { pid }, |reply, _| match reply {
+                Reply::Killed { found: true } => Some(()),
+                _ => None,
+            });
+            killed.await.is_some()
+        })
+    }
+
+    fn swap_out_all(&self) -> BoxFuture<'_, Result<(), ServiceError>> {
+        Box::pin(async move {
+            for worker in self.workers() {
+                // A worker that is gone has nothing left to swap out.
+                let swapped = self.ask(&worker, &Request::SwapOut, Vec::new()).await;
+                if let Some((Reply::ServiceFailed(error), _)) = swapped {
+                    return Err(error);
+                }
+            }
+            Ok(())
+        })
+    }
+}
