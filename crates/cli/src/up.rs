@@ -1,6 +1,6 @@
 //! `nimbus up`: a single-node nimbus (embedded cluster, service manager and HTTP
 //! gateway) serving until it is interrupted; with `--workers N`, also a local
-//! cluster of a planner and N worker processes.
+//! cluster of a planner and N worker processes, on which the apps then run.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,7 +28,8 @@ pub(crate) struct UpArgs {
     #[arg(long, value_name = "URL")]
     state: Option<String>,
     /// Also start a local cluster: a planner and this many worker processes, for
-    /// `nimbus run --planner` (its address is printed); `ps` lists their processes.
+    /// `nimbus run --planner` (its address is printed); `ps` lists their processes,
+    /// and deployed apps run on them.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: Option<u16>,
 }

@@ -5,7 +5,9 @@
 //! invocation and the bare export call; the data plane twice, with the client
 //! polling for its response (`Client::set_spin`, 50 µs) and parking; and the floor
 //! under them all, a raw TCP
-//! echo of 64 bytes to a separate process running a tokio echo server.
+//! echo of 64 bytes to a separate process running a tokio echo server. Also the
+//! data plane to a `nimbus up --workers 1`, whose app runs on the worker process
+//! (one more hop, over the mesh).
 //!
 //! `cargo build --release && cargo run --release -p nimbus-bench --bin remote [ITERATIONS]`
 
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 use nimbus_bench::daemon::Daemon;
 use nimbus_bench::{PING, Samples, bare_export_call, print_samples, start_alone, wat};
 use nimbus_dataplane::Client;
-use nimbus_runtime::{Invocation, Runtime, RuntimeConfig};
+use nimbus_runtime::{Invocation, ModuleBytes, Runtime, RuntimeConfig};
 
 const WARMUP: usize = 1_000;
 const CONNECTIONS: usize = 16;
@@ -32,15 +34,18 @@ struct Node {
 }
 
 impl Node {
-    fn start() -> Node {
+    /// `nimbus up` with `flags`, serving the `ping` app of `module`.
+    fn start(flags: &[&str], module: &ModuleBytes) -> Node {
+        let mut args = vec![
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "127.0.0.1:0",
+        ];
+        args.extend(flags);
         let (daemon, mut addresses) = Daemon::start(
-            &[
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-listen",
-                "127.0.0.1:0",
-            ],
+            &args,
             &[
                 "nimbus: gateway listening on ",
                 "nimbus: data plane listening on ",
@@ -48,6 +53,9 @@ impl Node {
         );
         let data_plane = addresses.pop().expect("two addresses");
         let http = addresses.pop().expect("two addresses");
+        ureq::put(format!("{http}/v1/apps/ping?max_instances=4"))
+            .send(module.bytes())
+            .expect("deploy");
         Node {
             _daemon: daemon,
             http,
@@ -151,15 +159,11 @@ fn main() {
     let iterations = nimbus_bench::arg_or(20_000);
     let echo = tcp_echo(iterations);
     let module = wat(PING);
-    let node = Node::start();
+    let node = Node::start(&[], &module);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(true)
         .build()
         .into();
-    agent
-        .put(format!("{}/v1/apps/ping?max_instances=4", node.http))
-        .send(module.bytes())
-        .expect("deploy");
 
     // HTTP, one keep-alive connection.
     let url = format!("{}/v1/apps/ping/invoke/ping", node.http);
@@ -182,6 +186,10 @@ fn main() {
     // The client polls for its response (`Client::set_spin`), and then parks instead.
     let data_plane = data_plane_latency(&node.data_plane, iterations, Duration::from_micros(50));
     let data_plane_parked = data_plane_latency(&node.data_plane, iterations, Duration::ZERO);
+    let on_worker = {
+        let placed = Node::start(&["--workers", "1"], &module);
+        data_plane_latency(&placed.data_plane, iterations, Duration::from_micros(50))
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -242,6 +250,7 @@ fn main() {
     println!("  (targets: data plane p50 <= 50 us, HTTP gateway p50 <= 150 us)");
     print_samples("data plane", &data_plane);
     print_samples("data plane, client parks", &data_plane_parked);
+    print_samples("data plane, app on a worker", &on_worker);
     print_samples("HTTP gateway, keep-alive", &http);
     print_samples("in-process invoke", &in_process);
     print_samples("bare export call (baseline)", &bare);
