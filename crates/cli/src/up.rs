@@ -1,6 +1,7 @@
 //! `nimbus up`: a single-node nimbus (embedded cluster, service manager and HTTP
 //! gateway) serving until it is interrupted; with `--workers N`, also a local
-//! cluster of a planner and N worker processes, on which the apps then run.
+//! cluster of a planner and N worker processes, on which the apps then run; with
+//! `--planner ADDR`, the same in front of an existing cluster.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +33,10 @@ pub(crate) struct UpArgs {
     /// and deployed apps run on them.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     workers: Option<u16>,
+    /// Front the cluster of this planner instead: deployed apps run on its workers,
+    /// and `ps` lists their processes.
+    #[arg(long, value_name = "ADDR", conflicts_with = "workers")]
+    planner: Option<String>,
 }
 
 pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
@@ -45,7 +50,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         .map_err(|e| internal("cannot start", &e))?;
     tokio.block_on(async {
         let mut config = ClusterConfig::new(&data_dir);
-        if args.workers.is_some() {
+        if args.workers.is_some() || args.planner.is_some() {
             config.first_host = nimbus_core::HostId::BESIDE_CLUSTER;
         }
         config.global_state = GlobalState(
@@ -82,10 +87,15 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             ),
             None => None,
         };
-        let planner = local_cluster.as_ref().map(|c| c.planner.clone());
-        if let Some(planner) = &planner {
-            crate::announce(format_args!("nimbus: planner listening on {planner}"));
+        if let Some(local) = &local_cluster {
+            crate::announce(format_args!(
+                "nimbus: planner listening on {}",
+                local.planner
+            ));
         }
+        let planner = args
+            .planner
+            .or_else(|| local_cluster.as_ref().map(|c| c.planner.clone()));
         // With workers, apps are placed on them; otherwise they run here.
         let services: Arc<dyn ServiceFront> = match &planner {
             Some(planner) => Arc::new(

@@ -165,6 +165,7 @@ fn bad_flags_are_usage_errors() {
         &["run", "--mem", "8GiB", hello],
         &["run", "--hosts", "0", hello],
         &["worker", "--cpus", "0"],
+        &["up", "--workers", "1", "--planner", "127.0.0.1:1"],
     ];
     for args in cases {
         let (_, stderr, code) = outcome(&run(nimbus(args)));

@@ -403,28 +403,18 @@ fn host_of(node: &Node, pid: &str) -> String {
     line.split_whitespace().nth(1).unwrap().to_owned()
 }
 
-/// The OS process of the worker `nimbus up` started with data directory `dir`.
-fn worker_process(dir: &Path) -> u32 {
-    let wanted = format!("NIMBUS_DATA_DIR={}", dir.display());
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .find(|pid| {
-            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            environ
-                .split(|&b| b == 0)
-                .any(|var| var == wanted.as_bytes())
-                && cmdline.starts_with(env!("CARGO_BIN_EXE_nimbus").as_bytes())
-        })
-        .unwrap_or_else(|| panic!("no worker with {wanted}"))
+/// What `nimbus hosts` prints of the cluster of `planner`.
+fn hosts(planner: &str) -> String {
+    let (stdout, stderr, code) = outcome(&run(common::nimbus(&["hosts", "--planner", planner])));
+    assert_eq!(code, Some(0), "{stderr}");
+    stdout
 }
 
 #[test]
-fn with_workers_apps_run_on_them_and_move_when_one_is_lost() {
+fn in_front_of_a_cluster_apps_run_on_its_workers_and_move_when_one_is_lost() {
+    let mut cluster = common::TestCluster::start(3, &[]);
     let data = tempfile::tempdir().unwrap();
-    let node = Node::start_with(data.path(), &["--workers", "3"]);
-    let planner = node.planner.clone().unwrap();
+    let node = Node::start_with(data.path(), &["--planner", &cluster.addr]);
     node.deploy("counter-service", "counter", &[]);
     assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
     assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "7"]), "12");
@@ -432,48 +422,39 @@ fn with_workers_apps_run_on_them_and_move_when_one_is_lost() {
     let stderr = node.fails(&["invoke", "counter", "subtract"]);
     assert!(stderr.contains("no handler `subtract`"), "{stderr}");
 
-    // The instance runs on a worker, which keeps the app in its own directory.
+    // The instance runs on a worker.
     let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
     let first_host = host_of(&node, &pid);
     assert!(first_host.starts_with("host-"), "{first_host}");
     node.ok(&["logs", &pid]);
-    let holder = (1..=3)
-        .map(|n| data.path().join(format!("workers/{n}")))
-        .find(|dir| dir.join("apps/counter").exists())
-        .expect("a worker holds the app");
 
     // That worker is lost: once the planner has dropped it, the next request
     // places the app on another worker, starting afresh.
-    let worker = worker_process(&holder).to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-KILL", &worker])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let hosts = || {
-        let (stdout, _, code) = outcome(&run(common::nimbus(&["hosts", "--planner", &planner])));
-        (code == Some(0)).then_some(stdout)
-    };
+    cluster.kill_worker(&first_host);
     common::until("the planner drops the lost worker", || {
-        hosts().is_some_and(|h| !h.contains(&format!("{first_host} ")))
+        !hosts(&cluster.addr).contains(&format!("{first_host} "))
     });
     assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "2"]), "2");
     let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
     let second_host = host_of(&node, &pid);
     assert!(second_host.starts_with("host-") && second_host != first_host);
+}
 
-    // A restart swaps the instance out on its worker and finds it there again.
+#[test]
+fn with_local_workers_a_restart_finds_the_apps_state_on_its_worker() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start_with(data.path(), &["--workers", "3"]);
+    node.deploy("counter-service", "counter", &[]);
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
+    let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    assert!(host_of(&node, &pid).starts_with("host-"));
+    // Stopping swaps the instance out on its worker, which finds it again when
+    // started anew, and the app is placed there.
     node.stop();
     let node = Node::start_with(data.path(), &["--workers", "3"]);
     let planner = node.planner.clone().unwrap();
-    let hosts = || {
-        let (stdout, _, code) = outcome(&run(common::nimbus(&["hosts", "--planner", &planner])));
-        (code == Some(0)).then_some(stdout)
-    };
     common::until("a worker reports the app's instance", || {
-        hosts().is_some_and(|h| h.contains("counter:1"))
+        hosts(&planner).contains("counter:1")
     });
-    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "1"]), "3");
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "1"]), "6");
 }
