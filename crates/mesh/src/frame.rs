@@ -62,6 +62,14 @@ pub(crate) async fn write(
     last: bool,
     frame: &Frame,
 ) -> std::io::Result<()> {
+    // Refused whole rather than cut off by the reader, which would drop the
+    // connection and every call on it.
+    let len = PREAMBLE + frame.head.len() + frame.body.len();
+    if len > MAX_FRAME {
+        return Err(invalid(format!(
+            "a frame of {len} bytes is over {MAX_FRAME}"
+        )));
+    }
     let mut buf =
         Vec::with_capacity(4 + PREAMBLE + frame.head.len() + COPY_LIMIT.min(frame.body.len()));
     if frame.body.len() < COPY_LIMIT {

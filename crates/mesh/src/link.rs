@@ -117,11 +117,15 @@ impl Link {
             .ok_or_else(|| self.lost())?
             .insert(id, sender);
         let written = frame::write(&mut *self.write.lock().await, id, true, true, &request).await;
-        if written.is_err() {
+        if let Err(error) = written {
             if let Some(calls) = self.pending.lock().unwrap().as_mut() {
                 calls.remove(&id);
             }
-            return Err(self.lost());
+            // A frame refused whole (too long) leaves the connection as it was.
+            return Err(match error.kind() {
+                std::io::ErrorKind::InvalidData => MeshError::Malformed(error.to_string()),
+                _ => self.lost(),
+            });
         }
         Ok(Replies {
             addr: self.addr.clone(),
@@ -234,9 +238,17 @@ impl Replier {
     }
 
     async fn write_reply(&self, reply: Frame, last: bool) -> bool {
-        frame::write(&mut *self.write.lock().await, self.id, false, last, &reply)
-            .await
-            .is_ok()
+        let mut write = self.write.lock().await;
+        match frame::write(&mut *write, self.id, false, last, &reply).await {
+            Ok(()) => true,
+            // A reply too long to send: the caller must not wait for it forever,
+            // so the connection ends and every call on it fails.
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut *write).await;
+                false
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -438,6 +450,7 @@ mod tests {
 #[cfg(test)]
 mod big_frames {
     use super::*;
+    use crate::MAX_FRAME;
 
     struct Echo;
 
@@ -466,5 +479,11 @@ mod big_frames {
                 assert_eq!(got, sent);
             }
         }
+        // One over the limit is refused before a byte is written, and the link
+        // carries on.
+        let over = Frame::new(&0, vec![7; MAX_FRAME]);
+        assert!(link.call_one(over).await.is_err());
+        let sent = Frame::new(&"after", vec![1; 10]);
+        assert_eq!(link.call_one(sent.clone()).await.unwrap(), sent);
     }
 }

@@ -143,7 +143,9 @@ impl Mailbox {
             if self.queue_closed && self.inlets.is_empty() {
                 return None;
             }
-            if spin.again() {
+            // A sender on this host may need this very thread: on a runtime of one,
+            // only messages from other hosts are worth waiting for hot.
+            if (!self.inlets.is_empty() || runtime_threads() > 1) && spin.again() {
                 continue;
             }
             self.park().await;
@@ -254,6 +256,11 @@ impl Drop for Mailbox {
         // Wakes senders blocked on a full mailbox of a process that has ended.
         self.room.close();
     }
+}
+
+/// How many threads the current runtime runs tasks on.
+fn runtime_threads() -> usize {
+    tokio::runtime::Handle::try_current().map_or(1, |runtime| runtime.metrics().num_workers())
 }
 
 #[cfg(test)]

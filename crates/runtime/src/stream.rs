@@ -169,7 +169,12 @@ impl Outlet {
             .to_le_bytes();
         let total = HEADER + len;
         let mut written = 0;
+        let mut partial = Partial {
+            socket: &self.socket,
+            cut: false,
+        };
         while written < total {
+            partial.cut = written > 0;
             written += retry(&self.socket, Interest::WRITABLE, || {
                 let whole = bytes(source);
                 let mut slices = [
@@ -183,6 +188,7 @@ impl Outlet {
             })
             .await?;
         }
+        partial.cut = false;
         Ok(())
     }
 }
@@ -275,6 +281,31 @@ impl Inlet {
     /// Lends the socket to the reactor, to park on until it may have more to read.
     pub(crate) fn lend(&self) -> io::Result<Lent<'_>> {
         Lent::new(&self.socket, Interest::READABLE)
+    }
+}
+
+/// Closes a channel whose sending side is dropped (a deadline, say) with part of a
+/// message written: the peer would read what follows as the rest of it.
+struct Partial<'a> {
+    socket: &'a TcpStream,
+    cut: bool,
+}
+
+impl Drop for Partial<'_> {
+    fn drop(&mut self) {
+        if self.cut {
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Incoming {
+    /// With part of the message unread, the channel's next bytes are not the start
+    /// of a message: it is closed rather than read out of step.
+    fn drop(&mut self) {
+        if self.done < self.len {
+            let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        }
     }
 }
 

@@ -160,8 +160,10 @@ impl Handler for Server {
             else {
                 return;
             };
-            let mut value = vec![0; upload.len as usize];
-            if stream.read_exact(&mut value).await.is_err() {
+            // Grown as the bytes arrive, not on the word of the hello.
+            let mut value = Vec::with_capacity((upload.len as usize).min(MAX_CARRIED));
+            let read = (&mut stream).take(upload.len).read_to_end(&mut value).await;
+            if read.is_err() || value.len() as u64 != upload.len {
                 return;
             }
             let (answer, _) = self.answer(upload.call, value).await;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use nimbus_core::{ExitStatus, Pid};
-use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, Replier};
+use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, MAX_FRAME, Replier};
 use nimbus_runtime::{AbiError, Input, ModuleBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -61,6 +61,12 @@ impl Worker {
                 .invoke(&app, &handler, body, session.as_deref())
                 .await
             {
+                Ok(response) if response.len() > MAX_FRAME - (64 << 10) => {
+                    failed(ServiceError::Unavailable(format!(
+                        "a response of {} bytes is over what a worker sends back in one frame",
+                        response.len()
+                    )))
+                }
                 Ok(response) => Frame::new(&Reply::Response, response),
                 Err(error) => failed(error),
             },

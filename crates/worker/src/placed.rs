@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nimbus_core::Pid;
-use nimbus_mesh::{Frame, Links, MAX_FRAME};
+use nimbus_mesh::{Frame, Link, Links, MAX_FRAME};
 use nimbus_planner::HostStatus;
 use nimbus_runtime::{BoxFuture, ModuleBytes};
 
@@ -26,14 +26,23 @@ use crate::services::{
     AppConfig, AppInfo, ServiceError, ServiceFront, load_app, save_app, storage,
 };
 
-/// The largest module a deployment carries to a worker: one mesh frame's body.
-const MAX_MODULE: usize = MAX_FRAME - (64 << 10);
+/// The largest module or request body a call carries to a worker: one mesh
+/// frame's body.
+const MAX_CARRIED: usize = MAX_FRAME - (64 << 10);
 
 /// How long placing an app may wait for a worker with room.
 const PLACE_WAIT: Duration = Duration::from_secs(10);
 
 /// How often placing asks the planner again meanwhile.
 const PLACE_RETRY: Duration = Duration::from_millis(50);
+
+/// How long a question to a worker (other than an invocation, bounded by the app's
+/// own limits) may take, compiling a module included.
+const ASK_WAIT: Duration = Duration::from_secs(30);
+
+/// A worker heard from longer ago than this is not taken as an app's holder: it is
+/// likely gone, and the planner has yet to drop it.
+const HOLDER_SILENCE_MS: u64 = 1_000;
 
 /// The apps of a gateway, each deployed on one worker of the cluster whose planner
 /// is at `planner`.
@@ -42,8 +51,8 @@ pub struct PlacedServices {
     dir: PathBuf,
     apps: Mutex<BTreeMap<String, Placed>>,
     links: Links,
-    /// Held while an app is placed, so that concurrent requests place it once.
-    placing: tokio::sync::Mutex<()>,
+    /// By app, held while it is placed, so that concurrent requests place it once.
+    placing: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// An app and the worker it runs on, if it is placed.
@@ -75,19 +84,36 @@ impl PlacedServices {
             dir,
             apps: Mutex::new(apps),
             links: Links::default(),
-            placing: tokio::sync::Mutex::new(()),
+            placing: Mutex::default(),
         })
     }
 
-    /// Asks `worker` to answer `request`; `None` if it cannot be reached.
+    /// The lock held while `app` is placed.
+    fn placing(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut placing = self.placing.lock().unwrap();
+        placing.entry(app.to_owned()).or_default().clone()
+    }
+
+    /// Sends `request` with `body` to `worker` and returns its reply; `None` if the
+    /// worker cannot be reached or the connection breaks first. The call runs on a
+    /// task of its own, so that a caller that gives up (a client gone) never leaves
+    /// half a frame on the link other requests share.
+    async fn call(&self, worker: &str, request: &Request, body: Vec<u8>) -> Option<Frame> {
+        let link = self.links.get(worker).await.ok()?;
+        call_through(link, Frame::new(request, body)).await
+    }
+
+    /// Asks `worker` to answer `request`, within [`ASK_WAIT`]; `None` if it cannot
+    /// be reached or does not answer in time.
     async fn ask(
         &self,
         worker: &str,
         request: &Request,
         body: Vec<u8>,
     ) -> Option<(Reply, Vec<u8>)> {
-        let link = self.links.get(worker).await.ok()?;
-        let reply = link.call_one(Frame::new(request, body)).await.ok()?;
+        let reply = tokio::time::timeout(ASK_WAIT, self.call(worker, request, body))
+            .await
+            .ok()??;
         Some((reply.head().ok()?, reply.body))
     }
 
@@ -105,10 +131,14 @@ impl PlacedServices {
         let deadline = tokio::time::Instant::now() + PLACE_WAIT;
         let mut candidate = now_on;
         let mut last_error = String::from("no worker has room");
+        let mut failed: Vec<String> = Vec::new();
         loop {
             let worker = match candidate.take() {
                 Some(worker) => Some(worker),
-                None => self.pick_worker(&config.name, &mut last_error).await,
+                None => {
+                    self.pick_worker(&config.name, &failed, &mut last_error)
+                        .await
+                }
             };
             if let Some(worker) = worker {
                 let request = Request::Deploy {
@@ -121,6 +151,7 @@ impl PlacedServices {
                     Some((other, _)) => last_error = format!("{worker} answered {other:?}"),
                     None => last_error = format!("cannot reach the worker at {worker}"),
                 }
+                failed.push(worker);
             }
             if tokio::time::Instant::now() + PLACE_RETRY >= deadline {
                 return Err(ServiceError::Unavailable(format!(
@@ -132,13 +163,23 @@ impl PlacedServices {
         }
     }
 
-    /// A worker that reports instances of `app` (their saved state is there), else
-    /// the one the planner picks; `None` (saying why in `error`) if the planner
-    /// cannot be asked or refuses.
-    async fn pick_worker(&self, app: &str, error: &mut String) -> Option<String> {
+    /// A worker heard from lately that reports instances of `app` (their saved
+    /// state is there), else the one the planner picks; never one of `failed`.
+    /// `None` (saying why in `error`) if the planner cannot be asked, refuses, or
+    /// picks a worker that failed.
+    async fn pick_worker(
+        &self,
+        app: &str,
+        failed: &[String],
+        error: &mut String,
+    ) -> Option<String> {
         let placed = async {
             let mut planner = nimbus_control::Planner::connect(&self.planner).await?;
-            let holds_app = |host: &HostStatus| host.report.apps.get(app).is_some_and(|&n| n > 0);
+            let holds_app = |host: &HostStatus| {
+                host.report.apps.get(app).is_some_and(|&n| n > 0)
+                    && host.silent_ms <= HOLDER_SILENCE_MS
+                    && !failed.contains(&host.info.address)
+            };
             if let Some(holder) = planner.hosts().await?.into_iter().find(holds_app) {
                 return Ok(holder.info.address);
             }
@@ -146,6 +187,7 @@ impl PlacedServices {
             Ok::<_, nimbus_control::ControlError>(address)
         };
         match placed.await {
+            Ok(address) if failed.contains(&address) => None,
             Ok(address) => Some(address),
             Err(e) => {
                 *error = e.to_string();
@@ -164,7 +206,8 @@ impl PlacedServices {
         if let Some(worker) = placed(&self.apps.lock().unwrap())?.worker {
             return Ok(worker);
         }
-        let _placing = self.placing.lock().await;
+        let placing = self.placing(app);
+        let _placing = placing.lock().await;
         let app = placed(&self.apps.lock().unwrap())?;
         if let Some(worker) = app.worker {
             return Ok(worker);
@@ -220,6 +263,15 @@ impl PlacedServices {
     }
 }
 
+/// Calls with `frame` through `link` on a task of its own (see
+/// [`PlacedServices::call`]); `None` if the connection breaks first.
+async fn call_through(link: Arc<Link>, frame: Frame) -> Option<Frame> {
+    tokio::spawn(async move { link.call_one(frame).await })
+        .await
+        .ok()?
+        .ok()
+}
+
 impl ServiceFront for PlacedServices {
     fn deploy(
         self: Arc<Self>,
@@ -228,14 +280,15 @@ impl ServiceFront for PlacedServices {
     ) -> BoxFuture<'static, Result<AppInfo, ServiceError>> {
         Box::pin(async move {
             config.check()?;
-            if module.bytes().len() > MAX_MODULE {
+            if module.bytes().len() > MAX_CARRIED {
                 return Err(ServiceError::Module(format!(
-                    "a module of {} bytes is over the {MAX_MODULE} a deployment to a \
+                    "a module of {} bytes is over the {MAX_CARRIED} a deployment to a \
                      cluster carries",
                     module.bytes().len()
                 )));
             }
-            let _placing = self.placing.lock().await;
+            let placing = self.placing(&config.name);
+            let _placing = placing.lock().await;
             let now_on = self
                 .apps
                 .lock()
@@ -262,6 +315,16 @@ impl ServiceFront for PlacedServices {
         session: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<u8>, ServiceError>> {
         Box::pin(async move {
+            let max_body = match self.apps.lock().unwrap().get(app) {
+                Some(placed) => placed.config.max_body,
+                None => return Err(ServiceError::UnknownApp(app.to_owned())),
+            };
+            // Refused here as the worker would, and never more than one frame.
+            let limit = max_body.min(MAX_CARRIED);
+            if body.len() > limit {
+                let size = body.len();
+                return Err(ServiceError::TooLarge { size, limit });
+            }
             let request = Request::Invoke {
                 app: app.to_owned(),
                 handler: handler.to_owned(),
@@ -277,7 +340,7 @@ impl ServiceFront for PlacedServices {
                     continue;
                 };
                 let sent = Frame::new(&request, body.take().unwrap_or_default());
-                let Ok(reply) = link.call_one(sent).await else {
+                let Some(reply) = call_through(link, sent).await else {
                     self.lost(app, &worker);
                     return Err(ServiceError::Unavailable(format!(
                         "lost the worker at {worker} running `{app}` during the request; \
@@ -286,6 +349,14 @@ impl ServiceFront for PlacedServices {
                 };
                 return match reply.head::<Reply>() {
                     Ok(Reply::Response) => Ok(reply.body),
+                    // It restarted without the app, or another gateway replaced it.
+                    Ok(Reply::ServiceFailed(ServiceError::UnknownApp(_))) => {
+                        self.lost(app, &worker);
+                        Err(ServiceError::Unavailable(format!(
+                            "the worker at {worker} no longer runs `{app}`; the app is \
+                             placed again on the next request"
+                        )))
+                    }
                     Ok(Reply::ServiceFailed(error)) => Err(error),
                     other => Err(ServiceError::Unavailable(format!(
                         "the worker at {worker} answered {other:?}"
@@ -300,18 +371,25 @@ impl ServiceFront for PlacedServices {
 
     fn apps(&self) -> BoxFuture<'_, Vec<AppInfo>> {
         Box::pin(async move {
+            let apps = self.apps.lock().unwrap().clone();
             let mut running = BTreeMap::new();
             for worker in self.workers() {
-                if let Some((Reply::Apps(apps), _)) =
+                if let Some((Reply::Apps(listed), _)) =
                     self.ask(&worker, &Request::Apps, Vec::new()).await
                 {
+                    // A copy left on a worker the app has moved from does not count.
+                    let placed_here = |info: &AppInfo| {
+                        apps.get(&info.config.name)
+                            .is_some_and(|p| p.worker.as_deref() == Some(worker.as_str()))
+                    };
                     running.extend(
-                        apps.into_iter()
+                        listed
+                            .into_iter()
+                            .filter(placed_here)
                             .map(|info| (info.config.name.clone(), info)),
                     );
                 }
             }
-            let apps = self.apps.lock().unwrap().clone();
             apps.into_values()
                 .map(|placed| match running.remove(&placed.config.name) {
                     Some(info) if info.module == placed.module.hash().to_string() => info,
