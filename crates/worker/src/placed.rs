@@ -23,7 +23,7 @@ use nimbus_runtime::{BoxFuture, ModuleBytes};
 
 use crate::mesh::{Reply, Request};
 use crate::services::{
-    AppConfig, AppInfo, ServiceError, ServiceFront, load_app, save_app, storage,
+    AppConfig, AppInfo, ServiceError, ServiceFront, each_app, load_app, save_app, storage,
 };
 
 /// The largest module or request body a call carries to a worker: one mesh
@@ -69,16 +69,17 @@ impl PlacedServices {
     pub fn open(planner: &str, data_dir: &Path) -> Result<PlacedServices, ServiceError> {
         let dir = data_dir.join("apps");
         std::fs::create_dir_all(&dir).map_err(storage(&dir))?;
-        let mut apps = BTreeMap::new();
-        for entry in std::fs::read_dir(&dir).map_err(storage(&dir))? {
-            let (config, module) = load_app(&entry.map_err(storage(&dir))?.path())?;
-            let placed = Placed {
-                config,
-                module,
-                worker: None,
-            };
-            apps.insert(placed.config.name.clone(), placed);
-        }
+        let apps = each_app(&dir, load_app)?
+            .into_iter()
+            .map(|(config, module)| {
+                let placed = Placed {
+                    config,
+                    module,
+                    worker: None,
+                };
+                (placed.config.name.clone(), placed)
+            })
+            .collect();
         Ok(PlacedServices {
             planner: planner.to_owned(),
             dir,

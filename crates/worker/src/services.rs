@@ -228,9 +228,7 @@ impl Services {
             dir,
             apps: Mutex::default(),
         };
-        for entry in std::fs::read_dir(&services.dir).map_err(storage(&services.dir))? {
-            let app_dir = entry.map_err(storage(&services.dir))?.path();
-            let app = services.reopen(&app_dir)?;
+        for app in each_app(&services.dir, |app_dir| services.reopen(app_dir))? {
             services
                 .apps
                 .lock()
@@ -419,6 +417,24 @@ pub(crate) fn save_app(
     };
     let json = serde_json::to_vec_pretty(&record).expect("an app record serializes");
     write_atomically(&app_dir.join("app.json"), &json)
+}
+
+/// What `open` makes of each app directory under `dir`. One it cannot open (left
+/// half-written by a crash during a deployment, say) is skipped with a warning,
+/// so that the other apps still serve.
+pub(crate) fn each_app<T>(
+    dir: &Path,
+    mut open: impl FnMut(&Path) -> Result<T, ServiceError>,
+) -> Result<Vec<T>, ServiceError> {
+    let mut apps = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(storage(dir))? {
+        let app_dir = entry.map_err(storage(dir))?.path();
+        match open(&app_dir) {
+            Ok(app) => apps.push(app),
+            Err(error) => eprintln!("nimbus: skipping the app in {}: {error}", app_dir.display()),
+        }
+    }
+    Ok(apps)
 }
 
 /// Reads the record and module [`save_app`] wrote into `app_dir`.

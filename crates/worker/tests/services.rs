@@ -164,6 +164,24 @@ async fn swap_out_and_in_keeps_state_and_a_restart_keeps_everything() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_left_half_written_is_skipped_and_the_others_serve() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let (_cluster, services) = node(data.path());
+        services
+            .deploy(AppConfig::new("counter"), guest("c-counter-service"))
+            .unwrap();
+    }
+    // A deployment cut off after it cleared its directory.
+    std::fs::create_dir_all(data.path().join("apps/broken")).unwrap();
+    let (_cluster, services) = node(data.path());
+    let apps = services.apps();
+    assert_eq!(apps.len(), 1);
+    assert_eq!(apps[0].config.name, "counter");
+    assert_eq!(call(&services, "counter", "add", "2").await, "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trap_rolls_the_instance_back_to_its_last_good_state() {
     let data = tempfile::tempdir().unwrap();
     let (_cluster, services) = node(data.path());
