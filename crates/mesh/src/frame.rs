@@ -11,6 +11,9 @@ use crate::MeshError;
 /// The largest frame either side accepts: a 16 MiB message with room for its head.
 pub const MAX_FRAME: usize = (16 << 20) + (64 << 10);
 
+/// The longest body a frame carries beside a head of up to 64 KiB.
+pub const MAX_BODY: usize = MAX_FRAME - (64 << 10);
+
 const REQUEST: u8 = 1;
 const LAST: u8 = 2;
 /// Length of everything after the length field up to the head: id, flags, head length.

@@ -21,7 +21,7 @@ mod frame;
 mod link;
 mod stream;
 
-pub use frame::{Frame, MAX_FRAME};
+pub use frame::{Frame, MAX_BODY, MAX_FRAME};
 pub use link::{Handler, HandlerFuture, Link, Links, Replier, Replies, serve};
 pub use stream::{Adoption, open_stream, read_frame, write_frame};
 

@@ -418,8 +418,8 @@ async fn receive(
         let incoming = match arrival {
             Arrival::Queued(message) => {
                 let len = message.data.len();
-                memory.write(caller, len_ptr, &(len as i32).to_le_bytes())?;
                 if len > capacity {
+                    memory.write(caller, len_ptr, &(len as i32).to_le_bytes())?;
                     caller.data_mut().mailbox.hold_back(message);
                     return Err(AbiError::BufferTooSmall);
                 }

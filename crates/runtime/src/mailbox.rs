@@ -136,6 +136,7 @@ impl Mailbox {
             return Some(Arrival::Queued(message));
         }
         let spin = Spin::start();
+        let many_threads = runtime_threads() > 1;
         loop {
             if let Some(arrival) = self.try_next() {
                 return Some(arrival);
@@ -145,7 +146,7 @@ impl Mailbox {
             }
             // A sender on this host may need this very thread: on a runtime of one,
             // only messages from other hosts are worth waiting for hot.
-            if (!self.inlets.is_empty() || runtime_threads() > 1) && spin.again() {
+            if (many_threads || !self.inlets.is_empty()) && spin.again() {
                 continue;
             }
             self.park().await;

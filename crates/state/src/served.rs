@@ -2,7 +2,7 @@
 //! workers of a cluster share one embedded tier (the planner serves it) without an
 //! external store. The client is the [`GlobalTier`] at `nimbus://HOST:PORT`.
 //!
-//! A call is one mesh frame and so is its answer, up to [`MAX_CARRIED`] bytes of
+//! A call is one mesh frame and so is its answer, up to [`MAX_BODY`] bytes of
 //! value. A longer answer comes in several frames; a call carrying a longer value
 //! opens a connection of its own (an [`Upload`]) and sends the value raw after it,
 //! so the tier still sets it in one step.
@@ -10,15 +10,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, Link, Replier};
+use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, Links, MAX_BODY, Replier};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::{AppName, GlobalTier, Key, LockToken, StateError, StateFuture};
-
-/// The largest value one frame carries: a mesh frame's payload.
-const MAX_CARRIED: usize = nimbus_mesh::MAX_FRAME - (64 << 10);
 
 /// A key on the wire.
 #[derive(Debug, Serialize, Deserialize)]
@@ -118,9 +115,9 @@ impl Handler for Server {
                 Err(e) => failed(malformed(e)),
             };
             // All but the last piece go ahead as parts.
-            let last = value.len().saturating_sub(1) / MAX_CARRIED * MAX_CARRIED;
+            let last = value.len().saturating_sub(1) / MAX_BODY * MAX_BODY;
             let rest = value.split_off(last);
-            for piece in value.chunks(MAX_CARRIED) {
+            for piece in value.chunks(MAX_BODY) {
                 if !replier
                     .send(Frame::new(&Answer::Part, piece.to_vec()))
                     .await
@@ -161,7 +158,7 @@ impl Handler for Server {
                 return;
             };
             // Grown as the bytes arrive, not on the word of the hello.
-            let mut value = Vec::with_capacity((upload.len as usize).min(MAX_CARRIED));
+            let mut value = Vec::with_capacity((upload.len as usize).min(MAX_BODY));
             let read = (&mut stream).take(upload.len).read_to_end(&mut value).await;
             if read.is_err() || value.len() as u64 != upload.len {
                 return;
@@ -226,7 +223,7 @@ impl Server {
 /// The global tier served at `nimbus://ADDR`.
 pub struct Served {
     addr: String,
-    link: tokio::sync::Mutex<Option<Arc<Link>>>,
+    links: Links,
 }
 
 impl Served {
@@ -234,7 +231,7 @@ impl Served {
     pub async fn connect(addr: &str) -> Result<Served, StateError> {
         let served = Served {
             addr: addr.to_owned(),
-            link: tokio::sync::Mutex::new(None),
+            links: Links::default(),
         };
         served.link().await?;
         Ok(served)
@@ -248,22 +245,12 @@ impl Served {
     }
 
     /// The connection, opened again if it broke.
-    async fn link(&self) -> Result<Arc<Link>, StateError> {
-        let mut link = self.link.lock().await;
-        match &*link {
-            Some(open) if open.is_open() => Ok(open.clone()),
-            _ => {
-                let fresh = Link::connect(&self.addr)
-                    .await
-                    .map_err(|e| self.failed(e))?;
-                *link = Some(fresh.clone());
-                Ok(fresh)
-            }
-        }
+    async fn link(&self) -> Result<Arc<nimbus_mesh::Link>, StateError> {
+        self.links.get(&self.addr).await.map_err(|e| self.failed(e))
     }
 
     async fn call(&self, call: Call, body: Vec<u8>) -> Result<(Answer, Vec<u8>), StateError> {
-        let (answer, value) = match body.len() > MAX_CARRIED {
+        let (answer, value) = match body.len() > MAX_BODY {
             true => self.upload(call, body).await?,
             false => self.exchange(call, body).await?,
         };

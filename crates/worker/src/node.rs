@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use nimbus_core::{ExitStatus, Pid};
-use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, MAX_FRAME, Replier};
+use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, MAX_BODY, Replier};
 use nimbus_runtime::{AbiError, Input, ModuleBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -41,17 +41,13 @@ impl Worker {
         Ok(match request {
             Request::Deploy { config, replace } => {
                 let module = ModuleBytes::new(body);
-                let services = self.services.clone();
-                // Compiling the module blocks for as long as it takes.
-                let deployed = tokio::task::spawn_blocking(move || match replace {
-                    true => services.deploy(config, module),
-                    false => services.deploy_unless_there(config, module),
-                });
-                match deployed.await {
-                    Ok(Ok(info)) => Reply::Deployed(info).frame(),
-                    Ok(Err(error)) => failed(error),
-                    Err(e) => failed(ServiceError::Unavailable(e.to_string())),
-                }
+                let deployed = self
+                    .services
+                    .clone()
+                    .deploy_off_thread(config, module, replace);
+                deployed
+                    .await
+                    .map_or_else(failed, |info| Reply::Deployed(info).frame())
             }
             Request::Invoke {
                 app,
@@ -61,7 +57,7 @@ impl Worker {
                 .invoke(&app, &handler, body, session.as_deref())
                 .await
             {
-                Ok(response) if response.len() > MAX_FRAME - (64 << 10) => {
+                Ok(response) if response.len() > MAX_BODY => {
                     failed(ServiceError::Unavailable(format!(
                         "a response of {} bytes is over what a worker sends back in one frame",
                         response.len()

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nimbus_core::Pid;
-use nimbus_mesh::{Frame, Link, Links, MAX_FRAME};
+use nimbus_mesh::{Frame, Link, Links, MAX_BODY};
 use nimbus_planner::HostStatus;
 use nimbus_runtime::{BoxFuture, ModuleBytes};
 
@@ -25,10 +25,6 @@ use crate::mesh::{Reply, Request};
 use crate::services::{
     AppConfig, AppInfo, ServiceError, ServiceFront, each_app, load_app, save_app, storage,
 };
-
-/// The largest module or request body a call carries to a worker: one mesh
-/// frame's body.
-const MAX_CARRIED: usize = MAX_FRAME - (64 << 10);
 
 /// How long placing an app may wait for a worker with room.
 const PLACE_WAIT: Duration = Duration::from_secs(10);
@@ -281,9 +277,9 @@ impl ServiceFront for PlacedServices {
     ) -> BoxFuture<'static, Result<AppInfo, ServiceError>> {
         Box::pin(async move {
             config.check()?;
-            if module.bytes().len() > MAX_CARRIED {
+            if module.bytes().len() > MAX_BODY {
                 return Err(ServiceError::Module(format!(
-                    "a module of {} bytes is over the {MAX_CARRIED} a deployment to a \
+                    "a module of {} bytes is over the {MAX_BODY} a deployment to a \
                      cluster carries",
                     module.bytes().len()
                 )));
@@ -321,7 +317,7 @@ impl ServiceFront for PlacedServices {
                 None => return Err(ServiceError::UnknownApp(app.to_owned())),
             };
             // Refused here as the worker would, and never more than one frame.
-            let limit = max_body.min(MAX_CARRIED);
+            let limit = max_body.min(MAX_BODY);
             if body.len() > limit {
                 let size = body.len();
                 return Err(ServiceError::TooLarge { size, limit });

@@ -176,12 +176,7 @@ impl ServiceFront for Services {
         config: AppConfig,
         module: ModuleBytes,
     ) -> BoxFuture<'static, Result<AppInfo, ServiceError>> {
-        // Compiling the module blocks for as long as it takes.
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || Services::deploy(&self, config, module))
-                .await
-                .unwrap_or_else(|e| Err(ServiceError::Unavailable(e.to_string())))
-        })
+        Box::pin(self.deploy_off_thread(config, module, true))
     }
 
     fn invoke<'a>(
@@ -251,6 +246,22 @@ impl Services {
         }
         drop(instances);
         Ok(app)
+    }
+
+    /// [`Services::deploy`] if `replace`, else [`Services::deploy_unless_there`], off
+    /// the runtime's threads: compiling the module blocks for as long as it takes.
+    pub(crate) async fn deploy_off_thread(
+        self: Arc<Self>,
+        config: AppConfig,
+        module: ModuleBytes,
+        replace: bool,
+    ) -> Result<AppInfo, ServiceError> {
+        tokio::task::spawn_blocking(move || match replace {
+            true => Services::deploy(&self, config, module),
+            false => self.deploy_unless_there(config, module),
+        })
+        .await
+        .unwrap_or_else(|e| Err(ServiceError::Unavailable(e.to_string())))
     }
 
     /// The app `config.name` if it runs `module` with `config` here already (its
