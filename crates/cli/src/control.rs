@@ -14,6 +14,9 @@ use crate::Failure;
 /// The planner's address when none is given.
 const DEFAULT_PLANNER: &str = "127.0.0.1:7072";
 
+/// How long a starting worker keeps trying to reach its planner.
+const JOIN_PATIENCE: Duration = Duration::from_secs(10);
+
 #[derive(Args)]
 pub(crate) struct PlannerArgs {
     /// Address to listen on for workers and clients.
@@ -25,9 +28,14 @@ pub(crate) struct PlannerArgs {
     /// How long a worker may stay silent before it is dropped.
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     timeout: Duration,
-    /// Cap the processes an app runs across the cluster: `APP=N` (repeatable).
+    /// Cap the processes an app runs across the cluster: `APP=N` (repeatable; kept
+    /// across restarts with those set before).
     #[arg(long = "app-budget", value_name = "APP=N", value_parser = parse_budget)]
     budgets: Vec<(String, usize)>,
+    /// Where the planner keeps its registry (`planner/planner.redb`), so that a
+    /// restart on the same directory and address loses no worker.
+    #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 fn parse_budget(text: &str) -> Result<(String, usize), String> {
@@ -69,6 +77,11 @@ pub(crate) struct WorkerArgs {
     /// tier the planner serves to the whole cluster).
     #[arg(long, value_name = "URL")]
     state: Option<String>,
+    /// A host directory (and what is under it) that processes started here for
+    /// other nodes may preopen (`nimbus run --dir`) or spawn modules from
+    /// (repeatable; default: none). Nothing outside them is ever opened for a peer.
+    #[arg(long = "allow-dir", value_name = "DIR")]
+    allowed_dirs: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -107,6 +120,12 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
     if args.heartbeat.is_zero() || args.timeout <= args.heartbeat {
         return Err(Failure::new(2, "--timeout must be longer than --heartbeat"));
     }
+    let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let store = nimbus_control::Store::open(&data_dir.join("planner"))
+        .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
+    let stored = store
+        .load()
+        .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
     tokio()?.block_on(async {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -116,13 +135,37 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
             .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
         // Tools and tests read this line to learn the port.
         crate::announce(format_args!("nimbus: planner listening on {address}"));
-        // The cluster's embedded global state tier, served beside the planner.
-        let state = tokio::net::TcpListener::bind((address.ip(), 0))
-            .await
-            .map_err(|e| Failure::new(exit_code::INTERNAL, format!("state listener: {e}")))?;
+        // The cluster's embedded global state tier, served beside the planner, at
+        // the address it had before a restart (workers know it by that).
+        let fresh = format!("{}:0", address.ip());
+        let state = match &stored.state_address {
+            Some(before) => match tokio::net::TcpListener::bind(before).await {
+                Ok(state) => Ok(state),
+                Err(e) => {
+                    eprintln!(
+                        "nimbus: planner: the global state tier's address before, {before}, \
+                         is taken ({e}); workers that knew it must be restarted"
+                    );
+                    tokio::net::TcpListener::bind(&fresh).await
+                }
+            },
+            None => tokio::net::TcpListener::bind(&fresh).await,
+        }
+        .map_err(|e| {
+            Failure::new(
+                exit_code::INTERNAL,
+                format!("cannot serve the global state tier: {e}"),
+            )
+        })?;
         let state_address = state
             .local_addr()
-            .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
+            .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?
+            .to_string();
+        if stored.state_address.as_deref() != Some(state_address.as_str()) {
+            store
+                .set_state_address(&state_address)
+                .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
+        }
         crate::announce(format_args!(
             "nimbus: planner serves the global state tier on {state_address}"
         ));
@@ -133,11 +176,11 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         let config = nimbus_control::PlannerConfig {
             heartbeat: args.heartbeat,
             timeout: args.timeout,
-            state: Some(state_address.to_string()),
+            state: Some(state_address),
             budgets: args.budgets,
         };
         tokio::select! {
-            served = nimbus_control::serve_planner(listener, config) => served
+            served = nimbus_control::serve_planner(listener, config, Arc::new(store)) => served
                 .map(|()| 0)
                 .map_err(|e| Failure::new(exit_code::INTERNAL, format!("planner: {e}"))),
             () = crate::up::stop_signal() => Ok(0),
@@ -167,13 +210,14 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             capacity: config.max_processes_per_host,
             address: address.clone(),
         };
-        let mut link = nimbus_control::PlannerLink::join(&args.planner, info)
+        let link = nimbus_control::PlannerLink::join(&args.planner, info, JOIN_PATIENCE)
             .await
             .map_err(|e| internal(&e))?;
         config.first_host = link.host();
         config.mesh = Some(MeshConfig {
             address: address.clone(),
             planner: args.planner.clone(),
+            allowed_dirs: args.allowed_dirs.clone(),
         });
         // Without --state, the cluster shares the tier its planner serves.
         let url = args.state.clone().or_else(|| {
@@ -198,19 +242,14 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             args.planner,
             link.host()
         ));
-        let beating = async {
-            let mut cpu = CpuMeter::default();
-            loop {
-                tokio::time::sleep(link.heartbeat_interval()).await;
-                if let Err(lost) = link.heartbeat(report(&cluster, &mut cpu)).await {
-                    return lost;
-                }
-            }
-        };
+        let mut cpu = CpuMeter::default();
+        let beating = link.keep_reporting(|| report(&cluster, &mut cpu));
         tokio::select! {
+            // Its processes were reported lost (or the planner speaks another
+            // version): ending them all is what keeps two copies from running.
             lost = beating => Err(Failure::new(
                 exit_code::INTERNAL,
-                format!("this host left the cluster: {lost}"),
+                format!("this host left the cluster, ending its processes: {lost}"),
             )),
             served = nimbus_worker::serve_worker(listener, cluster.clone(), services.clone()) => Err(Failure::new(
                 exit_code::INTERNAL,
@@ -313,14 +352,19 @@ pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
             .map(|(app, count)| format!("{app}:{count}"))
             .collect();
         println!(
-            "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>8}ms {:>10} {:>5} {:>10} {:>10}  {}",
+            "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>5} {:>10} {:>10}  {}",
             host.host.to_string(),
             host.info.cpus,
             format_size(host.info.memory),
             report.processes,
             report.instantiated,
             report.waiting,
-            host.silent_ms,
+            // Known from before the planner restarted, and not heard from since.
+            if host.awaiting_rejoin {
+                "awaiting".to_owned()
+            } else {
+                format!("{}ms", host.silent_ms)
+            },
             format_size(report.memory_used),
             report.cpu_percent,
             format_size(report.network.0),

@@ -84,8 +84,27 @@ pub(crate) fn default_data_dir() -> PathBuf {
     base.join("nimbus")
 }
 
+/// Sends the platform's logs to stderr, filtered by `NIMBUS_LOG` (`RUST_LOG`
+/// syntax). Long-running nodes log from `info` on; commands that print a program's
+/// own output (`run`, the clients) only warnings, so that their stderr stays the
+/// program's.
+fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Up(_) | Command::Planner(_) | Command::Worker(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging(&cli.command);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Up(args) => up::up(args),

@@ -37,6 +37,10 @@ pub(crate) struct UpArgs {
     /// and `ps` lists their processes.
     #[arg(long, value_name = "ADDR", conflicts_with = "workers")]
     planner: Option<String>,
+    /// With `--workers`: a directory the local workers may preopen or spawn modules
+    /// from for `nimbus run --planner` (repeatable; see `nimbus worker --allow-dir`).
+    #[arg(long = "allow-dir", value_name = "DIR", requires = "workers")]
+    allowed_dirs: Vec<PathBuf>,
 }
 
 pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
@@ -81,9 +85,14 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         ));
         let local_cluster = match args.workers {
             Some(workers) => Some(
-                LocalCluster::start(workers, &data_dir, args.state.as_deref())
-                    .await
-                    .map_err(|e| internal("cannot start the local cluster", &e))?,
+                LocalCluster::start(
+                    workers,
+                    &data_dir,
+                    args.state.as_deref(),
+                    &args.allowed_dirs,
+                )
+                .await
+                .map_err(|e| internal("cannot start the local cluster", &e))?,
             ),
             None => None,
         };
@@ -142,6 +151,7 @@ impl LocalCluster {
         workers: u16,
         data_dir: &std::path::Path,
         state: Option<&str>,
+        allowed_dirs: &[PathBuf],
     ) -> std::io::Result<LocalCluster> {
         let (planner_child, planner) = spawn_announcing(
             &["planner", "--listen", "127.0.0.1:0"],
@@ -156,6 +166,12 @@ impl LocalCluster {
             let mut args = vec!["worker", "--planner", &planner];
             if let Some(url) = state {
                 args.extend(["--state", url]);
+            }
+            for dir in allowed_dirs {
+                let dir = dir.to_str().ok_or_else(|| {
+                    std::io::Error::other(format!("--allow-dir {}: not UTF-8", dir.display()))
+                })?;
+                args.extend(["--allow-dir", dir]);
             }
             let (child, _) = spawn_announcing(&args, &worker_dir, &joined).await?;
             children.push(child);

@@ -200,6 +200,53 @@ fn children_spread_over_workers_and_a_lost_worker_fails_its_processes() {
 }
 
 #[test]
+fn a_planner_killed_mid_run_comes_back_with_its_workers_and_the_run_finishes() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let (mut run, share) = fan_out(&cluster.addr, 6);
+    let ids = |rows: &[Vec<String>]| rows.iter().map(|row| row[0].clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&hosts(&cluster.addr)), ["host-1", "host-2", "host-3"]);
+
+    cluster.restart_planner();
+    // The workers keep their processes and rejoin under their old ids.
+    common::until("every worker has rejoined", || {
+        let rows = hosts(&cluster.addr);
+        rows.len() == 3 && rows.iter().all(|row| row[6] != "awaiting")
+    });
+    assert_eq!(ids(&hosts(&cluster.addr)), ["host-1", "host-2", "host-3"]);
+    std::fs::write(share.path().join("go"), "").unwrap();
+    for _ in 0..6 {
+        let line = run.announced("child ");
+        assert!(line.ends_with("exited 0"), "{line}");
+    }
+    assert_eq!(run.child.wait().unwrap().code(), Some(0));
+
+    // New runs are placed again, and a newcomer gets an id never used before.
+    let (stdout, stderr, code) = outcome(&run_on(&cluster, &[], "spawn-check", &[]));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("spawn-check ok"), "{stdout}");
+    assert_eq!(cluster.add_worker(&[]), "host-4");
+}
+
+#[test]
+fn a_worker_opens_no_directory_outside_those_it_allows() {
+    let cluster = TestCluster::start(1, &[]);
+    // The run's home asks the worker to preopen /etc: refused, nothing runs.
+    let mut command = cluster.nimbus(&["run", "--dir", "/etc::/etc"]);
+    command.arg(guest("hello"));
+    let (stdout, stderr, code) = outcome(&run(command));
+    assert_ne!(code, Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains("Hello"), "{stdout}");
+    // A directory under one it allows is fine.
+    let share = tempfile::tempdir().unwrap();
+    let mount = format!("{}::/share", share.path().display());
+    let mut command = cluster.nimbus(&["run", "--dir", &mount]);
+    command.arg(guest("hello"));
+    let (stdout, stderr, code) = outcome(&run(command));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("Hello from nimbus!"), "{stdout}");
+}
+
+#[test]
 fn losing_the_root_worker_fails_the_run_and_ends_its_tree() {
     let mut cluster = TestCluster::start(3, &[]);
     let (mut run, _share) = fan_out(&cluster.addr, 6);
@@ -215,6 +262,7 @@ fn losing_the_root_worker_fails_the_run_and_ends_its_tree() {
 
 #[test]
 fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
+    let temp = std::env::temp_dir();
     let mut up = Daemon::start(common::nimbus(&[
         "up",
         "--listen",
@@ -223,6 +271,9 @@ fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
         "127.0.0.1:0",
         "--workers",
         "3",
+        // The run below shares a temporary directory with its processes.
+        "--allow-dir",
+        temp.to_str().unwrap(),
     ]));
     let gateway = up.announced("nimbus: gateway listening on ");
     up.announced("nimbus: data plane listening on ");

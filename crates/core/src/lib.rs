@@ -12,17 +12,22 @@ mod parse;
 pub use parse::{ParseError, parse_duration, parse_size};
 
 /// Identifies a host (a worker) in a cluster. The embedded default numbers its
-/// in-process hosts from 1.
+/// in-process hosts from 1. Ids fit in [`HostId::BITS`] bits, the top bits of a
+/// [`Pid`].
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
 #[serde(transparent)]
-pub struct HostId(pub u16);
+pub struct HostId(pub u32);
 
 impl HostId {
-    /// The embedded host of a `nimbus up` that runs a local cluster beside it. A
-    /// planner assigns ids below it, so the pids of the two never meet.
-    pub const BESIDE_CLUSTER: HostId = HostId(u16::MAX);
+    /// How many bits a host id has: about a million joins over a cluster's life.
+    pub const BITS: u32 = 20;
+
+    /// The embedded host of a `nimbus up` that runs a local cluster beside it, and
+    /// the largest id. A planner assigns ids below it, so the pids of the two never
+    /// meet.
+    pub const BESIDE_CLUSTER: HostId = HostId((1 << Self::BITS) - 1);
 }
 
 impl fmt::Display for HostId {
@@ -33,8 +38,9 @@ impl fmt::Display for HostId {
 
 /// A cluster-unique process id.
 ///
-/// The host that creates a process mints its id: the top 16 bits hold the creating
-/// host, the low 47 bits a per-host sequence number. Ids are unique without any
+/// The host that creates a process mints its id: the top 20 bits (of 63) hold the
+/// creating host, the low 43 bits a per-host sequence number (seven years of
+/// spawns at 40,000 a second). Ids are unique without any
 /// coordination and always positive as an `i64`, which is how guests see them. The
 /// creating host is only where a pid was minted, not where the process runs now
 /// (processes may move), so routing must not rely on it once migration exists.
@@ -45,11 +51,13 @@ impl fmt::Display for HostId {
 pub struct Pid(u64);
 
 impl Pid {
-    const SEQ_BITS: u32 = 47;
+    /// Bits of the per-host sequence number; the host id sits above them.
+    pub const SEQ_BITS: u32 = 63 - HostId::BITS;
 
     /// Mints the pid with sequence number `seq` on `host`.
     pub fn new(host: HostId, seq: u64) -> Pid {
         debug_assert!(seq < (1 << Self::SEQ_BITS) && seq > 0);
+        debug_assert!(host <= HostId::BESIDE_CLUSTER);
         Pid((u64::from(host.0) << Self::SEQ_BITS) | seq)
     }
 
@@ -65,7 +73,7 @@ impl Pid {
 
     /// The host that minted this pid.
     pub fn origin_host(self) -> HostId {
-        HostId((self.0 >> Self::SEQ_BITS) as u16)
+        HostId((self.0 >> Self::SEQ_BITS) as u32)
     }
 }
 
@@ -233,8 +241,9 @@ mod tests {
         assert_eq!(Pid::from_guest(pid.to_guest()), Some(pid));
         assert_eq!(pid.origin_host(), HostId(3));
         assert!(pid.to_guest() > 0);
-        let last_host = Pid::new(HostId(u16::MAX), (1 << 47) - 1);
-        assert!(last_host.to_guest() > 0);
+        let last = Pid::new(HostId::BESIDE_CLUSTER, (1 << Pid::SEQ_BITS) - 1);
+        assert!(last.to_guest() > 0);
+        assert_eq!(last.origin_host(), HostId::BESIDE_CLUSTER);
     }
 
     #[test]

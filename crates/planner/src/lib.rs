@@ -87,14 +87,14 @@ pub fn place(hosts: &[HostLoad], near: Option<HostId>) -> Result<HostId, NoCapac
 mod tests {
     use super::*;
 
-    fn load(host: u16, processes: usize, capacity: usize) -> HostLoad {
+    fn load(host: u32, processes: usize, capacity: usize) -> HostLoad {
         HostLoad::new(HostId(host), processes, capacity)
     }
 
     #[test]
     fn table_of_decisions() {
         // (hosts, near, expected)
-        let cases: &[(&[HostLoad], Option<u16>, Option<u16>)] = &[
+        let cases: &[(&[HostLoad], Option<u32>, Option<u32>)] = &[
             (&[load(1, 0, 10)], None, Some(1)),
             (&[load(1, 5, 10), load(2, 1, 10)], Some(1), Some(2)),
             (&[load(1, 3, 10), load(2, 3, 10)], Some(2), Some(2)),

@@ -57,6 +57,10 @@ pub struct HostStatus {
     pub report: HostReport,
     /// How long ago it was last heard from, in milliseconds.
     pub silent_ms: u64,
+    /// Known from before the planner restarted and not heard from since: nothing
+    /// is placed on it until it reports again.
+    #[serde(default)]
+    pub awaiting_rejoin: bool,
 }
 
 /// The host is not (or no longer) registered: it must register again.
@@ -77,6 +81,8 @@ struct Entry {
     /// could overrun its budget.
     placed: Vec<(Instant, Option<String>)>,
     heard: Instant,
+    /// Restored from the planner's store and not heard from since.
+    awaiting_rejoin: bool,
 }
 
 /// How long a placement still counts after a report arrives: the report may have
@@ -104,7 +110,7 @@ pub struct Registry {
     hosts: BTreeMap<HostId, Entry>,
     /// Ids are never reused, so a pid never names two hosts; they stop below
     /// [`HostId::BESIDE_CLUSTER`].
-    next_id: u16,
+    next_id: u32,
     timeout: Duration,
     /// The most processes each app with a budget may run across all hosts.
     budgets: BTreeMap<String, usize>,
@@ -119,6 +125,39 @@ impl Registry {
             timeout,
             budgets: BTreeMap::new(),
         }
+    }
+
+    /// A registry as a planner restarted on its store finds it: ids from
+    /// `next_id` on are free, and `hosts` joined before. Each of those is listed but
+    /// not placed on until it reports again, and expires like any host if it stays
+    /// silent for the timeout from `now`.
+    pub fn restore(
+        timeout: Duration,
+        next_id: u32,
+        hosts: impl IntoIterator<Item = (HostId, HostInfo)>,
+        now: Instant,
+    ) -> Registry {
+        let mut registry = Registry::new(timeout);
+        registry.next_id = next_id.max(1);
+        for (host, info) in hosts {
+            registry.next_id = registry.next_id.max(host.0 + 1);
+            registry.hosts.insert(
+                host,
+                Entry {
+                    info,
+                    report: HostReport::default(),
+                    placed: Vec::new(),
+                    heard: now,
+                    awaiting_rejoin: true,
+                },
+            );
+        }
+        registry
+    }
+
+    /// The first id not yet assigned.
+    pub fn next_id(&self) -> u32 {
+        self.next_id
     }
 
     /// Caps the processes `app` may run across all hosts at `processes`.
@@ -153,25 +192,32 @@ impl Registry {
                 report,
                 placed: Vec::new(),
                 heard: now,
+                awaiting_rejoin: false,
             },
         );
         Ok(id)
     }
 
-    /// Records a heartbeat.
+    /// What `host` said when it joined, if it is registered.
+    pub fn info(&self, host: HostId) -> Option<&HostInfo> {
+        self.hosts.get(&host).map(|entry| &entry.info)
+    }
+
+    /// Records a heartbeat. The first of a host restored from before a restart is
+    /// its rejoining: then it returns `true`.
     pub fn heartbeat(
         &mut self,
         host: HostId,
         report: HostReport,
         now: Instant,
-    ) -> Result<(), UnknownHost> {
+    ) -> Result<bool, UnknownHost> {
         let entry = self.hosts.get_mut(&host).ok_or(UnknownHost(host))?;
         entry.report = report;
         entry
             .placed
             .retain(|(when, _)| now.saturating_duration_since(*when) < REPORT_LAG);
         entry.heard = now;
-        Ok(())
+        Ok(std::mem::take(&mut entry.awaiting_rejoin))
     }
 
     /// Drops the hosts silent for longer than the timeout; returns them.
@@ -197,15 +243,18 @@ impl Registry {
                 info: entry.info.clone(),
                 report: entry.report.clone(),
                 silent_ms: now.duration_since(entry.heard).as_millis() as u64,
+                awaiting_rejoin: entry.awaiting_rejoin,
             })
             .collect()
     }
 
     /// The hosts' loads for placing a process of `app`, for [`crate::place`]: what
     /// each reported plus what was placed on it since.
+    /// Hosts awaiting their rejoin are left out: they may not be there.
     pub fn loads(&self, app: Option<&str>) -> Vec<HostLoad> {
         self.hosts
             .iter()
+            .filter(|(_, entry)| !entry.awaiting_rejoin)
             .map(|(&host, entry)| HostLoad {
                 host,
                 processes: entry.report.processes + entry.placed.len(),
@@ -306,6 +355,7 @@ mod tests {
             registry.heartbeat(a, report.clone(), start + 4 * second),
             Err(UnknownHost(a))
         );
+        assert_eq!(registry.heartbeat(b, report.clone(), start), Ok(false));
         assert_eq!(registry.register(info(), start).unwrap(), HostId(3));
     }
 
@@ -346,10 +396,39 @@ mod tests {
     fn the_id_beside_a_cluster_is_never_assigned() {
         let now = Instant::now();
         let mut registry = Registry::new(Duration::from_secs(3));
-        for expected in 1..u16::MAX {
+        registry.next_id = HostId::BESIDE_CLUSTER.0 - 2;
+        for expected in HostId::BESIDE_CLUSTER.0 - 2..HostId::BESIDE_CLUSTER.0 {
             assert_eq!(registry.register(info(), now), Ok(HostId(expected)));
         }
         assert_eq!(registry.register(info(), now), Err(RegistryFull));
+    }
+
+    #[test]
+    fn a_restored_host_is_placed_on_only_once_it_reports_again() {
+        let now = Instant::now();
+        let timeout = Duration::from_secs(3);
+        let hosts = [(HostId(4), info()), (HostId(7), info())];
+        let mut registry = Registry::restore(timeout, 5, hosts, now);
+        // Ids go on after the highest ever assigned, whichever was stored.
+        assert_eq!(registry.next_id(), 8);
+        let listed = registry.hosts(now);
+        assert_eq!(listed.len(), 2);
+        assert!(listed.iter().all(|host| host.awaiting_rejoin));
+        assert!(registry.place(None, None, now).is_err());
+        assert_eq!(
+            registry.heartbeat(HostId(7), HostReport::default(), now),
+            Ok(true)
+        );
+        for _ in 0..3 {
+            assert_eq!(registry.place(None, None, now).unwrap().0, HostId(7));
+        }
+        // The one that never comes back expires as any silent host does.
+        let later = now + 2 * timeout;
+        registry
+            .heartbeat(HostId(7), HostReport::default(), later)
+            .unwrap();
+        assert_eq!(registry.expire(later), [HostId(4)]);
+        assert_eq!(registry.register(info(), later), Ok(HostId(8)));
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub enum ClusterError {
     #[error(transparent)]
     NoCapacity(#[from] nimbus_planner::NoCapacity),
     /// The cluster was asked for zero hosts.
-    #[error("a cluster needs at least one host, and host ids up to 65535")]
+    #[error("a cluster needs at least one host, and host ids up to 1048575")]
     NoHosts,
     /// The cluster of workers could not be reached or could not start the process.
     #[error("the cluster cannot run it: {0}")]
@@ -146,7 +146,8 @@ impl Cluster {
         }
         let first = config.first_host.0;
         let last = first
-            .checked_add(config.hosts - 1)
+            .checked_add(u32::from(config.hosts) - 1)
+            .filter(|&last| last <= HostId::BESIDE_CLUSTER.0)
             .ok_or(ClusterError::NoHosts)?;
         let hosts = (first..=last)
             .map(|id| {
@@ -160,12 +161,18 @@ impl Cluster {
                 )
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let mesh = match &config.mesh {
+            Some(mesh) => Some(Arc::new(
+                Mesh::new(mesh).map_err(|e| ClusterError::Remote(e.to_string()))?,
+            )),
+            None => None,
+        };
         Ok(Arc::new_cyclic(|me| Cluster {
             hosts,
             room: Notify::new(),
             spawn_wait: config.spawn_wait,
             locks: Locks::default(),
-            mesh: config.mesh.as_ref().map(|mesh| Arc::new(Mesh::new(mesh))),
+            mesh,
             me: me.clone(),
         }))
     }
@@ -474,7 +481,8 @@ impl Cluster {
     pub(crate) async fn start_for_peer(&self, start: PeerStart, replier: nimbus_mesh::Replier) {
         let started = async {
             let mesh = self.mesh.as_ref().ok_or(AbiError::Internal)?;
-            let (lineage, new) = mesh.guest_lineage(start.lineage)?;
+            let lineage = mesh.confine(start.lineage).await?;
+            let (lineage, new) = mesh.guest_lineage(lineage)?;
             if new && let Some(home) = lineage.home.clone() {
                 // A tree whose home is gone (its run was interrupted, its machine
                 // died) has no one left to report to: it ends, as a local run's

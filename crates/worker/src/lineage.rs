@@ -3,7 +3,7 @@
 //! POSIX child inherits environment and working directory.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -41,6 +41,31 @@ pub(crate) struct LineageWire {
     remaining_ms: Option<u64>,
     /// Whether the tree's root processes are the ranks of a world.
     pub(crate) world: bool,
+}
+
+impl LineageWire {
+    /// Keeps the lineage within the directories a worker allows: every directory to
+    /// preopen must resolve (symbolic links followed) to one under `allowed`, and is
+    /// preopened by that resolved path; a module directory outside them is dropped
+    /// (spawning by name then fails here; the tree's own module still comes by hash).
+    /// A peer's word is never enough to open a path.
+    pub(crate) fn confine(&mut self, allowed: &[PathBuf]) -> Result<(), String> {
+        let resolve = |path: &Path| {
+            std::fs::canonicalize(path)
+                .ok()
+                .filter(|real| allowed.iter().any(|root| real.starts_with(root)))
+        };
+        for (host, _) in &mut self.dirs {
+            *host = resolve(host).ok_or_else(|| {
+                format!(
+                    "directory {} is not under a directory this worker allows (--allow-dir)",
+                    host.display()
+                )
+            })?;
+        }
+        self.modules = self.modules.as_deref().and_then(resolve);
+        Ok(())
+    }
 }
 
 /// Where the modules a process tree may spawn by name come from.

@@ -6,12 +6,13 @@
 //! hand out.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use nimbus_control::Planner;
+use nimbus_control::{ControlError, Planner};
 use nimbus_core::{ExitStatus, Failure, HostId, Pid};
 use nimbus_mesh::{Frame, Link, Links, MeshError, Replies};
 use nimbus_runtime::{AbiError, BoxFuture, ModuleBytes, Output, OutputSink};
@@ -33,6 +34,10 @@ pub struct MeshConfig {
     pub address: String,
     /// The planner that places processes.
     pub planner: String,
+    /// The host directories trees started by peers may preopen or spawn modules
+    /// from: these and what is under them, nothing else (`nimbus worker
+    /// --allow-dir`).
+    pub allowed_dirs: Vec<PathBuf>,
 }
 
 /// A request between nodes.
@@ -150,8 +155,9 @@ const PLACE_RETRY: Duration = Duration::from_millis(20);
 /// A node's side of the mesh.
 pub(crate) struct Mesh {
     address: String,
-    planner_address: String,
-    planner: tokio::sync::Mutex<Option<Planner>>,
+    planner: Planner,
+    /// `MeshConfig::allowed_dirs`, resolved.
+    allowed_dirs: Arc<Vec<PathBuf>>,
     links: Links,
     /// Host addresses, learnt from placements and the planner's host list.
     hosts: Mutex<HashMap<HostId, String>>,
@@ -163,16 +169,24 @@ pub(crate) struct Mesh {
 }
 
 impl Mesh {
-    pub(crate) fn new(config: &MeshConfig) -> Mesh {
-        Mesh {
+    /// A node's side of the mesh; fails only if the planner's address is not one.
+    pub(crate) fn new(config: &MeshConfig) -> Result<Mesh, ControlError> {
+        Ok(Mesh {
             address: config.address.clone(),
-            planner_address: config.planner.clone(),
-            planner: tokio::sync::Mutex::new(None),
+            planner: Planner::new(&config.planner)?,
+            // A directory that does not exist allows nothing.
+            allowed_dirs: Arc::new(
+                config
+                    .allowed_dirs
+                    .iter()
+                    .filter_map(|dir| std::fs::canonicalize(dir).ok())
+                    .collect(),
+            ),
             links: Links::default(),
             hosts: Mutex::default(),
             modules: Mutex::default(),
             guests: Mutex::default(),
-        }
+        })
     }
 
     pub(crate) fn address(&self) -> &str {
@@ -236,20 +250,17 @@ impl Mesh {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let app = Some(app.to_owned());
-            match self
-                .ask_planner(move |planner| Box::pin(planner.place(near, app)))
-                .await
-            {
+            match self.planner.place(near, app).await {
                 Ok((host, address)) => {
                     self.hosts.lock().unwrap().insert(host, address.clone());
                     return Ok((host, address));
                 }
-                Err(nimbus_control::ControlError::Refused { .. })
+                Err(ControlError::Refused { .. })
                     if tokio::time::Instant::now() + PLACE_RETRY < deadline =>
                 {
                     tokio::time::sleep(PLACE_RETRY).await;
                 }
-                Err(nimbus_control::ControlError::Refused { .. }) => return Err(AbiError::Quota),
+                Err(ControlError::Refused { .. }) => return Err(AbiError::Quota),
                 Err(_) => return Err(AbiError::Internal),
             }
         }
@@ -286,37 +297,12 @@ impl Mesh {
         if let Some(address) = self.hosts.lock().unwrap().get(&host) {
             return Some(address.clone());
         }
-        let hosts = self
-            .ask_planner(|planner| Box::pin(planner.hosts()))
-            .await
-            .ok()?;
+        let hosts = self.planner.hosts().await.ok()?;
         let mut known = self.hosts.lock().unwrap();
         for status in hosts {
             known.insert(status.host, status.info.address);
         }
         known.get(&host).cloned()
-    }
-
-    /// One exchange with the planner over the node's connection to it, which is
-    /// opened (again) as needed.
-    async fn ask_planner<T>(
-        &self,
-        ask: impl for<'a> FnOnce(
-            &'a mut Planner,
-        ) -> BoxFuture<'a, Result<T, nimbus_control::ControlError>>,
-    ) -> Result<T, nimbus_control::ControlError> {
-        let mut planner = self.planner.lock().await;
-        if planner.is_none() {
-            *planner = Some(Planner::connect(&self.planner_address).await?);
-        }
-        let answer = ask(planner.as_mut().expect("connected above")).await;
-        if let Err(
-            nimbus_control::ControlError::Io { .. } | nimbus_control::ControlError::Protocol { .. },
-        ) = &answer
-        {
-            *planner = None;
-        }
-        answer
     }
 
     /// Makes `module` available to nodes that fetch it from here.
@@ -348,6 +334,20 @@ impl Mesh {
         }
         self.offer(&module);
         Ok(module)
+    }
+
+    /// `wire` kept within the directories this node allows ([`LineageWire::confine`]),
+    /// resolved off the async threads; a tree that asks for more is refused.
+    pub(crate) async fn confine(&self, mut wire: LineageWire) -> Result<LineageWire, AbiError> {
+        let allowed = self.allowed_dirs.clone();
+        tokio::task::spawn_blocking(move || {
+            wire.confine(&allowed).map(|()| wire).map_err(|why| {
+                tracing::warn!("refused a process tree from a peer: {why}");
+                AbiError::Invalid
+            })
+        })
+        .await
+        .map_err(|_| AbiError::Internal)?
     }
 
     /// The lineage here of a tree homed elsewhere: one per tree on each host, so
@@ -402,10 +402,7 @@ impl Mesh {
         &self,
         request: &Request,
     ) -> Result<Vec<Result<Reply, String>>, String> {
-        let hosts = self
-            .ask_planner(|planner| Box::pin(planner.hosts()))
-            .await
-            .map_err(|e| e.to_string())?;
+        let hosts = self.planner.hosts().await.map_err(|e| e.to_string())?;
         let mut replies = Vec::new();
         for host in hosts {
             let answer = self

@@ -252,10 +252,14 @@ pub async fn run_on_cluster(
     drop(probe);
     let listener = TcpListener::bind((ip, 0)).await.map_err(|e| remote(&e))?;
     let address = listener.local_addr().map_err(|e| remote(&e))?.to_string();
-    let mesh = Arc::new(Mesh::new(&MeshConfig {
-        address: address.clone(),
-        planner: planner.to_owned(),
-    }));
+    let mesh = Arc::new(
+        Mesh::new(&MeshConfig {
+            address: address.clone(),
+            planner: planner.to_owned(),
+            allowed_dirs: Vec::new(),
+        })
+        .map_err(|e| remote(&e))?,
+    );
 
     let (lineage, module, args, stdin) = root.into_parts();
     let (members, world) = watch::channel(None);
@@ -356,6 +360,8 @@ pub async fn cluster_processes(planner: &str) -> Result<(Vec<ProcessInfo>, Vec<S
     let mesh = Mesh::new(&MeshConfig {
         address: String::new(),
         planner: planner.to_owned(),
-    });
+        allowed_dirs: Vec::new(),
+    })
+    .map_err(|e| e.to_string())?;
     mesh.processes().await
 }

@@ -43,7 +43,7 @@ const HOLDER_SILENCE_MS: u64 = 1_000;
 /// The apps of a gateway, each deployed on one worker of the cluster whose planner
 /// is at `planner`.
 pub struct PlacedServices {
-    planner: String,
+    planner: nimbus_control::Planner,
     dir: PathBuf,
     apps: Mutex<BTreeMap<String, Placed>>,
     links: Links,
@@ -77,7 +77,8 @@ impl PlacedServices {
             })
             .collect();
         Ok(PlacedServices {
-            planner: planner.to_owned(),
+            planner: nimbus_control::Planner::new(planner)
+                .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?,
             dir,
             apps: Mutex::new(apps),
             links: Links::default(),
@@ -153,7 +154,8 @@ impl PlacedServices {
             if tokio::time::Instant::now() + PLACE_RETRY >= deadline {
                 return Err(ServiceError::Unavailable(format!(
                     "cannot place app `{}` on the cluster of {}: {last_error}",
-                    config.name, self.planner
+                    config.name,
+                    self.planner.addr()
                 )));
             }
             tokio::time::sleep(PLACE_RETRY).await;
@@ -171,7 +173,7 @@ impl PlacedServices {
         error: &mut String,
     ) -> Option<String> {
         let placed = async {
-            let mut planner = nimbus_control::Planner::connect(&self.planner).await?;
+            let planner = &self.planner;
             let holds_app = |host: &HostStatus| {
                 host.report.apps.get(app).is_some_and(|&n| n > 0)
                     && host.silent_ms <= HOLDER_SILENCE_MS

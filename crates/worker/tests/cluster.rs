@@ -76,7 +76,7 @@ async fn placement_spreads_processes_over_hosts() {
     let started: Vec<_> = (0..6).map(|_| cluster.start(idle()).unwrap()).collect();
     let mut per_host = [0; 3];
     for info in cluster.processes() {
-        per_host[usize::from(info.host.0) - 1] += 1;
+        per_host[info.host.0 as usize - 1] += 1;
     }
     assert_eq!(per_host, [2, 2, 2]);
     release(&cluster, started).await;

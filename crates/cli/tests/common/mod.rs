@@ -145,6 +145,13 @@ pub fn until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// `nimbus ARGS` for a planner keeping its store in `dir`.
+fn planner_command(args: &[&str], dir: &tempfile::TempDir) -> Command {
+    let mut command = nimbus(args);
+    command.arg("--data-dir").arg(dir.path());
+    command
+}
+
 /// A planner and workers, each a separate `nimbus` OS process on loopback.
 #[allow(dead_code)]
 pub struct TestCluster {
@@ -153,6 +160,10 @@ pub struct TestCluster {
     pub addr: String,
     /// Each worker and its host id (`host-N`).
     pub workers: Vec<(Daemon, String)>,
+    /// How the planner was started, to start it again.
+    planner_args: Vec<String>,
+    /// The planner's own data directory (its store).
+    planner_dir: tempfile::TempDir,
 }
 
 #[allow(dead_code)]
@@ -178,12 +189,15 @@ impl TestCluster {
             "2s",
         ];
         args.extend_from_slice(planner_flags);
-        let planner = Daemon::start(nimbus(&args));
+        let planner_dir = tempfile::tempdir().unwrap();
+        let planner = Daemon::start(planner_command(&args, &planner_dir));
         let addr = planner.announced("nimbus: planner listening on ");
         let mut cluster = TestCluster {
             planner,
             addr,
             workers: Vec::new(),
+            planner_args: args.iter().map(|&arg| arg.to_owned()).collect(),
+            planner_dir,
         };
         for _ in 0..workers {
             cluster.add_worker(worker_flags);
@@ -191,9 +205,27 @@ impl TestCluster {
         cluster
     }
 
+    /// SIGKILLs the planner and starts it again on the same address and data
+    /// directory.
+    pub fn restart_planner(&mut self) {
+        self.planner.signal("KILL");
+        let mut args: Vec<&str> = self.planner_args.iter().map(String::as_str).collect();
+        let listen = args.iter().position(|&arg| arg == "--listen").unwrap();
+        args[listen + 1] = &self.addr;
+        self.planner = Daemon::start(planner_command(&args, &self.planner_dir));
+        let addr = self.planner.announced("nimbus: planner listening on ");
+        assert_eq!(addr, self.addr);
+    }
+
     /// Starts one more worker; returns its host id.
     pub fn add_worker(&mut self, flags: &[&str]) -> String {
+        // The tests' shared directories are temporary ones, their programs built guests.
+        let temp = std::env::temp_dir();
+        let guests = guest("hello").parent().unwrap().to_owned();
         let mut args = vec!["worker", "--planner", &self.addr];
+        for dir in [&temp, &guests] {
+            args.extend(["--allow-dir", dir.to_str().unwrap()]);
+        }
         args.extend_from_slice(flags);
         let daemon = Daemon::start(nimbus(&args));
         let joined = daemon.announced(&format!("nimbus: worker joined {} as host ", self.addr));

@@ -1,0 +1,223 @@
+//! The planner's server and clients over real loopback connections.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nimbus_core::HostId;
+use nimbus_planner::{HostInfo, HostReport};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+
+use crate::client::hosts;
+use crate::*;
+
+/// A planner serving from `dir` on a free port; stops when the handle is dropped.
+/// (Restarts are tested with the real binary, `crates/cli/tests/cluster.rs`.)
+struct Served {
+    addr: String,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn planner(dir: &std::path::Path, timeout: Duration) -> Served {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let config = PlannerConfig {
+        heartbeat: timeout / 4,
+        timeout,
+        state: Some("127.0.0.1:2".into()),
+        budgets: vec![("small".into(), 1)],
+    };
+    let store = Arc::new(Store::open(dir).unwrap());
+    Served {
+        addr,
+        task: tokio::spawn(serve_planner(listener, config, store)),
+    }
+}
+
+fn info() -> HostInfo {
+    HostInfo {
+        cpus: 2,
+        memory: 1 << 30,
+        capacity: 100_000,
+        address: "127.0.0.1:1".into(),
+    }
+}
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn workers_join_report_and_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = planner(dir.path(), Duration::from_secs(60)).await;
+    let first = PlannerLink::join(&served.addr, info(), PATIENCE)
+        .await
+        .unwrap();
+    let second = PlannerLink::join(&served.addr, info(), PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!((first.host(), second.host()), (HostId(1), HostId(2)));
+    assert_eq!(first.state_address(), Some("127.0.0.1:2"));
+    let report = HostReport {
+        processes: 3,
+        instantiated: 2,
+        waiting: 1,
+        memory_used: 5 << 20,
+        cpu_percent: 40,
+        network: (100, 200),
+        apps: [("app".to_owned(), 3)].into(),
+        local_state: [("app".to_owned(), 64)].into(),
+    };
+    first.heartbeat(report.clone()).await.unwrap();
+    let listed = hosts(&served.addr).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!((listed[0].host, &listed[0].report), (HostId(1), &report));
+}
+
+#[tokio::test]
+async fn placement_spreads_over_hosts_and_refuses_when_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = planner(dir.path(), Duration::from_secs(60)).await;
+    let planner = Planner::new(&served.addr).unwrap();
+    assert!(matches!(
+        planner.place(None, None).await,
+        Err(ControlError::Refused { .. })
+    ));
+    let first = PlannerLink::join(&served.addr, info(), PATIENCE)
+        .await
+        .unwrap();
+    let second = PlannerLink::join(&served.addr, info(), PATIENCE)
+        .await
+        .unwrap();
+    let near = Some(first.host());
+    let (a, address) = planner.place(near, Some("app".into())).await.unwrap();
+    let (b, _) = planner.place(near, Some("app".into())).await.unwrap();
+    assert_eq!((a, b), (first.host(), second.host()));
+    assert_eq!(address, "127.0.0.1:1");
+    // An app at its budget is refused, with the reason.
+    planner.place(None, Some("small".into())).await.unwrap();
+    let refused = planner.place(None, Some("small".into())).await;
+    assert!(
+        matches!(&refused, Err(ControlError::Refused { message, .. }) if message.contains("budget of 1")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_silent_worker_is_dropped_and_told_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = planner(dir.path(), Duration::from_millis(200)).await;
+    let silent = PlannerLink::join(&served.addr, info(), PATIENCE)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hosts(&served.addr).await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the silent host was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = silent.heartbeat(HostReport::default()).await;
+    assert!(
+        matches!(refused, Err(ControlError::UnknownHost { .. })),
+        "{refused:?}"
+    );
+    // Reporting ends with the same answer instead of retrying forever.
+    let ended = tokio::time::timeout(PATIENCE, silent.keep_reporting(HostReport::default))
+        .await
+        .expect("a dropped host keeps reporting");
+    assert!(matches!(ended, ControlError::UnknownHost { .. }), "{ended}");
+}
+
+#[tokio::test]
+async fn cancelled_calls_leave_every_later_call_its_own_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = planner(dir.path(), Duration::from_secs(60)).await;
+    let planner = Planner::new(&served.addr).unwrap();
+    let link = PlannerLink::join(&served.addr, info(), PATIENCE)
+        .await
+        .unwrap();
+    // Calls dropped at every stage: before sending, while in flight, just answered.
+    for spin in 0..50 {
+        let place = planner.place(None, Some("app".into()));
+        let hosts = planner.hosts();
+        tokio::select! {
+            biased;
+            _ = tokio::task::yield_now(), if spin % 2 == 0 => {}
+            _ = place => {}
+            _ = hosts => {}
+        }
+    }
+    // Then 100 calls of both kinds on the same client, concurrently: each gets
+    // an answer of its own kind.
+    let calls = (0..100).map(|n| {
+        let planner = planner.clone();
+        tokio::spawn(async move {
+            if n % 2 == 0 {
+                let (host, address) = planner.place(None, Some("app".into())).await.unwrap();
+                assert_eq!((host, address.as_str()), (HostId(1), "127.0.0.1:1"));
+            } else {
+                let listed = planner.hosts().await.unwrap();
+                assert_eq!(listed.len(), 1);
+                assert_eq!(listed[0].host, HostId(1));
+            }
+        })
+    });
+    for call in calls {
+        call.await.unwrap();
+    }
+    link.heartbeat(HostReport::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_caller_of_another_version_is_refused_with_a_message_saying_so() {
+    use nimbus_wire::control::v1 as wire;
+    let dir = tempfile::tempdir().unwrap();
+    let served = planner(dir.path(), Duration::from_secs(60)).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let newer = |mut request: tonic::Request<()>| {
+        request.metadata_mut().insert(
+            nimbus_wire::VERSION_HEADER,
+            (nimbus_wire::VERSION + 1).into(),
+        );
+        Ok(request)
+    };
+    let mut client = wire::planner_client::PlannerClient::with_interceptor(channel, newer);
+    let refused = client.hosts(wire::HostsRequest {}).await.unwrap_err();
+    let error = ControlError::from_status(&served.addr, refused);
+    assert!(
+        matches!(&error, ControlError::Protocol { reason, .. }
+            if reason.contains("wire version 1") && reason.contains("caller version 2")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn junk_on_the_port_harms_no_one_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = planner(dir.path(), Duration::from_secs(60)).await;
+    for junk in [
+        &b"{\"register\": 1}\n"[..],
+        &[0xff; 4096][..],
+        b"GET / HTTP/1.1\r\n\r\n",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&served.addr).await.unwrap();
+        stream.write_all(junk).await.unwrap();
+        drop(stream);
+    }
+    let link = PlannerLink::join(&served.addr, info(), PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(link.host(), HostId(1));
+    assert_eq!(hosts(&served.addr).await.unwrap().len(), 1);
+}
