@@ -247,6 +247,61 @@ fn a_worker_opens_no_directory_outside_those_it_allows() {
 }
 
 #[test]
+fn a_frozen_worker_is_declared_lost_and_leaves_no_copy_when_it_thaws() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let (mut run, share) = fan_out(&cluster.addr, 6);
+    let (root_host, children) = placement(&cluster);
+    let frozen = children.iter().find(|h| **h != root_host).unwrap().clone();
+    let frozen_children = children.iter().filter(|h| **h == frozen).count();
+    let at = cluster
+        .workers
+        .iter()
+        .position(|(_, host)| *host == frozen)
+        .unwrap();
+    let pid = cluster.workers[at].0.child.id().to_string();
+    let kill = |signal: &str| {
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+
+    // Frozen: its kernel still acknowledges TCP, its process answers nothing.
+    kill("-STOP");
+    std::fs::write(share.path().join("go"), "").unwrap();
+    let mut lines = Vec::new();
+    for _ in 0..6 {
+        lines.push(run.announced("child "));
+    }
+    assert_eq!(run.child.wait().unwrap().code(), Some(0));
+    let lost = lines.iter().filter(|l| l.contains("lost (")).count();
+    let exited = lines.iter().filter(|l| l.ends_with("exited 0")).count();
+    assert_eq!(
+        (lost, exited),
+        (frozen_children, 6 - frozen_children),
+        "{lines:?}"
+    );
+
+    // Thawed after the planner dropped it, it ends itself and its processes.
+    common::until("the planner drops the frozen worker", || {
+        hosts(&cluster.addr).iter().all(|row| row[0] != frozen)
+    });
+    kill("-CONT");
+    let worker = &mut cluster.workers[at].0;
+    common::until("the thawed worker exits", || {
+        worker.child.try_wait().unwrap().is_some()
+    });
+    assert!(
+        cluster
+            .processes()
+            .iter()
+            .all(|(_, host, _)| *host != frozen),
+        "a copy is left on {frozen}"
+    );
+}
+
+#[test]
 fn losing_the_root_worker_fails_the_run_and_ends_its_tree() {
     let mut cluster = TestCluster::start(3, &[]);
     let (mut run, _share) = fan_out(&cluster.addr, 6);

@@ -16,6 +16,8 @@ pub const MAX_BODY: usize = MAX_FRAME - (64 << 10);
 
 const REQUEST: u8 = 1;
 const LAST: u8 = 2;
+/// A keepalive probe (from a caller) or its answer: no call, no head, no body.
+const PING: u8 = 4;
 /// Length of everything after the length field up to the head: id, flags, head length.
 const PREAMBLE: usize = 8 + 1 + 4;
 /// Bodies at least this long are written separately instead of copied behind the head.
@@ -55,6 +57,8 @@ pub(crate) struct Envelope {
     pub(crate) id: u64,
     pub(crate) request: bool,
     pub(crate) last: bool,
+    /// A keepalive probe or its answer, which belongs to no call.
+    pub(crate) ping: bool,
     pub(crate) frame: Frame,
 }
 
@@ -83,6 +87,17 @@ pub(crate) async fn write(
         out.write_all(&buf).await?;
         out.write_all(&frame.body).await
     }
+}
+
+/// Writes a keepalive probe (`request`) or the answer to one.
+pub(crate) async fn write_ping(
+    out: &mut (impl AsyncWrite + Unpin),
+    request: bool,
+) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(4 + PREAMBLE);
+    encode_head(&mut buf, 0, request, false, &Frame::default());
+    *buf.get_mut(4 + 8).expect("a preamble") |= PING;
+    out.write_all(&buf).await
 }
 
 /// Appends `frame`, whole, to `buf`.
@@ -140,6 +155,7 @@ pub(crate) async fn read(
         id,
         request: flags & REQUEST != 0,
         last: flags & LAST != 0,
+        ping: flags & PING != 0,
         frame: Frame { head, body },
     }))
 }
@@ -171,6 +187,20 @@ mod tests {
             );
             assert!(read(&mut input).await.unwrap().is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn pings_are_told_apart_from_calls() {
+        let mut wire = Vec::new();
+        write_ping(&mut wire, true).await.unwrap();
+        write(&mut wire, 0, true, true, &Frame::default())
+            .await
+            .unwrap();
+        let mut input = &wire[..];
+        let ping = read(&mut input).await.unwrap().unwrap();
+        assert!(ping.ping && ping.request && !ping.last);
+        let call = read(&mut input).await.unwrap().unwrap();
+        assert!(!call.ping && call.request && call.last);
     }
 
     #[tokio::test]

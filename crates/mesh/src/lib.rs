@@ -15,7 +15,13 @@
 //! two calls waits for the first one's reply before making the second.
 //!
 //! A frame on the wire: `u32` length of the rest, `u64` call id, `u8` flags
-//! (request, last), `u32` head length, the head (JSON), the body (raw bytes).
+//! (request, last, ping), `u32` head length, the head (JSON), the body (raw bytes).
+//!
+//! Keepalive: a [`Link`] probes its peer every [`KEEPALIVE_INTERVAL`] and the peer
+//! answers at once; either side that hears nothing for [`KEEPALIVE_TIMEOUT`]
+//! closes the connection, failing every call on it. So a peer that is frozen
+//! (SIGSTOP, a cable pulled: its kernel may still acknowledge TCP) is declared lost
+//! within the timeout, as one that died is.
 
 mod frame;
 mod link;
@@ -24,6 +30,13 @@ mod stream;
 pub use frame::{Frame, MAX_BODY, MAX_FRAME};
 pub use link::{Handler, HandlerFuture, Link, Links, Replier, Replies, serve};
 pub use stream::{Adoption, open_stream, read_frame, write_frame};
+
+/// How often a link probes its peer.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long either end of a connection waits for the next frame (a probe comes
+/// every [`KEEPALIVE_INTERVAL`]) before it closes the connection as lost.
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Bytes this process has received and sent over the mesh since it started, frames
 /// whole (for load reports).

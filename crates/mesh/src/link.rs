@@ -15,9 +15,9 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
-use crate::MeshError;
 use crate::frame::{self, Envelope, Frame};
 use crate::stream::{self, Adoption};
+use crate::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MeshError};
 
 type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
 
@@ -61,10 +61,26 @@ impl Link {
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let replies = pending.clone();
         let (connected, open) = watch::channel(());
+        let write = Arc::new(tokio::sync::Mutex::new(write));
+        tokio::spawn(probe(Arc::downgrade(&write), open.clone()));
         tokio::spawn(async move {
             let _connected = connected;
             let mut read = BufReader::with_capacity(256 << 10, read);
-            while let Ok(Some(envelope)) = frame::read(&mut read).await {
+            // A peer that answers no probe for the timeout is frozen or gone.
+            let mut silent = false;
+            loop {
+                let envelope =
+                    match tokio::time::timeout(KEEPALIVE_TIMEOUT, frame::read(&mut read)).await {
+                        Ok(Ok(Some(envelope))) => envelope,
+                        Ok(_) => break,
+                        Err(_) => {
+                            silent = true;
+                            break;
+                        }
+                    };
+                if envelope.ping {
+                    continue;
+                }
                 let mut pending = replies.lock().unwrap();
                 let Some(calls) = pending.as_mut() else { break };
                 let id = envelope.id;
@@ -78,10 +94,13 @@ impl Link {
             }
             // Dropping the senders tells every waiting call the peer is gone.
             replies.lock().unwrap().take();
+            if silent {
+                shut(read.get_ref().as_ref());
+            }
         });
         Ok(Arc::new(Link {
             addr: addr.to_owned(),
-            write: Arc::new(tokio::sync::Mutex::new(write)),
+            write,
             pending,
             next_id: AtomicU64::new(1),
             open,
@@ -146,6 +165,32 @@ impl Link {
     }
 }
 
+/// Probes the peer every [`KEEPALIVE_INTERVAL`] while the link is in use (its
+/// writer alive) and open.
+async fn probe(
+    write: std::sync::Weak<tokio::sync::Mutex<OwnedWriteHalf>>,
+    mut open: watch::Receiver<()>,
+) {
+    let mut ticks = tokio::time::interval(KEEPALIVE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let Some(write) = write.upgrade() else { return };
+                if frame::write_ping(&mut *write.lock().await, true).await.is_err() {
+                    return;
+                }
+            }
+            closed = open.changed() => if closed.is_err() { return },
+        }
+    }
+}
+
+/// Ends both directions of a connection whose peer fell silent, so that a writer
+/// blocked on a peer that stopped reading fails instead of waiting for good.
+fn shut(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+}
+
 /// Links to peers by address, each opened on first use and again once broken.
 #[derive(Default)]
 pub struct Links {
@@ -161,10 +206,16 @@ impl Links {
             return Ok(link.clone());
         }
         let link = Link::connect(addr).await?;
-        self.open
-            .lock()
-            .unwrap()
-            .insert(addr.to_owned(), link.clone());
+        let mut open = self.open.lock().unwrap();
+        // Another caller may have connected meanwhile: one link per peer, so that
+        // no link in use is dropped from under its calls (a dropped link closes,
+        // and its peer takes its callers for gone).
+        if let Some(standing) = open.get(addr)
+            && standing.is_open()
+        {
+            return Ok(standing.clone());
+        }
+        open.insert(addr.to_owned(), link.clone());
         Ok(link)
     }
 }
@@ -279,9 +330,29 @@ async fn answer<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
     // The first four bytes, read to tell the connection's kind, are a frame's length.
     let mut read = BufReader::with_capacity(256 << 10, Cursor::new(first).chain(read));
     // A peer that breaks the format loses its connection; nothing else is affected.
-    while let Ok(Some(envelope)) = frame::read(&mut read).await {
+    // A caller probes every second: one silent for the timeout is frozen or gone.
+    loop {
+        let envelope = match tokio::time::timeout(KEEPALIVE_TIMEOUT, frame::read(&mut read)).await {
+            Ok(Ok(Some(envelope))) => envelope,
+            // The caller closed (or broke the format): replies already under way
+            // still reach it through its half of the connection.
+            Ok(_) => return,
+            Err(_) => {
+                shut(read.get_ref().get_ref().1.as_ref());
+                return;
+            }
+        };
+        if envelope.ping {
+            // Answered off this loop, so a reply stuck on a frozen caller never
+            // keeps the loop from noticing the silence.
+            let write = write.clone();
+            tokio::spawn(async move {
+                let _ = frame::write_ping(&mut *write.lock().await, false).await;
+            });
+            continue;
+        }
         if !envelope.request {
-            break;
+            return;
         }
         let replier = Replier {
             id: envelope.id,
@@ -313,6 +384,10 @@ mod tests {
             Box::pin(async move {
                 match request.head::<String>().unwrap().as_str() {
                     "hang" => std::future::pending().await,
+                    "slow" => {
+                        tokio::time::sleep(KEEPALIVE_INTERVAL * 3).await;
+                        replier.finish(Frame::new(&"last", request.body)).await;
+                    }
                     times => {
                         let n: usize = times.parse().unwrap();
                         for _ in 1..n {
@@ -421,6 +496,68 @@ mod tests {
             .await
             .expect("the handler never saw its caller go")
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_frozen_peer_is_declared_lost_within_the_keepalive_timeout() {
+        // A peer whose kernel takes the bytes but whose process never answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink).await;
+        });
+        let link = Link::connect(&addr).await.unwrap();
+        let mut replies = link.call(Frame::new(&"1", vec![])).await.unwrap();
+        let outcome = tokio::time::timeout(KEEPALIVE_TIMEOUT * 3, replies.next()).await;
+        assert!(
+            matches!(outcome, Ok(Err(MeshError::Lost { .. }))),
+            "{outcome:?}"
+        );
+        assert!(!link.is_open());
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_falls_silent_is_gone_for_its_handlers() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (gone, mut gone_seen) = mpsc::unbounded_channel();
+        tokio::spawn(serve(listener, Arc::new(Watcher(gone))));
+        // A request, then nothing: no probes, yet the connection stays open.
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        frame::write(&mut stream, 1, true, true, &Frame::new(&"wait", vec![]))
+            .await
+            .unwrap();
+        tokio::time::timeout(KEEPALIVE_TIMEOUT * 3, gone_seen.recv())
+            .await
+            .expect("the handler never saw its silent caller go")
+            .unwrap();
+        drop(stream);
+    }
+
+    #[tokio::test]
+    async fn a_reply_that_takes_several_probes_still_arrives() {
+        let (addr, _server) = server().await;
+        let link = Link::connect(&addr).await.unwrap();
+        let reply = link
+            .call_one(Frame::new(&"slow", b"x".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(reply.body, b"x");
+    }
+
+    #[tokio::test]
+    async fn an_idle_link_stays_open_past_the_timeout() {
+        let (addr, _server) = server().await;
+        let link = Link::connect(&addr).await.unwrap();
+        tokio::time::sleep(KEEPALIVE_TIMEOUT * 2).await;
+        assert!(link.is_open());
+        let reply = link
+            .call_one(Frame::new(&"1", b"x".to_vec()))
+            .await
+            .unwrap();
+        assert_eq!(reply.body, b"x");
     }
 
     #[tokio::test]

@@ -18,27 +18,34 @@ use crate::link::tune;
 pub(crate) const MAGIC: [u8; 4] = *b"NMST";
 
 /// Opens a connection to the node at `addr` and hands it to its handler with
-/// `hello`; returns the handler's answer and the connection.
+/// `hello`; returns the handler's answer and the connection. A peer that has not
+/// answered within [`crate::KEEPALIVE_TIMEOUT`] is lost.
 pub async fn open_stream(addr: &str, hello: &Frame) -> Result<(Frame, TcpStream), MeshError> {
     let lost = || MeshError::Lost {
         addr: addr.to_owned(),
     };
-    let mut stream = TcpStream::connect(addr)
+    let opened = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|source| MeshError::Connect {
+                addr: addr.to_owned(),
+                source,
+            })?;
+        tune(&stream);
+        let mut opening = MAGIC.to_vec();
+        frame::encode(&mut opening, 0, true, true, hello);
+        tokio::io::AsyncWriteExt::write_all(&mut stream, &opening)
+            .await
+            .map_err(|_| lost())?;
+        match read_frame(&mut stream).await {
+            Ok(Some(answer)) => Ok((answer, stream)),
+            Ok(None) | Err(_) => Err(lost()),
+        }
+    };
+    // A frozen peer's kernel still accepts the connection: its answer never comes.
+    tokio::time::timeout(crate::KEEPALIVE_TIMEOUT, opened)
         .await
-        .map_err(|source| MeshError::Connect {
-            addr: addr.to_owned(),
-            source,
-        })?;
-    tune(&stream);
-    let mut opening = MAGIC.to_vec();
-    frame::encode(&mut opening, 0, true, true, hello);
-    tokio::io::AsyncWriteExt::write_all(&mut stream, &opening)
-        .await
-        .map_err(|_| lost())?;
-    match read_frame(&mut stream).await {
-        Ok(Some(answer)) => Ok((answer, stream)),
-        Ok(None) | Err(_) => Err(lost()),
-    }
+        .unwrap_or_else(|_| Err(lost()))
 }
 
 /// A connection opened with [`open_stream`], waiting for its handler's answer.
