@@ -86,6 +86,12 @@ pub(crate) fn default_data_dir() -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Warnings of the libraries (a cached artifact or a snapshot refused, say) go
+    // to stderr, as `nimbus: ...` errors do.
+    tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Up(args) => up::up(args),

@@ -19,6 +19,13 @@ fn runtime(dir: &tempfile::TempDir) -> Runtime {
     Runtime::new(&config).unwrap()
 }
 
+fn owner() -> nimbus_snapshot::Owner {
+    nimbus_snapshot::Owner {
+        app: "test".into(),
+        instance: 0,
+    }
+}
+
 fn module(wat: &str) -> ModuleBytes {
     ModuleBytes::new(wat::parse_str(wat).unwrap())
 }
@@ -418,14 +425,14 @@ async fn snapshot_restores_memory_globals_and_size_in_a_new_instance() {
         bump(&mut counter).await;
         bump(&mut counter).await;
         counter.invoke(call("grow", b"")).await.unwrap();
-        counter.snapshot().write(&path).unwrap();
+        counter.snapshot(owner()).write(&path).unwrap();
     }
     let snapshot = nimbus_snapshot::read(&path).unwrap();
     assert_eq!(snapshot.memory_len, 4 * 65536);
     let mut restored = service(&runtime, Some(&snapshot)).await;
     // The global (3 calls) and the counter (1003) both came back.
     assert_eq!(bump(&mut restored).await, 1006);
-    let again = restored.snapshot();
+    let again = restored.snapshot(owner());
     assert_eq!(again.memory.len(), 4 * 65536);
 }
 
@@ -455,7 +462,7 @@ async fn a_failed_invocation_rolls_back_to_the_last_good_state() {
     }
     // No failure left a trace: the global counts 3 calls, the counter is 1003 + 3.
     assert_eq!(bump(&mut counter).await, 1006);
-    let state = counter.snapshot();
+    let state = counter.snapshot(owner());
     assert_eq!(state.memory[40000], 0);
     // Memory a failed invocation grew stays (memories cannot shrink), zeroed.
     assert_eq!(state.memory.len(), 3 * 65536);
@@ -477,6 +484,7 @@ async fn a_snapshot_of_another_module_is_refused() {
     let path = dir.path().join("other.snap");
     nimbus_snapshot::SnapshotRef {
         module: [1; 32],
+        owner: owner(),
         globals: vec![],
         memory: &[0; 65536],
     }
