@@ -323,16 +323,25 @@ fn snapshots_swapped_between_two_apps_are_refused_and_both_serve_afresh() {
     for app in ["one", "two"] {
         // Neither serves the other's state: each starts afresh, and keeps serving.
         assert_eq!(node.ok(&["invoke", app, "total"]), "0 0", "{app}");
-        assert_eq!(node.ok(&["invoke", app, "add", "--data", "1"]), "1", "{app}");
+        assert_eq!(
+            node.ok(&["invoke", app, "add", "--data", "1"]),
+            "1",
+            "{app}"
+        );
         assert_eq!(node.app(app)["rejected_snapshots"], 1, "{app}");
-        assert!(data.path().join(format!("apps/{app}/instance-0.snap.rejected")).exists());
+        assert!(
+            data.path()
+                .join(format!("apps/{app}/instance-0.snap.rejected"))
+                .exists()
+        );
     }
     node.stop();
     let log = std::fs::read_to_string(&log).unwrap();
     for app in ["one", "two"] {
         assert!(
-            log.lines()
-                .any(|l| l.contains("WARN") && l.contains("refusing the snapshot") && l.contains(&format!("app={app}"))),
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains("refusing the snapshot")
+                && l.contains(&format!("app={app}"))),
             "no warning for {app} in {log}"
         );
     }

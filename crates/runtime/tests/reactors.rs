@@ -83,7 +83,8 @@ async fn rust_and_c_services_keep_state_across_invocations_and_snapshots() {
                     app: name.to_string(),
                     instance: 0,
                 })
-                .write(&path).unwrap();
+                .write(&path)
+                .unwrap();
         }
         let snapshot = nimbus_snapshot::read(&path).unwrap();
         let mut restored = start(&runtime, &module, Some(&snapshot)).await;

@@ -562,7 +562,10 @@ mod tests {
         let mut longest = snapshot(&memory);
         longest.owner.app = "a".repeat(MAX_APP_LEN);
         longest.write(&dir.path().join("s.snap")).unwrap();
-        assert_eq!(read(&dir.path().join("s.snap")).unwrap().owner, longest.owner);
+        assert_eq!(
+            read(&dir.path().join("s.snap")).unwrap().owner,
+            longest.owner
+        );
     }
 
     #[test]

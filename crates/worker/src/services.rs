@@ -970,9 +970,12 @@ async fn serve(
                 let outcome = match live.take() {
                     None => Ok(()),
                     Some(instance) => {
-                        let (instance, written) =
-                            write_snapshot(instance, app.snapshot_path(me.index), app.owner(me.index))
-                                .await;
+                        let (instance, written) = write_snapshot(
+                            instance,
+                            app.snapshot_path(me.index),
+                            app.owner(me.index),
+                        )
+                        .await;
                         match written {
                             Ok(()) => {
                                 swapped_mailbox = Some(instance.retire());

@@ -344,11 +344,11 @@ async fn concurrent_deploys_of_one_name_end_with_one_consistent_app() {
         }
         let apps = services.apps();
         assert_eq!(apps.len(), 1, "round {round}");
-        let record: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(data.path().join("apps/app/app.json")).unwrap(),
-        )
-        .unwrap();
-        let on_disk = ModuleBytes::new(std::fs::read(data.path().join("apps/app/module.wasm")).unwrap());
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(data.path().join("apps/app/app.json")).unwrap())
+                .unwrap();
+        let on_disk =
+            ModuleBytes::new(std::fs::read(data.path().join("apps/app/module.wasm")).unwrap());
         assert_eq!(record["module"], apps[0].module, "round {round}");
         assert_eq!(on_disk.hash().to_string(), apps[0].module, "round {round}");
     }
