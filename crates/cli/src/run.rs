@@ -72,13 +72,19 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
             "--mem can be at most 4GiB (the wasm32 address space)",
         ));
     }
+    let module = ModuleBytes::new(bytes);
     let app = match &args.app {
         Some(name) => AppName::new(name).map_err(|e| usage(format!("--app: {e}")))?,
+        // State that outlives the run (a cluster's, or Redis) must not be shared by
+        // different programs that happen to have one file name.
+        None if args.planner.is_some() || args.state.is_some() => {
+            app_of_module(&args.program, &module)
+        }
         None => app_of(&args.program),
     };
     let root = RootProcess {
         app,
-        module: ModuleBytes::new(bytes),
+        module,
         modules: ModuleSource::Directory(module_dir(&args.program)),
         args: std::iter::once(file_name(&args.program))
             .chain(args.args)
@@ -139,12 +145,30 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
 /// The app a program belongs to unless `--app` says: its file name without
 /// `.wasm`, with characters an app name cannot have replaced by `-`.
 fn app_of(program: &Path) -> AppName {
+    AppName::new(&stem_of(program, nimbus_state::MAX_APP_NAME_LEN))
+        .unwrap_or_else(|_| AppName::new("app").expect("a valid name"))
+}
+
+/// The app a program belongs to where state outlives the run, unless `--app` says:
+/// [`app_of`] followed by `-` and the first 8 hex digits of the module's sha256
+/// (`main-1a2b3c4d`), so that different programs of one file name never share it.
+fn app_of_module(program: &Path, module: &ModuleBytes) -> AppName {
+    const SUFFIX: usize = 1 + 8;
+    let mut stem = stem_of(program, nimbus_state::MAX_APP_NAME_LEN - SUFFIX);
+    if stem.is_empty() {
+        stem = "app".into();
+    }
+    let hash = module.hash().to_string();
+    AppName::new(&format!("{stem}-{}", &hash[..8])).expect("a valid name")
+}
+
+/// The file name of `program` without `.wasm`, at most `max` characters of an app name.
+fn stem_of(program: &Path, max: usize) -> String {
     let stem = program
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let name: String = stem
-        .chars()
+    stem.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '_' {
                 c
@@ -152,9 +176,8 @@ fn app_of(program: &Path) -> AppName {
                 '-'
             }
         })
-        .take(nimbus_state::MAX_APP_NAME_LEN)
-        .collect();
-    AppName::new(&name).unwrap_or_else(|_| AppName::new("app").expect("a valid name"))
+        .take(max)
+        .collect()
 }
 
 fn cluster_error_code(error: &ClusterError) -> i32 {

@@ -366,7 +366,8 @@ fn fan_out_to_the_end(cluster: &TestCluster, children: &str) -> (String, Option<
     let share = tempfile::tempdir().unwrap();
     std::fs::write(share.path().join("go"), "").unwrap();
     let mount = format!("{}::/share", share.path().display());
-    let mut command = cluster.nimbus(&["run", "--dir", &mount]);
+    // Budgets name apps; on a cluster the default name also carries the module's hash.
+    let mut command = cluster.nimbus(&["run", "--app", "c-fan-out", "--dir", &mount]);
     command
         .arg(guest("c-fan-out"))
         .args(["--", children, "/share/go"]);

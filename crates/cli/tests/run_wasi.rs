@@ -128,3 +128,50 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// The cached artifact of the built guest `program` under the data directory `data`.
+fn artifact(data: &std::path::Path, program: &str) -> std::path::PathBuf {
+    let module = nimbus_runtime::ModuleBytes::new(std::fs::read(guest(program)).unwrap());
+    let name = format!("{}.cwasm", module.hash());
+    std::fs::read_dir(data.join("modules"))
+        .unwrap()
+        .map(|engine_dir| engine_dir.unwrap().path().join(&name))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("no artifact of {program}"))
+}
+
+#[test]
+fn a_damaged_or_swapped_cached_artifact_is_compiled_again_never_run() {
+    let data = tempfile::tempdir().unwrap();
+    let run_in = |program: &str| {
+        let mut command = nimbus(&["run", guest(program).to_str().unwrap()]);
+        command.env("NIMBUS_DATA_DIR", data.path());
+        outcome(&run(command))
+    };
+    let (hello, stderr, code) = run_in("hello");
+    assert_eq!(code, Some(0), "{stderr}");
+    // Another program, which traps.
+    let (_, stderr, code) = run_in("trap");
+    assert_eq!(code, Some(132), "{stderr}");
+
+    // 4 KiB flipped in the middle of the artifact.
+    let path = artifact(data.path(), "hello");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2 - 2048;
+    for byte in &mut bytes[middle..middle + 4096] {
+        *byte ^= 0xFF;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    let (stdout, stderr, code) = run_in("hello");
+    assert_eq!((stdout, code), (hello.clone(), Some(0)), "{stderr}");
+    assert!(stderr.contains("refusing a cached artifact"), "{stderr}");
+
+    // Another program's artifact, whole, in its place.
+    std::fs::copy(artifact(data.path(), "trap"), &path).unwrap();
+    let (stdout, stderr, code) = run_in("hello");
+    assert_eq!((stdout, code), (hello.clone(), Some(0)), "{stderr}");
+    assert!(stderr.contains("refusing a cached artifact"), "{stderr}");
+    // Compiled again and rewritten: the next run loads it quietly.
+    let (stdout, stderr, code) = run_in("hello");
+    assert_eq!((stdout, code, stderr), (hello, Some(0), String::new()));
+}

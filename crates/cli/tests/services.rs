@@ -27,6 +27,11 @@ impl Node {
 
     /// `nimbus up` with `flags` besides its listen addresses.
     fn start_with(data_dir: &Path, flags: &[&str]) -> Node {
+        Node::start_logging(data_dir, flags, Stdio::null())
+    }
+
+    /// [`Node::start_with`], its stderr going to `stderr`.
+    fn start_logging(data_dir: &Path, flags: &[&str], stderr: Stdio) -> Node {
         let mut command = Command::new(env!("CARGO_BIN_EXE_nimbus"));
         command
             .args([
@@ -38,7 +43,7 @@ impl Node {
             ])
             .args(flags)
             .env("NIMBUS_DATA_DIR", data_dir);
-        let daemon = Daemon::start(command);
+        let daemon = Daemon::start_with_stderr(command, stderr);
         let url = daemon.announced("nimbus: gateway listening on ");
         let data_plane = daemon.announced("nimbus: data plane listening on ");
         let planner = flags
@@ -292,6 +297,54 @@ fn idle_instances_swap_out_and_a_restart_keeps_deployments_and_state() {
     let node = Node::start(data.path());
     assert_eq!(node.app("counter")["live"], 0);
     assert_eq!(node.ok(&["invoke", "counter", "total"]), "6 2");
+}
+
+#[test]
+fn snapshots_swapped_between_two_apps_are_refused_and_both_serve_afresh() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.deploy("counter-service", "one", &[]);
+    node.deploy("counter-service", "two", &[]);
+    assert_eq!(node.ok(&["invoke", "one", "add", "--data", "5"]), "5");
+    assert_eq!(node.ok(&["invoke", "two", "add", "--data", "7"]), "7");
+    node.stop();
+    let snapshot = |app: &str| data.path().join(format!("apps/{app}/instance-0.snap"));
+    let aside = data.path().join("aside.snap");
+    std::fs::rename(snapshot("one"), &aside).unwrap();
+    std::fs::rename(snapshot("two"), snapshot("one")).unwrap();
+    std::fs::rename(&aside, snapshot("two")).unwrap();
+
+    let log = data.path().join("stderr.log");
+    let node = Node::start_logging(
+        data.path(),
+        &[],
+        std::fs::File::create(&log).unwrap().into(),
+    );
+    for app in ["one", "two"] {
+        // Neither serves the other's state: each starts afresh, and keeps serving.
+        assert_eq!(node.ok(&["invoke", app, "total"]), "0 0", "{app}");
+        assert_eq!(
+            node.ok(&["invoke", app, "add", "--data", "1"]),
+            "1",
+            "{app}"
+        );
+        assert_eq!(node.app(app)["rejected_snapshots"], 1, "{app}");
+        assert!(
+            data.path()
+                .join(format!("apps/{app}/instance-0.snap.rejected"))
+                .exists()
+        );
+    }
+    node.stop();
+    let log = std::fs::read_to_string(&log).unwrap();
+    for app in ["one", "two"] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains("refusing the snapshot")
+                && l.contains(&format!("app={app}"))),
+            "no warning for {app} in {log}"
+        );
+    }
 }
 
 #[test]

@@ -75,3 +75,58 @@ fn a_bad_state_url_or_app_name_is_refused() {
     let (_, stderr, code) = state_check(GUESTS[0], &["--app", "no spaces"]);
     assert_eq!(code, Some(2), "{stderr}");
 }
+
+/// A program that exits with 3 if its app's global key `k` is set, else sets it to
+/// `value` and exits with 0.
+fn set_once(value: char) -> Vec<u8> {
+    wat::parse_str(format!(
+        r#"(module
+  (import "nimbus" "state_get" (func $get (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "nimbus" "state_set" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "k")
+  (data (i32.const 16) "{value}")
+  (func (export "_start")
+    (if (i32.eqz (call $get (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 32) (i32.const 16) (i32.const 64)))
+      (then (call $exit (i32.const 3))))
+    (drop (call $set (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16) (i32.const 1)))
+    (call $exit (i32.const 0))))"#
+    ))
+    .unwrap()
+}
+
+#[test]
+fn different_programs_of_one_file_name_do_not_share_a_clusters_state() {
+    let cluster = TestCluster::start(2, &[]);
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let programs: Vec<_> = dirs
+        .iter()
+        .zip(['A', 'B'])
+        .map(|(dir, value)| {
+            let path = dir.path().join("main.wasm");
+            std::fs::write(&path, set_once(value)).unwrap();
+            path
+        })
+        .collect();
+    let run_on_cluster = |program: &std::path::Path| {
+        let mut command = cluster.nimbus(&["run"]);
+        command.arg(program);
+        outcome(&run(command))
+    };
+    // Each finds its app's state empty, though both are `main.wasm`...
+    for program in &programs {
+        let (_, stderr, code) = run_on_cluster(program);
+        assert_eq!(code, Some(0), "{}: {stderr}", program.display());
+    }
+    // ... and a program run again finds its own.
+    let (_, stderr, code) = run_on_cluster(&programs[0]);
+    assert_eq!(code, Some(3), "{stderr}");
+    // `--app` still chooses the app: both in one share it.
+    for (program, expected) in programs.iter().zip([0, 3]) {
+        let mut command = cluster.nimbus(&["run", "--app", "shared"]);
+        command.arg(program);
+        let (_, stderr, code) = outcome(&run(command));
+        assert_eq!(code, Some(expected), "{}: {stderr}", program.display());
+    }
+}

@@ -151,6 +151,7 @@ fn app_json(app: &AppInfo) -> Value {
         "instances": app.instances,
         "live": app.live,
         "queued": app.queued,
+        "rejected_snapshots": app.rejected_snapshots,
         "pids": app.pids.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         "memory": app.config.memory,
         "idle_ms": app.config.idle.as_millis() as u64,

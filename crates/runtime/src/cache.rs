@@ -3,11 +3,21 @@
 //!
 //! Keying the directory by the engine's compatibility hash means an upgraded or
 //! reconfigured engine never loads an artifact it cannot run: it starts a new
-//! directory. Artifacts are written to a temporary file and renamed, so a reader
-//! never sees a partial one.
+//! directory. Artifacts are written to a temporary file of their own and renamed,
+//! so a reader never sees a partial one.
+//!
+//! Nothing read back is trusted: each artifact file starts with a digest (sha256)
+//! binding the module it was compiled from to the artifact's bytes, and is
+//! deserialised only if the digest holds, from the very bytes that were checked. A
+//! damaged file, or one program's artifact copied over another's, is logged and the
+//! module compiled again (and the artifact rewritten), never run.
+//!
+//! Layout of `<sha256>.cwasm`: `"NIMBUSCW"`, the 32-byte digest
+//! `sha256("nimbus artifact v1" ‖ module sha256 ‖ artifact)`, the artifact.
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,6 +111,34 @@ pub(crate) struct ModuleCache {
     dir: PathBuf,
     compiled: AtomicU64,
     from_disk: AtomicU64,
+    rejected: AtomicU64,
+}
+
+/// The start of every artifact file this cache writes.
+const ARTIFACT_MAGIC: &[u8; 8] = b"NIMBUSCW";
+/// Bytes before the artifact: the magic and the digest.
+const ARTIFACT_HEADER: usize = ARTIFACT_MAGIC.len() + 32;
+
+/// The digest that binds an artifact's bytes to the module it was compiled from.
+fn artifact_digest(module: ModuleHash, artifact: &[u8]) -> [u8; 32] {
+    let mut digest = Sha256::new();
+    digest.update(b"nimbus artifact v1");
+    digest.update(module.0);
+    digest.update(artifact);
+    digest.finalize().into()
+}
+
+/// The artifact in `file` (the bytes of an artifact file) if its digest says it was
+/// compiled from `module`; else why not.
+fn verified_artifact(module: ModuleHash, file: &[u8]) -> Result<&[u8], &'static str> {
+    if file.len() < ARTIFACT_HEADER || !file.starts_with(ARTIFACT_MAGIC) {
+        return Err("not an artifact of this cache");
+    }
+    let (digest, artifact) = file[ARTIFACT_MAGIC.len()..].split_at(32);
+    if artifact_digest(module, artifact) != digest {
+        return Err("its digest does not match (damaged, or of another module)");
+    }
+    Ok(artifact)
 }
 
 /// What the module cache has done since the runtime started.
@@ -110,6 +148,9 @@ pub struct CacheStats {
     pub compiled: u64,
     /// Modules loaded from precompiled artifacts on disk.
     pub from_disk: u64,
+    /// Artifacts on disk refused (damaged, foreign, or of another module) and
+    /// replaced by compiling again.
+    pub rejected: u64,
 }
 
 impl ModuleCache {
@@ -123,6 +164,7 @@ impl ModuleCache {
             dir: root.join(format!("{:016x}", hasher.finish())),
             compiled: AtomicU64::new(0),
             from_disk: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
         }
     }
 
@@ -132,7 +174,7 @@ impl ModuleCache {
             return Err(LoadError::NotWasm);
         }
         let artifact = self.dir.join(format!("{}.cwasm", module.hash));
-        if let Some(compiled) = self.load_artifact(engine, &artifact) {
+        if let Some(compiled) = self.load_artifact(engine, module.hash, &artifact) {
             self.from_disk.fetch_add(1, Ordering::Relaxed);
             return Ok(compiled);
         }
@@ -141,7 +183,7 @@ impl ModuleCache {
         let compiled = Module::from_binary(engine, &instrumented.wasm)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
-        self.store_artifact(&compiled, &artifact)?;
+        self.store_artifact(&compiled, module.hash, &artifact)?;
         Ok(compiled)
     }
 
@@ -149,32 +191,73 @@ impl ModuleCache {
         CacheStats {
             compiled: self.compiled.load(Ordering::Relaxed),
             from_disk: self.from_disk.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
         }
     }
 
-    fn load_artifact(&self, engine: &Engine, path: &Path) -> Option<Module> {
-        if !path.exists() {
-            return None;
+    /// The artifact at `path` for `module`, if there is one and it verifies.
+    fn load_artifact(&self, engine: &Engine, module: ModuleHash, path: &Path) -> Option<Module> {
+        let file = match std::fs::read(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read a cached artifact; compiling again");
+                return None;
+            }
+        };
+        let artifact = match verified_artifact(module, &file) {
+            Ok(artifact) => artifact,
+            Err(why) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %path.display(), "refusing a cached artifact: {why}; compiling again");
+                return None;
+            }
+        };
+        // SAFETY: `artifact` is exactly what `Module::serialize` produced for
+        // `module` on an engine with this directory's compatibility hash: its digest,
+        // which binds the module's hash to these very bytes (they are deserialised
+        // from memory, not read again), matches, and only `store_artifact` writes
+        // files with such a digest into this directory. wasmtime's own header checks
+        // still refuse an artifact of another engine configuration.
+        match unsafe { Module::deserialize(engine, artifact) } {
+            Ok(compiled) => Some(compiled),
+            Err(e) => {
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "refusing a cached artifact; compiling again");
+                None
+            }
         }
-        // SAFETY: only this cache writes into its directory, always from
-        // `Module::serialize` of an engine with the same compatibility hash (the
-        // directory name), and always by atomic rename. A corrupt or foreign file is
-        // still rejected by wasmtime's header checks and we fall back to compiling.
-        unsafe { Module::deserialize_file(engine, path) }.ok()
     }
 
-    fn store_artifact(&self, compiled: &Module, path: &Path) -> Result<(), LoadError> {
+    /// Writes `compiled`'s artifact to `path` by a temporary file of this write's own
+    /// (so concurrent writers never share one) renamed into place.
+    fn store_artifact(
+        &self,
+        compiled: &Module,
+        module: ModuleHash,
+        path: &Path,
+    ) -> Result<(), LoadError> {
         let io_err = |path: &Path| {
             let path = path.to_owned();
             move |source| LoadError::Cache { path, source }
         };
-        let bytes = compiled
+        let artifact = compiled
             .serialize()
             .map_err(|e| LoadError::Invalid(format!("cannot serialize: {e:#}")))?;
         std::fs::create_dir_all(&self.dir).map_err(io_err(&self.dir))?;
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".artifact")
+            .tempfile_in(&self.dir)
+            .map_err(io_err(&self.dir))?;
+        tmp.write_all(ARTIFACT_MAGIC)
+            .and_then(|()| tmp.write_all(&artifact_digest(module, &artifact)))
+            .and_then(|()| tmp.write_all(&artifact))
+            .map_err(io_err(tmp.path()))?;
+        tmp.persist(path).map_err(|e| LoadError::Cache {
+            path: path.to_owned(),
+            source: e.error,
+        })?;
+        Ok(())
     }
 }
 

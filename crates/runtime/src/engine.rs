@@ -273,6 +273,7 @@ impl Runtime {
         CacheStats {
             compiled: commands.compiled + services.compiled,
             from_disk: commands.from_disk + services.from_disk,
+            rejected: commands.rejected + services.rejected,
         }
     }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure};
-use nimbus_snapshot::{GlobalValue, Snapshot, SnapshotRef};
+use nimbus_snapshot::{GlobalValue, Owner, Snapshot, SnapshotRef};
 use wasmtime::{Extern, Global, Instance, Memory, Store, Val, ValType};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -258,8 +258,8 @@ impl ServiceInstance {
         self.store.into_data().mailbox
     }
 
-    /// The instance's state, borrowing its memory, ready to be written.
-    pub fn snapshot(&mut self) -> SnapshotRef<'_> {
+    /// The instance's state, borrowing its memory, ready to be written as `owner`'s.
+    pub fn snapshot(&mut self, owner: Owner) -> SnapshotRef<'_> {
         let mut globals = Vec::new();
         for (index, global, _) in &self.globals {
             let value = match global.get(&mut self.store) {
@@ -275,6 +275,7 @@ impl ServiceInstance {
         }
         SnapshotRef {
             module: self.program.hash().to_bytes(),
+            owner,
             globals,
             memory: self
                 .memory

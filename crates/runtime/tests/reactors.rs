@@ -78,7 +78,13 @@ async fn rust_and_c_services_keep_state_across_invocations_and_snapshots() {
                 "12 2",
                 "{name}"
             );
-            service.snapshot().write(&path).unwrap();
+            service
+                .snapshot(nimbus_snapshot::Owner {
+                    app: name.to_string(),
+                    instance: 0,
+                })
+                .write(&path)
+                .unwrap();
         }
         let snapshot = nimbus_snapshot::read(&path).unwrap();
         let mut restored = start(&runtime, &module, Some(&snapshot)).await;

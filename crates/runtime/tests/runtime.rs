@@ -19,6 +19,13 @@ fn runtime(dir: &tempfile::TempDir) -> Runtime {
     Runtime::new(&config).unwrap()
 }
 
+fn owner() -> nimbus_snapshot::Owner {
+    nimbus_snapshot::Owner {
+        app: "test".into(),
+        instance: 0,
+    }
+}
+
 fn module(wat: &str) -> ModuleBytes {
     ModuleBytes::new(wat::parse_str(wat).unwrap())
 }
@@ -96,6 +103,71 @@ async fn corrupt_artifact_is_recompiled() {
     let (status, out) = run(&fresh, HELLO, Limits::default()).await;
     assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "hello\n"));
     assert_eq!(fresh.cache_stats().compiled, 1);
+}
+
+/// The artifact of `module` in the commands' engine directory under `dir`.
+fn artifact_of(dir: &tempfile::TempDir, module: &ModuleBytes) -> std::path::PathBuf {
+    let name = format!("{}.cwasm", module.hash());
+    std::fs::read_dir(dir.path().join("modules"))
+        .unwrap()
+        .map(|engine_dir| engine_dir.unwrap().path().join(&name))
+        .find(|artifact| artifact.exists())
+        .expect("the module has an artifact")
+}
+
+const BYE: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "\08\00\00\00\04\00\00\00")
+  (data (i32.const 8) "bye\n")
+  (func (export "_start") (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16)))))"#;
+
+#[tokio::test]
+async fn an_artifact_with_flipped_bytes_is_refused_recompiled_and_rewritten() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime(&dir).load_command(&module(HELLO)).unwrap();
+    let artifact = artifact_of(&dir, &module(HELLO));
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    let flipped = 4096.min(bytes.len() / 2);
+    let middle = bytes.len() / 2 - flipped / 2;
+    for byte in &mut bytes[middle..middle + flipped] {
+        *byte ^= 0xFF;
+    }
+    std::fs::write(&artifact, &bytes).unwrap();
+
+    let fresh = runtime(&dir);
+    let (status, out) = run(&fresh, HELLO, Limits::default()).await;
+    assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "hello\n"));
+    let stats = fresh.cache_stats();
+    assert_eq!((stats.rejected, stats.compiled, stats.from_disk), (1, 1, 0));
+    // The artifact was written again: the next runtime loads it.
+    let next = runtime(&dir);
+    let (status, out) = run(&next, HELLO, Limits::default()).await;
+    assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "hello\n"));
+    let stats = next.cache_stats();
+    assert_eq!((stats.rejected, stats.compiled, stats.from_disk), (0, 0, 1));
+}
+
+#[tokio::test]
+async fn an_artifact_copied_over_another_programs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = runtime(&dir);
+    first.load_command(&module(HELLO)).unwrap();
+    first.load_command(&module(BYE)).unwrap();
+    // The whole file, digest and all, of one program over the other's.
+    std::fs::copy(
+        artifact_of(&dir, &module(BYE)),
+        artifact_of(&dir, &module(HELLO)),
+    )
+    .unwrap();
+
+    let fresh = runtime(&dir);
+    let (status, out) = run(&fresh, HELLO, Limits::default()).await;
+    assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "hello\n"));
+    let (status, out) = run(&fresh, BYE, Limits::default()).await;
+    assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "bye\n"));
+    let stats = fresh.cache_stats();
+    assert_eq!((stats.rejected, stats.compiled, stats.from_disk), (1, 1, 1));
 }
 
 #[test]
@@ -353,14 +425,14 @@ async fn snapshot_restores_memory_globals_and_size_in_a_new_instance() {
         bump(&mut counter).await;
         bump(&mut counter).await;
         counter.invoke(call("grow", b"")).await.unwrap();
-        counter.snapshot().write(&path).unwrap();
+        counter.snapshot(owner()).write(&path).unwrap();
     }
     let snapshot = nimbus_snapshot::read(&path).unwrap();
     assert_eq!(snapshot.memory_len, 4 * 65536);
     let mut restored = service(&runtime, Some(&snapshot)).await;
     // The global (3 calls) and the counter (1003) both came back.
     assert_eq!(bump(&mut restored).await, 1006);
-    let again = restored.snapshot();
+    let again = restored.snapshot(owner());
     assert_eq!(again.memory.len(), 4 * 65536);
 }
 
@@ -390,7 +462,7 @@ async fn a_failed_invocation_rolls_back_to_the_last_good_state() {
     }
     // No failure left a trace: the global counts 3 calls, the counter is 1003 + 3.
     assert_eq!(bump(&mut counter).await, 1006);
-    let state = counter.snapshot();
+    let state = counter.snapshot(owner());
     assert_eq!(state.memory[40000], 0);
     // Memory a failed invocation grew stays (memories cannot shrink), zeroed.
     assert_eq!(state.memory.len(), 3 * 65536);
@@ -412,6 +484,7 @@ async fn a_snapshot_of_another_module_is_refused() {
     let path = dir.path().join("other.snap");
     nimbus_snapshot::SnapshotRef {
         module: [1; 32],
+        owner: owner(),
         globals: vec![],
         memory: &[0; 65536],
     }

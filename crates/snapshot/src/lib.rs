@@ -1,5 +1,6 @@
-//! Snapshots of WebAssembly processes: linear memory, mutable globals and metadata,
-//! and their file format.
+//! Snapshots of WebAssembly processes: linear memory, mutable globals and metadata
+//! (the module, and the app and instance the snapshot belongs to), and their file
+//! format.
 //!
 //! Owns: the in-memory form of a snapshot and its on-disk encoding — sparse (pages of
 //! zeros are not stored), page-aligned (every stored page starts at a multiple of
@@ -14,7 +15,9 @@
 //! Layout, all integers little endian:
 //!
 //! ```text
-//! "NIMBUSSN"  u32 version  [u8; 32] module hash  u64 memory length
+//! "NIMBUSSN"  u32 version  [u8; 32] module hash
+//! u8 app name length  [u8; 64] app name (zero padded)  u32 instance
+//! u64 memory length
 //! u32 global count   { u32 global index, u8 kind, [u8; 16] bits } * count
 //! zeros up to the next page boundary
 //! the stored pages, run after run, in memory order
@@ -28,11 +31,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"NIMBUSSN";
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
+/// The longest app name a snapshot holds.
+pub const MAX_APP_LEN: usize = 64;
 /// Granularity of the sparse encoding, and the alignment of stored pages.
 pub const PAGE_SIZE: usize = 4096;
 /// Bytes of the header before the globals.
-const FIXED_HEADER: usize = 8 + 4 + 32 + 8 + 4;
+const FIXED_HEADER: usize = 8 + 4 + 32 + 1 + MAX_APP_LEN + 4 + 8 + 4;
 /// Bytes of one global in the header.
 const GLOBAL_LEN: usize = 4 + 1 + 16;
 
@@ -74,11 +79,29 @@ impl GlobalValue {
     }
 }
 
+/// Whose state a snapshot is: an app's instance. A restore refuses a snapshot of
+/// any other.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    /// The app's name, at most [`MAX_APP_LEN`] bytes.
+    pub app: String,
+    /// The instance's number within the app.
+    pub instance: u32,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "instance {} of app `{}`", self.instance, self.app)
+    }
+}
+
 /// A snapshot whose memory is borrowed from a live instance, ready to be written.
 #[derive(Debug)]
 pub struct SnapshotRef<'a> {
     /// The sha256 of the module the instance runs.
     pub module: [u8; 32],
+    /// The app and instance whose state this is.
+    pub owner: Owner,
     /// Mutable globals by index in the module's global index space.
     pub globals: Vec<(u32, GlobalValue)>,
     /// The whole linear memory.
@@ -102,6 +125,8 @@ pub struct Run {
 pub struct Snapshot {
     /// The sha256 of the module the instance ran.
     pub module: [u8; 32],
+    /// The app and instance whose state this is.
+    pub owner: Owner,
     /// Mutable globals by index.
     pub globals: Vec<(u32, GlobalValue)>,
     /// Length of the linear memory in bytes.
@@ -150,6 +175,12 @@ impl SnapshotRef<'_> {
             path: path.to_owned(),
             source,
         };
+        if self.owner.app.len() > MAX_APP_LEN {
+            return Err(io_error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "app name longer than a snapshot holds",
+            )));
+        }
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let file = File::create(&tmp).map_err(io_error)?;
         let mut out = ChecksummedWriter::new(io::BufWriter::with_capacity(1 << 20, file));
@@ -175,6 +206,11 @@ impl SnapshotRef<'_> {
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
         out.write_all(&self.module)?;
+        let mut app = [0u8; MAX_APP_LEN];
+        app[..self.owner.app.len()].copy_from_slice(self.owner.app.as_bytes());
+        out.write_all(&[self.owner.app.len() as u8])?;
+        out.write_all(&app)?;
+        out.write_all(&self.owner.instance.to_le_bytes())?;
         out.write_all(&(self.memory.len() as u64).to_le_bytes())?;
         out.write_all(&(self.globals.len() as u32).to_le_bytes())?;
         for (index, value) in &self.globals {
@@ -283,9 +319,20 @@ fn decode(file: File) -> Result<Snapshot, Damage> {
         return Err("not a nimbus snapshot".into());
     }
     if input.u32()? != VERSION {
-        return Err("unsupported snapshot version".into());
+        return Err("unsupported snapshot format version (written by another nimbus)".into());
     }
     let module = input.take(32)?.try_into().expect("32 bytes");
+    let app_len = usize::from(input.take(1)?[0]);
+    let app = input.take(MAX_APP_LEN)?;
+    let app = app
+        .get(..app_len)
+        .and_then(|name| std::str::from_utf8(name).ok())
+        .ok_or("app name out of range")?
+        .to_owned();
+    let owner = Owner {
+        app,
+        instance: input.u32()?,
+    };
     let memory_len = input.u64()?;
     let global_count = input.u32()? as usize;
     let header_len = global_count
@@ -335,6 +382,7 @@ fn decode(file: File) -> Result<Snapshot, Damage> {
     }
     Ok(Snapshot {
         module,
+        owner,
         globals,
         memory_len,
         runs,
@@ -409,6 +457,10 @@ mod tests {
     fn snapshot(memory: &[u8]) -> SnapshotRef<'_> {
         SnapshotRef {
             module: [7; 32],
+            owner: Owner {
+                app: "counter".into(),
+                instance: 3,
+            },
             globals: vec![
                 (0, GlobalValue::I32(-5)),
                 (2, GlobalValue::I64(i64::MIN)),
@@ -443,6 +495,7 @@ mod tests {
         original.write(&path).unwrap();
         let back = read(&path).unwrap();
         assert_eq!(back.module, original.module);
+        assert_eq!(back.owner, original.owner);
         assert_eq!(back.globals, original.globals);
         assert_eq!(back.memory_len, memory.len() as u64);
         assert_eq!((back.stored_pages(), back.runs.len()), (6, 4));
@@ -478,6 +531,41 @@ mod tests {
             read(&dir.path().join("missing")),
             Err(SnapshotError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn a_file_of_the_previous_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        let memory = memory();
+        snapshot(&memory).write(&path).unwrap();
+        // The same file claiming version 3 (which had no owner), checksum mended.
+        let mut old = std::fs::read(&path).unwrap();
+        old[8..12].copy_from_slice(&3u32.to_le_bytes());
+        let body = old.len() - 4;
+        let crc = crc32fast::hash(&old[..body]);
+        old[body..].copy_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &old).unwrap();
+        match read(&path) {
+            Err(SnapshotError::Damaged { reason, .. }) => assert!(reason.contains("version")),
+            other => panic!("accepted: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_name_longer_than_a_snapshot_holds_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let memory = memory();
+        let mut long = snapshot(&memory);
+        long.owner.app = "a".repeat(MAX_APP_LEN + 1);
+        assert!(long.write(&dir.path().join("s.snap")).is_err());
+        let mut longest = snapshot(&memory);
+        longest.owner.app = "a".repeat(MAX_APP_LEN);
+        longest.write(&dir.path().join("s.snap")).unwrap();
+        assert_eq!(
+            read(&dir.path().join("s.snap")).unwrap().owner,
+            longest.owner
+        );
     }
 
     #[test]

@@ -244,7 +244,12 @@ impl Cluster {
 
     /// Runs `root` to the end.
     pub async fn run(&self, root: RootProcess) -> Result<ExitStatus, ClusterError> {
-        let (_, exited) = self.start(root)?;
+        // Starting loads the module (reading the module cache, or compiling): off
+        // the async threads.
+        let cluster = self.arc();
+        let (_, exited) = tokio::task::spawn_blocking(move || cluster.start(root))
+            .await
+            .map_err(|e| ClusterError::Remote(format!("starting the root: {e}")))??;
         Ok(exited
             .await
             .unwrap_or(ExitStatus::Failed(Failure::HostLost)))
@@ -265,6 +270,17 @@ impl Cluster {
         let mut stdin = Some(stdin);
         let mut pids = Vec::new();
         let (ended, endings) = mpsc::unbounded_channel();
+        // The ranks spread over the hosts: load the module on each first, off the
+        // async threads (reading the module cache, or compiling, blocks).
+        let (cluster, loading) = (self.arc(), module.clone());
+        tokio::task::spawn_blocking(move || {
+            cluster
+                .hosts
+                .iter()
+                .try_for_each(|host| host.runtime().load_command(&loading).map(drop))
+        })
+        .await
+        .map_err(|e| ClusterError::Remote(format!("loading the ranks' module: {e}")))??;
         for _ in 0..ranks {
             let stdin = stdin.take().unwrap_or(Input::Null);
             match self.start_in(module.clone(), args.clone(), stdin, lineage.clone()) {

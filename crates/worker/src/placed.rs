@@ -399,6 +399,7 @@ impl ServiceFront for PlacedServices {
                         live: 0,
                         queued: 0,
                         pids: Vec::new(),
+                        rejected_snapshots: 0,
                     },
                 })
                 .collect()

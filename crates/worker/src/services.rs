@@ -13,10 +13,19 @@
 //! `module.wasm`, and `instance-N.snap` for each swapped-out instance. The last
 //! snapshot is also the state a failed instance is rolled back to; an instance that
 //! never swapped out is rolled back to a fresh start.
+//!
+//! Nothing read back is trusted: a snapshot names the app and instance it belongs
+//! to, and one that is damaged, of another app or instance, or cannot be restored is
+//! logged, counted, set aside as `instance-N.snap.rejected` and its instance starts
+//! afresh, so only that instance loses its state. Deployments of one name are
+//! serialised, and a redeployment waits until the old instances' actors have ended,
+//! so none of them writes into the new app's directory.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,9 +34,10 @@ use nimbus_runtime::{
     BoxFuture, Input, Invocation, InvokeError, LoadError, LogBuffer, Mailbox, ModuleBytes, Output,
     ProcessSpec, ServiceInstance,
 };
+use nimbus_snapshot::{Owner, Snapshot, SnapshotError};
 use nimbus_state::AppName;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::cluster::Cluster;
 use crate::lineage::{Lineage, ModuleSource};
@@ -85,6 +95,10 @@ pub struct AppInfo {
     pub queued: usize,
     /// The pids of its instances.
     pub pids: Vec<Pid>,
+    /// Snapshots refused since the app was opened (damaged, of another app or
+    /// instance, or not restorable) and set aside: their instances started afresh.
+    #[serde(default)]
+    pub rejected_snapshots: u64,
 }
 
 /// Why a deployment or an invocation failed.
@@ -211,6 +225,8 @@ pub struct Services {
     cluster: Arc<Cluster>,
     dir: PathBuf,
     apps: Mutex<HashMap<String, Arc<App>>>,
+    /// One lock per app name ever deployed: deployments of one name, one at a time.
+    deploying: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 impl Services {
@@ -222,6 +238,7 @@ impl Services {
             cluster,
             dir,
             apps: Mutex::default(),
+            deploying: Mutex::default(),
         };
         for app in each_app(&services.dir, |app_dir| services.reopen(app_dir))? {
             services
@@ -235,11 +252,8 @@ impl Services {
 
     fn reopen(&self, app_dir: &Path) -> Result<Arc<App>, ServiceError> {
         let (config, module) = load_app(app_dir)?;
+        let swapped = swapped_instances(app_dir, config.max_instances)?;
         let app = App::new(self.cluster.clone(), app_dir.to_owned(), config, module)?;
-        let mut swapped = 0;
-        while app.snapshot_path(swapped).exists() {
-            swapped += 1;
-        }
         let mut instances = app.instances.lock().unwrap();
         for _ in 0..swapped {
             app.add_instance(&mut instances)?;
@@ -271,19 +285,44 @@ impl Services {
         config: AppConfig,
         module: ModuleBytes,
     ) -> Result<AppInfo, ServiceError> {
+        config.check()?;
+        let lock = self.deploy_lock(&config.name);
+        let _deploying = lock.lock().unwrap();
         if let Some(app) = self.apps.lock().unwrap().get(&config.name)
             && app.config == config
             && app.module.hash() == module.hash()
         {
             return Ok(app.info());
         }
-        self.deploy(config, module)
+        self.deploy_locked(config, module)
     }
 
     /// Deploys `module` as the app `config.name`, replacing an app of that name
-    /// (whose instances and saved state are discarded).
+    /// (whose instances and saved state are discarded). Blocks until the old app's
+    /// instances have ended (an invocation in flight is answered first), and while
+    /// another deployment of the name is under way: call it off the async threads.
     pub fn deploy(&self, config: AppConfig, module: ModuleBytes) -> Result<AppInfo, ServiceError> {
         config.check()?;
+        let lock = self.deploy_lock(&config.name);
+        let _deploying = lock.lock().unwrap();
+        self.deploy_locked(config, module)
+    }
+
+    fn deploy_lock(&self, name: &str) -> Arc<Mutex<()>> {
+        self.deploying
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    /// [`Services::deploy`] holding the name's deployment lock.
+    fn deploy_locked(
+        &self,
+        config: AppConfig,
+        module: ModuleBytes,
+    ) -> Result<AppInfo, ServiceError> {
         let program = self
             .cluster
             .any_host()
@@ -298,8 +337,9 @@ impl Services {
             ));
         }
         let app_dir = self.dir.join(&config.name);
-        if let Some(old) = self.apps.lock().unwrap().remove(&config.name) {
-            old.retire();
+        let old = self.apps.lock().unwrap().remove(&config.name);
+        if let Some(old) = old {
+            old.retire_and_wait();
         }
         save_app(&app_dir, &config, &module)?;
         let app = App::new(self.cluster.clone(), app_dir, config, module)?;
@@ -377,9 +417,11 @@ impl Services {
             for instance in instances {
                 let (done, swapped) = oneshot::channel();
                 if instance.queue.send(Message::SwapOut(done)).await.is_ok() {
-                    swapped
-                        .await
-                        .map_err(|_| ServiceError::Unavailable("instance ended".into()))??;
+                    // An instance that ended meanwhile (its app redeployed) has
+                    // nothing to save.
+                    if let Ok(outcome) = swapped.await {
+                        outcome?;
+                    }
                 }
             }
         }
@@ -427,7 +469,29 @@ pub(crate) fn save_app(
         module: module.hash().to_string(),
     };
     let json = serde_json::to_vec_pretty(&record).expect("an app record serializes");
-    write_atomically(&app_dir.join("app.json"), &json)
+    write_atomically(&app_dir.join("app.json"), &json)?;
+    // The app directory's own entry (created, or removed and created again).
+    match app_dir.parent() {
+        Some(apps) => sync_dir(apps),
+        None => Ok(()),
+    }
+}
+
+/// How many instances the app in `app_dir` has on disk: one past the highest
+/// numbered snapshot (an instance whose snapshot was set aside starts afresh).
+fn swapped_instances(app_dir: &Path, max_instances: usize) -> Result<usize, ServiceError> {
+    let mut count = 0;
+    for entry in std::fs::read_dir(app_dir).map_err(storage(app_dir))? {
+        let name = entry.map_err(storage(app_dir))?.file_name();
+        let index = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("instance-")?.strip_suffix(".snap"))
+            .and_then(|n| n.parse::<usize>().ok());
+        if let Some(index) = index.filter(|&i| i < max_instances) {
+            count = count.max(index + 1);
+        }
+    }
+    Ok(count)
 }
 
 /// What `open` makes of each app directory under `dir`. One it cannot open (left
@@ -465,10 +529,23 @@ pub(crate) fn load_app(app_dir: &Path) -> Result<(AppConfig, ModuleBytes), Servi
     Ok((record.config, module))
 }
 
+/// Writes `bytes` to `path` through a temporary file of its own, durably: the file
+/// is synced before it is renamed into place, and the directory after.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ServiceError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(storage(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(storage(path))
+    let dir = path.parent().expect("app files are in an app directory");
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(storage(dir))?;
+    tmp.write_all(bytes)
+        .and_then(|()| tmp.as_file().sync_all())
+        .map_err(storage(tmp.path()))?;
+    tmp.persist(path).map_err(|e| storage(path)(e.error))?;
+    sync_dir(dir)
+}
+
+/// Makes the entries of `dir` (a rename into it, say) durable.
+fn sync_dir(dir: &Path) -> Result<(), ServiceError> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(storage(dir))
 }
 
 /// A deployed app and its instances.
@@ -486,6 +563,7 @@ struct AppCore {
     config: AppConfig,
     module: ModuleBytes,
     lineage: Arc<Lineage>,
+    rejected_snapshots: AtomicU64,
 }
 
 impl std::ops::Deref for App {
@@ -506,6 +584,8 @@ const MAX_SESSIONS: usize = 100_000;
 struct Instance {
     state: Arc<InstanceState>,
     queue: mpsc::Sender<Message>,
+    /// Disconnected when the actor has ended (nothing is ever sent).
+    ended: Mutex<std::sync::mpsc::Receiver<Infallible>>,
 }
 
 /// What an instance's app and actor share.
@@ -516,6 +596,8 @@ struct InstanceState {
     host: HostId,
     pending: AtomicUsize,
     live: AtomicBool,
+    /// Tells the actor to end before its next message: its app is gone.
+    retired: Notify,
 }
 
 impl std::ops::Deref for Instance {
@@ -564,6 +646,7 @@ impl App {
                 config,
                 module,
                 lineage: Arc::new(lineage),
+                rejected_snapshots: AtomicU64::new(0),
             }),
             instances: Mutex::default(),
             sessions: Mutex::default(),
@@ -585,6 +668,7 @@ impl App {
                 .map(|i| i.pending.load(Ordering::Relaxed))
                 .sum(),
             pids: instances.iter().map(|i| i.pid).collect(),
+            rejected_snapshots: self.rejected_snapshots.load(Ordering::Relaxed),
         }
     }
 
@@ -608,13 +692,22 @@ impl App {
             host: host.id(),
             pending: AtomicUsize::new(0),
             live: AtomicBool::new(false),
+            retired: Notify::new(),
         });
+        let (ended_sender, ended) = std::sync::mpsc::channel();
         let instance = Arc::new(Instance {
             state: state.clone(),
             queue,
+            ended: Mutex::new(ended),
         });
         instances.push(instance.clone());
-        tokio::spawn(serve(self.core.clone(), state, mailbox, requests));
+        tokio::spawn(serve(
+            self.core.clone(),
+            state,
+            mailbox,
+            requests,
+            ended_sender,
+        ));
         Ok(instance)
     }
 
@@ -681,16 +774,22 @@ impl App {
             .map_err(|_| ServiceError::Unavailable("the instance ended".into()))?
     }
 
-    /// Ends every instance and forgets the app's sessions. Each actor ends, and
-    /// frees its instance, once the last request in flight is answered.
-    fn retire(&self) {
+    /// Ends every instance and forgets the app's sessions, and blocks until every
+    /// actor has ended: each answers the request it is serving, if any, and ends
+    /// without saving its state (requests still queued fail).
+    fn retire_and_wait(&self) {
         let instances = std::mem::take(&mut *self.instances.lock().unwrap());
-        for instance in instances {
+        self.sessions.lock().unwrap().clear();
+        for instance in &instances {
+            instance.retired.notify_one();
             if let Some(host) = self.cluster.host(instance.host) {
                 host.unregister(instance.pid);
             }
         }
-        self.sessions.lock().unwrap().clear();
+        for instance in &instances {
+            // Returns once the actor dropped its end of the channel: it has ended.
+            let _ = instance.ended.lock().unwrap().recv();
+        }
     }
 }
 
@@ -699,8 +798,16 @@ impl AppCore {
         self.dir.join(format!("instance-{index}.snap"))
     }
 
-    /// Brings an instance into memory: restored from its snapshot if it has one,
-    /// else started fresh.
+    /// Whose state the snapshots of instance `index` are.
+    fn owner(&self, index: usize) -> Owner {
+        Owner {
+            app: self.config.name.clone(),
+            instance: index as u32,
+        }
+    }
+
+    /// Brings an instance into memory: restored from its snapshot if it has one it
+    /// can use, else started fresh.
     async fn swap_in(
         &self,
         instance: &InstanceState,
@@ -710,20 +817,46 @@ impl AppCore {
             .cluster
             .host(instance.host)
             .ok_or_else(|| ServiceError::Unavailable("host lost".into()))?;
-        let path = self.snapshot_path(instance.index);
-        let snapshot = if path.exists() {
-            let read = tokio::task::spawn_blocking(move || nimbus_snapshot::read(&path))
+        let (cluster, host_id, module) = (self.cluster.clone(), instance.host, self.module.clone());
+        // Loading may read the module cache or compile: off the async threads.
+        let program = tokio::task::spawn_blocking(move || {
+            let host = cluster
+                .host(host_id)
+                .ok_or_else(|| ServiceError::Unavailable("host lost".into()))?;
+            host.runtime()
+                .load_service(&module)
+                .map_err(|e: LoadError| ServiceError::Module(e.to_string()))
+        })
+        .await
+        .map_err(|e| ServiceError::Unavailable(e.to_string()))??;
+        let mut mailbox = mailbox;
+        if let Some(snapshot) = self.own_snapshot(instance.index).await? {
+            let slot = host.runtime().admit().await;
+            let spec = self.spec(instance, mailbox);
+            match host
+                .runtime()
+                .start_service(&program, spec, slot, Some(&snapshot))
                 .await
-                .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
-            Some(read.map_err(|e| ServiceError::Unavailable(e.to_string()))?)
-        } else {
-            None
-        };
-        let program = host
-            .runtime()
-            .load_service(&self.module)
-            .map_err(|e: LoadError| ServiceError::Module(e.to_string()))?;
-        let spec = ProcessSpec {
+            {
+                Ok(restored) => return Ok(restored),
+                Err(status) => {
+                    self.set_aside(instance.index, format!("cannot be restored: {status:?}"))
+                        .await;
+                    mailbox = host
+                        .renew_mailbox(instance.pid)
+                        .ok_or_else(|| ServiceError::Unavailable("instance retired".into()))?;
+                }
+            }
+        }
+        let slot = host.runtime().admit().await;
+        host.runtime()
+            .start_service(&program, self.spec(instance, mailbox), slot, None)
+            .await
+            .map_err(|status| ServiceError::Unavailable(format!("{status:?}")))
+    }
+
+    fn spec(&self, instance: &InstanceState, mailbox: Mailbox) -> ProcessSpec {
+        ProcessSpec {
             pid: instance.pid,
             args: vec![self.config.name.clone()],
             env: self.lineage.env.clone(),
@@ -735,12 +868,50 @@ impl AppCore {
             deadline: None,
             mailbox,
             kernel: self.cluster.clone(),
-        };
-        let slot = host.runtime().admit().await;
-        host.runtime()
-            .start_service(&program, spec, slot, snapshot.as_ref())
+        }
+    }
+
+    /// The snapshot of instance `index`, if it has one that is intact and its own;
+    /// one that is not is set aside.
+    async fn own_snapshot(&self, index: usize) -> Result<Option<Snapshot>, ServiceError> {
+        let path = self.snapshot_path(index);
+        let read = tokio::task::spawn_blocking(move || nimbus_snapshot::read(&path))
             .await
-            .map_err(|status| ServiceError::Unavailable(format!("{status:?}")))
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+        let owner = self.owner(index);
+        let refused = match read {
+            Ok(snapshot) if snapshot.owner == owner => return Ok(Some(snapshot)),
+            Ok(snapshot) => format!("it is the state of {}", snapshot.owner),
+            Err(SnapshotError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Ok(None);
+            }
+            Err(damaged @ SnapshotError::Damaged { .. }) => damaged.to_string(),
+            Err(error) => return Err(ServiceError::Storage(error.to_string())),
+        };
+        self.set_aside(index, refused).await;
+        Ok(None)
+    }
+
+    /// Logs and counts the refusal of instance `index`'s snapshot, and renames it to
+    /// `instance-N.snap.rejected` (replacing an older one), out of the way of the
+    /// instance, which starts afresh, but kept for inspection.
+    async fn set_aside(&self, index: usize, why: String) {
+        self.rejected_snapshots.fetch_add(1, Ordering::Relaxed);
+        let path = self.snapshot_path(index);
+        let aside = path.with_extension("snap.rejected");
+        tracing::warn!(
+            app = %self.config.name,
+            instance = index,
+            snapshot = %path.display(),
+            "refusing the snapshot ({why}); it is set aside as {} and the instance starts afresh",
+            aside.display()
+        );
+        let renamed = tokio::task::spawn_blocking(move || std::fs::rename(&path, &aside)).await;
+        if let Ok(Err(e)) = renamed {
+            tracing::warn!(app = %self.config.name, instance = index, error = %e, "cannot set the refused snapshot aside");
+        }
     }
 }
 
@@ -749,10 +920,11 @@ impl AppCore {
 async fn write_snapshot(
     mut live: ServiceInstance,
     path: PathBuf,
+    owner: Owner,
 ) -> (ServiceInstance, Result<(), ServiceError>) {
     tokio::task::spawn_blocking(move || {
         let written = live
-            .snapshot()
+            .snapshot(owner)
             .write(&path)
             .map_err(|e| ServiceError::Storage(e.to_string()));
         (live, written)
@@ -767,11 +939,16 @@ async fn serve(
     me: Arc<InstanceState>,
     mailbox: Mailbox,
     mut messages: mpsc::Receiver<Message>,
+    _ended: std::sync::mpsc::Sender<Infallible>,
 ) {
     let mut swapped_mailbox = Some(mailbox);
     let mut live: Option<ServiceInstance> = None;
     loop {
-        let message = if live.is_some() {
+        let is_live = live.is_some();
+        let next = async {
+            if !is_live {
+                return messages.recv().await;
+            }
             match tokio::time::timeout(app.config.idle, messages.recv()).await {
                 Ok(message) => message,
                 Err(_idle) => {
@@ -779,8 +956,13 @@ async fn serve(
                     Some(Message::SwapOut(done))
                 }
             }
-        } else {
-            messages.recv().await
+        };
+        // A retired instance ends before anything else, its state unsaved: its
+        // app's directory may belong to a new deployment already.
+        let message = tokio::select! {
+            biased;
+            () = me.retired.notified() => break,
+            message = next => message,
         };
         match message {
             None => break,
@@ -788,8 +970,12 @@ async fn serve(
                 let outcome = match live.take() {
                     None => Ok(()),
                     Some(instance) => {
-                        let (instance, written) =
-                            write_snapshot(instance, app.snapshot_path(me.index)).await;
+                        let (instance, written) = write_snapshot(
+                            instance,
+                            app.snapshot_path(me.index),
+                            app.owner(me.index),
+                        )
+                        .await;
                         match written {
                             Ok(()) => {
                                 swapped_mailbox = Some(instance.retire());

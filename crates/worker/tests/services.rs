@@ -2,6 +2,7 @@
 //! `scripts/build-guests.sh`): state between invocations, errors, swap out and in,
 //! rollback after a trap, restart, sessions, scale-out and refusal when full.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -277,4 +278,78 @@ async fn redeploying_an_app_frees_its_old_instances() {
     assert!(cluster.processes().is_empty());
     // The new deployment starts from scratch.
     assert_eq!(call(&services, "counter", "total", "").await, "0 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_waits_for_the_old_instances_so_no_old_snapshot_lands_in_the_new_app() {
+    let data = tempfile::tempdir().unwrap();
+    let (cluster, services) = node(data.path());
+    let services = Arc::new(services);
+    let mut config = AppConfig::new("counter");
+    // `hold` blocks in recv; its deadline ends it.
+    config.timeout = Duration::from_secs(2);
+    services
+        .deploy(config.clone(), guest("c-counter-service"))
+        .unwrap();
+    assert_eq!(call(&services, "counter", "add", "5").await, "5");
+    let held = tokio::spawn({
+        let services = services.clone();
+        async move { services.invoke("counter", "hold", vec![], None).await }
+    });
+    until_waiting(&cluster, 1).await;
+    // A swap-out queued behind the hold: polled once, it has sent its request.
+    let mut swap_out = Box::pin(services.swap_out_all());
+    let first_poll = std::future::poll_fn(|cx| std::task::Poll::Ready(swap_out.as_mut().poll(cx)));
+    assert!(first_poll.await.is_pending());
+
+    tokio::task::spawn_blocking({
+        let services = services.clone();
+        move || services.deploy(config, guest("c-counter-service"))
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(held.await.unwrap().is_err());
+    tokio::time::timeout(Duration::from_secs(30), swap_out)
+        .await
+        .expect("the swap-out ends")
+        .unwrap();
+    // The old instance ended without writing into the new app's directory.
+    assert!(!data.path().join("apps/counter/instance-0.snap").exists());
+    assert_eq!(call(&services, "counter", "total", "").await, "0 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_deploys_of_one_name_end_with_one_consistent_app() {
+    let data = tempfile::tempdir().unwrap();
+    let (_cluster, services) = node(data.path());
+    let modules = [guest("counter-service"), guest("greeter-service")];
+    for round in 0..10 {
+        let barrier = std::sync::Barrier::new(2);
+        let outcomes: Vec<_> = std::thread::scope(|scope| {
+            let deploys: Vec<_> = modules
+                .iter()
+                .map(|module| {
+                    let (services, barrier) = (&services, &barrier);
+                    scope.spawn(move || {
+                        barrier.wait();
+                        services.deploy(AppConfig::new("app"), module.clone())
+                    })
+                })
+                .collect();
+            deploys.into_iter().map(|d| d.join().unwrap()).collect()
+        });
+        for outcome in outcomes {
+            outcome.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        let apps = services.apps();
+        assert_eq!(apps.len(), 1, "round {round}");
+        let record: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(data.path().join("apps/app/app.json")).unwrap())
+                .unwrap();
+        let on_disk =
+            ModuleBytes::new(std::fs::read(data.path().join("apps/app/module.wasm")).unwrap());
+        assert_eq!(record["module"], apps[0].module, "round {round}");
+        assert_eq!(on_disk.hash().to_string(), apps[0].module, "round {round}");
+    }
 }

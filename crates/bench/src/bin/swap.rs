@@ -130,7 +130,10 @@ async fn measure() {
 
         let start = Instant::now();
         service
-            .snapshot()
+            .snapshot(nimbus_snapshot::Owner {
+                app: "bench".into(),
+                instance: 0,
+            })
             .write(&snapshot_path)
             .expect("snapshot written");
         snapshot_write.push(start.elapsed());

@@ -86,10 +86,15 @@ pub struct Daemon {
 #[allow(dead_code)]
 impl Daemon {
     /// Starts `command` with its stdout read line by line.
-    pub fn start(mut command: Command) -> Daemon {
+    pub fn start(command: Command) -> Daemon {
+        Daemon::start_with_stderr(command, Stdio::null())
+    }
+
+    /// [`Daemon::start`] with its stderr going to `stderr`.
+    pub fn start_with_stderr(mut command: Command, stderr: Stdio) -> Daemon {
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
