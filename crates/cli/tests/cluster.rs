@@ -173,7 +173,7 @@ fn children_spread_over_workers_and_a_lost_worker_fails_its_processes() {
     common::until("every worker reports the app's processes", || {
         hosts(&cluster.addr).iter().all(|row| {
             row.last()
-                .is_some_and(|apps| apps.starts_with("c-fan-out:"))
+                .is_some_and(|apps| apps.starts_with("c-fan-out-"))
         })
     });
 
