@@ -18,12 +18,13 @@ use crate::mesh::{Mesh, MeshConfig, Reply, Request, answer_common};
 use crate::services::{ServiceError, Services};
 
 /// Serves the worker `cluster` (built with a mesh) and its `services` to its peers
-/// and gateways on `listener`.
+/// and gateways on `listener`, forever (accept errors pause it, see
+/// [`nimbus_mesh::serve`]).
 pub async fn serve_worker(
     listener: TcpListener,
     cluster: Arc<Cluster>,
     services: Arc<Services>,
-) -> std::io::Result<()> {
+) -> std::convert::Infallible {
     nimbus_mesh::serve(listener, Arc::new(Worker { cluster, services })).await
 }
 
