@@ -8,6 +8,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
+use std::time::Duration;
 
 use common::{Daemon, TestCluster, guest, nimbus, outcome, run, until};
 
@@ -199,4 +200,114 @@ fn two_ups_on_one_machine_take_their_own_data_plane_ports() {
     for address in [first_data, second_data, first_gateway, second_gateway] {
         TcpStream::connect(&address).unwrap();
     }
+}
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib << 10
+}
+
+#[test]
+fn a_million_tiny_messages_to_a_process_that_never_receives_are_held_at_the_quota() {
+    use nimbus_runtime::{MAILBOX_CAPACITY, MESSAGE_OVERHEAD};
+    const MESSAGES: usize = 1_000_000;
+    // What fits before the sender is held back, in the guest's steps of 10,000.
+    let fit = MAILBOX_CAPACITY / (1 + MESSAGE_OVERHEAD) / 10_000 * 10_000;
+    assert!(fit < MESSAGES);
+    let share = tempfile::tempdir().unwrap();
+    let mount = format!("{}::/share", share.path().display());
+    let mut command = nimbus(&["run", "--dir", &mount]);
+    command
+        .arg(guest("bounds-check"))
+        .args(["--", "flood", &MESSAGES.to_string(), "/share"]);
+    let mut flood = Daemon::start(command);
+    let pid = flood.child.id();
+    assert_eq!(flood.announced("sent "), "10000");
+    let before = rss(pid);
+    for k in (20_000..=fit).step_by(10_000) {
+        assert_eq!(flood.announced("sent "), k.to_string());
+    }
+    // Held back: a sender that was not would be through its next 10,000 in a few
+    // milliseconds.
+    let next = flood.line_within(Duration::from_secs(2));
+    assert_eq!(next, None, "the sender went past the mailbox's quota");
+    let grown = rss(pid).saturating_sub(before);
+    eprintln!("held at the quota after {fit}+ messages: the host grew by {grown} bytes");
+    assert!(grown < 200 << 20, "the host grew by {grown} bytes");
+
+    std::fs::write(share.path().join("go"), "").unwrap();
+    let mut k = fit;
+    loop {
+        let line = flood.announced("sent ");
+        if line == "all" {
+            break;
+        }
+        k += 10_000;
+        assert_eq!(line, k.to_string());
+    }
+    assert_eq!(flood.announced("sink exited "), "0");
+    assert!(flood.child.wait().unwrap().success());
+}
+
+#[test]
+fn a_hundred_thousand_short_processes_leave_memory_flat() {
+    let mut command = nimbus(&["run"]);
+    command
+        .arg(guest("bounds-check"))
+        .args(["--", "spawns", "100000"]);
+    let mut spawns = Daemon::start(command);
+    let pid = spawns.child.id();
+    assert_eq!(spawns.announced("spawned "), "10000");
+    let before = rss(pid);
+    for k in (20_000..=100_000).step_by(10_000) {
+        assert_eq!(spawns.announced("spawned "), k.to_string());
+    }
+    let grown = rss(pid).saturating_sub(before);
+    eprintln!("from 10,000 to 100,000 processes the host grew by {grown} bytes");
+    // Flat: what 90,000 more processes may add, for all of them together.
+    assert!(grown < 32 << 20, "the host grew by {grown} bytes");
+    assert!(spawns.child.wait().unwrap().success());
+}
+
+#[test]
+fn channels_past_the_bound_are_refused_and_the_worker_serves_on() {
+    use nimbus_runtime::MAX_CHANNELS;
+    // Spread over 3 workers, about two thirds of the children are on other workers
+    // than their parent: well over the bound.
+    let children = 2 * MAX_CHANNELS + MAX_CHANNELS / 2;
+    let mut cluster = TestCluster::start(3, &[]);
+    let mut command = cluster.nimbus(&["run"]);
+    command
+        .arg(guest("bounds-check"))
+        .args(["--", "channels", &children.to_string()]);
+    let (stdout, stderr, code) = outcome(&run(command));
+    assert_eq!(code, Some(0), "{stderr}");
+    let counts: Vec<usize> = stdout
+        .trim()
+        .strip_prefix("channels ")
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .split(' ')
+        .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
+        .collect();
+    let [ok, quota, other] = counts[..] else {
+        panic!("{stdout}");
+    };
+    eprintln!("{}", stdout.trim());
+    assert_eq!(other, 0, "{stderr}");
+    assert!(ok >= MAX_CHANNELS, "{stdout}");
+    assert!(quota > 0, "{stdout}");
+    assert_eq!(ok + quota, children);
+
+    // Every worker is up and serves.
+    for (worker, host) in &mut cluster.workers {
+        assert!(worker.child.try_wait().unwrap().is_none(), "{host} ended");
+    }
+    let mut nimbus = cluster.nimbus(&["run"]);
+    nimbus.arg(guest("hello"));
+    let (stdout, stderr, code) = outcome(&run(nimbus));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "Hello from nimbus!\n");
 }

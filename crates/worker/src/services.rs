@@ -689,6 +689,7 @@ impl App {
             if let Some(host) = self.cluster.host(instance.host) {
                 host.unregister(instance.pid);
             }
+            self.cluster.release_locks(instance.pid);
         }
         self.sessions.lock().unwrap().clear();
     }

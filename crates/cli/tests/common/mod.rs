@@ -152,6 +152,12 @@ impl Daemon {
             .to_owned()
     }
 
+    /// The next line printed if one comes within `window`: for checking that a
+    /// process is held back (a correct one never prints within it).
+    pub fn line_within(&self, window: Duration) -> Option<String> {
+        self.lines.recv_timeout(window).ok()
+    }
+
     /// Stops the process with `signal` (`KILL`, `TERM`) and waits for it.
     pub fn signal(&mut self, signal: &str) -> std::process::ExitStatus {
         let pid = self.child.id().to_string();
