@@ -42,7 +42,8 @@ extern "C" {
 /** spawn: the module is missing, not WebAssembly, invalid, has no _start, or imports
  *  something unknown. */
 #define NIMBUS_ERR_MODULE (-5)
-/** spawn: the process quota of the host or app is used up. */
+/** spawn: the process quota of the host or app is used up; send: a new channel was
+ *  needed while the sender or the receiver holds 1,024. */
 #define NIMBUS_ERR_QUOTA (-6)
 /** send: message over 16 MiB. */
 #define NIMBUS_ERR_TOO_LARGE (-7)

@@ -102,7 +102,30 @@ fn init_logging(command: &Command) {
         .init();
 }
 
+/// Raises this process's soft limit on open file descriptors to its hard limit: every
+/// channel between two processes on different workers, every connection of a client,
+/// costs one, and the usual soft limit (1024) is far below what a node serves. The
+/// processes `nimbus up` starts inherit the raised limit. On failure the old limit
+/// stays, which only lowers how much the node can serve at once.
+fn raise_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable `rlimit` for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max;
+        // SAFETY: `limit` is a valid `rlimit`, only read by the call; a soft limit
+        // equal to the hard one is always allowed.
+        let _ = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+    }
+}
+
 fn main() -> ExitCode {
+    raise_descriptor_limit();
     let cli = Cli::parse();
     init_logging(&cli.command);
     let result = match cli.command {

@@ -19,9 +19,11 @@ pub(crate) struct UpArgs {
     /// Address of the HTTP gateway (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR")]
     listen: String,
-    /// Address of the binary data plane for invocations (port 0 picks a free one).
-    #[arg(long, default_value = "127.0.0.1:7071", value_name = "ADDR")]
-    data_listen: String,
+    /// Address of the binary data plane for invocations (port 0 picks a free one);
+    /// by default the gateway's host and the port after its (7071), or a free port
+    /// when the gateway's is 0.
+    #[arg(long, value_name = "ADDR")]
+    data_listen: Option<String>,
     /// Where nimbus keeps modules, deployments and swapped-out state.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -70,9 +72,12 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         let address = listener
             .local_addr()
             .map_err(|e| internal("listener", &e))?;
-        let data_listener = tokio::net::TcpListener::bind(&args.data_listen)
+        let data_listen = args
+            .data_listen
+            .unwrap_or_else(|| beside(address).to_string());
+        let data_listener = tokio::net::TcpListener::bind(&data_listen)
             .await
-            .map_err(|e| Failure::new(2, format!("cannot listen on {}: {e}", args.data_listen)))?;
+            .map_err(|e| Failure::new(2, format!("cannot listen on {data_listen}: {e}")))?;
         let data_address = data_listener
             .local_addr()
             .map_err(|e| internal("listener", &e))?;
@@ -126,7 +131,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             cluster,
             planner,
         });
-        nimbus_gateway::serve(listener, gateway, stop_signal())
+        nimbus_gateway::serve(listener, gateway, stop_signal(), SHUTDOWN_GRACE)
             .await
             .map_err(|e| internal("gateway", &e))?;
         eprintln!("nimbus: stopping; swapping every instance out");
@@ -139,8 +144,56 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
     })
 }
 
+/// How long `nimbus up` lets clients' connections finish once it is told to stop;
+/// then it stops whatever they hold (an idle keep-alive connection, say).
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The default data plane address beside the gateway's `gateway`: the next port, or
+/// any free one (port 0) when the gateway's was picked freely, so that two `nimbus up`
+/// on one machine never reach for the same port.
+fn beside(gateway: std::net::SocketAddr) -> std::net::SocketAddr {
+    let port = match gateway.port() {
+        u16::MAX => 0,
+        port => port + 1,
+    };
+    std::net::SocketAddr::new(gateway.ip(), port)
+}
+
+/// Makes the process `command` starts end (SIGKILL) when the thread that starts it
+/// does, however this process ends, so no planner or worker outlives its `nimbus up`.
+/// Linux ties the signal to the thread that forks: `nimbus up` starts its children
+/// from the thread that runs it to the end.
+pub(crate) fn end_with_parent(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid is async-signal-safe; this runs in the parent, before the fork.
+    let parent = unsafe { libc::getpid() };
+    let set = move || {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe system
+        // calls touching no memory of ours, so they may run between fork and exec.
+        let (set, now) = unsafe {
+            (
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+                libc::getppid(),
+            )
+        };
+        if set != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // A parent that died before the signal was set will never send it.
+        if now != parent {
+            return Err(std::io::Error::other("the parent ended while starting"));
+        }
+        Ok(())
+    };
+    // SAFETY: the closure only makes the two async-signal-safe calls above and
+    // builds an error value, which is what may run in the child between fork and exec.
+    unsafe {
+        command.pre_exec(set);
+    }
+}
+
 /// A planner and workers started as child processes of `nimbus up`; they stop
-/// with it (killed when this is dropped).
+/// with it (killed when this is dropped, or by the kernel if `nimbus up` dies).
 struct LocalCluster {
     planner: String,
     _children: Vec<tokio::process::Child>,
@@ -191,10 +244,13 @@ async fn spawn_announcing(
     prefix: &str,
 ) -> std::io::Result<(tokio::process::Child, String)> {
     use tokio::io::AsyncBufReadExt;
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+    let mut command = std::process::Command::new(std::env::current_exe()?);
+    command
         .args(args)
         .env("NIMBUS_DATA_DIR", data_dir)
-        .stdout(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    end_with_parent(&mut command);
+    let mut child = tokio::process::Command::from(command)
         .kill_on_drop(true)
         .spawn()?;
     let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("piped"));

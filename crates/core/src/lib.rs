@@ -219,16 +219,25 @@ pub mod exit_code {
     pub const KILLED: i32 = 137;
 }
 
-/// Formats a byte count with a binary unit, e.g. `64 MiB`.
+/// Formats a byte count with a binary unit for people to read: exact when it is a
+/// whole number of its unit (`64 MiB`, `1536 B` is `1.5 KiB`), else with one decimal
+/// in the largest unit that keeps the figure at least 1 (`23.5 GiB`).
 pub fn format_size(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes;
     let mut unit = 0;
-    while unit + 1 < UNITS.len() && value >= 1024 && value.is_multiple_of(1024) {
-        value /= 1024;
+    while unit + 1 < UNITS.len() && bytes >> (10 * (unit + 1)) > 0 {
         unit += 1;
     }
-    format!("{value} {}", UNITS[unit])
+    let scale = 1u64 << (10 * unit);
+    if bytes.is_multiple_of(scale) {
+        return format!("{} {}", bytes / scale, UNITS[unit]);
+    }
+    let tenths = (u128::from(bytes) * 10 + u128::from(scale) / 2) / u128::from(scale);
+    if tenths >= 10 * 1024 && unit + 1 < UNITS.len() {
+        // Rounded up to the next unit: 1023.96 MiB is 1.0 GiB.
+        return format!("1.0 {}", UNITS[unit + 1]);
+    }
+    format!("{}.{} {}", tenths / 10, tenths % 10, UNITS[unit])
 }
 
 #[cfg(test)]
@@ -267,9 +276,16 @@ mod tests {
     }
 
     #[test]
-    fn sizes_format_with_the_largest_exact_unit() {
+    fn sizes_format_exactly_or_with_one_decimal() {
         assert_eq!(format_size(64 << 20), "64 MiB");
-        assert_eq!(format_size(1536), "1536 B");
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(1023), "1023 B");
+        assert_eq!(format_size(1536), "1.5 KiB");
+        // What `nimbus hosts` printed as `24683652 KiB`.
+        assert_eq!(format_size(24_683_652 << 10), "23.5 GiB");
+        assert_eq!(format_size((1 << 30) - 1), "1.0 GiB");
+        assert_eq!(format_size(5 << 40), "5 TiB");
+        assert_eq!(format_size(u64::MAX), "16777216.0 TiB");
         assert_eq!(format_size(3 << 30), "3 GiB");
     }
 }

@@ -143,7 +143,8 @@ pub async fn serve(
             Ok((stream, _)) => stream,
             Err(error) if is_connection_error(&error) => continue,
             Err(error) if error.kind() == io::ErrorKind::InvalidInput => return Err(error),
-            Err(_) => {
+            Err(error) => {
+                tracing::warn!(%error, "data plane: accepting failed; pausing before accepting again");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }

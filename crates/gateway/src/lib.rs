@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -72,15 +73,35 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
         .with_state(gateway)
 }
 
-/// Serves the gateway on `listener` until `shutdown` completes.
+/// Serves the gateway on `listener` until `shutdown` completes and its connections
+/// have finished, or `grace` after `shutdown` at the latest.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     gateway: Arc<Gateway>,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(gateway))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let (stopping, mut stopped) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
+    let server = axum::serve(listener, router(gateway))
+        .with_graceful_shutdown(signal)
+        .into_future();
+    tokio::select! {
+        served = server => served,
+        // Connections still open once the grace period is over (a client holding an
+        // idle keep-alive connection, one that never sent a request) do not hold
+        // the shutdown up any longer.
+        () = async {
+            if stopped.wait_for(|stopping| *stopping).await.is_err() {
+                // The signal is gone without firing: only the server ending stops us.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(grace).await;
+        } => Ok(()),
+    }
 }
 
 /// A failed request: a status and a message, sent as `{"error": message}`.

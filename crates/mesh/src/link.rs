@@ -2,6 +2,7 @@
 //! ([`serve`]).
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -303,14 +304,41 @@ impl Replier {
     }
 }
 
-/// Accepts connections on `listener` and hands every request to `handler`, until
-/// accepting fails.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>) -> std::io::Result<()> {
+/// How long [`serve`] pauses accepting after an error such as running out of file
+/// descriptors, which only connections closing elsewhere can cure.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Accepts connections on `listener` and hands every request to `handler`, forever.
+///
+/// An error accepting is logged and, unless it concerns only the one connection,
+/// pauses accepting briefly ([`ACCEPT_BACKOFF`]); it never ends the server, so a guest
+/// that uses up the process's descriptors cannot take its node down. Dropping the
+/// future stops accepting.
+pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>) -> Infallible {
     loop {
-        let (stream, _) = listener.accept().await?;
-        tune(&stream);
-        tokio::spawn(answer(stream, handler.clone()));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tune(&stream);
+                tokio::spawn(answer(stream, handler.clone()));
+            }
+            Err(error) if is_connection_error(&error) => {
+                tracing::debug!(%error, "mesh: a connection failed while being accepted");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "mesh: accepting failed; pausing before accepting again");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
     }
+}
+
+/// Errors about one incoming connection, which say nothing about the listener.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        error.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    )
 }
 
 async fn answer<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
@@ -402,7 +430,7 @@ mod tests {
         }
     }
 
-    async fn server() -> (String, tokio::task::JoinHandle<std::io::Result<()>>) {
+    async fn server() -> (String, tokio::task::JoinHandle<Infallible>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         (addr, tokio::spawn(serve(listener, Arc::new(Echo))))

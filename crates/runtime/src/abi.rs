@@ -13,7 +13,7 @@ use wasmtime::{Caller, Extern, Linker, Memory};
 use crate::abi_state::{StateCall, StateReply};
 use crate::mailbox::Arrival;
 use crate::process::ProcessCtx;
-use crate::stream::{Outlet, channel};
+use crate::stream::{ChannelSlot, Outlet, channel};
 
 /// A boxed, sendable future, the return type of [`Kernel`] methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -38,6 +38,13 @@ pub trait Kernel: Send + Sync + 'static {
     fn route(&self, from: Pid, to: Pid) -> BoxFuture<'_, Result<Route, AbiError>> {
         let _ = (from, to);
         Box::pin(async { Ok(Route::Kernel) })
+    }
+    /// Whether `pid` would be reached through [`Kernel::send`], with no channel of
+    /// its own (it runs on this node, or there is no other): asked only of a process
+    /// that holds as many channels as it may.
+    fn is_local(&self, pid: Pid) -> bool {
+        let _ = pid;
+        true
     }
     /// The processes of the world `pid` is a rank of, by rank, once every rank has
     /// started; `None` if `pid` is a rank of no world.
@@ -317,6 +324,20 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
     crate::abi_state::add_to_linker(linker)
 }
 
+/// A place for a new channel of the calling process, if it holds fewer than
+/// [`crate::MAX_CHANNELS`]. Its outlets of channels whose other side it has found ended
+/// are dropped first once they are as many as the bound, so that they never pile up.
+fn new_channel_slot(caller: &mut Caller<'_, ProcessCtx>) -> Option<ChannelSlot> {
+    if caller.data().outlets.len() >= crate::MAX_CHANNELS {
+        let peers = caller.data().mailbox.peers();
+        caller
+            .data_mut()
+            .outlets
+            .retain(|pid, _| peers.contains(pid));
+    }
+    caller.data().mailbox.reserve_channel()
+}
+
 /// Sends the concatenation of `parts` to `to`.
 async fn send(caller: &mut Caller<'_, ProcessCtx>, to: i64, parts: [(i32, i32); 2]) -> i32 {
     let result = async {
@@ -333,20 +354,31 @@ async fn send(caller: &mut Caller<'_, ProcessCtx>, to: i64, parts: [(i32, i32); 
             None => {
                 let channel = match caller.data().mailbox.channel_with(to) {
                     Some(channel) => channel,
-                    None => match kernel.route(pid, to).await? {
-                        Route::Kernel => {
-                            let data = [head, body]
-                                .map(|range| &memory.0.data(&*caller)[range])
-                                .concat();
-                            kernel.send(pid, to, data).await?;
-                            return Ok(Delivered::Here);
+                    None => {
+                        let slot = new_channel_slot(caller);
+                        if slot.is_none() && !kernel.is_local(to) {
+                            return Err(AbiError::Quota);
                         }
-                        Route::Stream(stream) => {
-                            let channel = channel(stream).map_err(|_| AbiError::Internal)?;
-                            caller.data_mut().mailbox.add_channel(to, channel.clone());
-                            channel
+                        match kernel.route(pid, to).await? {
+                            Route::Kernel => {
+                                let data = [head, body]
+                                    .map(|range| &memory.0.data(&*caller)[range])
+                                    .concat();
+                                kernel.send(pid, to, data).await?;
+                                return Ok(Delivered::Here);
+                            }
+                            Route::Stream(stream) => {
+                                // Dropping the stream tells its receiver's host at once.
+                                let slot = slot.ok_or(AbiError::Quota)?;
+                                let channel = channel(stream).map_err(|_| AbiError::Internal)?;
+                                caller
+                                    .data_mut()
+                                    .mailbox
+                                    .add_channel(to, channel.clone(), slot);
+                                channel
+                            }
                         }
-                    },
+                    }
                 };
                 let outlet = Arc::new(Outlet::new(channel));
                 caller.data_mut().outlets.insert(to, outlet.clone());

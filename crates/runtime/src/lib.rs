@@ -32,7 +32,9 @@ pub use cache::{CacheStats, LoadError, ModuleBytes, ModuleHash};
 pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
 pub use log::LogBuffer;
 pub use mailbox::{
-    Arrival, MAILBOX_CAPACITY, MAX_MESSAGE_SIZE, Mailbox, MailboxSender, Message, mailbox,
+    Arrival, MAILBOX_CAPACITY, MAX_CHANNELS, MAX_MESSAGE_SIZE, MESSAGE_OVERHEAD, Mailbox,
+    MailboxSender, Message, mailbox,
 };
 pub use process::{Input, InputStream, Output, OutputSink, Preopen, ProcessSpec};
 pub use service::{Invocation, InvokeError, ServiceInstance};
+pub use stream::ChannelSlot;

@@ -5,9 +5,11 @@
 //! Senders wait for room instead of growing memory without bound, which is the
 //! backpressure a slow receiver exerts on fast senders.
 
+use std::collections::HashSet;
 use std::future::poll_fn;
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::task::Poll;
 
 use nimbus_core::Pid;
@@ -15,12 +17,21 @@ use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::AbiError;
-use crate::stream::{Channel, Incoming, Inlet, Spin, channel};
+use crate::stream::{Channel, ChannelSlot, Incoming, Inlet, Spin, channel};
 
 /// The largest message a process may send.
 pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
-/// The most bytes of queued messages a mailbox holds before senders wait.
+/// The most bytes of queued messages a mailbox holds before senders wait, each
+/// message counted with [`MESSAGE_OVERHEAD`].
 pub const MAILBOX_CAPACITY: usize = 64 << 20;
+/// What a queued message costs its mailbox beyond its bytes: about what the host
+/// spends on it (the message, its queue slot, its allocation; 82 bytes measured), so
+/// that a flood of tiny messages is bounded in host memory by the capacity too.
+pub const MESSAGE_OVERHEAD: usize = 128;
+/// The most channels with processes on other hosts a process holds at once, opened
+/// by either side (each is a socket, and 64 KiB read ahead): a process over the bound
+/// is refused a new one (`ERR_QUOTA`), and so is a peer opening one to it.
+pub const MAX_CHANNELS: usize = 1024;
 
 /// A message in a mailbox.
 #[derive(Debug)]
@@ -55,6 +66,8 @@ enum Entry {
 pub struct MailboxSender {
     queue: mpsc::UnboundedSender<Entry>,
     room: Arc<Semaphore>,
+    /// How many channels the process holds, queued or attached.
+    channels: Arc<AtomicUsize>,
 }
 
 /// The receiving half of a mailbox, owned by the process.
@@ -64,6 +77,7 @@ pub struct Mailbox {
     /// Whether every sender of the queue is gone.
     queue_closed: bool,
     room: Arc<Semaphore>,
+    channels: Arc<AtomicUsize>,
     inlets: Vec<Inlet>,
     /// The inlet to look at first next time, so that none starves the others.
     next_inlet: usize,
@@ -75,15 +89,18 @@ pub struct Mailbox {
 pub fn mailbox() -> (MailboxSender, Mailbox) {
     let (tx, rx) = mpsc::unbounded_channel();
     let room = Arc::new(Semaphore::new(MAILBOX_CAPACITY));
+    let channels = Arc::new(AtomicUsize::new(0));
     (
         MailboxSender {
             queue: tx,
             room: room.clone(),
+            channels: channels.clone(),
         },
         Mailbox {
             queue: rx,
             queue_closed: false,
             room,
+            channels,
             inlets: Vec::new(),
             next_inlet: 0,
             held_back: None,
@@ -97,8 +114,8 @@ impl MailboxSender {
         if data.len() > MAX_MESSAGE_SIZE {
             return Err(AbiError::TooLarge);
         }
-        // Empty messages still take one unit so they count against the queue.
-        let units = data.len().max(1) as u32;
+        // At most 16 MiB and 128 bytes: it fits.
+        let units = (data.len() + MESSAGE_OVERHEAD) as u32;
         let room = self
             .room
             .clone()
@@ -114,12 +131,19 @@ impl MailboxSender {
             .map_err(|_| AbiError::NoSuchProcess)
     }
 
-    /// Adds a channel with `from` on another host, which opened it.
-    pub fn attach(&self, from: Pid, stream: TcpStream) -> Result<(), AbiError> {
+    /// A place for one more channel, taken before a peer's is accepted; `ERR_QUOTA`
+    /// if the process holds [`MAX_CHANNELS`] already.
+    pub fn reserve_channel(&self) -> Result<ChannelSlot, AbiError> {
+        ChannelSlot::take(&self.channels).ok_or(AbiError::Quota)
+    }
+
+    /// Adds a channel with `from` on another host, which opened it, in `slot`.
+    pub fn attach(&self, from: Pid, stream: TcpStream, slot: ChannelSlot) -> Result<(), AbiError> {
         if self.room.is_closed() {
             return Err(AbiError::NoSuchProcess);
         }
-        let inlet = Inlet::new(from, channel(stream).map_err(|_| AbiError::Internal)?);
+        let channel = channel(stream).map_err(|_| AbiError::Internal)?;
+        let inlet = Inlet::new(from, channel, slot);
         self.queue
             .send(Entry::Inlet(inlet))
             .map_err(|_| AbiError::NoSuchProcess)
@@ -221,9 +245,21 @@ impl Mailbox {
         found
     }
 
-    /// Adds the receiving side of a channel this process opened to `from`.
-    pub(crate) fn add_channel(&mut self, from: Pid, channel: Channel) {
-        self.inlets.push(Inlet::new(from, channel));
+    /// Adds the receiving side of a channel this process opened to `from`, in `slot`.
+    pub(crate) fn add_channel(&mut self, from: Pid, channel: Channel, slot: ChannelSlot) {
+        self.inlets.push(Inlet::new(from, channel, slot));
+    }
+
+    /// A place for one more channel, for one this process opens; `None` if it holds
+    /// [`MAX_CHANNELS`] already.
+    pub(crate) fn reserve_channel(&self) -> Option<ChannelSlot> {
+        ChannelSlot::take(&self.channels)
+    }
+
+    /// The peers this process still has channels with (their inlets not yet found
+    /// ended).
+    pub(crate) fn peers(&self) -> HashSet<Pid> {
+        self.inlets.iter().map(|inlet| inlet.channel().0).collect()
     }
 
     /// A channel with `peer` already here, opened by either side.
@@ -304,8 +340,10 @@ mod tests {
     #[tokio::test]
     async fn full_mailbox_blocks_until_received_and_fails_once_dropped() {
         let (tx, mut rx) = mailbox();
+        // Four messages that with their overhead fill the mailbox exactly.
         for _ in 0..MAILBOX_CAPACITY / MAX_MESSAGE_SIZE {
-            tx.send(pid(1), vec![0; MAX_MESSAGE_SIZE]).await.unwrap();
+            let data = vec![0; MAX_MESSAGE_SIZE - MESSAGE_OVERHEAD];
+            tx.send(pid(1), data).await.unwrap();
         }
         let blocked = tokio::spawn({
             let tx = tx.clone();
@@ -325,11 +363,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn tiny_messages_are_charged_their_overhead() {
+        let (tx, mut rx) = mailbox();
+        let fit = MAILBOX_CAPACITY / (1 + MESSAGE_OVERHEAD);
+        for _ in 0..fit {
+            tx.send(pid(1), vec![7]).await.unwrap();
+        }
+        let blocked = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(pid(2), vec![8]).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !blocked.is_finished(),
+            "{fit} messages of 1 byte fill the mailbox"
+        );
+        drop(queued(&mut rx).await);
+        blocked.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn a_stream_that_breaks_the_format_is_dropped() {
         use std::io::Write;
         let (mut sending, receiving) = crate::stream::tests::connection();
         let (tx, mut rx) = mailbox();
-        tx.attach(pid(3), receiving).unwrap();
+        tx.attach(pid(3), receiving, tx.reserve_channel().unwrap())
+            .unwrap();
         let too_long = u32::try_from(MAX_MESSAGE_SIZE + 1).unwrap();
         sending.write_all(&too_long.to_le_bytes()).unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -24,7 +24,7 @@ use std::marker::PhantomData;
 use std::net::TcpStream;
 use std::ops::Range;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -132,6 +132,29 @@ pub(crate) fn channel(stream: TcpStream) -> io::Result<Channel> {
     Ok(Arc::new(stream))
 }
 
+/// A place for one channel among the at most [`crate::MAX_CHANNELS`] of a process,
+/// taken before the channel is opened or accepted, and freed when dropped.
+#[derive(Debug)]
+pub struct ChannelSlot(Arc<AtomicUsize>);
+
+impl ChannelSlot {
+    /// Takes a place counted by `taken`, unless all are taken.
+    pub(crate) fn take(taken: &Arc<AtomicUsize>) -> Option<ChannelSlot> {
+        taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < crate::MAX_CHANNELS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ChannelSlot(taken.clone()))
+    }
+}
+
+impl Drop for ChannelSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// The sending side of a channel, owned by the sending process.
 #[derive(Debug)]
 pub struct Outlet {
@@ -198,6 +221,8 @@ impl Outlet {
 pub(crate) struct Inlet {
     from: Pid,
     socket: Channel,
+    /// Its place among its process's channels, freed when it is dropped.
+    _slot: ChannelSlot,
     /// Bytes read ahead, so that a small message takes one read, length and all:
     /// those in `start..end` are unconsumed.
     ahead: Box<[u8]>,
@@ -225,10 +250,11 @@ pub struct Incoming {
 
 impl Inlet {
     /// The receiving side of a channel with `from`.
-    pub(crate) fn new(from: Pid, socket: Channel) -> Inlet {
+    pub(crate) fn new(from: Pid, socket: Channel, slot: ChannelSlot) -> Inlet {
         Inlet {
             from,
             socket,
+            _slot: slot,
             ahead: vec![0; READ_AHEAD].into_boxed_slice(),
             start: 0,
             end: 0,
@@ -457,7 +483,9 @@ pub(crate) mod tests {
     async fn messages_stream_in_order_straight_between_buffers() {
         let (sending, receiving) = connection();
         let (sender, mut mailbox) = mailbox();
-        sender.attach(pid(7), receiving).unwrap();
+        sender
+            .attach(pid(7), receiving, sender.reserve_channel().unwrap())
+            .unwrap();
         let outlet = Outlet::new(channel(sending).unwrap());
         // Larger than the socket buffers, so that the writer waits for the reader.
         let big: Vec<u8> = (0..12 << 20).map(|i: u32| (i % 251) as u8).collect();
@@ -500,7 +528,9 @@ pub(crate) mod tests {
     async fn a_sender_gone_midway_loses_only_its_unfinished_message() {
         let (mut sending, receiving) = connection();
         let (sender, mut mailbox) = mailbox();
-        sender.attach(pid(3), receiving).unwrap();
+        sender
+            .attach(pid(3), receiving, sender.reserve_channel().unwrap())
+            .unwrap();
         sender.send(pid(4), b"local".to_vec()).await.unwrap();
         sending.write_all(&2u32.to_le_bytes()).unwrap();
         sending.write_all(b"ok").unwrap();
@@ -533,11 +563,13 @@ pub(crate) mod tests {
         // `a` opened the channel: it sends and receives on it.
         let (_, mut a_mailbox) = mailbox();
         let a_channel = channel(opened).unwrap();
-        a_mailbox.add_channel(b, a_channel.clone());
+        a_mailbox.add_channel(b, a_channel.clone(), a_mailbox.reserve_channel().unwrap());
         let a_outlet = Outlet::new(a_channel);
         // `b`'s host attached the other end to `b`'s mailbox.
         let (b_sender, mut b_mailbox) = mailbox();
-        b_sender.attach(a, accepted).unwrap();
+        b_sender
+            .attach(a, accepted, b_sender.reserve_channel().unwrap())
+            .unwrap();
         assert!(b_mailbox.channel_with(a).is_none(), "not taken in yet");
 
         let mut source = b"ping".to_vec();

@@ -98,8 +98,9 @@ impl From<StateError> for WireError {
     }
 }
 
-/// Serves `tier` on `listener` until accepting fails.
-pub async fn serve(listener: TcpListener, tier: Arc<dyn GlobalTier>) -> std::io::Result<()> {
+/// Serves `tier` on `listener` forever (accept errors pause it, see
+/// [`nimbus_mesh::serve`]).
+pub async fn serve(listener: TcpListener, tier: Arc<dyn GlobalTier>) -> std::convert::Infallible {
     nimbus_mesh::serve(listener, Arc::new(Server { tier })).await
 }
 

@@ -377,6 +377,11 @@ impl Cluster {
         self.room.notify_waiters();
     }
 
+    /// Releases the state locks `pid` held, for a process or instance that ended.
+    pub(crate) fn release_locks(&self, pid: Pid) {
+        self.locks.release_all(pid);
+    }
+
     pub(crate) fn child_ended(&self, parent: Pid, child: Pid, status: ExitStatus) {
         if let Some(host) = self.host_of(parent) {
             host.child_ended(parent, child, status);
@@ -641,6 +646,10 @@ impl Kernel for Cluster {
 
     fn send(&self, from: Pid, to: Pid, data: Vec<u8>) -> BoxFuture<'_, Result<(), AbiError>> {
         Box::pin(async move { self.deliver(from, to, data).await })
+    }
+
+    fn is_local(&self, pid: Pid) -> bool {
+        self.mesh.is_none() || self.host_of(pid).is_some()
     }
 
     fn route(&self, from: Pid, to: Pid) -> BoxFuture<'_, Result<Route, AbiError>> {

@@ -173,6 +173,7 @@ impl Host {
             }
             host.table.lock().unwrap().remove(&pid);
             host.admitted.fetch_sub(1, Ordering::Relaxed);
+            cluster.release_locks(pid);
             cluster.room_freed();
             match (parent, notify) {
                 (_, Some(notify)) => drop(notify.send(status)),

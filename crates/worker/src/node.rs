@@ -18,12 +18,13 @@ use crate::mesh::{Mesh, MeshConfig, Reply, Request, answer_common};
 use crate::services::{ServiceError, Services};
 
 /// Serves the worker `cluster` (built with a mesh) and its `services` to its peers
-/// and gateways on `listener`.
+/// and gateways on `listener`, forever (accept errors pause it, see
+/// [`nimbus_mesh::serve`]).
 pub async fn serve_worker(
     listener: TcpListener,
     cluster: Arc<Cluster>,
     services: Arc<Services>,
-) -> std::io::Result<()> {
+) -> std::convert::Infallible {
     nimbus_mesh::serve(listener, Arc::new(Worker { cluster, services })).await
 }
 
@@ -141,11 +142,17 @@ impl Handler for Worker {
     fn adopt(self: Arc<Self>, hello: Frame, adoption: Adoption) -> HandlerFuture {
         Box::pin(async move {
             let receiver = match hello.head::<Request>() {
-                Ok(Request::Stream { from, to }) => self
-                    .cluster
-                    .mailbox(to)
-                    .map(|mailbox| (from, mailbox))
-                    .ok_or(AbiError::NoSuchProcess),
+                Ok(Request::Stream { from, to }) => {
+                    self.cluster
+                        .mailbox(to)
+                        .ok_or(AbiError::NoSuchProcess)
+                        .and_then(|mailbox| {
+                            // A receiver holding as many channels as it may refuses
+                            // more: its opener's send is `ERR_QUOTA`.
+                            let slot = mailbox.reserve_channel()?;
+                            Ok((from, mailbox, slot))
+                        })
+                }
                 _ => Err(AbiError::Invalid),
             };
             let answer = match &receiver {
@@ -155,10 +162,10 @@ impl Handler for Worker {
             let Ok(stream) = adoption.answer(&answer.frame()).await else {
                 return;
             };
-            if let (Ok((from, mailbox)), Ok(stream)) = (receiver, stream.into_std()) {
+            if let (Ok((from, mailbox, slot)), Ok(stream)) = (receiver, stream.into_std()) {
                 // A receiver that ended since drops the stream, and its sender's next
                 // send finds it closed.
-                let _ = mailbox.attach(from, stream);
+                let _ = mailbox.attach(from, stream, slot);
             }
         })
     }

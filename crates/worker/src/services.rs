@@ -785,6 +785,7 @@ impl App {
             if let Some(host) = self.cluster.host(instance.host) {
                 host.unregister(instance.pid);
             }
+            self.cluster.release_locks(instance.pid);
         }
         for instance in &instances {
             // Returns once the actor dropped its end of the channel: it has ended.

@@ -8,9 +8,57 @@ use nimbus_runtime::{AbiError, StateCall, StateReply, Tier};
 use nimbus_state::{AppState, LockToken, StateError};
 
 /// The global locks processes hold, by holder and key: a guest names only the key,
-/// the token stays on the host.
+/// the token stays on the host. A holder's entry goes when it ends ([`Locks::release_all`]).
 #[derive(Default)]
-pub(crate) struct Locks(Mutex<HashMap<(Pid, Vec<u8>), LockToken>>);
+pub(crate) struct Locks(Mutex<HashMap<Pid, HashMap<Vec<u8>, Held>>>);
+
+/// A lock a process holds: its app's state, where to release it, and its token.
+struct Held {
+    app: AppState,
+    token: LockToken,
+}
+
+impl Locks {
+    fn insert(&self, pid: Pid, key: Vec<u8>, held: Held) {
+        self.0
+            .lock()
+            .unwrap()
+            .entry(pid)
+            .or_default()
+            .insert(key, held);
+    }
+
+    fn remove(&self, pid: Pid, key: &[u8]) -> Option<Held> {
+        let mut locks = self.0.lock().unwrap();
+        let held = locks.get_mut(&pid)?;
+        let found = held.remove(key);
+        if held.is_empty() {
+            locks.remove(&pid);
+        }
+        found
+    }
+
+    /// Forgets every lock `pid` holds and releases them in the global tier (on a task
+    /// of their own), for a process that has ended: its entry would otherwise stay
+    /// for the node's life, and its locks taken until their leases lapse.
+    pub(crate) fn release_all(&self, pid: Pid) {
+        let Some(held) = self.0.lock().unwrap().remove(&pid) else {
+            return;
+        };
+        tokio::spawn(async move {
+            for (key, Held { app, token }) in held {
+                // A lock that lapsed or a tier out of reach: nothing is left to release.
+                let _ = app.unlock(&key, token).await;
+            }
+        });
+    }
+
+    /// How many processes hold locks.
+    #[cfg(test)]
+    fn holders(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+}
 
 /// Performs `call` for `pid` on `app`'s state.
 pub(crate) async fn perform(
@@ -109,13 +157,13 @@ async fn perform_call(
             timeout,
         } => {
             let token = app.lock(&key, lease, timeout).await?;
-            locks.0.lock().unwrap().insert((pid, key), token);
+            let app = app.clone();
+            locks.insert(pid, key, Held { app, token });
             Ok(StateReply::Done)
         }
         StateCall::Unlock { key } => {
-            let held = locks.0.lock().unwrap().remove(&(pid, key.clone()));
-            let token = held.ok_or(AbiError::Invalid)?;
-            app.unlock(&key, token).await?;
+            let held = locks.remove(pid, &key).ok_or(AbiError::Invalid)?;
+            app.unlock(&key, held.token).await?;
             Ok(StateReply::Done)
         }
     }
@@ -135,5 +183,53 @@ fn code_of(error: &StateError) -> AbiError {
         | StateError::Connect { .. }
         | StateError::Served { .. }
         | StateError::Redis { .. } => AbiError::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use nimbus_core::HostId;
+    use nimbus_state::{AppName, Embedded};
+
+    use super::*;
+
+    fn lock(key: &str, timeout: Duration) -> StateCall {
+        StateCall::Lock {
+            key: key.into(),
+            lease: Duration::from_secs(3600),
+            timeout,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ended_holder_leaves_the_table_and_its_locks_are_released() {
+        let app = AppState::new(
+            AppName::new("locks").unwrap(),
+            Arc::new(Embedded::new()),
+            1 << 20,
+        );
+        let locks = Locks::default();
+        let (holder, other) = (Pid::new(HostId(1), 1), Pid::new(HostId(1), 2));
+        for key in ["a", "b"] {
+            let taken = perform(&app, &locks, holder, lock(key, Duration::ZERO)).await;
+            assert!(matches!(taken, Ok(StateReply::Done)));
+        }
+        let unlock = StateCall::Unlock { key: "a".into() };
+        assert!(matches!(
+            perform(&app, &locks, holder, unlock).await,
+            Ok(StateReply::Done)
+        ));
+        assert_eq!(locks.holders(), 1);
+
+        locks.release_all(holder);
+        assert_eq!(locks.holders(), 0);
+        // "b" was still held, for an hour; released, another process takes it.
+        let taken = perform(&app, &locks, other, lock("b", Duration::from_secs(30))).await;
+        assert!(matches!(taken, Ok(StateReply::Done)), "{taken:?}");
+        locks.release_all(other);
+        assert_eq!(locks.holders(), 0);
     }
 }

@@ -150,3 +150,29 @@ async fn a_killed_process_ends_as_killed() {
     assert!(cluster.processes().is_empty());
     assert_eq!(cluster.kill(pid), Err(AbiError::NoSuchProcess));
 }
+
+/// Takes the global lock of key "k" for an hour, waiting up to 30 s for it, and
+/// exits with `state_lock`'s result negated (0 when it took the lock), still holding it.
+const LOCKER: &str = r#"(module
+  (import "nimbus" "state_lock" (func $lock (param i32 i32 i64 i64) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "k")
+  (func (export "_start")
+    (call $exit (i32.sub (i32.const 0)
+      (call $lock (i32.const 0) (i32.const 1) (i64.const 3600000) (i64.const 30000))))))"#;
+
+#[tokio::test]
+async fn the_locks_of_a_process_are_released_when_it_ends() {
+    let (cluster, _data) = cluster(1, 100);
+    let locker = || RootProcess {
+        module: ModuleBytes::new(wat::parse_str(LOCKER).unwrap()),
+        ..idle()
+    };
+    // Each takes the lock its predecessor held when it ended; a lock left behind
+    // would hold the next one back for its hour's lease, past the 30 s it waits.
+    for _ in 0..3 {
+        let (_, exited) = cluster.start(locker()).unwrap();
+        assert_eq!(exited.await.unwrap(), ExitStatus::Exited(0));
+    }
+}

@@ -150,7 +150,8 @@ pub enum Error {
     /// `ERR_MODULE` (-5): `spawn` could not use the module: it is missing, not
     /// WebAssembly, invalid, has no `_start`, or imports something unknown.
     Module,
-    /// `ERR_QUOTA` (-6): `spawn` hit the process quota of the host or app.
+    /// `ERR_QUOTA` (-6): `spawn` hit the process quota of the host or app, or `send`
+    /// needed a new channel while the sender or the receiver holds 1,024.
     Quota,
     /// `ERR_TOO_LARGE` (-7): `send` of a message over 16 MiB.
     TooLarge,
@@ -216,7 +217,7 @@ impl fmt::Display for Error {
             Error::NotChild => f.write_str("not an unreaped child of this process"),
             Error::ChildFailed { code } => write!(f, "child failed with exit code {code}"),
             Error::Module => f.write_str("module missing, invalid or not runnable"),
-            Error::Quota => f.write_str("process quota exhausted"),
+            Error::Quota => f.write_str("process or channel quota exhausted"),
             Error::TooLarge => f.write_str("message too large (over 16 MiB)"),
             Error::BufferTooSmall => f.write_str("receive buffer too small"),
             Error::Internal => f.write_str("internal platform error"),

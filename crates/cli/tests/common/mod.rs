@@ -37,12 +37,45 @@ pub fn nimbus(args: &[&str]) -> Command {
     command
 }
 
+/// Makes the process `command` starts end (SIGKILL) when the thread starting it
+/// does: a test's daemons and runs end with the test even if the test binary is
+/// killed, so nothing is left running after the suite.
+pub fn end_with_test(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getpid is async-signal-safe; this runs in the test, before the fork.
+    let parent = unsafe { libc::getpid() };
+    let set = move || {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) and getppid are async-signal-safe system
+        // calls touching no memory of ours, so they may run between fork and exec.
+        let (set, now) = unsafe {
+            (
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong),
+                libc::getppid(),
+            )
+        };
+        if set != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // A test that ended before the signal was set will never send it.
+        if now != parent {
+            return Err(std::io::Error::other("the test ended while starting"));
+        }
+        Ok(())
+    };
+    // SAFETY: the closure makes only the two async-signal-safe calls above and builds
+    // an error value, which is what may run in the child between fork and exec.
+    unsafe {
+        command.pre_exec(set);
+    }
+}
+
 /// Runs `command` with `stdin` as its input, killing it if it outlives the bound.
 pub fn run_with_input(mut command: Command, stdin: &[u8]) -> Output {
     command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    end_with_test(&mut command);
     let mut child = command.spawn().expect("nimbus starts");
     let mut input = child.stdin.take().unwrap();
     let stdin = stdin.to_vec();
@@ -85,13 +118,15 @@ pub struct Daemon {
 
 #[allow(dead_code)]
 impl Daemon {
-    /// Starts `command` with its stdout read line by line.
+    /// Starts `command` with its stdout read line by line. It ends with the thread
+    /// that starts it (see [`end_with_test`]).
     pub fn start(command: Command) -> Daemon {
         Daemon::start_with_stderr(command, Stdio::null())
     }
 
     /// [`Daemon::start`] with its stderr going to `stderr`.
     pub fn start_with_stderr(mut command: Command, stderr: Stdio) -> Daemon {
+        end_with_test(&mut command);
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -120,6 +155,12 @@ impl Daemon {
         line.strip_prefix(prefix)
             .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
             .to_owned()
+    }
+
+    /// The next line printed if one comes within `window`: for checking that a
+    /// process is held back (a correct one never prints within it).
+    pub fn line_within(&self, window: Duration) -> Option<String> {
+        self.lines.recv_timeout(window).ok()
     }
 
     /// Stops the process with `signal` (`KILL`, `TERM`) and waits for it.
