@@ -181,12 +181,13 @@ pub(crate) fn end_with_parent(command: &mut std::process::Command) {
         }
         // A parent that died before the signal was set will never send it.
         if now != parent {
-            return Err(std::io::Error::other("the parent ended while starting"));
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
         Ok(())
     };
     // SAFETY: the closure only makes the two async-signal-safe calls above and
-    // builds an error value, which is what may run in the child between fork and exec.
+    // returns errors that allocate nothing, which is what may run in the child
+    // between fork and exec (another thread may have held the allocator's lock).
     unsafe {
         command.pre_exec(set);
     }

@@ -58,12 +58,13 @@ pub fn end_with_test(command: &mut Command) {
         }
         // A test that ended before the signal was set will never send it.
         if now != parent {
-            return Err(std::io::Error::other("the test ended while starting"));
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
         Ok(())
     };
-    // SAFETY: the closure makes only the two async-signal-safe calls above and builds
-    // an error value, which is what may run in the child between fork and exec.
+    // SAFETY: the closure makes only the two async-signal-safe calls above and
+    // returns errors that allocate nothing, which is what may run in the child
+    // between fork and exec (another thread may have held the allocator's lock).
     unsafe {
         command.pre_exec(set);
     }
