@@ -136,7 +136,15 @@ impl Link {
             .as_mut()
             .ok_or_else(|| self.lost())?
             .insert(id, sender);
-        let written = frame::write(&mut *self.write.lock().await, id, true, true, &request).await;
+        // Written by a task of its own: a call dropped midway (its caller killed or
+        // past a deadline) must not leave half a frame on the connection that
+        // every other call shares.
+        let write = self.write.clone();
+        let written = tokio::spawn(async move {
+            frame::write(&mut *write.lock().await, id, true, true, &request).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the runtime is shutting down")));
         if let Err(error) = written {
             if let Some(calls) = self.pending.lock().unwrap().as_mut() {
                 calls.remove(&id);
@@ -151,6 +159,8 @@ impl Link {
             addr: self.addr.clone(),
             receiver,
             done: false,
+            pending: self.pending.clone(),
+            id,
         })
     }
 
@@ -221,11 +231,24 @@ impl Links {
     }
 }
 
-/// The replies to one call, in order; the last one ends the call.
+/// The replies to one call, in order; the last one ends the call. Dropped before
+/// the last, it stops waiting: later replies to it are dropped on arrival.
 pub struct Replies {
     addr: String,
     receiver: mpsc::UnboundedReceiver<Envelope>,
     done: bool,
+    pending: Pending,
+    id: u64,
+}
+
+impl Drop for Replies {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(calls) = self.pending.lock().unwrap().as_mut()
+        {
+            calls.remove(&self.id);
+        }
+    }
 }
 
 impl Replies {
@@ -562,6 +585,33 @@ mod tests {
             .expect("the handler never saw its silent caller go")
             .unwrap();
         drop(stream);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_cancelled_midway_leave_the_link_whole() {
+        let (addr, _server) = server().await;
+        let link = Link::connect(&addr).await.unwrap();
+        // Big frames, each call dropped at once or soon: most are cut off in the
+        // middle of their writes.
+        for round in 0..200u32 {
+            let call = link.call(Frame::new(&"1", vec![round as u8; 4 << 20]));
+            let _ = tokio::time::timeout(Duration::from_micros(u64::from(round % 50)), call).await;
+        }
+        for n in 0..20u8 {
+            let sent = Frame::new(&"1", vec![n; 1000]);
+            let reply = tokio::time::timeout(Duration::from_secs(30), link.call_one(sent.clone()))
+                .await
+                .expect("the link still answers")
+                .unwrap();
+            assert_eq!(reply.body, sent.body);
+        }
+        assert!(link.is_open());
+        // Nothing is kept for the calls given up on once their replies came.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while link.pending.lock().unwrap().as_ref().map(HashMap::len) != Some(0) {
+            assert!(std::time::Instant::now() < deadline, "calls left pending");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
