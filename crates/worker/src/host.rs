@@ -169,7 +169,7 @@ impl Host {
             {
                 // The root's failure is reported by whoever started it; a child's
                 // would otherwise only be seen by a parent that waits.
-                eprintln!("nimbus: process {pid} ({name}) failed: {failure}");
+                tracing::warn!(%pid, "process {pid} ({name}) failed: {failure}");
             }
             host.table.lock().unwrap().remove(&pid);
             host.admitted.fetch_sub(1, Ordering::Relaxed);

@@ -506,7 +506,7 @@ pub(crate) fn each_app<T>(
         let app_dir = entry.map_err(storage(dir))?.path();
         match open(&app_dir) {
             Ok(app) => apps.push(app),
-            Err(error) => eprintln!("nimbus: skipping the app in {}: {error}", app_dir.display()),
+            Err(error) => tracing::warn!("skipping the app in {}: {error}", app_dir.display()),
         }
     }
     Ok(apps)
