@@ -35,6 +35,18 @@ pub(crate) fn tune(stream: &TcpStream) {
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
 }
 
+/// A tuned connection to the node at `addr`.
+pub(crate) async fn connect(addr: &str) -> Result<TcpStream, MeshError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|source| MeshError::Connect {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    tune(&stream);
+    Ok(stream)
+}
+
 /// Calls waiting for replies, by id. `None` once the connection is gone.
 type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::UnboundedSender<Envelope>>>>>;
 
@@ -51,13 +63,7 @@ pub struct Link {
 impl Link {
     /// Connects to the peer at `addr`.
     pub async fn connect(addr: &str) -> Result<Arc<Link>, MeshError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| MeshError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        tune(&stream);
+        let stream = connect(addr).await?;
         let (read, write) = stream.into_split();
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let replies = pending.clone();

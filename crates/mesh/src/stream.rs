@@ -11,7 +11,6 @@ use tokio::net::TcpStream;
 
 use crate::MeshError;
 use crate::frame::{self, Frame};
-use crate::link::tune;
 
 /// The first bytes of a handed-over connection: as a little-endian frame length,
 /// far above [`crate::MAX_FRAME`].
@@ -25,13 +24,7 @@ pub async fn open_stream(addr: &str, hello: &Frame) -> Result<(Frame, TcpStream)
         addr: addr.to_owned(),
     };
     let opened = async {
-        let mut stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| MeshError::Connect {
-                addr: addr.to_owned(),
-                source,
-            })?;
-        tune(&stream);
+        let mut stream = crate::link::connect(addr).await?;
         let mut opening = MAGIC.to_vec();
         frame::encode(&mut opening, 0, true, true, hello);
         tokio::io::AsyncWriteExt::write_all(&mut stream, &opening)
