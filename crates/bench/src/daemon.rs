@@ -2,7 +2,7 @@
 //! a `nimbus up`, or a planner with workers.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 
 /// A `nimbus` child process with its own data directory, stopped on drop.
 pub struct Daemon {
@@ -15,7 +15,7 @@ impl Daemon {
     /// which must start with `prefixes` in order (its announced addresses).
     pub fn start(args: &[&str], prefixes: &[&str]) -> (Daemon, Vec<String>) {
         let data = tempfile::tempdir().expect("temporary directory");
-        let mut child = Command::new(crate::nimbus_binary())
+        let mut child = crate::nimbus_command()
             .args(args)
             .env("NIMBUS_DATA_DIR", data.path())
             .stdout(Stdio::piped())

@@ -6,7 +6,7 @@
 pub mod daemon;
 pub mod mpi;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -94,8 +94,38 @@ pub fn guest_path(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"))
 }
 
+/// `nimbus`, a node (or client) of the benchmark's one cluster.
+pub fn nimbus_command() -> Command {
+    let mut command = Command::new(nimbus_binary());
+    command.env("NIMBUS_CLUSTER_DIR", cluster_dir());
+    command
+}
+
+/// The credentials of the cluster every node a benchmark starts belongs to, made
+/// on first use by `nimbus cluster init`.
+pub fn cluster_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    &DIR.get_or_init(|| {
+        let parent = tempfile::tempdir().expect("temporary directory");
+        let dir = parent.path().join("cluster");
+        let made = Command::new(nimbus_binary())
+            .args(["cluster", "init"])
+            .arg(&dir)
+            .output()
+            .expect("nimbus runs");
+        assert!(made.status.success(), "nimbus cluster init: {made:?}");
+        (parent, dir)
+    })
+    .1
+}
+
+/// The benchmark cluster's TLS, for clients in the benchmark's own process.
+pub fn cluster_tls() -> Arc<nimbus_trust::Tls> {
+    nimbus_trust::Tls::load(cluster_dir()).expect("the cluster's credentials load")
+}
+
 /// The `nimbus` binary beside this benchmark's (`cargo build --release` builds it).
-pub fn nimbus_binary() -> PathBuf {
+fn nimbus_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("own path");
     let nimbus = exe.with_file_name("nimbus");
     assert!(

@@ -56,7 +56,7 @@ pub enum Ranks<'a> {
 
 /// `nimbus run --ranks N GUEST -- ARGS`, the ranks placed as `placement` says.
 pub fn nimbus(placement: Ranks, guest: &str, ranks: &str, args: &[&str]) -> Vec<Vec<String>> {
-    let mut command = Command::new(crate::nimbus_binary());
+    let mut command = crate::nimbus_command();
     command.args(["run", "--ranks", ranks]);
     match placement {
         Ranks::InProcess => command.args(["--hosts", ranks]),

@@ -10,6 +10,7 @@ use nimbus_planner::{HostInfo, HostReport};
 use nimbus_worker::{Cluster, ClusterConfig, GlobalState, MeshConfig, Services};
 
 use crate::Failure;
+use crate::trust::ClusterDir;
 
 /// The planner's address when none is given.
 const DEFAULT_PLANNER: &str = "127.0.0.1:7072";
@@ -36,6 +37,9 @@ pub(crate) struct PlannerArgs {
     /// restart on the same directory and address loses no worker.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Created there (a new cluster CA) if it holds no credentials yet.
+    #[command(flatten)]
+    cluster: ClusterDir,
 }
 
 fn parse_budget(text: &str) -> Result<(String, usize), String> {
@@ -82,6 +86,8 @@ pub(crate) struct WorkerArgs {
     /// (repeatable; default: none). Nothing outside them is ever opened for a peer.
     #[arg(long = "allow-dir", value_name = "DIR")]
     allowed_dirs: Vec<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterDir,
 }
 
 #[derive(Args)]
@@ -91,6 +97,9 @@ pub(crate) struct PsArgs {
     /// List the processes of the cluster whose planner is here instead.
     #[arg(long, value_name = "ADDR")]
     pub(crate) planner: Option<String>,
+    /// With `--planner`: the credentials to reach the cluster with.
+    #[command(flatten)]
+    pub(crate) cluster: ClusterDir,
 }
 
 #[derive(Args)]
@@ -98,6 +107,8 @@ pub(crate) struct HostsArgs {
     /// The planner to ask.
     #[arg(long, env = "NIMBUS_PLANNER", default_value = DEFAULT_PLANNER)]
     planner: String,
+    #[command(flatten)]
+    cluster: ClusterDir,
 }
 
 fn tokio() -> Result<tokio::runtime::Runtime, Failure> {
@@ -121,6 +132,7 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         return Err(Failure::new(2, "--timeout must be longer than --heartbeat"));
     }
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let tls = args.cluster.load_or_create(&data_dir)?;
     let store = nimbus_control::Store::open(&data_dir.join("planner"))
         .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
     let stored = store
@@ -171,6 +183,7 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         ));
         tokio::spawn(nimbus_state::serve(
             state,
+            tls.clone(),
             std::sync::Arc::new(nimbus_state::Embedded::new()),
         ));
         let config = nimbus_control::PlannerConfig {
@@ -180,7 +193,7 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
             budgets: args.budgets,
         };
         tokio::select! {
-            served = nimbus_control::serve_planner(listener, config, Arc::new(store)) => served
+            served = nimbus_control::serve_planner(listener, tls, config, Arc::new(store)) => served
                 .map(|()| 0)
                 .map_err(|e| Failure::new(exit_code::INTERNAL, format!("planner: {e}"))),
             () = crate::up::stop_signal() => Ok(0),
@@ -194,6 +207,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
     let memory = args.mem.or_else(machine_memory).unwrap_or(1 << 30);
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let tls = args.cluster.load(&data_dir)?;
     let mut config = ClusterConfig::new(&data_dir);
     config.max_processes_per_host = args.max_processes as usize;
     config.spawn_wait = args.spawn_wait;
@@ -210,7 +224,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             capacity: config.max_processes_per_host,
             address: address.clone(),
         };
-        let link = nimbus_control::PlannerLink::join(&args.planner, info, JOIN_PATIENCE)
+        let link = nimbus_control::PlannerLink::join(&args.planner, &tls, info, JOIN_PATIENCE)
             .await
             .map_err(|e| internal(&e))?;
         config.first_host = link.host();
@@ -218,13 +232,14 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             address: address.clone(),
             planner: args.planner.clone(),
             allowed_dirs: args.allowed_dirs.clone(),
+            tls: tls.clone(),
         });
         // Without --state, the cluster shares the tier its planner serves.
         let url = args.state.clone().or_else(|| {
             link.state_address()
                 .map(|address| format!("nimbus://{address}"))
         });
-        let global = nimbus_state::open(url.as_deref())
+        let global = nimbus_state::open(url.as_deref(), Some(tls.clone()))
             .await
             .map_err(|e| internal(&format!("state: {e}")))?;
         config.global_state = GlobalState(global);
@@ -251,7 +266,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
                 exit_code::INTERNAL,
                 format!("this host left the cluster, ending its processes: {lost}"),
             )),
-            served = nimbus_worker::serve_worker(listener, cluster.clone(), services.clone()) => Err(Failure::new(
+            served = nimbus_worker::serve_worker(listener, tls, cluster.clone(), services.clone()) => Err(Failure::new(
                 exit_code::INTERNAL,
                 format!("the worker stopped serving: {served:?}"),
             )),
@@ -327,8 +342,9 @@ fn machine_memory() -> Option<u64> {
 }
 
 pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
+    let tls = args.cluster.load(&crate::default_data_dir())?;
     let hosts = tokio()?
-        .block_on(nimbus_control::hosts(&args.planner))
+        .block_on(nimbus_control::hosts(&args.planner, &tls))
         .map_err(|e| Failure::new(1, e.to_string()))?;
     println!(
         "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>5} {:>10} {:>10}  APPS",
@@ -379,9 +395,10 @@ pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub(crate) fn ps(planner: &str) -> Result<i32, Failure> {
+pub(crate) fn ps(planner: &str, cluster: &ClusterDir) -> Result<i32, Failure> {
+    let tls = cluster.load(&crate::default_data_dir())?;
     let (processes, silent) = tokio()?
-        .block_on(nimbus_worker::cluster_processes(planner))
+        .block_on(nimbus_worker::cluster_processes(planner, tls))
         .map_err(|e| Failure::new(1, e))?;
     for why in silent {
         eprintln!("nimbus: {why}");

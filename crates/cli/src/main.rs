@@ -8,6 +8,7 @@
 mod client;
 mod control;
 mod run;
+mod trust;
 mod up;
 
 use std::path::PathBuf;
@@ -49,6 +50,9 @@ enum Command {
     Worker(control::WorkerArgs),
     /// List the hosts registered with a planner.
     Hosts(control::HostsArgs),
+    /// Set up a cluster's credentials (its CA and node certificates).
+    #[command(subcommand)]
+    Cluster(trust::ClusterCommand),
 }
 
 /// A failure with the exit code it maps to. Printed as `nimbus: MESSAGE`.
@@ -77,6 +81,9 @@ pub(crate) fn announce(line: std::fmt::Arguments<'_>) {
 
 /// The default data directory: `$NIMBUS_DATA_DIR`, else the XDG data directory.
 pub(crate) fn default_data_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("NIMBUS_DATA_DIR") {
+        return PathBuf::from(dir);
+    }
     let base = std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".local/share")))
@@ -135,7 +142,7 @@ fn main() -> ExitCode {
         Command::Invoke(args) => client::invoke(args),
         Command::Apps(server) => client::apps(server),
         Command::Ps(args) => match args.planner {
-            Some(planner) => control::ps(&planner),
+            Some(planner) => control::ps(&planner, &args.cluster),
             None => client::ps(args.server),
         },
         Command::Logs(args) => client::logs(args),
@@ -144,6 +151,7 @@ fn main() -> ExitCode {
         Command::Planner(args) => control::planner(args),
         Command::Worker(args) => control::worker(args),
         Command::Hosts(args) => control::hosts(args),
+        Command::Cluster(command) => trust::cluster(command),
     };
     let code = match result {
         Ok(code) => code,

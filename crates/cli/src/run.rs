@@ -51,6 +51,9 @@ pub(crate) struct RunArgs {
     /// Where nimbus keeps its module cache.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// With `--planner`: the credentials to reach the cluster with.
+    #[command(flatten)]
+    cluster: crate::trust::ClusterDir,
     /// Arguments passed to the program.
     #[arg(last = true)]
     args: Vec<String>,
@@ -106,7 +109,12 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
             timeout: args.timeout,
         },
     };
-    let mut config = ClusterConfig::new(args.data_dir.unwrap_or_else(crate::default_data_dir));
+    let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let tls = match &args.planner {
+        Some(_) => Some(args.cluster.load(&data_dir)?),
+        None => None,
+    };
+    let mut config = ClusterConfig::new(&data_dir);
     config.hosts = args.hosts;
 
     let tokio = tokio::runtime::Builder::new_multi_thread()
@@ -114,13 +122,13 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
         .build()
         .map_err(|e| Failure::new(exit_code::INTERNAL, format!("cannot start: {e}")))?;
     let status = tokio.block_on(async {
-        let global = nimbus_state::open(args.state.as_deref())
+        let global = nimbus_state::open(args.state.as_deref(), None)
             .await
             .map_err(|e| Failure::new(exit_code::INTERNAL, format!("state: {e}")))?;
         config.global_state = GlobalState(global);
         let ran = async {
-            if let Some(planner) = &args.planner {
-                return nimbus_worker::run_on_cluster(planner, root, args.ranks).await;
+            if let (Some(planner), Some(tls)) = (&args.planner, tls) {
+                return nimbus_worker::run_on_cluster(planner, tls, root, args.ranks).await;
             }
             let cluster = Cluster::new(&config)?;
             match args.ranks {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use nimbus_core::exit_code;
-use nimbus_gateway::Gateway;
+use nimbus_gateway::{ClusterAccess, Gateway};
 use nimbus_worker::{Cluster, ClusterConfig, GlobalState, PlacedServices, ServiceFront, Services};
 
 use crate::Failure;
@@ -43,6 +43,10 @@ pub(crate) struct UpArgs {
     /// from for `nimbus run --planner` (repeatable; see `nimbus worker --allow-dir`).
     #[arg(long = "allow-dir", value_name = "DIR", requires = "workers")]
     allowed_dirs: Vec<PathBuf>,
+    /// With `--workers` or `--planner`: the cluster's credentials (with
+    /// `--workers`, created there if absent, and handed to the local nodes).
+    #[command(flatten)]
+    cluster: crate::trust::ClusterDir,
 }
 
 pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
@@ -50,6 +54,12 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         Failure::new(exit_code::INTERNAL, format!("{what}: {e}"))
     };
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
+    let tls = match (args.workers, &args.planner) {
+        (Some(_), _) => Some(args.cluster.load_or_create(&data_dir)?),
+        (None, Some(_)) => Some(args.cluster.load(&data_dir)?),
+        (None, None) => None,
+    };
+    let cluster_dir = args.cluster.path(&data_dir);
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -60,7 +70,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             config.first_host = nimbus_core::HostId::BESIDE_CLUSTER;
         }
         config.global_state = GlobalState(
-            nimbus_state::open(args.state.as_deref())
+            nimbus_state::open(args.state.as_deref(), None)
                 .await
                 .map_err(|e| internal("state", &e))?,
         );
@@ -93,6 +103,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
                 LocalCluster::start(
                     workers,
                     &data_dir,
+                    &cluster_dir,
                     args.state.as_deref(),
                     &args.allowed_dirs,
                 )
@@ -111,9 +122,13 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             .planner
             .or_else(|| local_cluster.as_ref().map(|c| c.planner.clone()));
         // With workers, apps are placed on them; otherwise they run here.
-        let services: Arc<dyn ServiceFront> = match &planner {
-            Some(planner) => Arc::new(
-                PlacedServices::open(planner, &data_dir)
+        let access = match (planner, tls) {
+            (Some(planner), Some(tls)) => Some(ClusterAccess { planner, tls }),
+            _ => None,
+        };
+        let services: Arc<dyn ServiceFront> = match &access {
+            Some(access) => Arc::new(
+                PlacedServices::open(&access.planner, access.tls.clone(), &data_dir)
                     .map_err(|e| internal("cannot open the deployments", &e))?,
             ),
             None => Arc::new(
@@ -129,7 +144,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         let gateway = Arc::new(Gateway {
             services: services.clone(),
             cluster,
-            planner,
+            planner: access,
         });
         nimbus_gateway::serve(listener, gateway, stop_signal(), SHUTDOWN_GRACE)
             .await
@@ -204,11 +219,19 @@ impl LocalCluster {
     async fn start(
         workers: u16,
         data_dir: &std::path::Path,
+        cluster_dir: &std::path::Path,
         state: Option<&str>,
         allowed_dirs: &[PathBuf],
     ) -> std::io::Result<LocalCluster> {
+        let cluster_dir = utf8(cluster_dir)?;
         let (planner_child, planner) = spawn_announcing(
-            &["planner", "--listen", "127.0.0.1:0"],
+            &[
+                "planner",
+                "--listen",
+                "127.0.0.1:0",
+                "--cluster-dir",
+                cluster_dir,
+            ],
             data_dir,
             "nimbus: planner listening on ",
         )
@@ -217,15 +240,18 @@ impl LocalCluster {
         let joined = format!("nimbus: worker joined {planner} as host ");
         for n in 1..=workers {
             let worker_dir = data_dir.join("workers").join(n.to_string());
-            let mut args = vec!["worker", "--planner", &planner];
+            let mut args = vec![
+                "worker",
+                "--planner",
+                &planner,
+                "--cluster-dir",
+                cluster_dir,
+            ];
             if let Some(url) = state {
                 args.extend(["--state", url]);
             }
             for dir in allowed_dirs {
-                let dir = dir.to_str().ok_or_else(|| {
-                    std::io::Error::other(format!("--allow-dir {}: not UTF-8", dir.display()))
-                })?;
-                args.extend(["--allow-dir", dir]);
+                args.extend(["--allow-dir", utf8(dir)?]);
             }
             let (child, _) = spawn_announcing(&args, &worker_dir, &joined).await?;
             children.push(child);
@@ -235,6 +261,12 @@ impl LocalCluster {
             _children: children,
         })
     }
+}
+
+/// `path` as an argument of a child `nimbus`.
+fn utf8(path: &std::path::Path) -> std::io::Result<&str> {
+    path.to_str()
+        .ok_or_else(|| std::io::Error::other(format!("{}: not UTF-8", path.display())))
 }
 
 /// Starts `nimbus ARGS` and returns it with the rest of its first line, which must

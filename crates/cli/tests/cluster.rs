@@ -421,3 +421,103 @@ fn a_run_on_an_unreachable_planner_or_with_embedded_flags_fails_clearly() {
         assert_eq!(code, Some(2), "{flag:?}: {stderr}");
     }
 }
+
+/// A mesh request frame as a peer would write it in the clear (the layout of
+/// `nimbus-mesh`): length of the rest, call id, flags (a request, the last), head
+/// length, the JSON head, no body.
+fn plaintext_request(head: &str) -> Vec<u8> {
+    let mut rest = Vec::new();
+    rest.extend_from_slice(&1u64.to_le_bytes());
+    rest.push(1 | 2);
+    rest.extend_from_slice(&(head.len() as u32).to_le_bytes());
+    rest.extend_from_slice(head.as_bytes());
+    let mut frame = (rest.len() as u32).to_le_bytes().to_vec();
+    frame.extend(rest);
+    frame
+}
+
+#[test]
+fn only_nodes_of_the_cluster_are_served() {
+    use std::io::{Read, Write};
+    let cluster = TestCluster::start(1, &[]);
+    let (mut tree, share) = fan_out(&cluster.addr, 1);
+    let (root, _, _) = cluster
+        .processes()
+        .into_iter()
+        .find(|(_, _, parent)| parent == "-")
+        .unwrap();
+    let worker = &cluster.mesh_addresses["host-1"];
+    // Valid requests, sent in the clear: to kill the root, to list the processes,
+    // to start a process preopening /etc.
+    let start = format!(
+        r#"{{"start":{{"lineage":{{"dirs":[["/etc","/etc"]]}},"module":"00","from":"{worker}"}}}}"#
+    );
+    for head in [
+        format!(r#"{{"kill":{{"pid":{root}}}}}"#),
+        r#""processes""#.to_owned(),
+        start,
+    ] {
+        let mut stream = std::net::TcpStream::connect(worker).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+            .unwrap();
+        stream.write_all(&plaintext_request(&head)).unwrap();
+        let mut answer = Vec::new();
+        let read = stream.read_to_end(&mut answer);
+        assert!(
+            read.is_ok() || answer.is_empty(),
+            "the worker kept a plaintext connection open: {read:?}"
+        );
+        // At most a TLS alert (record type 21): the handshake it expected failed.
+        assert!(
+            answer.is_empty() || answer[0] == 21,
+            "{head}: the worker answered {answer:?}"
+        );
+    }
+    // Nothing was killed.
+    assert!(cluster.processes().iter().any(|(pid, _, _)| *pid == root));
+
+    // Nodes and clients of another cluster are refused, clearly.
+    let other = tempfile::tempdir().unwrap();
+    let other_dir = other.path().join("cluster");
+    let (_, stderr, code) = outcome(&run(common::nimbus(&[
+        "cluster",
+        "init",
+        other_dir.to_str().unwrap(),
+    ])));
+    assert_eq!(code, Some(0), "{stderr}");
+    let stranger = |args: &[&str]| {
+        let mut command = common::nimbus(args);
+        command.env("NIMBUS_CLUSTER_DIR", &other_dir);
+        outcome(&run(command))
+    };
+    let (_, stderr, code) = stranger(&["hosts", "--planner", &cluster.addr]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("not of one cluster"), "{stderr}");
+    let (_, stderr, code) = stranger(&["worker", "--planner", &cluster.addr]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("not of one cluster"), "{stderr}");
+    let (_, stderr, code) = stranger(&["ps", "--planner", &cluster.addr]);
+    assert_ne!(code, Some(0), "{stderr}");
+    let hello = guest("hello");
+    let (stdout, stderr, code) =
+        stranger(&["run", "--planner", &cluster.addr, hello.to_str().unwrap()]);
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert_eq!(hosts(&cluster.addr).len(), 1, "a stranger joined");
+
+    // `nimbus cluster init` will not overwrite a cluster.
+    let (_, stderr, code) = outcome(&run(common::nimbus(&[
+        "cluster",
+        "init",
+        other_dir.to_str().unwrap(),
+    ])));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already holds cluster credentials"),
+        "{stderr}"
+    );
+
+    std::fs::write(share.path().join("go"), "").unwrap();
+    assert_eq!(tree.child.wait().unwrap().code(), Some(0));
+}

@@ -42,7 +42,8 @@ impl Node {
                 "127.0.0.1:0",
             ])
             .args(flags)
-            .env("NIMBUS_DATA_DIR", data_dir);
+            .env("NIMBUS_DATA_DIR", data_dir)
+            .env("NIMBUS_CLUSTER_DIR", common::cluster_dir());
         let daemon = Daemon::start_with_stderr(command, stderr);
         let url = daemon.announced("nimbus: gateway listening on ");
         let data_plane = daemon.announced("nimbus: data plane listening on ");

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use nimbus_core::HostId;
 use nimbus_planner::{HostInfo, HostReport, HostStatus};
+use nimbus_trust::Tls;
 use nimbus_wire::control::v1 as wire;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::{
     CALL_DEADLINE, CONNECT_DEADLINE, ControlError, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, convert,
@@ -29,20 +30,12 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// A client of the planner at `addr` (`HOST:PORT`). Nothing is sent yet: an
+    /// A client of the planner at `addr` (`HOST:PORT`), over TLS with this
+    /// node's credentials `tls` (the planner must be of the same cluster, and
+    /// takes us for a node of it only with them). Nothing is sent yet: an
     /// unreachable planner shows at the first call.
-    pub fn new(addr: &str) -> Result<Planner, ControlError> {
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| ControlError::Protocol {
-                addr: addr.to_owned(),
-                reason: format!("not an address: {e}"),
-            })?
-            .connect_timeout(CONNECT_DEADLINE)
-            .timeout(CALL_DEADLINE)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
+    pub fn new(addr: &str, tls: &Tls) -> Result<Planner, ControlError> {
+        let endpoint = endpoint(addr, tls)?;
         let stamp: Stamp = nimbus_wire::stamp_version;
         Ok(Planner {
             addr: addr.to_owned(),
@@ -99,9 +92,34 @@ impl Planner {
     }
 }
 
+/// The connection settings of a client of the planner at `addr`: TLS with this
+/// node's credentials, the call deadline, keepalive.
+pub(crate) fn endpoint(addr: &str, tls: &Tls) -> Result<Endpoint, ControlError> {
+    let invalid = |what: &str, e: &dyn std::fmt::Display| ControlError::Protocol {
+        addr: addr.to_owned(),
+        reason: format!("{what}: {e}"),
+    };
+    let pem = tls.pem();
+    let tls_config = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&pem.ca))
+        .identity(Identity::from_pem(&pem.cert, &pem.key))
+        .domain_name(nimbus_trust::NODE_NAME);
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
+        .map_err(|e| invalid("not an address", &e))?
+        .tls_config(tls_config)
+        .map_err(|e| invalid("TLS", &e))?
+        .connect_timeout(CONNECT_DEADLINE)
+        .timeout(CALL_DEADLINE)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
+    Ok(endpoint)
+}
+
 /// The hosts registered with the planner at `addr`.
-pub async fn hosts(addr: &str) -> Result<Vec<HostStatus>, ControlError> {
-    Planner::new(addr)?.hosts().await
+pub async fn hosts(addr: &str, tls: &Tls) -> Result<Vec<HostStatus>, ControlError> {
+    Planner::new(addr, tls)?.hosts().await
 }
 
 /// Pauses between attempts to reach the planner: growing from the first to the
@@ -148,10 +166,11 @@ impl PlannerLink {
     /// unreachable planner is tried again (with backoff) for up to `patience`.
     pub async fn join(
         addr: &str,
+        tls: &Tls,
         info: HostInfo,
         patience: Duration,
     ) -> Result<PlannerLink, ControlError> {
-        let planner = Planner::new(addr)?;
+        let planner = Planner::new(addr, tls)?;
         let request = wire::JoinRequest {
             info: Some(convert::info_to_wire(&info)),
         };

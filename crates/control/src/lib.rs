@@ -66,6 +66,18 @@ pub enum ControlError {
         /// The planner's words.
         message: String,
     },
+    /// The planner and this node are not of one cluster: a certificate of another
+    /// CA on either side, or none. Not worth trying again.
+    #[error(
+        "planner {addr} and this node are not of one cluster (a certificate from another \
+         CA, or none: give both a copy of the same cluster directory): {message}"
+    )]
+    Untrusted {
+        /// The planner's address.
+        addr: String,
+        /// How the handshake failed.
+        message: String,
+    },
     /// The other side speaks another wire version, or broke the protocol.
     #[error("planner {addr}: {reason}")]
     Protocol {
@@ -82,6 +94,10 @@ impl ControlError {
         let addr = addr.to_owned();
         if let Some(reason) = nimbus_wire::version_mismatch(&status) {
             return ControlError::Protocol { addr, reason };
+        }
+        if failed_handshake(&status) {
+            let message = unreachable_message(&status);
+            return ControlError::Untrusted { addr, message };
         }
         let message = status.message().to_owned();
         match status.code() {
@@ -103,6 +119,23 @@ impl ControlError {
 
 /// What a transport failure says, with its cause (tonic's own message is only
 /// "transport error").
+/// Whether the call failed for TLS: a certificate refused by either side.
+fn failed_handshake(status: &tonic::Status) -> bool {
+    use std::error::Error;
+    let mut cause = status.source();
+    while let Some(error) = cause {
+        // An I/O error's source is its inner error's source: look at the inner one.
+        let inner = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref());
+        if error.is::<rustls::Error>() || inner.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
 fn unreachable_message(status: &tonic::Status) -> String {
     use std::error::Error;
     let mut message = status.message().to_owned();

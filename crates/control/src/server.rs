@@ -6,8 +6,10 @@ use std::time::{Duration, Instant};
 
 use nimbus_core::HostId;
 use nimbus_planner::Registry;
+use nimbus_trust::Tls;
 use nimbus_wire::control::v1 as wire;
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::server::TlsStream;
 use tonic::{Request, Response, Status};
 
 use crate::store::Store;
@@ -35,6 +37,7 @@ pub struct PlannerConfig {
 /// accept (out of descriptors, say) is logged and retried after a pause.
 pub async fn serve_planner(
     listener: TcpListener,
+    tls: Arc<Tls>,
     config: PlannerConfig,
     store: Arc<Store>,
 ) -> std::io::Result<()> {
@@ -79,7 +82,7 @@ pub async fn serve_planner(
             service,
             nimbus_wire::require_version,
         ))
-        .serve_with_incoming(accepting(listener))
+        .serve_with_incoming(accepting(listener, tls))
         .await
         .map_err(std::io::Error::other);
     expiry.abort();
@@ -107,12 +110,15 @@ async fn expire(registry: Arc<Mutex<Registry>>, store: Arc<Store>, timeout: Dura
     }
 }
 
-/// The connections `listener` accepts, as a stream that never fails: an error
-/// (EMFILE, ECONNABORTED…) is logged and accepting goes on after a pause that
-/// grows while the errors last.
+/// The connections `listener` accepts from nodes of this cluster (TLS, the peer's
+/// certificate signed by the cluster's CA; any other is dropped after its failed
+/// handshake, before a request is read), as a stream that never fails: an error
+/// (EMFILE, ECONNABORTED…) is logged and accepting goes on after a pause that grows
+/// while the errors last.
 fn accepting(
     listener: TcpListener,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TcpStream>> {
+    tls: Arc<Tls>,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
     const FIRST_PAUSE: Duration = Duration::from_millis(10);
     const LONGEST_PAUSE: Duration = Duration::from_secs(1);
     let (accepted, incoming) = tokio::sync::mpsc::channel(64);
@@ -125,12 +131,23 @@ fn accepting(
                 () = accepted.closed() => return,
             };
             match outcome {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     pause = FIRST_PAUSE;
                     let _ = stream.set_nodelay(true);
-                    if accepted.send(Ok(stream)).await.is_err() {
-                        return;
-                    }
+                    // Each handshake on a task of its own (bounded by its deadline),
+                    // so a peer that stalls in it holds up no other.
+                    let (tls, accepted) = (tls.clone(), accepted.clone());
+                    tokio::spawn(async move {
+                        match tls.accept_grpc(stream).await {
+                            Ok(stream) => {
+                                let _ = accepted.send(Ok(stream)).await;
+                            }
+                            Err(error) => tracing::info!(
+                                %peer, %error,
+                                "planner: refused a connection that is not from a node of this cluster"
+                            ),
+                        }
+                    });
                 }
                 Err(e) => {
                     tracing::warn!("planner: accepting a connection: {e}; retrying in {pause:?}");

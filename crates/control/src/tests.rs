@@ -36,7 +36,7 @@ async fn planner(dir: &std::path::Path, timeout: Duration) -> Served {
     let store = Arc::new(Store::open(dir).unwrap());
     Served {
         addr,
-        task: tokio::spawn(serve_planner(listener, config, store)),
+        task: tokio::spawn(serve_planner(listener, tls(), config, store)),
     }
 }
 
@@ -51,14 +51,42 @@ fn info() -> HostInfo {
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// The one cluster every node in these tests belongs to.
+fn tls() -> Arc<nimbus_trust::Tls> {
+    static TLS: std::sync::OnceLock<Arc<nimbus_trust::Tls>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| nimbus_trust::Tls::ephemeral().unwrap())
+        .clone()
+}
+
+#[tokio::test]
+async fn a_node_of_another_cluster_is_refused_and_harms_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = planner(dir.path(), Duration::from_secs(60)).await;
+    let theirs = nimbus_trust::Tls::ephemeral().unwrap();
+    let refused = PlannerLink::join(&served.addr, &theirs, info(), Duration::ZERO)
+        .await
+        .err()
+        .expect("a node of another cluster joined");
+    assert!(
+        matches!(&refused, ControlError::Untrusted { .. }),
+        "{refused}"
+    );
+    // Nothing joined, and our nodes are served as before.
+    assert!(hosts(&served.addr, &tls()).await.unwrap().is_empty());
+    let link = PlannerLink::join(&served.addr, &tls(), info(), PATIENCE)
+        .await
+        .unwrap();
+    assert_eq!(link.host(), HostId(1));
+}
+
 #[tokio::test]
 async fn workers_join_report_and_are_listed() {
     let dir = tempfile::tempdir().unwrap();
     let served = planner(dir.path(), Duration::from_secs(60)).await;
-    let first = PlannerLink::join(&served.addr, info(), PATIENCE)
+    let first = PlannerLink::join(&served.addr, &tls(), info(), PATIENCE)
         .await
         .unwrap();
-    let second = PlannerLink::join(&served.addr, info(), PATIENCE)
+    let second = PlannerLink::join(&served.addr, &tls(), info(), PATIENCE)
         .await
         .unwrap();
     assert_eq!((first.host(), second.host()), (HostId(1), HostId(2)));
@@ -74,7 +102,7 @@ async fn workers_join_report_and_are_listed() {
         local_state: [("app".to_owned(), 64)].into(),
     };
     first.heartbeat(report.clone()).await.unwrap();
-    let listed = hosts(&served.addr).await.unwrap();
+    let listed = hosts(&served.addr, &tls()).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!((listed[0].host, &listed[0].report), (HostId(1), &report));
 }
@@ -83,15 +111,15 @@ async fn workers_join_report_and_are_listed() {
 async fn placement_spreads_over_hosts_and_refuses_when_none() {
     let dir = tempfile::tempdir().unwrap();
     let served = planner(dir.path(), Duration::from_secs(60)).await;
-    let planner = Planner::new(&served.addr).unwrap();
+    let planner = Planner::new(&served.addr, &tls()).unwrap();
     assert!(matches!(
         planner.place(None, None).await,
         Err(ControlError::Refused { .. })
     ));
-    let first = PlannerLink::join(&served.addr, info(), PATIENCE)
+    let first = PlannerLink::join(&served.addr, &tls(), info(), PATIENCE)
         .await
         .unwrap();
-    let second = PlannerLink::join(&served.addr, info(), PATIENCE)
+    let second = PlannerLink::join(&served.addr, &tls(), info(), PATIENCE)
         .await
         .unwrap();
     let near = Some(first.host());
@@ -112,11 +140,11 @@ async fn placement_spreads_over_hosts_and_refuses_when_none() {
 async fn a_silent_worker_is_dropped_and_told_so() {
     let dir = tempfile::tempdir().unwrap();
     let served = planner(dir.path(), Duration::from_millis(200)).await;
-    let silent = PlannerLink::join(&served.addr, info(), PATIENCE)
+    let silent = PlannerLink::join(&served.addr, &tls(), info(), PATIENCE)
         .await
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !hosts(&served.addr).await.unwrap().is_empty() {
+    while !hosts(&served.addr, &tls()).await.unwrap().is_empty() {
         assert!(
             Instant::now() < deadline,
             "the silent host was never dropped"
@@ -139,8 +167,8 @@ async fn a_silent_worker_is_dropped_and_told_so() {
 async fn cancelled_calls_leave_every_later_call_its_own_answer() {
     let dir = tempfile::tempdir().unwrap();
     let served = planner(dir.path(), Duration::from_secs(60)).await;
-    let planner = Planner::new(&served.addr).unwrap();
-    let link = PlannerLink::join(&served.addr, info(), PATIENCE)
+    let planner = Planner::new(&served.addr, &tls()).unwrap();
+    let link = PlannerLink::join(&served.addr, &tls(), info(), PATIENCE)
         .await
         .unwrap();
     // Calls dropped at every stage: before sending, while in flight, just answered.
@@ -180,7 +208,7 @@ async fn a_caller_of_another_version_is_refused_with_a_message_saying_so() {
     use nimbus_wire::control::v1 as wire;
     let dir = tempfile::tempdir().unwrap();
     let served = planner(dir.path(), Duration::from_secs(60)).await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", served.addr))
+    let channel = crate::client::endpoint(&served.addr, &tls())
         .unwrap()
         .connect()
         .await
@@ -215,9 +243,9 @@ async fn junk_on_the_port_harms_no_one_else() {
         stream.write_all(junk).await.unwrap();
         drop(stream);
     }
-    let link = PlannerLink::join(&served.addr, info(), PATIENCE)
+    let link = PlannerLink::join(&served.addr, &tls(), info(), PATIENCE)
         .await
         .unwrap();
     assert_eq!(link.host(), HostId(1));
-    assert_eq!(hosts(&served.addr).await.unwrap().len(), 1);
+    assert_eq!(hosts(&served.addr, &tls()).await.unwrap().len(), 1);
 }

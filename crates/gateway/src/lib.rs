@@ -51,9 +51,16 @@ pub struct Gateway {
     pub services: Arc<dyn ServiceFront>,
     /// The hosts and their processes.
     pub cluster: Arc<Cluster>,
-    /// The planner of the worker processes started beside this node, whose
-    /// processes `ps` lists too.
-    pub planner: Option<String>,
+    /// The cluster of workers this node fronts, whose processes `ps` lists too.
+    pub planner: Option<ClusterAccess>,
+}
+
+/// How a gateway reaches the cluster it fronts.
+pub struct ClusterAccess {
+    /// The planner's address.
+    pub planner: String,
+    /// This node's credentials in that cluster.
+    pub tls: Arc<nimbus_trust::Tls>,
 }
 
 /// The gateway's routes.
@@ -248,8 +255,9 @@ async fn invoke(
 
 async fn list_processes(State(gateway): State<Arc<Gateway>>) -> Json<Value> {
     let mut processes = gateway.cluster.processes();
-    if let Some(planner) = &gateway.planner
-        && let Ok((on_workers, _)) = nimbus_worker::cluster_processes(planner).await
+    if let Some(access) = &gateway.planner
+        && let Ok((on_workers, _)) =
+            nimbus_worker::cluster_processes(&access.planner, access.tls.clone()).await
     {
         processes.extend(on_workers);
     }

@@ -7,7 +7,13 @@
 //! request to a [`Handler`] on its own task ([`serve`]), and reporting a broken
 //! connection to every call waiting on it ([`MeshError::Lost`]), and connections
 //! handed over whole after a hello and its answer ([`open_stream`]), for byte
-//! streams whose owners read and write them directly.
+//! streams whose owners read and write them directly, and message channels
+//! admitted by one-time tickets ([`open_channel`]).
+//!
+//! Trust: every connection between nodes is TLS with both ends certified by the
+//! cluster's CA (`nimbus-trust`), checked before a request is read; the only plain
+//! connections are message channels, each admitted once on a ticket its opener
+//! got over such a connection.
 //!
 //! Must not: know what the frames mean (the worker defines its requests), or hold
 //! process state. Ordering: frames on one connection arrive in the order they were
@@ -23,12 +29,14 @@
 //! (SIGSTOP, a cable pulled: its kernel may still acknowledge TCP) is declared lost
 //! within the timeout, as one that died is.
 
+mod channel;
 mod frame;
 mod link;
 mod stream;
 
+pub use channel::{MAX_TICKETS, TICKET_LIFETIME, Ticket, Tickets, accept_channel, open_channel};
 pub use frame::{Frame, MAX_BODY, MAX_FRAME};
-pub use link::{Handler, HandlerFuture, Link, Links, Replier, Replies, serve};
+pub use link::{Connection, Handler, HandlerFuture, Link, Links, Replier, Replies, serve};
 pub use stream::{Adoption, open_stream, read_frame, write_frame};
 
 /// How often a link probes its peer.
@@ -59,6 +67,15 @@ pub enum MeshError {
         /// What failed.
         source: std::io::Error,
     },
+    /// The peer did not prove it is a node of this cluster (or refused us): TLS
+    /// with certificates from another CA, none, or no TLS at all.
+    #[error("{addr} is not a node of this cluster, or does not take this node for one: {source}")]
+    Untrusted {
+        /// Its address.
+        addr: String,
+        /// How the handshake failed.
+        source: std::io::Error,
+    },
     /// The connection broke before the call was answered: the peer is gone.
     #[error("lost the connection to {addr}")]
     Lost {
@@ -68,4 +85,12 @@ pub enum MeshError {
     /// A frame's head was not what the receiver expected.
     #[error("malformed frame: {0}")]
     Malformed(String),
+}
+
+/// One cluster's TLS for the tests of this crate, made once per test binary.
+#[cfg(test)]
+pub(crate) fn test_tls() -> std::sync::Arc<nimbus_trust::Tls> {
+    static TLS: std::sync::OnceLock<std::sync::Arc<nimbus_trust::Tls>> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| nimbus_trust::Tls::ephemeral().unwrap())
+        .clone()
 }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,16 +12,20 @@ use std::task::{Context, Waker};
 
 use std::io::Cursor;
 
-use tokio::io::{AsyncReadExt, BufReader};
-use tokio::net::tcp::OwnedWriteHalf;
+use nimbus_trust::Tls;
+use tokio::io::{AsyncReadExt, BufReader, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsStream;
 
 use crate::frame::{self, Envelope, Frame};
 use crate::stream::{self, Adoption};
 use crate::{KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MeshError};
 
-type Writer = Arc<tokio::sync::Mutex<OwnedWriteHalf>>;
+/// A connection between two nodes: TLS, both ends certified by the cluster's CA.
+pub type Connection = TlsStream<TcpStream>;
+
+type Writer = Arc<tokio::sync::Mutex<WriteHalf<Connection>>>;
 
 /// Socket buffers large enough that a message of a few MiB is written in one go
 /// rather than in rounds that each wait for the reader to wake.
@@ -35,8 +40,8 @@ pub(crate) fn tune(stream: &TcpStream) {
     let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
 }
 
-/// A tuned connection to the node at `addr`.
-pub(crate) async fn connect(addr: &str) -> Result<TcpStream, MeshError> {
+/// A tuned TCP connection to the node at `addr`.
+pub(crate) async fn connect_tcp(addr: &str) -> Result<TcpStream, MeshError> {
     let stream = TcpStream::connect(addr)
         .await
         .map_err(|source| MeshError::Connect {
@@ -45,6 +50,27 @@ pub(crate) async fn connect(addr: &str) -> Result<TcpStream, MeshError> {
         })?;
     tune(&stream);
     Ok(stream)
+}
+
+/// A connection to the node at `addr`, over TLS: `addr` must prove it is a node of
+/// this cluster, and so must we.
+pub(crate) async fn connect(tls: &Tls, addr: &str) -> Result<Connection, MeshError> {
+    let tcp = connect_tcp(addr).await?;
+    let stream = tls
+        .connect(tcp)
+        .await
+        .map_err(|source| MeshError::Untrusted {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    Ok(TlsStream::Client(stream))
+}
+
+/// A second descriptor of a connection's socket, through which it can be shut
+/// down while its halves are held elsewhere (shutting a socket acts on it, not on
+/// one descriptor).
+fn shutter(connection: &Connection) -> Option<OwnedFd> {
+    connection.get_ref().0.as_fd().try_clone_to_owned().ok()
 }
 
 /// Calls waiting for replies, by id. `None` once the connection is gone.
@@ -62,9 +88,10 @@ pub struct Link {
 
 impl Link {
     /// Connects to the peer at `addr`.
-    pub async fn connect(addr: &str) -> Result<Arc<Link>, MeshError> {
-        let stream = connect(addr).await?;
-        let (read, write) = stream.into_split();
+    pub async fn connect(tls: &Tls, addr: &str) -> Result<Arc<Link>, MeshError> {
+        let stream = connect(tls, addr).await?;
+        let socket = shutter(&stream);
+        let (read, write) = tokio::io::split(stream);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let replies = pending.clone();
         let (connected, open) = watch::channel(());
@@ -102,7 +129,7 @@ impl Link {
             // Dropping the senders tells every waiting call the peer is gone.
             replies.lock().unwrap().take();
             if silent {
-                shut(read.get_ref().as_ref());
+                shut(socket.as_ref());
             }
         });
         Ok(Arc::new(Link {
@@ -185,7 +212,7 @@ impl Link {
 /// Probes the peer every [`KEEPALIVE_INTERVAL`] while the link is in use (its
 /// writer alive) and open.
 async fn probe(
-    write: std::sync::Weak<tokio::sync::Mutex<OwnedWriteHalf>>,
+    write: std::sync::Weak<tokio::sync::Mutex<WriteHalf<Connection>>>,
     mut open: watch::Receiver<()>,
 ) {
     let mut ticks = tokio::time::interval(KEEPALIVE_INTERVAL);
@@ -204,17 +231,32 @@ async fn probe(
 
 /// Ends both directions of a connection whose peer fell silent, so that a writer
 /// blocked on a peer that stopped reading fails instead of waiting for good.
-fn shut(stream: &TcpStream) {
-    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Both);
+fn shut(socket: Option<&OwnedFd>) {
+    if let Some(socket) = socket {
+        let _ = socket2::SockRef::from(socket).shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// Links to peers by address, each opened on first use and again once broken.
-#[derive(Default)]
 pub struct Links {
+    tls: Arc<Tls>,
     open: Mutex<HashMap<String, Arc<Link>>>,
 }
 
 impl Links {
+    /// No links yet; each will be opened with `tls`.
+    pub fn new(tls: Arc<Tls>) -> Links {
+        Links {
+            tls,
+            open: Mutex::default(),
+        }
+    }
+
+    /// The TLS the links are opened with.
+    pub fn tls(&self) -> &Arc<Tls> {
+        &self.tls
+    }
+
     /// The link to `addr`, connecting (again) if there is none standing.
     pub async fn get(&self, addr: &str) -> Result<Arc<Link>, MeshError> {
         if let Some(link) = self.open.lock().unwrap().get(addr)
@@ -222,7 +264,7 @@ impl Links {
         {
             return Ok(link.clone());
         }
-        let link = Link::connect(addr).await?;
+        let link = Link::connect(&self.tls, addr).await?;
         let mut open = self.open.lock().unwrap();
         // Another caller may have connected meanwhile: one link per peer, so that
         // no link in use is dropped from under its calls (a dropped link closes,
@@ -290,6 +332,15 @@ pub trait Handler: Send + Sync + 'static {
         drop((hello, adoption));
         Box::pin(async {})
     }
+
+    /// Takes over a message channel opened with [`open_channel`](crate::open_channel)
+    /// on `ticket`, which the handler issued (through a call) and must check before
+    /// it uses `stream`, answering with [`crate::accept_channel`]. A handler that
+    /// issues no tickets drops it.
+    fn redeem(self: Arc<Self>, ticket: crate::Ticket, stream: TcpStream) -> HandlerFuture {
+        drop((ticket, stream));
+        Box::pin(async {})
+    }
 }
 
 /// Where the answers to one request go.
@@ -339,16 +390,25 @@ const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100
 
 /// Accepts connections on `listener` and hands every request to `handler`, forever.
 ///
+/// Every connection is TLS from a node of this cluster (`tls`: its certificate
+/// signed by the cluster's CA), or a message channel presenting a ticket
+/// ([`crate::open_channel`]); any other is dropped before a byte of it is read as
+/// a request.
+///
 /// An error accepting is logged and, unless it concerns only the one connection,
 /// pauses accepting briefly ([`ACCEPT_BACKOFF`]); it never ends the server, so a guest
 /// that uses up the process's descriptors cannot take its node down. Dropping the
 /// future stops accepting.
-pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>) -> Infallible {
+pub async fn serve<H: Handler>(
+    listener: TcpListener,
+    tls: Arc<Tls>,
+    handler: Arc<H>,
+) -> Infallible {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
                 tune(&stream);
-                tokio::spawn(answer(stream, handler.clone()));
+                tokio::spawn(answer(stream, tls.clone(), handler.clone()));
             }
             Err(error) if is_connection_error(&error) => {
                 tracing::debug!(%error, "mesh: a connection failed while being accepted");
@@ -370,10 +430,32 @@ fn is_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-async fn answer<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
-    let mut first = [0; 4];
-    if stream.read_exact(&mut first).await.is_err() {
+async fn answer<H: Handler>(tcp: TcpStream, tls: Arc<Tls>, handler: Arc<H>) {
+    let peer = tcp
+        .peer_addr()
+        .map_or_else(|_| "an unknown peer".to_owned(), |addr| addr.to_string());
+    let mut first = [0; 1];
+    // A connection that says nothing is dropped like one that fails its handshake.
+    match tokio::time::timeout(KEEPALIVE_TIMEOUT, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) => {}
+        _ => return,
+    }
+    if first[0] == crate::channel::MAGIC[0] {
+        crate::channel::accept(tcp, handler).await;
         return;
+    }
+    let mut stream = match tls.accept(tcp).await {
+        Ok(stream) => TlsStream::Server(stream),
+        Err(error) => {
+            tracing::info!(%peer, %error, "mesh: refused a connection that is not from a node of this cluster");
+            return;
+        }
+    };
+    let socket = shutter(&stream);
+    let mut first = [0; 4];
+    match tokio::time::timeout(KEEPALIVE_TIMEOUT, stream.read_exact(&mut first)).await {
+        Ok(Ok(_)) => {}
+        _ => return,
     }
     if first == stream::MAGIC {
         if let Ok(hello) = stream::hello(&mut stream).await {
@@ -381,7 +463,7 @@ async fn answer<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
         }
         return;
     }
-    let (read, write) = stream.into_split();
+    let (read, write) = tokio::io::split(stream);
     let write: Writer = Arc::new(tokio::sync::Mutex::new(write));
     let (_connected, caller) = watch::channel(());
     // The first four bytes, read to tell the connection's kind, are a frame's length.
@@ -395,7 +477,7 @@ async fn answer<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
             // still reach it through its half of the connection.
             Ok(_) => return,
             Err(_) => {
-                shut(read.get_ref().get_ref().1.as_ref());
+                shut(socket.as_ref());
                 return;
             }
         };
@@ -462,13 +544,16 @@ mod tests {
     async fn server() -> (String, tokio::task::JoinHandle<Infallible>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        (addr, tokio::spawn(serve(listener, Arc::new(Echo))))
+        (
+            addr,
+            tokio::spawn(serve(listener, crate::test_tls(), Arc::new(Echo))),
+        )
     }
 
     #[tokio::test]
     async fn concurrent_calls_get_their_own_streams_of_replies() {
         let (addr, _server) = server().await;
-        let link = Link::connect(&addr).await.unwrap();
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         let calls = (1..=20u8).map(|i| {
             let link = link.clone();
             tokio::spawn(async move {
@@ -499,13 +584,14 @@ mod tests {
         let (taken, mut requests_in) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
+            let stream = crate::test_tls().accept(stream).await.unwrap();
             let mut read = BufReader::new(stream);
             for _ in 0..2 {
                 frame::read(&mut read).await.unwrap().unwrap();
                 taken.send(()).unwrap();
             }
         });
-        let link = Link::connect(&addr).await.unwrap();
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         let mut first = link.call(Frame::new(&"1", vec![])).await.unwrap();
         let mut second = link.call(Frame::new(&"1", vec![])).await.unwrap();
         for _ in 0..2 {
@@ -545,8 +631,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (gone, mut gone_seen) = mpsc::unbounded_channel();
-        tokio::spawn(serve(listener, Arc::new(Watcher(gone))));
-        let link = Link::connect(&addr).await.unwrap();
+        tokio::spawn(serve(listener, crate::test_tls(), Arc::new(Watcher(gone))));
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         let _replies = link.call(Frame::new(&"wait", vec![])).await.unwrap();
         drop(link);
         tokio::time::timeout(Duration::from_secs(10), gone_seen.recv())
@@ -561,11 +647,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {
-            let (mut stream, _) = listener.accept().await.unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut stream = crate::test_tls().accept(stream).await.unwrap();
             let mut sink = Vec::new();
             let _ = stream.read_to_end(&mut sink).await;
         });
-        let link = Link::connect(&addr).await.unwrap();
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         let mut replies = link.call(Frame::new(&"1", vec![])).await.unwrap();
         let outcome = tokio::time::timeout(KEEPALIVE_TIMEOUT * 3, replies.next()).await;
         assert!(
@@ -580,9 +667,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let (gone, mut gone_seen) = mpsc::unbounded_channel();
-        tokio::spawn(serve(listener, Arc::new(Watcher(gone))));
+        tokio::spawn(serve(listener, crate::test_tls(), Arc::new(Watcher(gone))));
         // A request, then nothing: no probes, yet the connection stays open.
-        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        let stream = TcpStream::connect(&addr).await.unwrap();
+        let mut stream = crate::test_tls().connect(stream).await.unwrap();
         frame::write(&mut stream, 1, true, true, &Frame::new(&"wait", vec![]))
             .await
             .unwrap();
@@ -596,7 +684,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn calls_cancelled_midway_leave_the_link_whole() {
         let (addr, _server) = server().await;
-        let link = Link::connect(&addr).await.unwrap();
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         // Big frames, each call dropped at once or soon: most are cut off in the
         // middle of their writes.
         for round in 0..200u32 {
@@ -623,7 +711,7 @@ mod tests {
     #[tokio::test]
     async fn a_reply_that_takes_several_probes_still_arrives() {
         let (addr, _server) = server().await;
-        let link = Link::connect(&addr).await.unwrap();
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         let reply = link
             .call_one(Frame::new(&"slow", b"x".to_vec()))
             .await
@@ -634,7 +722,7 @@ mod tests {
     #[tokio::test]
     async fn an_idle_link_stays_open_past_the_timeout() {
         let (addr, _server) = server().await;
-        let link = Link::connect(&addr).await.unwrap();
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         tokio::time::sleep(KEEPALIVE_TIMEOUT * 2).await;
         assert!(link.is_open());
         let reply = link
@@ -647,7 +735,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_stuck_in_its_handler_holds_up_no_other() {
         let (addr, _server) = server().await;
-        let link = Link::connect(&addr).await.unwrap();
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         let _hanging = link.call(Frame::new(&"hang", vec![])).await.unwrap();
         let reply = link
             .call_one(Frame::new(&"1", b"x".to_vec()))
@@ -657,12 +745,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_peer_without_tls_is_dropped_before_its_request_is_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (handled, mut handled_seen) = mpsc::unbounded_channel();
+        tokio::spawn(serve(
+            listener,
+            crate::test_tls(),
+            Arc::new(Watcher(handled)),
+        ));
+        // A well-formed request frame, in the clear.
+        let mut stream = TcpStream::connect(&addr).await.unwrap();
+        frame::write(&mut stream, 1, true, true, &Frame::new(&"wait", vec![]))
+            .await
+            .unwrap();
+        let mut rest = Vec::new();
+        let ended =
+            tokio::time::timeout(KEEPALIVE_TIMEOUT * 3, stream.read_to_end(&mut rest)).await;
+        assert!(ended.is_ok(), "the connection was not dropped");
+        assert!(handled_seen.try_recv().is_err(), "a request was handled");
+
+        // A client of another cluster fares no better.
+        let theirs = nimbus_trust::Tls::ephemeral().unwrap();
+        assert!(matches!(
+            Link::connect(&theirs, &addr)
+                .await
+                .map(|link| link.is_open()),
+            Err(MeshError::Untrusted { .. }) | Ok(false)
+        ));
+        assert!(handled_seen.try_recv().is_err(), "a request was handled");
+    }
+
+    #[tokio::test]
     async fn an_unreachable_peer_is_a_connect_error() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         drop(listener);
         assert!(matches!(
-            Link::connect(&addr).await,
+            Link::connect(&crate::test_tls(), &addr).await,
             Err(MeshError::Connect { .. })
         ));
     }
@@ -685,8 +805,8 @@ mod big_frames {
     async fn big_frames_go_back_and_forth() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(serve(listener, Arc::new(Echo)));
-        let link = Link::connect(&addr).await.unwrap();
+        tokio::spawn(serve(listener, crate::test_tls(), Arc::new(Echo)));
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         for len in [8usize, 70_000, 262_144, 1 << 20, 3 << 20, 16 << 20] {
             for _ in 0..10 {
                 let sent = Frame::new(&len, vec![7; len]);

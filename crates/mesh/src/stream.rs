@@ -1,16 +1,18 @@
-//! Connections handed over whole: a node opens one to a peer with a hello frame,
-//! the peer's [`Handler::adopt`](crate::Handler::adopt) answers with a frame, and
-//! from then on the bytes are the two owners' business (the worker streams a
-//! process's messages over them, written and read straight from guest memory).
+//! Connections handed over whole: a node opens one (TLS, like every connection
+//! between nodes) to a peer with a hello frame, the peer's
+//! [`Handler::adopt`](crate::Handler::adopt) answers with a frame, and from then on
+//! the bytes are the two owners' business (the served state tier writes long
+//! values over them).
 //!
-//! Such a connection starts with [`MAGIC`], four bytes that read as a frame length
-//! no frame may have, so [`serve`](crate::serve) tells the two kinds apart on the
-//! listener every node already has.
+//! Such a connection starts, after its handshake, with [`MAGIC`], four bytes that
+//! read as a frame length no frame may have, so [`serve`](crate::serve) tells the
+//! two kinds apart on the listener every node already has.
 
-use tokio::net::TcpStream;
+use nimbus_trust::Tls;
+use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::MeshError;
 use crate::frame::{self, Frame};
+use crate::{Connection, MeshError};
 
 /// The first bytes of a handed-over connection: as a little-endian frame length,
 /// far above [`crate::MAX_FRAME`].
@@ -19,12 +21,16 @@ pub(crate) const MAGIC: [u8; 4] = *b"NMST";
 /// Opens a connection to the node at `addr` and hands it to its handler with
 /// `hello`; returns the handler's answer and the connection. A peer that has not
 /// answered within [`crate::KEEPALIVE_TIMEOUT`] is lost.
-pub async fn open_stream(addr: &str, hello: &Frame) -> Result<(Frame, TcpStream), MeshError> {
+pub async fn open_stream(
+    tls: &Tls,
+    addr: &str,
+    hello: &Frame,
+) -> Result<(Frame, Connection), MeshError> {
     let lost = || MeshError::Lost {
         addr: addr.to_owned(),
     };
     let opened = async {
-        let mut stream = crate::link::connect(addr).await?;
+        let mut stream = crate::link::connect(tls, addr).await?;
         let mut opening = MAGIC.to_vec();
         frame::encode(&mut opening, 0, true, true, hello);
         tokio::io::AsyncWriteExt::write_all(&mut stream, &opening)
@@ -43,35 +49,38 @@ pub async fn open_stream(addr: &str, hello: &Frame) -> Result<(Frame, TcpStream)
 
 /// A connection opened with [`open_stream`], waiting for its handler's answer.
 pub struct Adoption {
-    stream: TcpStream,
+    stream: Connection,
 }
 
 impl Adoption {
-    pub(crate) fn new(stream: TcpStream) -> Adoption {
+    pub(crate) fn new(stream: Connection) -> Adoption {
         Adoption { stream }
     }
 
     /// Sends `answer` to the opener and hands over the connection.
-    pub async fn answer(mut self, answer: &Frame) -> std::io::Result<TcpStream> {
+    pub async fn answer(mut self, answer: &Frame) -> std::io::Result<Connection> {
         write_frame(&mut self.stream, answer).await?;
         Ok(self.stream)
     }
 }
 
 /// Reads the hello of a handed-over connection, whose magic has been read.
-pub(crate) async fn hello(stream: &mut TcpStream) -> std::io::Result<Frame> {
+pub(crate) async fn hello(stream: &mut Connection) -> std::io::Result<Frame> {
     read_frame(stream)
         .await?
         .ok_or_else(|| std::io::ErrorKind::UnexpectedEof.into())
 }
 
 /// Writes `frame` on a handed-over connection, for owners that go on in frames.
-pub async fn write_frame(stream: &mut TcpStream, frame: &Frame) -> std::io::Result<()> {
+pub async fn write_frame(
+    stream: &mut (impl AsyncWrite + Unpin),
+    frame: &Frame,
+) -> std::io::Result<()> {
     frame::write(stream, 0, false, true, frame).await
 }
 
 /// Reads a frame from a handed-over connection; `None` if it ended first.
-pub async fn read_frame(stream: &mut TcpStream) -> std::io::Result<Option<Frame>> {
+pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Option<Frame>> {
     Ok(frame::read(stream).await?.map(|envelope| envelope.frame))
 }
 
@@ -118,19 +127,20 @@ mod tests {
     async fn listening(handler: impl Handler) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        tokio::spawn(serve(listener, Arc::new(handler)));
+        tokio::spawn(serve(listener, crate::test_tls(), Arc::new(handler)));
         addr
     }
 
     #[tokio::test]
     async fn a_handed_over_connection_carries_raw_bytes_beside_calls() {
         let addr = listening(Adopter).await;
-        let (answer, mut stream) = open_stream(&addr, &Frame::new(&"echo", vec![1, 2]))
-            .await
-            .unwrap();
+        let (answer, stream) =
+            open_stream(&crate::test_tls(), &addr, &Frame::new(&"echo", vec![1, 2]))
+                .await
+                .unwrap();
         assert_eq!(answer.head::<String>().unwrap(), "ok");
         let bytes: Vec<u8> = (0..300_000u32).map(|i| i as u8).collect();
-        let (mut read, mut write) = stream.split();
+        let (mut read, mut write) = tokio::io::split(stream);
         let (echoed, ()) = tokio::join!(
             async {
                 let mut echoed = vec![0; bytes.len()];
@@ -142,13 +152,14 @@ mod tests {
         assert_eq!(echoed, bytes);
 
         // Calls on the same listener are unaffected.
-        let link = Link::connect(&addr).await.unwrap();
+        let link = Link::connect(&crate::test_tls(), &addr).await.unwrap();
         let answer = link.call_one(Frame::new(&"call", vec![7])).await.unwrap();
         assert_eq!(answer, Frame::new(&"call", vec![7]));
 
-        let (refused, _) = open_stream(&addr, &Frame::new(&"other", Vec::new()))
-            .await
-            .unwrap();
+        let (refused, _) =
+            open_stream(&crate::test_tls(), &addr, &Frame::new(&"other", Vec::new()))
+                .await
+                .unwrap();
         assert_eq!(refused.head::<String>().unwrap(), "refused");
     }
 
@@ -161,7 +172,7 @@ mod tests {
             }
         }
         let addr = listening(CallsOnly).await;
-        let opened = open_stream(&addr, &Frame::new(&"echo", Vec::new())).await;
+        let opened = open_stream(&crate::test_tls(), &addr, &Frame::new(&"echo", Vec::new())).await;
         assert!(matches!(opened, Err(MeshError::Lost { .. })), "{opened:?}");
     }
 }

@@ -223,13 +223,22 @@ pub trait GlobalTier: Send + Sync {
 }
 
 /// Opens the global tier: the embedded one for `None`, Redis for a `redis://` URL
-/// (`redis://[user:password@]host[:port][/db]`), an error for anything else.
-pub async fn open(url: Option<&str>) -> Result<Arc<dyn GlobalTier>, StateError> {
+/// (`redis://[user:password@]host[:port][/db]`), the tier a node of the cluster
+/// serves for `nimbus://HOST:PORT` (reached with the cluster's credentials `tls`,
+/// which it requires), an error for anything else.
+pub async fn open(
+    url: Option<&str>,
+    tls: Option<Arc<nimbus_trust::Tls>>,
+) -> Result<Arc<dyn GlobalTier>, StateError> {
     match url {
         None => Ok(Arc::new(Embedded::new())),
-        Some(url) => match url.strip_prefix("nimbus://") {
-            Some(addr) => Ok(Arc::new(Served::connect(addr).await?)),
-            None => Ok(Arc::new(Redis::connect(url).await?)),
+        Some(url) => match (url.strip_prefix("nimbus://"), tls) {
+            (Some(addr), Some(tls)) => Ok(Arc::new(Served::connect(addr, tls).await?)),
+            (Some(addr), None) => Err(StateError::Served {
+                addr: addr.to_owned(),
+                message: "only a node of the cluster (with its credentials) may use it".into(),
+            }),
+            (None, _) => Ok(Arc::new(Redis::connect(url).await?)),
         },
     }
 }

@@ -100,8 +100,12 @@ impl From<StateError> for WireError {
 
 /// Serves `tier` on `listener` forever (accept errors pause it, see
 /// [`nimbus_mesh::serve`]).
-pub async fn serve(listener: TcpListener, tier: Arc<dyn GlobalTier>) -> std::convert::Infallible {
-    nimbus_mesh::serve(listener, Arc::new(Server { tier })).await
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<nimbus_trust::Tls>,
+    tier: Arc<dyn GlobalTier>,
+) -> std::convert::Infallible {
+    nimbus_mesh::serve(listener, tls, Arc::new(Server { tier })).await
 }
 
 struct Server {
@@ -228,11 +232,12 @@ pub struct Served {
 }
 
 impl Served {
-    /// Connects to the tier served at `addr` (`HOST:PORT`).
-    pub async fn connect(addr: &str) -> Result<Served, StateError> {
+    /// Connects to the tier served at `addr` (`HOST:PORT`) with the cluster's
+    /// credentials `tls`.
+    pub async fn connect(addr: &str, tls: Arc<nimbus_trust::Tls>) -> Result<Served, StateError> {
         let served = Served {
             addr: addr.to_owned(),
-            links: Links::default(),
+            links: Links::new(tls),
         };
         served.link().await?;
         Ok(served)
@@ -296,10 +301,13 @@ impl Served {
             call,
             len: value.len() as u64,
         };
-        let (ready, mut stream) =
-            nimbus_mesh::open_stream(&self.addr, &Frame::new(&hello, Vec::new()))
-                .await
-                .map_err(|e| self.failed(e))?;
+        let (ready, mut stream) = nimbus_mesh::open_stream(
+            self.links.tls(),
+            &self.addr,
+            &Frame::new(&hello, Vec::new()),
+        )
+        .await
+        .map_err(|e| self.failed(e))?;
         let ready = ready.head::<Answer>().map_err(|e| self.failed(e))?;
         if let Answer::Failed(_) = ready {
             return Ok((ready, Vec::new()));

@@ -32,7 +32,7 @@ fn embedded() -> Fixture {
 async fn redis() -> Fixture {
     let server = RedisServer::start()
         .unwrap_or_else(|e| panic!("the Redis tests need a redis-server (CI installs it): {e}"));
-    let tier = crate::open(Some(&server.url()))
+    let tier = crate::open(Some(&server.url()), None)
         .await
         .expect("connects to the test redis-server");
     Fixture {
@@ -45,8 +45,13 @@ async fn redis() -> Fixture {
 async fn served() -> Fixture {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(crate::serve(listener, Arc::new(Embedded::new())));
-    let tier = crate::open(Some(&format!("nimbus://{addr}")))
+    let tls = nimbus_trust::Tls::ephemeral().unwrap();
+    tokio::spawn(crate::serve(
+        listener,
+        tls.clone(),
+        Arc::new(Embedded::new()),
+    ));
+    let tier = crate::open(Some(&format!("nimbus://{addr}")), Some(tls))
         .await
         .expect("connects to the served tier");
     assert_eq!(tier.location(), format!("nimbus://{addr}"));
@@ -584,16 +589,19 @@ fn local_tier_is_shared_by_the_apps_processes_on_a_host() {
 
 #[tokio::test]
 async fn open_chooses_the_backend() {
-    assert_eq!(crate::open(None).await.unwrap().location(), "embedded");
+    assert_eq!(
+        crate::open(None, None).await.unwrap().location(),
+        "embedded"
+    );
     for url in ["http://h", "rediss://h:6379", "", "localhost:6379"] {
-        let err = crate::open(Some(url)).await.err().expect("refused");
+        let err = crate::open(Some(url), None).await.err().expect("refused");
         assert!(
             matches!(err, StateError::UnsupportedUrl { .. }),
             "{url}: {err}"
         );
         assert!(err.to_string().contains("redis://host:port"), "{err}");
     }
-    let err = crate::open(Some("redis://:secret@h:notaport"))
+    let err = crate::open(Some("redis://:secret@h:notaport"), None)
         .await
         .err()
         .unwrap();
@@ -609,7 +617,7 @@ async fn unreachable_redis_is_a_clear_error() {
         .unwrap()
         .port();
     let url = format!("redis://127.0.0.1:{port}/0");
-    let err = tokio::time::timeout(BOUND * 3, crate::open(Some(&url)))
+    let err = tokio::time::timeout(BOUND * 3, crate::open(Some(&url), None))
         .await
         .expect("gives up in bounded time")
         .err()
@@ -621,7 +629,7 @@ async fn unreachable_redis_is_a_clear_error() {
 #[tokio::test]
 async fn redis_location_hides_nothing_but_passwords() {
     let server = RedisServer::start().expect("redis-server starts");
-    let tier = crate::open(Some(&format!("{}/3", server.url())))
+    let tier = crate::open(Some(&format!("{}/3", server.url())), None)
         .await
         .unwrap();
     assert_eq!(tier.location(), format!("{}/3", server.url()));

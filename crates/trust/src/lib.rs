@@ -239,6 +239,13 @@ pub struct Tls {
     grpc_acceptor: TlsAcceptor,
 }
 
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Tls").finish_non_exhaustive()
+    }
+}
+
 impl Tls {
     /// Loads the credentials of the cluster directory `dir` (blocking file reads).
     pub fn load(dir: &Path) -> Result<Arc<Tls>, TrustError> {
@@ -255,6 +262,18 @@ impl Tls {
             key: read(KEY_FILE)?,
         };
         Tls::from_pem(pem, dir)
+    }
+
+    /// The TLS of a new cluster kept in memory, of which this process holds the only
+    /// credentials: for tests, where every node runs in one process.
+    pub fn ephemeral() -> Result<Arc<Tls>, TrustError> {
+        let generated = generate()?;
+        let pem = Pem {
+            ca: generated.ca,
+            cert: generated.cert,
+            key: generated.key,
+        };
+        Tls::from_pem(pem, Path::new("(in memory)"))
     }
 
     /// The TLS of credentials `pem` (read from `dir`, named in errors).

@@ -655,10 +655,9 @@ impl Kernel for Cluster {
     fn route(&self, from: Pid, to: Pid) -> BoxFuture<'_, Result<Route, AbiError>> {
         Box::pin(async move {
             match &self.mesh {
-                Some(mesh) if self.host_of(to).is_none() => mesh
-                    .open_stream(&Request::Stream { from, to })
-                    .await
-                    .map(Route::Stream),
+                Some(mesh) if self.host_of(to).is_none() => {
+                    mesh.open_channel(from, to).await.map(Route::Stream)
+                }
                 _ => Ok(Route::Kernel),
             }
         })

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use nimbus_control::{ControlError, Planner};
 use nimbus_core::{ExitStatus, Failure, HostId, Pid};
-use nimbus_mesh::{Frame, Link, Links, MeshError, Replies};
+use nimbus_mesh::{Frame, Link, Links, MeshError, Replies, Ticket};
 use nimbus_runtime::{AbiError, BoxFuture, ModuleBytes, Output, OutputSink};
+use nimbus_trust::Tls;
 use serde::{Deserialize, Serialize};
 use std::net::TcpStream;
 
@@ -38,6 +39,8 @@ pub struct MeshConfig {
     /// from: these and what is under them, nothing else (`nimbus worker
     /// --allow-dir`).
     pub allowed_dirs: Vec<PathBuf>,
+    /// This node's credentials, with which it reaches the planner and its peers.
+    pub tls: Arc<Tls>,
 }
 
 /// A request between nodes.
@@ -57,9 +60,10 @@ pub(crate) enum Request {
         #[serde(default)]
         stdin: bool,
     },
-    /// To a worker, opening a connection handed over whole: attach it to the
-    /// mailbox of `to` as a stream of messages from `from` (see
-    /// `nimbus_runtime::Route::Stream`).
+    /// To a worker: grant a channel of messages from `from` to `to`, a process
+    /// there (see `nimbus_runtime::Route::Stream`). Answered with a `Ticket` to
+    /// open it with (`nimbus_mesh::open_channel`), which attaches it to the mailbox
+    /// of `to`.
     Stream { from: Pid, to: Pid },
     /// To a worker: stop process `pid`.
     Kill { pid: Pid },
@@ -127,6 +131,8 @@ pub(crate) enum Reply {
         found: bool,
     },
     ServiceFailed(ServiceError),
+    /// A one-time ticket for the channel asked for.
+    Ticket(Ticket),
 }
 
 impl Reply {
@@ -173,7 +179,7 @@ impl Mesh {
     pub(crate) fn new(config: &MeshConfig) -> Result<Mesh, ControlError> {
         Ok(Mesh {
             address: config.address.clone(),
-            planner: Planner::new(&config.planner)?,
+            planner: Planner::new(&config.planner, &config.tls)?,
             // A directory that does not exist allows nothing.
             allowed_dirs: Arc::new(
                 config
@@ -182,7 +188,7 @@ impl Mesh {
                     .filter_map(|dir| std::fs::canonicalize(dir).ok())
                     .collect(),
             ),
-            links: Links::default(),
+            links: Links::new(config.tls.clone()),
             hosts: Mutex::default(),
             modules: Mutex::default(),
             guests: Mutex::default(),
@@ -222,20 +228,22 @@ impl Mesh {
         replies.next().await.map_err(|_| AbiError::NoSuchProcess)
     }
 
-    /// Opens a stream of messages for `request` (a [`Request::Stream`]) to the
-    /// worker of its receiver.
-    pub(crate) async fn open_stream(&self, request: &Request) -> Result<TcpStream, AbiError> {
-        let Request::Stream { to, .. } = request else {
-            return Err(AbiError::Internal);
-        };
+    /// Opens a channel of messages from `from` to `to` on another worker: asks that
+    /// worker for a ticket over the mesh, then connects with it.
+    pub(crate) async fn open_channel(&self, from: Pid, to: Pid) -> Result<TcpStream, AbiError> {
         let address = self
             .address_of(to.origin_host())
             .await
             .ok_or(AbiError::NoSuchProcess)?;
-        let (answer, stream) = nimbus_mesh::open_stream(&address, &Frame::new(request, Vec::new()))
+        let answer = self
+            .call_one(&address, &Request::Stream { from, to }, Vec::new())
+            .await?;
+        let Reply::Ticket(ticket) = reply(&answer)? else {
+            return Err(AbiError::Internal);
+        };
+        let stream = nimbus_mesh::open_channel(&address, ticket)
             .await
             .map_err(|_| AbiError::NoSuchProcess)?;
-        reply(&answer)?;
         stream.into_std().map_err(|_| AbiError::Internal)
     }
 

@@ -5,10 +5,11 @@
 use std::sync::Arc;
 
 use nimbus_core::{ExitStatus, Pid};
-use nimbus_mesh::{Adoption, Frame, Handler, HandlerFuture, MAX_BODY, Replier};
-use nimbus_runtime::{AbiError, Input, ModuleBytes};
+use nimbus_mesh::{Frame, Handler, HandlerFuture, MAX_BODY, Replier, Ticket, Tickets};
+use nimbus_runtime::{AbiError, ChannelSlot, Input, MailboxSender, ModuleBytes};
+use nimbus_trust::Tls;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{Cluster, ClusterError, PeerStart, RootProcess, SPAWN_WAIT, world_outcome};
@@ -22,15 +23,25 @@ use crate::services::{ServiceError, Services};
 /// [`nimbus_mesh::serve`]).
 pub async fn serve_worker(
     listener: TcpListener,
+    tls: Arc<Tls>,
     cluster: Arc<Cluster>,
     services: Arc<Services>,
 ) -> std::convert::Infallible {
-    nimbus_mesh::serve(listener, Arc::new(Worker { cluster, services })).await
+    let worker = Worker {
+        cluster,
+        services,
+        channels: Tickets::default(),
+    };
+    nimbus_mesh::serve(listener, tls, Arc::new(worker)).await
 }
 
 struct Worker {
     cluster: Arc<Cluster>,
     services: Arc<Services>,
+    /// Channels a peer asked for, each waiting for its opener to connect with the
+    /// ticket it was given: the receiver's mailbox, the sender, and the channel's
+    /// place, reserved in the mailbox until the ticket is redeemed or expires.
+    channels: Tickets<(MailboxSender, Pid, ChannelSlot)>,
 }
 
 impl Worker {
@@ -133,41 +144,49 @@ impl Handler for Worker {
                     self.cluster.end_tree(&home);
                     Reply::Done
                 }
+                Request::Stream { from, to } => self.grant_channel(from, to),
                 _ => Reply::error(AbiError::Invalid),
             };
             replier.finish(answer.frame()).await;
         })
     }
 
-    fn adopt(self: Arc<Self>, hello: Frame, adoption: Adoption) -> HandlerFuture {
+    fn redeem(self: Arc<Self>, ticket: Ticket, mut stream: TcpStream) -> HandlerFuture {
         Box::pin(async move {
-            let receiver = match hello.head::<Request>() {
-                Ok(Request::Stream { from, to }) => {
-                    self.cluster
-                        .mailbox(to)
-                        .ok_or(AbiError::NoSuchProcess)
-                        .and_then(|mailbox| {
-                            // A receiver holding as many channels as it may refuses
-                            // more: its opener's send is `ERR_QUOTA`.
-                            let slot = mailbox.reserve_channel()?;
-                            Ok((from, mailbox, slot))
-                        })
-                }
-                _ => Err(AbiError::Invalid),
-            };
-            let answer = match &receiver {
-                Ok(_) => Reply::Done,
-                Err(error) => Reply::error(*error),
-            };
-            let Ok(stream) = adoption.answer(&answer.frame()).await else {
+            let Some((mailbox, from, slot)) = self.channels.redeem(&ticket) else {
                 return;
             };
-            if let (Ok((from, mailbox, slot)), Ok(stream)) = (receiver, stream.into_std()) {
+            if nimbus_mesh::accept_channel(&mut stream).await.is_err() {
+                return;
+            }
+            if let Ok(stream) = stream.into_std() {
                 // A receiver that ended since drops the stream, and its sender's next
                 // send finds it closed.
                 let _ = mailbox.attach(from, stream, slot);
             }
         })
+    }
+}
+
+impl Worker {
+    /// Grants a peer a channel of messages from `from` to `to`, a process here: a
+    /// ticket to open it with. A receiver holding as many channels as it may
+    /// refuses more: its opener's send is `ERR_QUOTA`.
+    fn grant_channel(&self, from: Pid, to: Pid) -> Reply {
+        let granted = self
+            .cluster
+            .mailbox(to)
+            .ok_or(AbiError::NoSuchProcess)
+            .and_then(|mailbox| {
+                let slot = mailbox.reserve_channel()?;
+                self.channels
+                    .issue((mailbox, from, slot))
+                    .ok_or(AbiError::Quota)
+            });
+        match granted {
+            Ok(ticket) => Reply::Ticket(ticket),
+            Err(error) => Reply::error(error),
+        }
     }
 }
 
@@ -247,6 +266,7 @@ impl TreeHome {
 /// tree are fetched from here.
 pub async fn run_on_cluster(
     planner: &str,
+    tls: Arc<Tls>,
     root: RootProcess,
     ranks: Option<u16>,
 ) -> Result<ExitStatus, ClusterError> {
@@ -264,6 +284,7 @@ pub async fn run_on_cluster(
             address: address.clone(),
             planner: planner.to_owned(),
             allowed_dirs: Vec::new(),
+            tls: tls.clone(),
         })
         .map_err(|e| remote(&e))?,
     );
@@ -292,7 +313,7 @@ pub async fn run_on_cluster(
         world,
         stdin: tokio::sync::Mutex::new(stdin),
     });
-    let serving = tokio::spawn(nimbus_mesh::serve(listener, home));
+    let serving = tokio::spawn(nimbus_mesh::serve(listener, tls, home));
 
     let start_rank = |stdin| Request::Start {
         lineage: Box::new(tree.wire().expect("the tree has a home")),
@@ -363,11 +384,15 @@ fn kill_all(mesh: &Arc<Mesh>, started: &[(Pid, String)]) {
 
 /// Every process on the cluster whose planner is at `planner`, and why each host
 /// that did not answer did not (it may have just died).
-pub async fn cluster_processes(planner: &str) -> Result<(Vec<ProcessInfo>, Vec<String>), String> {
+pub async fn cluster_processes(
+    planner: &str,
+    tls: Arc<Tls>,
+) -> Result<(Vec<ProcessInfo>, Vec<String>), String> {
     let mesh = Mesh::new(&MeshConfig {
         address: String::new(),
         planner: planner.to_owned(),
         allowed_dirs: Vec::new(),
+        tls,
     })
     .map_err(|e| e.to_string())?;
     mesh.processes().await

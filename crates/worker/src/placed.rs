@@ -20,6 +20,7 @@ use nimbus_core::Pid;
 use nimbus_mesh::{Frame, Link, Links, MAX_BODY};
 use nimbus_planner::HostStatus;
 use nimbus_runtime::{BoxFuture, ModuleBytes};
+use nimbus_trust::Tls;
 
 use crate::mesh::{Reply, Request};
 use crate::services::{
@@ -62,7 +63,11 @@ struct Placed {
 impl PlacedServices {
     /// Opens the apps recorded under `data_dir/apps`, to be placed on the cluster of
     /// `planner` when first invoked.
-    pub fn open(planner: &str, data_dir: &Path) -> Result<PlacedServices, ServiceError> {
+    pub fn open(
+        planner: &str,
+        tls: Arc<Tls>,
+        data_dir: &Path,
+    ) -> Result<PlacedServices, ServiceError> {
         let dir = data_dir.join("apps");
         std::fs::create_dir_all(&dir).map_err(storage(&dir))?;
         let apps = each_app(&dir, load_app)?
@@ -77,11 +82,11 @@ impl PlacedServices {
             })
             .collect();
         Ok(PlacedServices {
-            planner: nimbus_control::Planner::new(planner)
+            planner: nimbus_control::Planner::new(planner, &tls)
                 .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?,
             dir,
             apps: Mutex::new(apps),
-            links: Links::default(),
+            links: Links::new(tls),
             placing: Mutex::default(),
         })
     }

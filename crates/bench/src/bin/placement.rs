@@ -79,16 +79,21 @@ async fn join_hosts(addr: &str) -> Vec<PlannerLink> {
             capacity: 1 << 40,
             address: format!("127.0.0.1:{}", 10_000 + n),
         };
-        let link = PlannerLink::join(addr, info, Duration::from_secs(10))
-            .await
-            .expect("a host joins");
+        let link = PlannerLink::join(
+            addr,
+            &nimbus_bench::cluster_tls(),
+            info,
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("a host joins");
         links.push(link);
     }
     links
 }
 
 async fn round_trips(addr: &str, iterations: usize) -> Samples {
-    let planner = Planner::new(addr).expect("an address");
+    let planner = Planner::new(addr, &nimbus_bench::cluster_tls()).expect("an address");
     let mut samples = Samples::default();
     for i in 0..WARMUP + iterations {
         let start = Instant::now();
@@ -133,7 +138,7 @@ async fn throughput(addr: &str) -> f64 {
     let until = Instant::now() + THROUGHPUT_FOR;
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
-            let planner = Planner::new(addr).expect("an address");
+            let planner = Planner::new(addr, &nimbus_bench::cluster_tls()).expect("an address");
             let placed = placed.clone();
             tokio::spawn(async move {
                 while Instant::now() < until {

@@ -30,10 +30,32 @@ fn data_dir() -> &'static tempfile::TempDir {
     DIR.get_or_init(|| tempfile::tempdir().unwrap())
 }
 
-/// `nimbus ARGS...` with its own data directory.
+/// The credentials of the one cluster every node of this test binary belongs to,
+/// made by `nimbus cluster init`.
+pub fn cluster_dir() -> &'static std::path::Path {
+    static DIR: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &DIR.get_or_init(|| {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("cluster");
+        let made = Command::new(env!("CARGO_BIN_EXE_nimbus"))
+            .args(["cluster", "init"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        (parent, dir)
+    })
+    .1
+}
+
+/// `nimbus ARGS...` with its own data directory, a node of the test binary's
+/// cluster.
 pub fn nimbus(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nimbus"));
-    command.args(args).env("NIMBUS_DATA_DIR", data_dir().path());
+    command
+        .args(args)
+        .env("NIMBUS_DATA_DIR", data_dir().path())
+        .env("NIMBUS_CLUSTER_DIR", cluster_dir());
     command
 }
 
@@ -207,6 +229,8 @@ pub struct TestCluster {
     pub addr: String,
     /// Each worker and its host id (`host-N`).
     pub workers: Vec<(Daemon, String)>,
+    /// Each worker's mesh address, by host id.
+    pub mesh_addresses: std::collections::HashMap<String, String>,
     /// How the planner was started, to start it again.
     planner_args: Vec<String>,
     /// The planner's own data directory (its store).
@@ -243,6 +267,7 @@ impl TestCluster {
             planner,
             addr,
             workers: Vec::new(),
+            mesh_addresses: std::collections::HashMap::new(),
             planner_args: args.iter().map(|&arg| arg.to_owned()).collect(),
             planner_dir,
         };
@@ -276,7 +301,9 @@ impl TestCluster {
         args.extend_from_slice(flags);
         let daemon = Daemon::start(nimbus(&args));
         let joined = daemon.announced(&format!("nimbus: worker joined {} as host ", self.addr));
-        let host = joined.split(" at ").next().unwrap().to_owned();
+        let (host, address) = joined.split_once(" at ").unwrap();
+        let host = host.to_owned();
+        self.mesh_addresses.insert(host.clone(), address.to_owned());
         self.workers.push((daemon, host.clone()));
         host
     }
