@@ -130,3 +130,38 @@ fn different_programs_of_one_file_name_do_not_share_a_clusters_state() {
         assert_eq!(code, Some(expected), "{}: {stderr}", program.display());
     }
 }
+
+#[test]
+fn a_planner_restart_keeps_state_on_redis_and_empties_the_tier_it_serves() {
+    let redis = RedisServer::start().expect("redis-server starts (scripts/setup.sh installs it)");
+    let redis_url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let program = dir.path().join("once.wasm");
+    std::fs::write(&program, set_once('A')).unwrap();
+    // The served tier is documented as volatile; Redis as the durable choice.
+    let tiers: [(&[&str], Option<i32>); 2] = [(&[], Some(0)), (&["--state", &redis_url], Some(3))];
+    for (worker_flags, after_restart) in tiers {
+        let mut cluster = TestCluster::start(1, worker_flags);
+        let run_once = |cluster: &TestCluster| {
+            let mut command = cluster.nimbus(&["run", "--app", "restart-check"]);
+            command.arg(&program);
+            outcome(&run(command))
+        };
+        let (_, stderr, code) = run_once(&cluster);
+        assert_eq!(code, Some(0), "{worker_flags:?}: {stderr}");
+        let (_, stderr, code) = run_once(&cluster);
+        assert_eq!(
+            code,
+            Some(3),
+            "{worker_flags:?}: the value was not kept: {stderr}"
+        );
+
+        cluster.restart_planner();
+        common::until("the worker rejoined", || {
+            let (stdout, _, code) = outcome(&run(cluster.nimbus(&["hosts"])));
+            code == Some(0) && stdout.lines().count() == 2 && !stdout.contains("awaiting")
+        });
+        let (_, stderr, code) = run_once(&cluster);
+        assert_eq!(code, after_restart, "{worker_flags:?}: {stderr}");
+    }
+}

@@ -162,16 +162,30 @@ impl Handler for Server {
             else {
                 return;
             };
-            // Grown as the bytes arrive, not on the word of the hello.
+            // Grown as the bytes arrive, not on the word of the hello; a caller that
+            // stops sending is given up on, bounded by the length.
             let mut value = Vec::with_capacity((upload.len as usize).min(MAX_BODY));
-            let read = (&mut stream).take(upload.len).read_to_end(&mut value).await;
-            if read.is_err() || value.len() as u64 != upload.len {
+            let read = tokio::time::timeout(
+                upload_deadline(upload.len),
+                (&mut stream).take(upload.len).read_to_end(&mut value),
+            )
+            .await;
+            if !matches!(read, Ok(Ok(_))) || value.len() as u64 != upload.len {
                 return;
             }
             let (answer, _) = self.answer(upload.call, value).await;
             let _ = nimbus_mesh::write_frame(&mut stream, &Frame::new(&answer, Vec::new())).await;
         })
     }
+}
+
+/// The slowest a long value may travel before its upload is given up on: a peer
+/// that stops reading or sending (frozen, say) never holds a task for good.
+const SLOWEST_UPLOAD: u64 = 4 << 20; // bytes per second
+
+/// How long an upload of `len` bytes may take, on both sides.
+fn upload_deadline(len: u64) -> Duration {
+    Duration::from_secs(5) + Duration::from_secs(len / SLOWEST_UPLOAD)
 }
 
 fn malformed(e: impl std::fmt::Display) -> StateError {
@@ -312,9 +326,14 @@ impl Served {
         if let Answer::Failed(_) = ready {
             return Ok((ready, Vec::new()));
         }
-        stream.write_all(&value).await.map_err(|e| self.failed(e))?;
-        let reply = nimbus_mesh::read_frame(&mut stream)
+        // A frozen server never reads the value or answers: bounded by its length.
+        let sent = async {
+            stream.write_all(&value).await?;
+            nimbus_mesh::read_frame(&mut stream).await
+        };
+        let reply = tokio::time::timeout(upload_deadline(hello.len), sent)
             .await
+            .map_err(|_| self.failed("the value was not taken in time"))?
             .map_err(|e| self.failed(e))?
             .ok_or_else(|| self.failed("the connection ended before the answer"))?;
         let answer = reply.head::<Answer>().map_err(|e| self.failed(e))?;
