@@ -20,6 +20,8 @@
 //! | `POST /v1/processes/{pid}/messages` | send the body as a message to the process |
 //! | `DELETE /v1/processes/{pid}` | kill the process (a service instance loses its state since its last snapshot) |
 
+pub mod tokens;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
