@@ -95,9 +95,12 @@ pub(crate) struct PsArgs {
 
 #[derive(Args)]
 pub(crate) struct HostsArgs {
-    /// The planner to ask.
-    #[arg(long, env = "NIMBUS_PLANNER", default_value = DEFAULT_PLANNER)]
-    planner: String,
+    /// Ask this planner directly instead of the gateway (which asks the planner it
+    /// fronts).
+    #[arg(long, env = "NIMBUS_PLANNER", value_name = "ADDR")]
+    planner: Option<String>,
+    #[command(flatten)]
+    server: crate::client::Server,
 }
 
 fn tokio() -> Result<tokio::runtime::Runtime, Failure> {
@@ -327,9 +330,23 @@ fn machine_memory() -> Option<u64> {
 }
 
 pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
-    let hosts = tokio()?
-        .block_on(nimbus_control::hosts(&args.planner))
-        .map_err(|e| Failure::new(1, e.to_string()))?;
+    let hosts = match &args.planner {
+        Some(planner) => tokio()?
+            .block_on(nimbus_control::hosts(planner))
+            .map_err(|e| Failure::new(1, e.to_string()))?,
+        None => {
+            let gateway = args.server.resolve()?;
+            serde_json::from_value(gateway.get_json("/v1/hosts")?).map_err(|e| {
+                Failure::new(1, format!("the gateway's hosts are not as expected: {e}"))
+            })?
+        }
+    };
+    print_hosts(&hosts);
+    Ok(0)
+}
+
+/// The table `nimbus hosts` prints, sizes in human units.
+fn print_hosts(hosts: &[nimbus_planner::HostStatus]) {
     println!(
         "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>5} {:>10} {:>10}  APPS",
         "HOST",
@@ -376,7 +393,6 @@ pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
             }
         );
     }
-    Ok(0)
 }
 
 pub(crate) fn ps(planner: &str) -> Result<i32, Failure> {

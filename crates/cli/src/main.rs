@@ -6,6 +6,7 @@
 //! Must not: hold platform logic; it calls the worker crate's cluster.
 
 mod client;
+mod config;
 mod control;
 mod run;
 mod up;
@@ -47,8 +48,10 @@ enum Command {
     Planner(control::PlannerArgs),
     /// Run a worker host that joins a planner.
     Worker(control::WorkerArgs),
-    /// List the hosts registered with a planner.
+    /// List the hosts of the cluster behind the gateway (or of a planner).
     Hosts(control::HostsArgs),
+    /// Create, list and revoke the gateway's bearer tokens (needs an admin token).
+    Token(client::TokenArgs),
 }
 
 /// A failure with the exit code it maps to. Printed as `nimbus: MESSAGE`.
@@ -144,6 +147,7 @@ fn main() -> ExitCode {
         Command::Planner(args) => control::planner(args),
         Command::Worker(args) => control::worker(args),
         Command::Hosts(args) => control::hosts(args),
+        Command::Token(args) => client::token(args),
     };
     let code = match result {
         Ok(code) => code,

@@ -318,7 +318,10 @@ fn losing_the_root_worker_fails_the_run_and_ends_its_tree() {
 #[test]
 fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
     let temp = std::env::temp_dir();
-    let mut up = Daemon::start(common::nimbus(&[
+    // Its own client config, which `ps` below reads the token from.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("config.json");
+    let mut up = common::nimbus(&[
         "up",
         "--listen",
         "127.0.0.1:0",
@@ -329,14 +332,18 @@ fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
         // The run below shares a temporary directory with its processes.
         "--allow-dir",
         temp.to_str().unwrap(),
-    ]));
+    ]);
+    up.env("NIMBUS_CONFIG", &config);
+    let mut up = Daemon::start(up);
     let gateway = up.announced("nimbus: gateway listening on ");
     up.announced("nimbus: data plane listening on ");
     let planner = up.announced("nimbus: planner listening on ");
     assert_eq!(hosts(&planner).len(), 3);
 
     let (mut tree, share) = fan_out(&planner, 4);
-    let (stdout, stderr, code) = outcome(&run(common::nimbus(&["ps", "--server", &gateway])));
+    let mut ps = common::nimbus(&["ps", "--server", &gateway]);
+    ps.env("NIMBUS_CONFIG", &config);
+    let (stdout, stderr, code) = outcome(&run(ps));
     assert_eq!(code, Some(0), "{stderr}");
     let on_workers = stdout.lines().filter(|l| l.contains(" host-")).count();
     assert_eq!(on_workers, 5, "the root and its 4 children:\n{stdout}");
