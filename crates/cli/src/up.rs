@@ -163,6 +163,8 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
                  the admin token is {token}"
             ),
         }
+        // From here on a SIGTERM is a graceful stop, however soon it comes.
+        let stop = stop_signal();
         // Tools and tests read these lines to learn the ports.
         crate::announce(format_args!(
             "nimbus: gateway listening on http://{address}"
@@ -198,7 +200,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             planner,
             tokens,
         });
-        nimbus_gateway::serve(listener, gateway, stop_signal(), SHUTDOWN_GRACE)
+        nimbus_gateway::serve(listener, gateway, stop, SHUTDOWN_GRACE)
             .await
             .map_err(|e| internal("gateway", &e))?;
         eprintln!("nimbus: stopping; swapping every instance out");
@@ -330,18 +332,23 @@ async fn spawn_announcing(
     Ok((child, rest.to_owned()))
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub(crate) async fn stop_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is called
+/// (inside the runtime), not when the future is first polled, so a signal that comes
+/// after the call and before the wait is not lost.
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the process is still stopped by the signal.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+    );
+    async move {
+        let (Ok(mut interrupt), Ok(mut terminate)) = handlers else {
+            // Without signal handlers the process is still stopped by the signal.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
     }
 }
