@@ -48,6 +48,10 @@ pub(crate) struct RunArgs {
     /// same paths.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["hosts", "state"])]
     planner: Option<String>,
+    /// Run on the cluster of the last `nimbus up --workers N` (or `--planner`):
+    /// `--planner` with the planner's address from the client config file.
+    #[arg(long, conflicts_with_all = ["hosts", "state", "planner"])]
+    cluster: bool,
     /// Where nimbus keeps its module cache.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
@@ -59,7 +63,29 @@ pub(crate) struct RunArgs {
 /// The largest memory a wasm32 process can address.
 const MAX_WASM32_MEMORY: u64 = 4 << 30;
 
-pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
+/// The planner of the client config file, for `--cluster`.
+fn configured_planner() -> Result<String, Failure> {
+    let path = crate::config::path().ok_or_else(|| {
+        usage("--cluster: no client config (no HOME, XDG_CONFIG_HOME or NIMBUS_CONFIG)")
+    })?;
+    let config = crate::config::load(&path).map_err(|e| usage(format!("--cluster: {e}")))?;
+    let what = match config {
+        Some(config) => match config.planner {
+            Some(planner) => return Ok(planner),
+            None => "names no planner",
+        },
+        None => "does not exist",
+    };
+    Err(usage(format!(
+        "--cluster: the client config {} {what}; start `nimbus up --workers N`, or use --planner ADDR",
+        path.display()
+    )))
+}
+
+pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
+    if args.cluster {
+        args.planner = Some(configured_planner()?);
+    }
     let program = args.program.display().to_string();
     let bytes = std::fs::read(&args.program).map_err(|e| {
         Failure::new(

@@ -350,6 +350,21 @@ fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
     std::fs::write(share.path().join("go"), "").unwrap();
     assert_eq!(tree.child.wait().unwrap().code(), Some(0));
 
+    // `--cluster` finds the planner in the client config file `nimbus up` wrote.
+    let mut on_cluster = common::nimbus(&["run", "--cluster", guest("hello").to_str().unwrap()]);
+    on_cluster.env("NIMBUS_CONFIG", &config);
+    let (stdout, stderr, code) = outcome(&run(on_cluster));
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(0), "Hello from nimbus!\n"),
+        "{stderr}"
+    );
+    let mut without = common::nimbus(&["run", "--cluster", guest("hello").to_str().unwrap()]);
+    without.env("NIMBUS_CONFIG", config_dir.path().join("none.json"));
+    let (_, stderr, code) = outcome(&run(without));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("none.json does not exist"), "{stderr}");
+
     // The cluster stops with `nimbus up`.
     assert!(up.signal("TERM").success());
     let (_, _, code) = outcome(&run(common::nimbus(&["hosts", "--planner", &planner])));
