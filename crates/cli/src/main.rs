@@ -1,7 +1,9 @@
 //! `nimbus`, the command line of the nimbus serverless process platform.
 //!
 //! Owns: argument parsing, turning failures into one clear line on stderr and a
-//! documented exit code, and wiring the embedded cluster for `nimbus run`.
+//! documented exit code, wiring the embedded cluster for `nimbus run`, and the
+//! client config file (`config.rs`) that `nimbus up` writes and the client
+//! commands read their server and token from.
 //!
 //! Must not: hold platform logic; it calls the worker crate's cluster.
 
