@@ -12,12 +12,15 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `nimbus ARGS`; returns it and the rest of each of its first lines,
-    /// which must start with `prefixes` in order (its announced addresses).
+    /// which must start with `prefixes` in order (its announced addresses). Its
+    /// client config (what `nimbus up` writes) goes to its data directory, never
+    /// the user's.
     pub fn start(args: &[&str], prefixes: &[&str]) -> (Daemon, Vec<String>) {
         let data = tempfile::tempdir().expect("temporary directory");
         let mut child = crate::nimbus_command()
             .args(args)
             .env("NIMBUS_DATA_DIR", data.path())
+            .env("NIMBUS_CONFIG", data.path().join("config.json"))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -33,6 +36,16 @@ impl Daemon {
             })
             .collect();
         (Daemon { child, _data: data }, announced)
+    }
+}
+
+impl Daemon {
+    /// The admin token a `nimbus up` wrote to its client config before announcing
+    /// its addresses.
+    pub fn token(&self) -> String {
+        let config = std::fs::read(self._data.path().join("config.json")).expect("a client config");
+        let config: serde_json::Value = serde_json::from_slice(&config).expect("JSON");
+        config["token"].as_str().expect("a token").to_owned()
     }
 }
 

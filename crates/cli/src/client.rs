@@ -1,5 +1,8 @@
-//! The client commands: `deploy`, `invoke`, `apps`, `ps` and `logs`, talking to a
-//! nimbus gateway over HTTP.
+//! The client commands: `deploy`, `invoke`, `apps`, `ps`, `logs`, `send`, `kill`,
+//! `hosts` (without `--planner`) and `token`, talking to a nimbus gateway over HTTP
+//! with a bearer token. The server and token come from `--server`/`--token`, else
+//! `NIMBUS_SERVER`/`NIMBUS_TOKEN`, else the client config file `nimbus up` writes
+//! (`config.rs`), else the default server and no token.
 
 use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
@@ -12,16 +15,142 @@ use crate::Failure;
 /// Exit code of a client command whose request the server refused or failed.
 const REQUEST_FAILED: i32 = 1;
 
-/// Where the gateway is.
+/// The gateway's URL when neither a flag, the environment nor the config gives one.
+const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
+
+/// Where the gateway is, and the token to show it.
 #[derive(Args)]
 pub(crate) struct Server {
-    /// URL of the nimbus gateway.
+    /// URL of the nimbus gateway [default: the client config's, else
+    /// http://127.0.0.1:7070].
+    #[arg(long = "server", env = "NIMBUS_SERVER", value_name = "URL")]
+    url: Option<String>,
+    /// Bearer token for the gateway [default: the client config's].
     #[arg(
-        long = "server",
-        env = "NIMBUS_SERVER",
-        default_value = "http://127.0.0.1:7070"
+        long,
+        env = "NIMBUS_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
     )]
+    token: Option<String>,
+}
+
+/// A gateway to call: its URL and the token to send.
+pub(crate) struct Gateway {
     url: String,
+    token: Option<String>,
+}
+
+impl Server {
+    /// The gateway to call: each of the URL and token from its flag or variable,
+    /// else from the client config file, else the default URL and no token.
+    pub(crate) fn resolve(&self) -> Result<Gateway, Failure> {
+        let config = if self.url.is_none() || self.token.is_none() {
+            match crate::config::path() {
+                Some(path) => {
+                    crate::config::load(&path).map_err(|e| Failure::new(REQUEST_FAILED, e))?
+                }
+                None => None,
+            }
+        } else {
+            None
+        };
+        let url = self
+            .url
+            .clone()
+            .or_else(|| config.as_ref().map(|c| c.server.clone()))
+            .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        let token = self
+            .token
+            .clone()
+            .or_else(|| config.map(|c| c.token))
+            .filter(|token| !token.is_empty());
+        Ok(Gateway {
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+}
+
+impl Gateway {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// `request` with the token, if there is one.
+    fn authorised<B>(&self, request: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(token) => request.header("authorization", format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
+    fn get(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        self.authorised(agent().get(self.url(path)))
+    }
+
+    fn delete(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        self.authorised(agent().delete(self.url(path)))
+    }
+
+    fn post(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        self.authorised(agent().post(self.url(path)))
+    }
+
+    fn put(&self, path: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        self.authorised(agent().put(self.url(path)))
+    }
+
+    /// Reads a response: its body on success, else a failure with the server's
+    /// message; a 401 becomes advice on where a token comes from.
+    fn finish(
+        &self,
+        path: &str,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Vec<u8>, Failure> {
+        let url = self.url(path);
+        let mut response = response
+            .map_err(|e| Failure::new(REQUEST_FAILED, format!("cannot reach {url}: {e}")))?;
+        let status = response.status();
+        let body = response
+            .body_mut()
+            .with_config()
+            .limit(1 << 30)
+            .read_to_vec()
+            .map_err(|e| Failure::new(REQUEST_FAILED, format!("reading the response: {e}")))?;
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+        if status == ureq::http::StatusCode::UNAUTHORIZED {
+            let what = match self.token {
+                None => "no token",
+                Some(_) => "the token was refused",
+            };
+            return Err(Failure::new(
+                REQUEST_FAILED,
+                format!(
+                    "{} needs a token: {what} ({message}); run `nimbus up`, which writes \
+                     one to the client config, or set NIMBUS_TOKEN",
+                    self.url
+                ),
+            ));
+        }
+        Err(Failure::new(
+            REQUEST_FAILED,
+            format!("{} ({status})", message),
+        ))
+    }
+
+    /// GETs `path` and reads its JSON answer.
+    pub(crate) fn get_json(&self, path: &str) -> Result<Value, Failure> {
+        let body = self.finish(path, self.get(path).call())?;
+        serde_json::from_slice(&body)
+            .map_err(|e| Failure::new(REQUEST_FAILED, format!("{}: not JSON: {e}", self.url(path))))
+    }
 }
 
 /// Arguments of `nimbus deploy`.
@@ -99,33 +228,6 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// Reads a response: its body on success, else a failure with the server's message.
-fn finish(
-    url: &str,
-    response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
-) -> Result<Vec<u8>, Failure> {
-    let mut response =
-        response.map_err(|e| Failure::new(REQUEST_FAILED, format!("cannot reach {url}: {e}")))?;
-    let status = response.status();
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(1 << 30)
-        .read_to_vec()
-        .map_err(|e| Failure::new(REQUEST_FAILED, format!("reading the response: {e}")))?;
-    if status.is_success() {
-        return Ok(body);
-    }
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
-        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
-    Err(Failure::new(
-        REQUEST_FAILED,
-        format!("{} ({status})", message),
-    ))
-}
-
 /// Reports upload progress on stderr when it is a terminal.
 struct Progress<R> {
     inner: R,
@@ -173,8 +275,9 @@ pub(crate) fn deploy(args: DeployArgs) -> Result<i32, Failure> {
         )
     })?;
     let total = file.metadata().map(|m| m.len()).unwrap_or(0);
-    let url = format!("{}/v1/apps/{}", args.server.url, args.name);
-    let mut request = agent().put(&url);
+    let gateway = args.server.resolve()?;
+    let path = format!("/v1/apps/{}", args.name);
+    let mut request = gateway.put(&path);
     let options = [
         ("memory", args.mem),
         ("idle", args.idle),
@@ -198,7 +301,7 @@ pub(crate) fn deploy(args: DeployArgs) -> Result<i32, Failure> {
     let response = request
         .header("content-type", "application/wasm")
         .send(ureq::SendBody::from_reader(&mut progress));
-    let outcome = finish(&url, response);
+    let outcome = gateway.finish(&path, response);
     if visible {
         eprintln!();
     }
@@ -238,40 +341,33 @@ pub(crate) struct KillArgs {
 }
 
 pub(crate) fn kill(args: KillArgs) -> Result<i32, Failure> {
-    let url = format!("{}/v1/processes/{}", args.server.url, args.pid);
-    finish(&url, agent().delete(&url).call())?;
+    let gateway = args.server.resolve()?;
+    let path = format!("/v1/processes/{}", args.pid);
+    gateway.finish(&path, gateway.delete(&path).call())?;
     Ok(0)
 }
 
 pub(crate) fn send(args: SendArgs) -> Result<i32, Failure> {
     let body = data_bytes(args.data.as_deref())?;
-    let url = format!("{}/v1/processes/{}/messages", args.server.url, args.pid);
-    finish(&url, agent().post(&url).send(&body[..]))?;
+    let gateway = args.server.resolve()?;
+    let path = format!("/v1/processes/{}/messages", args.pid);
+    gateway.finish(&path, gateway.post(&path).send(&body[..]))?;
     Ok(0)
 }
 
 pub(crate) fn invoke(args: InvokeArgs) -> Result<i32, Failure> {
     let body = data_bytes(args.data.as_deref())?;
-    let url = format!(
-        "{}/v1/apps/{}/invoke/{}",
-        args.server.url, args.app, args.handler
-    );
-    let mut request = agent().post(&url);
+    let gateway = args.server.resolve()?;
+    let path = format!("/v1/apps/{}/invoke/{}", args.app, args.handler);
+    let mut request = gateway.post(&path);
     if let Some(session) = &args.session {
         request = request.query("session", session);
     }
-    let response = finish(&url, request.send(&body[..]))?;
+    let response = gateway.finish(&path, request.send(&body[..]))?;
     std::io::stdout()
         .write_all(&response)
         .map_err(|e| Failure::new(REQUEST_FAILED, format!("writing the response: {e}")))?;
     Ok(0)
-}
-
-fn get_json(server: &Server, path: &str) -> Result<Value, Failure> {
-    let url = format!("{}{path}", server.url);
-    let body = finish(&url, agent().get(&url).call())?;
-    serde_json::from_slice(&body)
-        .map_err(|e| Failure::new(REQUEST_FAILED, format!("{url}: not JSON: {e}")))
 }
 
 fn text(value: &Value) -> String {
@@ -283,7 +379,7 @@ fn text(value: &Value) -> String {
 }
 
 pub(crate) fn apps(server: Server) -> Result<i32, Failure> {
-    let apps = get_json(&server, "/v1/apps")?;
+    let apps = server.resolve()?.get_json("/v1/apps")?;
     println!(
         "{:<20} {:>9} {:>5} {:>7} {:>10}  MODULE",
         "APP", "INSTANCES", "LIVE", "QUEUED", "MEMORY"
@@ -303,7 +399,7 @@ pub(crate) fn apps(server: Server) -> Result<i32, Failure> {
 }
 
 pub(crate) fn ps(server: Server) -> Result<i32, Failure> {
-    let processes = get_json(&server, "/v1/processes")?;
+    let processes = server.resolve()?.get_json("/v1/processes")?;
     print_processes(
         processes
             .as_array()
@@ -324,12 +420,99 @@ pub(crate) fn print_processes(rows: impl IntoIterator<Item = [String; 4]>) {
 }
 
 pub(crate) fn logs(args: LogsArgs) -> Result<i32, Failure> {
-    let url = format!("{}/v1/processes/{}/logs", args.server.url, args.pid);
-    let body = finish(&url, agent().get(&url).call())?;
+    let gateway = args.server.resolve()?;
+    let path = format!("/v1/processes/{}/logs", args.pid);
+    let body = gateway.finish(&path, gateway.get(&path).call())?;
     std::io::stdout()
         .write_all(&body)
         .map_err(|e| Failure::new(REQUEST_FAILED, format!("writing the logs: {e}")))?;
     Ok(0)
+}
+
+/// Arguments of `nimbus token`.
+#[derive(Args)]
+pub(crate) struct TokenArgs {
+    #[command(subcommand)]
+    command: TokenCommand,
+    #[command(flatten)]
+    server: Server,
+}
+
+#[derive(clap::Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints it, the only time it is shown.
+    Create {
+        /// The token's name (letters, digits, `-`, `_`, `.`).
+        name: String,
+        /// An app the token may deploy, invoke and read the logs of (repeatable).
+        #[arg(long = "app", value_name = "APP", required_unless_present = "admin")]
+        apps: Vec<String>,
+        /// The token may do everything.
+        #[arg(long, conflicts_with = "apps")]
+        admin: bool,
+    },
+    /// List the tokens' names and scopes.
+    List,
+    /// Revoke a token: it is refused from then on.
+    Revoke {
+        /// The token's name.
+        name: String,
+    },
+}
+
+pub(crate) fn token(args: TokenArgs) -> Result<i32, Failure> {
+    let gateway = args.server.resolve()?;
+    match args.command {
+        TokenCommand::Create { name, apps, admin } => {
+            let request = serde_json::json!({ "name": name, "admin": admin, "apps": apps });
+            let body = gateway.finish(
+                "/v1/tokens",
+                gateway
+                    .post("/v1/tokens")
+                    .header("content-type", "application/json")
+                    .send(request.to_string().as_bytes()),
+            )?;
+            let created: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let token = created["token"].as_str().ok_or_else(|| {
+                Failure::new(REQUEST_FAILED, "the server's answer holds no token")
+            })?;
+            println!("{token}");
+            eprintln!(
+                "nimbus: token {name} ({}); it is shown only now",
+                scope_text(&created["scope"])
+            );
+        }
+        TokenCommand::List => {
+            let tokens = gateway.get_json("/v1/tokens")?;
+            println!("{:<24} SCOPE", "NAME");
+            for token in tokens.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {}",
+                    text(&token["name"]),
+                    scope_text(&token["scope"])
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            let path = format!("/v1/tokens/{name}");
+            gateway.finish(&path, gateway.delete(&path).call())?;
+        }
+    }
+    Ok(0)
+}
+
+/// A token's scope as the tables show it: `admin`, or `apps: a,b`.
+fn scope_text(scope: &Value) -> String {
+    if scope["admin"] == true {
+        return "admin".into();
+    }
+    let apps: Vec<String> = scope["apps"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    format!("apps: {}", apps.join(","))
 }
 
 #[cfg(test)]

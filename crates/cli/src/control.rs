@@ -104,9 +104,13 @@ pub(crate) struct PsArgs {
 
 #[derive(Args)]
 pub(crate) struct HostsArgs {
-    /// The planner to ask.
-    #[arg(long, env = "NIMBUS_PLANNER", default_value = DEFAULT_PLANNER)]
-    planner: String,
+    /// Ask this planner directly instead of the gateway (which asks the planner it
+    /// fronts).
+    #[arg(long, env = "NIMBUS_PLANNER", value_name = "ADDR")]
+    planner: Option<String>,
+    #[command(flatten)]
+    server: crate::client::Server,
+    /// With `--planner`: the credentials to reach the cluster with.
     #[command(flatten)]
     cluster: ClusterDir,
 }
@@ -342,10 +346,26 @@ fn machine_memory() -> Option<u64> {
 }
 
 pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
-    let tls = args.cluster.load(&crate::default_data_dir())?;
-    let hosts = tokio()?
-        .block_on(nimbus_control::hosts(&args.planner, &tls))
-        .map_err(|e| Failure::new(1, e.to_string()))?;
+    let hosts = match &args.planner {
+        Some(planner) => {
+            let tls = args.cluster.load(&crate::default_data_dir())?;
+            tokio()?
+                .block_on(nimbus_control::hosts(planner, &tls))
+                .map_err(|e| Failure::new(1, e.to_string()))?
+        }
+        None => {
+            let gateway = args.server.resolve()?;
+            serde_json::from_value(gateway.get_json("/v1/hosts")?).map_err(|e| {
+                Failure::new(1, format!("the gateway's hosts are not as expected: {e}"))
+            })?
+        }
+    };
+    print_hosts(&hosts);
+    Ok(0)
+}
+
+/// The table `nimbus hosts` prints, sizes in human units.
+fn print_hosts(hosts: &[nimbus_planner::HostStatus]) {
     println!(
         "{:<6} {:>5} {:>10} {:>10} {:>8} {:>8} {:>10} {:>10} {:>5} {:>10} {:>10}  APPS",
         "HOST",
@@ -392,7 +412,6 @@ pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
             }
         );
     }
-    Ok(0)
 }
 
 pub(crate) fn ps(planner: &str, cluster: &ClusterDir) -> Result<i32, Failure> {

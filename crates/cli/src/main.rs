@@ -1,11 +1,14 @@
 //! `nimbus`, the command line of the nimbus serverless process platform.
 //!
 //! Owns: argument parsing, turning failures into one clear line on stderr and a
-//! documented exit code, and wiring the embedded cluster for `nimbus run`.
+//! documented exit code, wiring the embedded cluster for `nimbus run`, and the
+//! client config file (`config.rs`) that `nimbus up` writes and the client
+//! commands read their server and token from.
 //!
 //! Must not: hold platform logic; it calls the worker crate's cluster.
 
 mod client;
+mod config;
 mod control;
 mod run;
 mod trust;
@@ -48,11 +51,13 @@ enum Command {
     Planner(control::PlannerArgs),
     /// Run a worker host that joins a planner.
     Worker(control::WorkerArgs),
-    /// List the hosts registered with a planner.
+    /// List the hosts of the cluster behind the gateway (or of a planner).
     Hosts(control::HostsArgs),
     /// Set up a cluster's credentials (its CA and node certificates).
     #[command(subcommand)]
     Cluster(trust::ClusterCommand),
+    /// Create, list and revoke the gateway's bearer tokens (needs an admin token).
+    Token(client::TokenArgs),
 }
 
 /// A failure with the exit code it maps to. Printed as `nimbus: MESSAGE`.
@@ -152,6 +157,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => control::worker(args),
         Command::Hosts(args) => control::hosts(args),
         Command::Cluster(command) => trust::cluster(command),
+        Command::Token(args) => client::token(args),
     };
     let code = match result {
         Ok(code) => code,

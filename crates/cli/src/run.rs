@@ -48,12 +48,17 @@ pub(crate) struct RunArgs {
     /// same paths.
     #[arg(long, value_name = "ADDR", conflicts_with_all = ["hosts", "state"])]
     planner: Option<String>,
+    /// Run on the cluster of the last `nimbus up --workers N` (or `--planner`):
+    /// `--planner` with the planner's address from the client config file.
+    #[arg(long, conflicts_with_all = ["hosts", "state", "planner"])]
+    cluster: bool,
     /// Where nimbus keeps its module cache.
     #[arg(long, env = "NIMBUS_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// With `--planner`: the credentials to reach the cluster with.
+    /// With `--planner`: the credentials to reach the cluster with (with
+    /// `--cluster`, by default those the client config file names).
     #[command(flatten)]
-    cluster: crate::trust::ClusterDir,
+    credentials: crate::trust::ClusterDir,
     /// Arguments passed to the program.
     #[arg(last = true)]
     args: Vec<String>,
@@ -62,7 +67,32 @@ pub(crate) struct RunArgs {
 /// The largest memory a wasm32 process can address.
 const MAX_WASM32_MEMORY: u64 = 4 << 30;
 
-pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
+/// The planner of the client config file, and the cluster directory it names, for
+/// `--cluster`.
+fn configured_planner() -> Result<(String, Option<PathBuf>), Failure> {
+    let path = crate::config::path().ok_or_else(|| {
+        usage("--cluster: no client config (no HOME, XDG_CONFIG_HOME or NIMBUS_CONFIG)")
+    })?;
+    let config = crate::config::load(&path).map_err(|e| usage(format!("--cluster: {e}")))?;
+    let what = match config {
+        Some(config) => match config.planner {
+            Some(planner) => return Ok((planner, config.cluster_dir)),
+            None => "names no planner",
+        },
+        None => "does not exist",
+    };
+    Err(usage(format!(
+        "--cluster: the client config {} {what}; start `nimbus up --workers N`, or use --planner ADDR",
+        path.display()
+    )))
+}
+
+pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
+    if args.cluster {
+        let (planner, cluster_dir) = configured_planner()?;
+        args.planner = Some(planner);
+        args.credentials = args.credentials.or_else(cluster_dir);
+    }
     let program = args.program.display().to_string();
     let bytes = std::fs::read(&args.program).map_err(|e| {
         Failure::new(
@@ -111,7 +141,7 @@ pub(crate) fn run(args: RunArgs) -> Result<i32, Failure> {
     };
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
     let tls = match &args.planner {
-        Some(_) => Some(args.cluster.load(&data_dir)?),
+        Some(_) => Some(args.credentials.load(&data_dir)?),
         None => None,
     };
     let mut config = ClusterConfig::new(&data_dir);

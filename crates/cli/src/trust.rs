@@ -20,6 +20,13 @@ pub(crate) struct ClusterDir {
 }
 
 impl ClusterDir {
+    /// These, or `dir` if none was given.
+    pub(crate) fn or_else(self, dir: Option<PathBuf>) -> ClusterDir {
+        ClusterDir {
+            dir: self.dir.or(dir),
+        }
+    }
+
     /// The directory, given or under `data_dir`.
     pub(crate) fn path(&self, data_dir: &Path) -> PathBuf {
         self.dir.clone().unwrap_or_else(|| data_dir.join("cluster"))

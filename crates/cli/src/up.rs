@@ -2,12 +2,20 @@
 //! gateway) serving until it is interrupted; with `--workers N`, also a local
 //! cluster of a planner and N worker processes, on which the apps then run; with
 //! `--planner ADDR`, the same in front of an existing cluster.
+//!
+//! Zero setup: on each start it makes sure its user has an admin token (the one in
+//! the client config file if the node's token store still knows it, else a new one
+//! replacing the last it minted, so tokens do not pile up) and writes the client
+//! config file (`config.rs`) with the gateway's and data plane's addresses, the
+//! planner's and the token, so that the client commands need no flags. The last
+//! `nimbus up` started wins the file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
 use nimbus_core::exit_code;
+use nimbus_gateway::tokens::{Scope, TokenStore};
 use nimbus_gateway::{ClusterAccess, Gateway};
 use nimbus_worker::{Cluster, ClusterConfig, GlobalState, PlacedServices, ServiceFront, Services};
 
@@ -49,6 +57,24 @@ pub(crate) struct UpArgs {
     cluster: crate::trust::ClusterDir,
 }
 
+/// The name of the admin token `nimbus up` mints for its user.
+const LOCAL_ADMIN: &str = "local-admin";
+
+/// The admin token for the user of `nimbus up`: the client config's `previous` one
+/// if the store knows it as an admin's, else a fresh one named [`LOCAL_ADMIN`]
+/// (replacing the one minted before). Blocking.
+fn local_admin(
+    tokens: &TokenStore,
+    previous: Option<&crate::config::ClientConfig>,
+) -> Result<String, nimbus_gateway::tokens::TokenError> {
+    if let Some(previous) = previous
+        && tokens.authorize(&previous.token) == Some(Scope::Admin)
+    {
+        return Ok(previous.token.clone());
+    }
+    tokens.create(LOCAL_ADMIN, Scope::Admin, true)
+}
+
 pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
     let internal = |what: &str, e: &dyn std::fmt::Display| {
         Failure::new(exit_code::INTERNAL, format!("{what}: {e}"))
@@ -60,6 +86,21 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         (None, None) => None,
     };
     let cluster_dir = args.cluster.path(&data_dir);
+    // Blocking file work, done before the async runtime starts.
+    let tokens = Arc::new(
+        TokenStore::open(&data_dir.join("gateway"))
+            .map_err(|e| internal("cannot open the token store", &e))?,
+    );
+    let config_path = crate::config::path();
+    let previous = match &config_path {
+        Some(path) => crate::config::load(path).unwrap_or_else(|e| {
+            eprintln!("nimbus: {e}; writing a new one");
+            None
+        }),
+        None => None,
+    };
+    let token = local_admin(&tokens, previous.as_ref())
+        .map_err(|e| internal("cannot create the local admin token", &e))?;
     let tokio = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -91,13 +132,6 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         let data_address = data_listener
             .local_addr()
             .map_err(|e| internal("listener", &e))?;
-        // Tools and tests read these lines to learn the ports.
-        crate::announce(format_args!(
-            "nimbus: gateway listening on http://{address}"
-        ));
-        crate::announce(format_args!(
-            "nimbus: data plane listening on {data_address}"
-        ));
         let local_cluster = match args.workers {
             Some(workers) => Some(
                 LocalCluster::start(
@@ -112,15 +146,51 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             ),
             None => None,
         };
+        let planner = args
+            .planner
+            .or_else(|| local_cluster.as_ref().map(|c| c.planner.clone()));
+        // Written before the addresses are announced, so that whoever reads them
+        // finds the file.
+        let client_config = crate::config::ClientConfig {
+            server: format!("http://{address}"),
+            data_plane: data_address.to_string(),
+            token: token.clone(),
+            cluster_dir: planner
+                .is_some()
+                .then(|| std::path::absolute(&cluster_dir).unwrap_or(cluster_dir.clone())),
+            planner: planner.clone(),
+        };
+        match &config_path {
+            Some(path) => {
+                let target = path.clone();
+                tokio::task::spawn_blocking(move || crate::config::save(&target, &client_config))
+                    .await
+                    .map_err(|e| internal("writing the client config", &e))?
+                    .map_err(|e| {
+                        let what = format!("cannot write the client config {}", path.display());
+                        internal(&what, &e)
+                    })?;
+            }
+            None => eprintln!(
+                "nimbus: no HOME, XDG_CONFIG_HOME or NIMBUS_CONFIG: no client config written; \
+                 the admin token is {token}"
+            ),
+        }
+        // From here on a SIGTERM is a graceful stop, however soon it comes.
+        let stop = stop_signal();
+        // Tools and tests read these lines to learn the ports.
+        crate::announce(format_args!(
+            "nimbus: gateway listening on http://{address}"
+        ));
+        crate::announce(format_args!(
+            "nimbus: data plane listening on {data_address}"
+        ));
         if let Some(local) = &local_cluster {
             crate::announce(format_args!(
                 "nimbus: planner listening on {}",
                 local.planner
             ));
         }
-        let planner = args
-            .planner
-            .or_else(|| local_cluster.as_ref().map(|c| c.planner.clone()));
         // With workers, apps are placed on them; otherwise they run here.
         let access = match (planner, tls) {
             (Some(planner), Some(tls)) => Some(ClusterAccess { planner, tls }),
@@ -138,15 +208,16 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         };
         tokio::spawn(nimbus_dataplane::serve(
             data_listener,
-            nimbus_gateway::DataPlane::new(services.clone()),
+            nimbus_gateway::DataPlane::new(services.clone(), tokens.clone()),
             nimbus_dataplane::ServerConfig::default(),
         ));
         let gateway = Arc::new(Gateway {
             services: services.clone(),
             cluster,
             planner: access,
+            tokens,
         });
-        nimbus_gateway::serve(listener, gateway, stop_signal(), SHUTDOWN_GRACE)
+        nimbus_gateway::serve(listener, gateway, stop, SHUTDOWN_GRACE)
             .await
             .map_err(|e| internal("gateway", &e))?;
         eprintln!("nimbus: stopping; swapping every instance out");
@@ -295,18 +366,23 @@ async fn spawn_announcing(
     Ok((child, rest.to_owned()))
 }
 
-/// Completes on SIGINT or SIGTERM.
-pub(crate) async fn stop_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are installed when this is called
+/// (inside the runtime), not when the future is first polled, so a signal that comes
+/// after the call and before the wait is not lost.
+pub(crate) fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut interrupt), Ok(mut terminate)) = (
+    let handlers = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handlers the process is still stopped by the signal.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = terminate.recv() => {}
+    );
+    async move {
+        let (Ok(mut interrupt), Ok(mut terminate)) = handlers else {
+            // Without signal handlers the process is still stopped by the signal.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
     }
 }

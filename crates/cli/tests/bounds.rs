@@ -76,10 +76,14 @@ fn a_worker_out_of_descriptors_keeps_serving_once_they_are_free() {
     assert_eq!(stdout, "Hello from nimbus!\n");
 }
 
-/// `nimbus up` on free ports with `flags`; returns it and its gateway's address.
+/// `nimbus up` on free ports with `flags`, its client config in `data_dir`
+/// (`client-config.json`); returns it and its gateway's address.
 fn up(data_dir: &std::path::Path, flags: &[&str]) -> (Daemon, String) {
     let mut command = nimbus(&["up", "--listen", "127.0.0.1:0"]);
-    command.args(flags).env("NIMBUS_DATA_DIR", data_dir);
+    command
+        .args(flags)
+        .env("NIMBUS_DATA_DIR", data_dir)
+        .env("NIMBUS_CONFIG", data_dir.join("client-config.json"));
     let daemon = Daemon::start(command);
     let url = daemon.announced("nimbus: gateway listening on ");
     let address = url.strip_prefix("http://").unwrap().to_owned();
@@ -152,21 +156,24 @@ fn response(reader: &mut BufReader<TcpStream>) -> String {
 fn up_stops_on_sigterm_while_clients_hold_idle_connections() {
     let dir = tempfile::tempdir().unwrap();
     let (mut node, address) = up(dir.path(), &["--data-listen", "127.0.0.1:0"]);
+    let config = common::client_config(&dir.path().join("client-config.json"));
+    let token = config["token"].as_str().unwrap();
     // One keep-alive connection after a request, one that never sent a byte.
     let mut kept = TcpStream::connect(&address).unwrap();
-    kept.write_all(b"GET /v1/apps HTTP/1.1\r\nHost: nimbus\r\n\r\n")
-        .unwrap();
+    let request =
+        format!("GET /v1/apps HTTP/1.1\r\nHost: nimbus\r\nAuthorization: Bearer {token}\r\n\r\n");
+    kept.write_all(request.as_bytes()).unwrap();
     let mut reader = BufReader::new(kept.try_clone().unwrap());
     assert!(response(&mut reader).starts_with("HTTP/1.1 200"));
     let _silent = TcpStream::connect(&address).unwrap();
     // And one that stopped midway through uploading a request body, which a
     // graceful shutdown alone waits for forever.
     let mut stalled = TcpStream::connect(&address).unwrap();
-    stalled
-        .write_all(
-            b"PUT /v1/apps/stalled HTTP/1.1\r\nHost: nimbus\r\nContent-Length: 1000000\r\n\r\npart",
-        )
-        .unwrap();
+    let upload = format!(
+        "PUT /v1/apps/stalled HTTP/1.1\r\nHost: nimbus\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: 1000000\r\n\r\npart"
+    );
+    stalled.write_all(upload.as_bytes()).unwrap();
 
     let pid = node.child.id().to_string();
     assert!(

@@ -318,7 +318,10 @@ fn losing_the_root_worker_fails_the_run_and_ends_its_tree() {
 #[test]
 fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
     let temp = std::env::temp_dir();
-    let mut up = Daemon::start(common::nimbus(&[
+    // Its own client config, which `ps` below reads the token from.
+    let config_dir = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("config.json");
+    let mut up = common::nimbus(&[
         "up",
         "--listen",
         "127.0.0.1:0",
@@ -329,19 +332,38 @@ fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
         // The run below shares a temporary directory with its processes.
         "--allow-dir",
         temp.to_str().unwrap(),
-    ]));
+    ]);
+    up.env("NIMBUS_CONFIG", &config);
+    let mut up = Daemon::start(up);
     let gateway = up.announced("nimbus: gateway listening on ");
     up.announced("nimbus: data plane listening on ");
     let planner = up.announced("nimbus: planner listening on ");
     assert_eq!(hosts(&planner).len(), 3);
 
     let (mut tree, share) = fan_out(&planner, 4);
-    let (stdout, stderr, code) = outcome(&run(common::nimbus(&["ps", "--server", &gateway])));
+    let mut ps = common::nimbus(&["ps", "--server", &gateway]);
+    ps.env("NIMBUS_CONFIG", &config);
+    let (stdout, stderr, code) = outcome(&run(ps));
     assert_eq!(code, Some(0), "{stderr}");
     let on_workers = stdout.lines().filter(|l| l.contains(" host-")).count();
     assert_eq!(on_workers, 5, "the root and its 4 children:\n{stdout}");
     std::fs::write(share.path().join("go"), "").unwrap();
     assert_eq!(tree.child.wait().unwrap().code(), Some(0));
+
+    // `--cluster` finds the planner in the client config file `nimbus up` wrote.
+    let mut on_cluster = common::nimbus(&["run", "--cluster", guest("hello").to_str().unwrap()]);
+    on_cluster.env("NIMBUS_CONFIG", &config);
+    let (stdout, stderr, code) = outcome(&run(on_cluster));
+    assert_eq!(
+        (code, stdout.as_str()),
+        (Some(0), "Hello from nimbus!\n"),
+        "{stderr}"
+    );
+    let mut without = common::nimbus(&["run", "--cluster", guest("hello").to_str().unwrap()]);
+    without.env("NIMBUS_CONFIG", config_dir.path().join("none.json"));
+    let (_, stderr, code) = outcome(&run(without));
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("none.json does not exist"), "{stderr}");
 
     // The cluster stops with `nimbus up`.
     assert!(up.signal("TERM").success());

@@ -16,6 +16,10 @@ struct Node {
     url: String,
     data_plane: String,
     data_dir: std::path::PathBuf,
+    /// The client config file this node's `nimbus up` wrote, and its clients read.
+    config: std::path::PathBuf,
+    /// The admin token in it.
+    token: String,
     /// With `--workers`, the planner of the local cluster.
     planner: Option<String>,
 }
@@ -32,39 +36,69 @@ impl Node {
 
     /// [`Node::start_with`], its stderr going to `stderr`.
     fn start_logging(data_dir: &Path, flags: &[&str], stderr: Stdio) -> Node {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_nimbus"));
+        let config = data_dir.join("client-config.json");
+        let mut command = common::nimbus(&[
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-listen",
+            "127.0.0.1:0",
+        ]);
         command
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--data-listen",
-                "127.0.0.1:0",
-            ])
             .args(flags)
             .env("NIMBUS_DATA_DIR", data_dir)
-            .env("NIMBUS_CLUSTER_DIR", common::cluster_dir());
+            .env("NIMBUS_CLUSTER_DIR", common::cluster_dir())
+            .env("NIMBUS_CONFIG", &config);
         let daemon = Daemon::start_with_stderr(command, stderr);
         let url = daemon.announced("nimbus: gateway listening on ");
         let data_plane = daemon.announced("nimbus: data plane listening on ");
         let planner = flags
             .contains(&"--workers")
             .then(|| daemon.announced("nimbus: planner listening on "));
+        let written = common::client_config(&config);
+        assert_eq!(written["server"], url.as_str());
+        assert_eq!(written["data_plane"], data_plane.as_str());
         Node {
             daemon,
             url,
             data_plane,
             data_dir: data_dir.to_owned(),
+            token: written["token"].as_str().unwrap().to_owned(),
+            config,
             planner,
         }
     }
 
+    /// A client command with no flags: it finds the server and token in the client
+    /// config file.
     fn nimbus(&self, args: &[&str]) -> Command {
         let mut command = common::nimbus(args);
         command
-            .env("NIMBUS_SERVER", &self.url)
+            .env("NIMBUS_CONFIG", &self.config)
             .env("NIMBUS_DATA_DIR", &self.data_dir);
         command
+    }
+
+    /// A request to the gateway's `path` with `token` (none: no header), whatever
+    /// the status of the answer.
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> ureq::http::Response<ureq::Body> {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.url));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        agent.run(request.body(body.to_vec()).unwrap()).unwrap()
     }
 
     /// Runs a client command that must succeed; returns its stdout, trimmed.
@@ -90,14 +124,15 @@ impl Node {
         stderr
     }
 
+    /// What `GET /v1/apps` answers `token`.
+    fn apps(&self, token: &str) -> Value {
+        let mut response = self.request("GET", "/v1/apps", Some(token), b"");
+        assert_eq!(response.status(), 200);
+        serde_json::from_slice(&response.body_mut().read_to_vec().unwrap()).unwrap()
+    }
+
     fn app(&self, name: &str) -> Value {
-        let body = ureq::get(format!("{}/v1/apps", self.url))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_to_vec()
-            .unwrap();
-        let apps: Value = serde_json::from_slice(&body).unwrap();
+        let apps = self.apps(&self.token);
         apps.as_array()
             .unwrap()
             .iter()
@@ -134,12 +169,7 @@ impl Node {
 
     /// POSTs `body` to the gateway's `path`, whatever the status of the answer.
     fn post(&self, path: &str, body: &[u8]) -> ureq::http::Response<ureq::Body> {
-        ureq::post(format!("{}{path}", self.url))
-            .config()
-            .http_status_as_error(false)
-            .build()
-            .send(body)
-            .unwrap()
+        self.request("POST", path, Some(&self.token), body)
     }
 
     /// The server's resident memory in bytes.
@@ -214,23 +244,22 @@ fn deploy_invoke_state_and_every_error() {
     assert!(node.ok(&["logs", &pid]).contains("not an integer"));
 
     // Malformed requests are 400 with a JSON error.
-    let response = ureq::put(format!("{}/v1/apps/x?max_instances=many", node.url))
-        .config()
-        .http_status_as_error(false)
-        .build()
-        .send(&b"\0asm"[..])
-        .unwrap();
+    let response = node.request(
+        "PUT",
+        "/v1/apps/x?max_instances=many",
+        Some(&node.token),
+        b"\0asm",
+    );
     assert_eq!(response.status(), 400);
 
-    // A body read from a file, with the server named by `--server` (no variable).
+    // A body read from a file, with the server and token named by `--server` and
+    // `--token` (no variable, no config file).
     let body = data.path().join("body.txt");
     std::fs::write(&body, "3").unwrap();
     let from_file = format!("@{}", body.display());
     let invoke = |data: &str| {
         let mut command = common::nimbus(&["invoke", "counter", "add", "--data", data]);
-        command
-            .args(["--server", &node.url])
-            .env_remove("NIMBUS_SERVER");
+        command.args(["--server", &node.url, "--token", &node.token]);
         outcome(&run(command))
     };
     let (stdout, stderr, code) = invoke(&from_file);
@@ -401,10 +430,23 @@ fn the_binary_data_plane_invokes_the_same_apps() {
         .unwrap();
     runtime.block_on(async {
         let bound = Duration::from_secs(30);
-        let mut client = tokio::time::timeout(bound, Client::connect(&node.data_plane))
-            .await
-            .unwrap()
-            .unwrap();
+        // Without a token, or with one the node does not know: refused.
+        for token in ["", "nmb_0123"] {
+            let refused = tokio::time::timeout(bound, Client::connect(&node.data_plane, token))
+                .await
+                .unwrap();
+            match refused {
+                Err(ClientError::Server { status, .. }) => {
+                    assert_eq!(status, Status::Unauthorized)
+                }
+                other => panic!("a connection with token {token:?}: {other:?}"),
+            }
+        }
+        let mut client =
+            tokio::time::timeout(bound, Client::connect(&node.data_plane, &node.token))
+                .await
+                .unwrap()
+                .unwrap();
         let mut invoke = async |app: &str, handler: &str, body: &[u8]| {
             tokio::time::timeout(bound, client.invoke(app, handler, Some("s"), body))
                 .await
@@ -498,6 +540,22 @@ fn in_front_of_a_cluster_apps_run_on_its_workers_and_move_when_one_is_lost() {
 fn with_local_workers_a_restart_finds_the_apps_state_on_its_worker() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::start_with(data.path(), &["--workers", "3"]);
+    // Every client command with no flags, through the client config file: the
+    // gateway answers `hosts` from the planner it fronts, in human sizes.
+    let written = common::client_config(&node.config);
+    assert_eq!(written["planner"], node.planner.as_deref().unwrap());
+    assert_eq!(
+        written["cluster_dir"].as_str().map(std::path::Path::new),
+        Some(common::cluster_dir())
+    );
+    let table = node.ok(&["hosts"]);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 3, "{table}");
+    assert!(
+        rows.iter()
+            .all(|row| row.starts_with("host-") && row.contains("iB")),
+        "{table}"
+    );
     node.deploy("counter-service", "counter", &[]);
     assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
     let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
@@ -511,4 +569,218 @@ fn with_local_workers_a_restart_finds_the_apps_state_on_its_worker() {
         hosts(&planner).contains("counter:1")
     });
     assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "1"]), "6");
+}
+
+/// The JSON error of a refused response, after checking its status.
+fn refused(mut response: ureq::http::Response<ureq::Body>, status: u16) -> String {
+    assert_eq!(response.status(), status);
+    let body: Value = serde_json::from_slice(&response.body_mut().read_to_vec().unwrap()).unwrap();
+    body["error"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn the_gateway_refuses_calls_without_a_known_token_and_changes_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.deploy("counter-service", "counter", &[]);
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
+    let module = node.app("counter")["module"].clone();
+
+    let other = std::fs::read(guest("c-counter-service")).unwrap();
+    for token in [None, Some("nmb_wrong"), Some("")] {
+        let response = node.request("PUT", "/v1/apps/counter", token, &other);
+        assert_eq!(
+            response.headers().get("www-authenticate").unwrap(),
+            "Bearer"
+        );
+        let error = refused(response, 401);
+        assert!(error.contains("bearer token"), "{error}");
+        for (method, path) in [
+            ("POST", "/v1/apps/counter/invoke/add"),
+            ("GET", "/v1/apps"),
+            ("GET", "/v1/processes"),
+            ("GET", "/v1/tokens"),
+            ("GET", "/no/such/route"),
+        ] {
+            refused(node.request(method, path, token, b"1"), 401);
+        }
+    }
+    // The app still answers from its old module, its state untouched.
+    assert_eq!(node.app("counter")["module"], module);
+    assert_eq!(node.ok(&["invoke", "counter", "total"]), "5 1");
+
+    // A client without a token, or with a wrong one, says where one comes from.
+    let mut command = common::nimbus(&["apps", "--server", &node.url]);
+    command.env("NIMBUS_CONFIG", data.path().join("none.json"));
+    let (_, stderr, code) = outcome(&run(command));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no token")
+            && stderr.contains("nimbus up")
+            && stderr.contains("NIMBUS_TOKEN"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let mut command = node.nimbus(&["invoke", "counter", "add", "--data", "1"]);
+    command.env("NIMBUS_TOKEN", "nmb_wrong");
+    let (_, stderr, code) = outcome(&run(command));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("the token was refused"), "{stderr}");
+    assert_eq!(node.ok(&["invoke", "counter", "total"]), "5 1");
+}
+
+#[test]
+fn tokens_are_created_listed_scoped_and_revoked() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.deploy("counter-service", "counter", &[]);
+    node.deploy("counter-service", "other", &[]);
+    let scoped = node.ok(&["token", "create", "shop-ci", "--app", "counter"]);
+    assert!(
+        scoped.starts_with("nmb_") && !scoped.contains(char::is_whitespace),
+        "{scoped}"
+    );
+    let admin = node.ok(&["token", "create", "ops", "--admin"]);
+    let stderr = node.fails(&["token", "create", "ops", "--admin"]);
+    assert!(
+        stderr.contains("exists") && stderr.contains("409"),
+        "{stderr}"
+    );
+
+    let list = node.ok(&["token", "list"]);
+    let rows: Vec<Vec<&str>> = list
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["local-admin", "admin"],
+            vec!["ops", "admin"],
+            vec!["shop-ci", "apps:", "counter"],
+        ],
+        "{list}"
+    );
+    // Never a token's text nor its hash.
+    assert!(!list.contains(&scoped) && !list.contains("nmb_"), "{list}");
+
+    // The scoped token: its app only.
+    let as_scoped = |args: &[&str]| {
+        let mut command = node.nimbus(args);
+        command.env("NIMBUS_TOKEN", &scoped);
+        outcome(&run(command))
+    };
+    let (stdout, stderr, code) = as_scoped(&["invoke", "counter", "add", "--data", "2"]);
+    assert_eq!((code, stdout.trim()), (Some(0), "2"), "{stderr}");
+    let names: Vec<Value> = node
+        .apps(&scoped)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["name"].clone())
+        .collect();
+    assert_eq!(names, ["counter"]);
+    let pid = node.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    let (_, stderr, code) = as_scoped(&["logs", &pid]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let other_pid = {
+        node.ok(&["invoke", "other", "add", "--data", "1"]);
+        node.app("other")["pids"][0].as_str().unwrap().to_owned()
+    };
+    let module = std::fs::read(guest("counter-service")).unwrap();
+    let forbidden: &[(&str, String)] = &[
+        ("PUT", "/v1/apps/other".into()),
+        ("POST", "/v1/apps/other/invoke/add".into()),
+        ("GET", "/v1/processes".into()),
+        ("GET", format!("/v1/processes/{other_pid}/logs")),
+        ("POST", format!("/v1/processes/{pid}/messages")),
+        ("DELETE", format!("/v1/processes/{pid}")),
+        ("GET", "/v1/hosts".into()),
+        ("GET", "/v1/tokens".into()),
+        ("POST", "/v1/tokens".into()),
+        ("DELETE", "/v1/tokens/ops".into()),
+    ];
+    for (method, path) in forbidden {
+        let error = refused(node.request(method, path, Some(&scoped), &module), 403);
+        assert!(error.contains("token"), "{method} {path}: {error}");
+    }
+    let (_, stderr, code) = as_scoped(&["ps"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("403"), "{stderr}");
+    // Nothing of the other app changed, and the admin token still lists it.
+    assert_eq!(node.ok(&["invoke", "other", "total"]), "1 1");
+    assert_eq!(node.apps(&admin).as_array().unwrap().len(), 2);
+    assert_eq!(node.ok(&["token", "list"]).lines().count(), 4);
+
+    // Revoked: refused from then on.
+    node.ok(&["token", "revoke", "shop-ci"]);
+    let (_, stderr, code) = as_scoped(&["invoke", "counter", "total"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("the token was refused"), "{stderr}");
+    refused(node.request("GET", "/v1/apps", Some(&scoped), b""), 401);
+    let stderr = node.fails(&["token", "revoke", "shop-ci"]);
+    assert!(stderr.contains("404"), "{stderr}");
+    assert_eq!(node.ok(&["invoke", "counter", "total"]), "2 1");
+}
+
+#[test]
+fn a_restarted_node_keeps_its_token_and_mints_one_when_the_file_is_not_its_own() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    let first = node.token.clone();
+    node.stop();
+    let node = Node::start(data.path());
+    assert_eq!(node.token, first, "the token in the file was reused");
+    node.stop();
+    // A file holding a token this node never issued (another nimbus's): a new
+    // token replaces the one minted before, so they do not pile up.
+    let mut config = common::client_config(&data.path().join("client-config.json"));
+    config["token"] = "nmb_from_elsewhere".into();
+    std::fs::write(data.path().join("client-config.json"), config.to_string()).unwrap();
+    let node = Node::start(data.path());
+    assert_ne!(node.token, first);
+    assert_ne!(node.token, "nmb_from_elsewhere");
+    assert_eq!(node.ok(&["token", "list"]).lines().count(), 2, "one token");
+    refused(node.request("GET", "/v1/apps", Some(&first), b""), 401);
+}
+
+#[test]
+fn a_scoped_token_on_the_data_plane_invokes_its_apps_only() {
+    use nimbus_dataplane::{Client, ClientError, Status};
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    node.deploy("counter-service", "counter", &[]);
+    node.deploy("counter-service", "other", &[]);
+    let scoped = node.ok(&["token", "create", "dp", "--app", "counter"]);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let bound = Duration::from_secs(30);
+        let mut client = tokio::time::timeout(bound, Client::connect(&node.data_plane, &scoped))
+            .await
+            .unwrap()
+            .unwrap();
+        let answer = tokio::time::timeout(bound, client.invoke("counter", "add", None, b"3"));
+        assert_eq!(answer.await.unwrap().unwrap(), b"3\n");
+        let answer = tokio::time::timeout(bound, client.invoke("other", "add", None, b"3"));
+        match answer.await.unwrap() {
+            Err(ClientError::Server { status, message }) => {
+                assert_eq!(status, Status::Forbidden);
+                assert!(message.contains("`other`"), "{message}");
+            }
+            other => panic!("expected forbidden, got {other:?}"),
+        }
+    });
+    assert_eq!(node.ok(&["invoke", "other", "total"]), "0 0");
+}
+
+#[test]
+fn hosts_without_a_cluster_is_a_clear_error() {
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    let stderr = node.fails(&["hosts"]);
+    assert!(stderr.contains("fronts no cluster"), "{stderr}");
 }

@@ -1,4 +1,5 @@
-//! The client: one TCP connection, one invocation at a time.
+//! The client: one TCP connection, opened with a hello carrying its token, one
+//! invocation at a time.
 
 use std::io;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpStream, ToSocketAddrs};
 
 use crate::protocol::{
-    self, DEFAULT_MAX_FRAME_LEN, FrameError, Incoming, LENGTH_PREFIX_LEN, Status,
+    self, DEFAULT_MAX_FRAME_LEN, FrameError, Incoming, LENGTH_PREFIX_LEN, PROTOCOL_VERSION, Status,
 };
 
 /// Buffer size of the connection's reader and writer.
@@ -77,19 +78,66 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to a server, with `TCP_NODELAY` set.
-    pub async fn connect(addr: impl ToSocketAddrs) -> Result<Client, ClientError> {
+    /// Connects to a server, with `TCP_NODELAY` set, and opens the connection with a
+    /// hello carrying `token`, waiting for the server to accept it. A server that
+    /// refuses the token answers [`Status::Unauthorized`], one of another version
+    /// [`Status::WrongVersion`] (or, speaking version 1, which had no hello,
+    /// [`Status::BadRequest`], reported with a message saying so); either is a
+    /// [`ClientError::Server`], and the server closes the connection.
+    pub async fn connect(addr: impl ToSocketAddrs, token: &str) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         let (read, write) = stream.into_split();
-        Ok(Client {
+        let mut client = Client {
             reader: BufReader::with_capacity(BUFFER_SIZE, read),
             writer: BufWriter::with_capacity(BUFFER_SIZE, write),
             next_id: 1,
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             broken: false,
             spinner: Spinner::new(DEFAULT_SPIN),
-        })
+        };
+        let hello = protocol::encode_hello(token).map_err(ClientError::InvalidRequest)?;
+        client.writer.write_all(&hello).await?;
+        client.writer.flush().await?;
+        let response = client.read_response().await?;
+        match response.status {
+            Status::Ok if response.id == 0 => Ok(client),
+            Status::Ok => Err(ClientError::UnexpectedId {
+                expected: 0,
+                got: response.id,
+            }),
+            Status::BadRequest
+                if String::from_utf8_lossy(&response.payload).contains("unknown frame kind") =>
+            {
+                Err(ClientError::Server {
+                    status: Status::WrongVersion,
+                    message: format!(
+                        "the server does not know the hello frame of data plane version \
+                         {PROTOCOL_VERSION}: it speaks an older version ({})",
+                        String::from_utf8_lossy(&response.payload)
+                    ),
+                })
+            }
+            status => Err(ClientError::Server {
+                status,
+                message: String::from_utf8_lossy(&response.payload).into_owned(),
+            }),
+        }
+    }
+
+    /// Reads and decodes one response frame.
+    async fn read_response(&mut self) -> Result<protocol::ResponseFrame, ClientError> {
+        let frame = match protocol::read_frame(&mut self.reader, self.max_frame_len).await? {
+            Incoming::Frame(frame) => frame,
+            Incoming::Closed => return Err(ClientError::Closed),
+            Incoming::TooLarge(len) => {
+                return Err(ClientError::Protocol(FrameError::TooLarge {
+                    len: len as usize,
+                    max: self.max_frame_len,
+                }));
+            }
+        };
+        protocol::decode_response(frame).map_err(ClientError::Protocol)
     }
 
     /// Sets how long an invocation polls for its response before parking its thread
@@ -140,17 +188,7 @@ impl Client {
         if self.reader.buffer().is_empty() {
             self.spinner.wait(self.reader.get_ref().as_ref(), None);
         }
-        let frame = match protocol::read_frame(&mut self.reader, self.max_frame_len).await? {
-            Incoming::Frame(frame) => frame,
-            Incoming::Closed => return Err(ClientError::Closed),
-            Incoming::TooLarge(len) => {
-                return Err(ClientError::Protocol(FrameError::TooLarge {
-                    len: len as usize,
-                    max: self.max_frame_len,
-                }));
-            }
-        };
-        let response = protocol::decode_response(frame).map_err(ClientError::Protocol)?;
+        let response = self.read_response().await?;
         let server_error = |payload: &[u8]| ClientError::Server {
             status: response.status,
             message: String::from_utf8_lossy(payload).into_owned(),

@@ -4,7 +4,9 @@
 //! Owns: the wire format ([`protocol`]: length-prefixed request and response frames,
 //! their statuses, and pure encoding and decoding), the server ([`serve`]: one task per
 //! connection, requests on a connection answered in order, a bound on connections), and
-//! the client ([`Client`]). An invocation is an app name, a handler name, an optional
+//! the client ([`Client`]). A connection opens with a hello (the protocol version
+//! and a token), which the server checks once, through [`Invoker::authorize`], for
+//! the [`Access`] of the whole connection. An invocation is an app name, a handler name, an optional
 //! session id and a request body; its answer is a response body or a [`Status`] with a
 //! message.
 //!
@@ -17,6 +19,8 @@
 //! integers are little endian. `docs/dataplane.md` describes the format in full.
 //!
 //! ```text
+//! hello:    u8 kind = 2  u16 version = 2  u16 len + token   (first frame, answered
+//!           by a response with id 0: status 0 and u16 version, or a refusal and close)
 //! request:  u8 kind = 1  u64 request id  u16 len + app  u16 len + handler
 //!           u16 len + session (0 = none)  body (the rest of the frame)
 //! response: u8 status  u64 request id (echoed)  payload (body if status 0, else message)
@@ -28,5 +32,5 @@ pub mod server;
 mod spin;
 
 pub use client::{Client, ClientError};
-pub use protocol::{FrameError, Status};
-pub use server::{Failure, Invoker, Request, ServerConfig, serve};
+pub use protocol::{FrameError, PROTOCOL_VERSION, Status};
+pub use server::{Access, Failure, Invoker, Request, ServerConfig, serve};

@@ -4,6 +4,9 @@
 //! All integers are little endian; strings are UTF-8 preceded by a `u16` length.
 //!
 //! ```text
+//! hello frame:    u8 kind = 2         (the first frame of every connection)
+//!                 u16 version         (PROTOCOL_VERSION)
+//!                 u16 token length    token
 //! request frame:  u8 kind = 1
 //!                 u64 request id
 //!                 u16 app length      app name
@@ -33,6 +36,13 @@ use crate::server::Request;
 
 /// The kind byte of a request frame.
 pub const REQUEST_KIND: u8 = 1;
+
+/// The kind byte of a hello frame, the first a client sends on a connection.
+pub const HELLO_KIND: u8 = 2;
+
+/// The version of the protocol this crate speaks, carried by the hello frame.
+/// Version 1 had no hello: its connections began with a request.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes of the length prefix in front of every frame.
 pub const LENGTH_PREFIX_LEN: usize = 4;
@@ -69,11 +79,17 @@ pub enum Status {
     BadRequest = 5,
     /// The service cannot serve now (starting, stopping, or failed internally).
     Unavailable = 6,
+    /// The hello carried no token the server knows; the connection is closed.
+    Unauthorized = 7,
+    /// The connection's token may not invoke this app.
+    Forbidden = 8,
+    /// The hello carried another protocol version; the connection is closed.
+    WrongVersion = 9,
 }
 
 impl Status {
     /// Every status, in wire order.
-    pub const ALL: [Status; 7] = [
+    pub const ALL: [Status; 10] = [
         Status::Ok,
         Status::NotFound,
         Status::TooLarge,
@@ -81,6 +97,9 @@ impl Status {
         Status::HandlerFailed,
         Status::BadRequest,
         Status::Unavailable,
+        Status::Unauthorized,
+        Status::Forbidden,
+        Status::WrongVersion,
     ];
 
     /// The status's byte on the wire.
@@ -98,6 +117,9 @@ impl Status {
             4 => Some(Status::HandlerFailed),
             5 => Some(Status::BadRequest),
             6 => Some(Status::Unavailable),
+            7 => Some(Status::Unauthorized),
+            8 => Some(Status::Forbidden),
+            9 => Some(Status::WrongVersion),
             _ => None,
         }
     }
@@ -113,6 +135,9 @@ impl fmt::Display for Status {
             Status::HandlerFailed => "handler failed",
             Status::BadRequest => "bad request",
             Status::Unavailable => "unavailable",
+            Status::Unauthorized => "unauthorized",
+            Status::Forbidden => "forbidden",
+            Status::WrongVersion => "wrong version",
         })
     }
 }
@@ -129,6 +154,9 @@ pub enum FrameError {
     /// A request frame whose kind byte is not [`REQUEST_KIND`].
     #[error("unknown frame kind {0}")]
     UnknownKind(u8),
+    /// A connection's first frame that is not a hello.
+    #[error("frame kind {0} where a hello (kind {HELLO_KIND}) belongs")]
+    NotHello(u8),
     /// A response frame whose status byte is no [`Status`].
     #[error("unknown status {0}")]
     UnknownStatus(u8),
@@ -157,6 +185,16 @@ pub struct RequestFrame {
     pub id: u64,
     /// What to invoke, and the body.
     pub request: Request,
+}
+
+/// A decoded hello frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    /// The protocol version the client speaks.
+    pub version: u16,
+    /// The client's token; empty when its version is not [`PROTOCOL_VERSION`], whose
+    /// layout past the version this side cannot know.
+    pub token: String,
 }
 
 /// A decoded response frame.
@@ -210,6 +248,55 @@ pub fn decode_request(mut frame: Vec<u8>) -> Result<RequestFrame, FrameError> {
             body: frame,
         },
     })
+}
+
+/// Encodes a hello of this version carrying `token`: the length prefix followed by
+/// the hello frame.
+pub fn encode_hello(token: &str) -> Result<Vec<u8>, FrameError> {
+    encode_hello_of_version(PROTOCOL_VERSION, token)
+}
+
+/// Encodes a hello claiming `version`, for tests of how a peer of another version
+/// is refused.
+pub fn encode_hello_of_version(version: u16, token: &str) -> Result<Vec<u8>, FrameError> {
+    if token.len() > MAX_FIELD_LEN {
+        return Err(FrameError::FieldTooLong {
+            field: "token",
+            len: token.len(),
+        });
+    }
+    let frame_len = 1 + 2 + 2 + token.len();
+    let mut out = Vec::with_capacity(LENGTH_PREFIX_LEN + frame_len);
+    out.extend_from_slice(&(frame_len as u32).to_le_bytes());
+    out.push(HELLO_KIND);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(token.len() as u16).to_le_bytes());
+    out.extend_from_slice(token.as_bytes());
+    Ok(out)
+}
+
+/// Decodes a hello frame (without its length prefix). The token of a hello of
+/// another version is not read (see [`Hello::token`]).
+pub fn decode_hello(frame: &[u8]) -> Result<Hello, FrameError> {
+    let mut cursor = Cursor {
+        bytes: frame,
+        pos: 0,
+    };
+    let kind = cursor.u8("kind")?;
+    if kind != HELLO_KIND {
+        return Err(FrameError::NotHello(kind));
+    }
+    let mut version = [0; 2];
+    version.copy_from_slice(cursor.take(2, "version")?);
+    let version = u16::from_le_bytes(version);
+    if version != PROTOCOL_VERSION {
+        return Ok(Hello {
+            version,
+            token: String::new(),
+        });
+    }
+    let token = cursor.string("token")?;
+    Ok(Hello { version, token })
 }
 
 /// Encodes a response: the length prefix followed by the response frame.
@@ -440,10 +527,47 @@ mod tests {
             assert_eq!(status.as_u8() as usize, byte);
             assert_eq!(Status::from_u8(status.as_u8()), Some(status));
         }
-        for byte in 7..=u8::MAX {
+        for byte in 10..=u8::MAX {
             assert_eq!(Status::from_u8(byte), None);
         }
         assert_eq!(Status::HandlerFailed.to_string(), "handler failed");
+    }
+
+    #[test]
+    fn hello_layout_is_as_documented_and_round_trips() {
+        let wire = encode_hello("nmb_ab").unwrap();
+        let mut expected = vec![11, 0, 0, 0, HELLO_KIND, 2, 0, 6, 0];
+        expected.extend_from_slice(b"nmb_ab");
+        assert_eq!(wire, expected);
+        let hello = decode_hello(&strip_prefix(wire)).unwrap();
+        assert_eq!((hello.version, hello.token.as_str()), (2, "nmb_ab"));
+    }
+
+    #[test]
+    fn hellos_of_other_versions_and_other_frames_are_told_apart() {
+        // Whatever a version 3 puts after its version is not read.
+        let mut other = strip_prefix(encode_hello_of_version(3, "").unwrap());
+        other.truncate(3);
+        let hello = decode_hello(&other).unwrap();
+        assert_eq!((hello.version, hello.token.as_str()), (3, ""));
+        let request = encoded_request(1, "a", "h", None, b"");
+        assert_eq!(
+            decode_hello(&request),
+            Err(FrameError::NotHello(REQUEST_KIND))
+        );
+        assert_eq!(decode_hello(&[]), Err(FrameError::Truncated("kind")));
+        assert_eq!(
+            decode_hello(&[HELLO_KIND, 2]),
+            Err(FrameError::Truncated("version"))
+        );
+        assert_eq!(
+            decode_hello(&[HELLO_KIND, 2, 0, 5, 0, b'x']),
+            Err(FrameError::Truncated("token"))
+        );
+        assert_eq!(
+            decode_hello(&[HELLO_KIND, 2, 0, 1, 0, 0xff]),
+            Err(FrameError::InvalidUtf8("token"))
+        );
     }
 
     #[test]
@@ -591,8 +715,8 @@ mod tests {
             Err(FrameError::Truncated("status"))
         );
         assert_eq!(
-            decode_response(vec![7; 9]),
-            Err(FrameError::UnknownStatus(7))
+            decode_response(vec![10; 9]),
+            Err(FrameError::UnknownStatus(10))
         );
         assert_eq!(
             decode_response(vec![255]),
@@ -658,6 +782,7 @@ mod tests {
                 );
             }
             let _ = decode_response(bytes.clone());
+            let _ = decode_hello(&bytes);
             let _ = echo_id(&bytes);
         }
     }

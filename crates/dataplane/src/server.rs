@@ -1,11 +1,14 @@
 //! The server: accepts connections, reads request frames, hands each request to an
 //! [`Invoker`] and writes its answer.
 //!
-//! Each connection is one task answering its requests in order: read a frame, invoke,
-//! write the response, flush. Connections are independent, so a slow request holds up
+//! Each connection is one task: it first reads the client's hello (version and token)
+//! and asks the [`Invoker`] once what the token may invoke, then answers its requests
+//! in order: read a frame, check its app against that [`Access`], invoke, write the
+//! response, flush. Connections are independent, so a slow request holds up
 //! only its own connection, and a client that disconnects, even inside a frame, ends
 //! only its own task.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
@@ -23,8 +26,8 @@ use tokio::sync::Semaphore;
 use tokio::time::timeout;
 
 use crate::protocol::{
-    self, DEFAULT_MAX_FRAME_LEN, Incoming, LENGTH_PREFIX_LEN, RESPONSE_HEADER_LEN, RequestFrame,
-    Status,
+    self, DEFAULT_MAX_FRAME_LEN, FrameError, Incoming, LENGTH_PREFIX_LEN, PROTOCOL_VERSION,
+    RESPONSE_HEADER_LEN, RequestFrame, Status,
 };
 use crate::spin::Spinner;
 
@@ -42,6 +45,28 @@ const MAX_REJECTING: usize = 256;
 
 /// How long to pause accepting after an error such as running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How long a new connection may take to send its hello before it is closed.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a connection's token may invoke, decided once when the connection opens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Every app.
+    All,
+    /// These apps only; a request for another is answered [`Status::Forbidden`].
+    Apps(HashSet<String>),
+}
+
+impl Access {
+    /// Whether a request for `app` may be invoked.
+    pub fn allows(&self, app: &str) -> bool {
+        match self {
+            Access::All => true,
+            Access::Apps(apps) => apps.contains(app),
+        }
+    }
+}
 
 /// One invocation: what to invoke, and the request body.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +116,13 @@ pub trait Invoker: Send + Sync + 'static {
         &self,
         request: Request,
     ) -> Pin<Box<dyn Future<Output = Result<Vec<u8>, Failure>> + Send + 'static>>;
+
+    /// What a connection whose hello carried `token` may invoke, or `None` to refuse
+    /// the connection ([`Status::Unauthorized`]). Called once per connection, on its
+    /// task, before any request is read: it must be quick (a lookup, not I/O). The
+    /// answer holds for the connection's life, so a token revoked meanwhile keeps
+    /// the connections it already opened.
+    fn authorize(&self, token: &str) -> Option<Access>;
 }
 
 /// Limits of a server.
@@ -188,6 +220,9 @@ async fn serve_connection(
     let (read, write) = stream.into_split();
     let mut reader = BufReader::with_capacity(BUFFER_SIZE, read);
     let mut writer = BufWriter::with_capacity(BUFFER_SIZE, write);
+    let Some(access) = handshake(&mut reader, &mut writer, invoker, config).await else {
+        return;
+    };
     let mut spinner = Spinner::new(config.spin);
     loop {
         // Polling only pays while the server has nothing else to do.
@@ -199,26 +234,22 @@ async fn serve_connection(
             // Closed between frames, or inside one: either way the client is gone.
             Ok(Incoming::Closed) | Err(_) => return,
             Ok(Incoming::TooLarge(len)) => {
-                let message = format!(
-                    "frame of {len} bytes exceeds the maximum of {} bytes",
-                    config.max_frame_len
-                );
-                let answered = write_response(
-                    &mut writer,
-                    0,
-                    Err(Failure::new(Status::BadRequest, message)),
-                    config.max_frame_len,
-                )
-                .await;
-                if answered.is_ok() {
-                    linger(reader, writer, len.into()).await;
-                }
-                return;
+                return refuse_oversized(&mut reader, &mut writer, len, config).await;
             }
         };
         let _serving = activity.serve();
         let echo_id = protocol::echo_id(&frame);
         let (id, outcome) = match protocol::decode_request(frame) {
+            Ok(RequestFrame { id, request }) if !access.allows(&request.app) => (
+                id,
+                Err(Failure::new(
+                    Status::Forbidden,
+                    format!(
+                        "this connection's token may not invoke app `{}`",
+                        request.app
+                    ),
+                )),
+            ),
             Ok(RequestFrame { id, request }) => (id, invoke(invoker, request).await),
             Err(error) => (
                 echo_id,
@@ -235,6 +266,103 @@ async fn serve_connection(
             return;
         }
     }
+}
+
+/// Answers a frame announced longer than the maximum [`Status::BadRequest`] and
+/// closes the connection.
+async fn refuse_oversized(
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    len: u32,
+    config: ServerConfig,
+) {
+    let message = format!(
+        "frame of {len} bytes exceeds the maximum of {} bytes",
+        config.max_frame_len
+    );
+    let answered = write_response(
+        writer,
+        0,
+        Err(Failure::new(Status::BadRequest, message)),
+        config.max_frame_len,
+    )
+    .await;
+    if answered.is_ok() {
+        linger(reader, writer, len.into()).await;
+    }
+}
+
+/// Reads a connection's hello and answers it: [`Status::Ok`] with this server's
+/// version (a `u16`) and the token's access, or a refusal (another version, an
+/// unknown token, not a hello), after which the connection is closed.
+async fn handshake(
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut BufWriter<OwnedWriteHalf>,
+    invoker: &dyn Invoker,
+    config: ServerConfig,
+) -> Option<Access> {
+    let frame = match timeout(
+        HELLO_TIMEOUT,
+        protocol::read_frame(reader, config.max_frame_len),
+    )
+    .await
+    {
+        Ok(Ok(Incoming::Frame(frame))) => frame,
+        Ok(Ok(Incoming::TooLarge(len))) => {
+            refuse_oversized(reader, writer, len, config).await;
+            return None;
+        }
+        // Gone, or silent past the bound.
+        _ => return None,
+    };
+    let refusal = match protocol::decode_hello(&frame) {
+        Ok(hello) if hello.version != PROTOCOL_VERSION => Failure::new(
+            Status::WrongVersion,
+            format!(
+                "this server speaks data plane version {PROTOCOL_VERSION}, the client version {}",
+                hello.version
+            ),
+        ),
+        Ok(hello) => match invoker.authorize(&hello.token) {
+            Some(access) => {
+                let version = PROTOCOL_VERSION.to_le_bytes().to_vec();
+                return write_response(writer, 0, Ok(version), config.max_frame_len)
+                    .await
+                    .ok()
+                    .map(|()| access);
+            }
+            None => Failure::new(
+                Status::Unauthorized,
+                if hello.token.is_empty() {
+                    "no token: connect with a token (`nimbus up` writes one to the client config)"
+                } else {
+                    "unknown token: it was revoked, or belongs to another nimbus"
+                },
+            ),
+        },
+        Err(FrameError::NotHello(protocol::REQUEST_KIND)) => Failure::new(
+            Status::BadRequest,
+            format!(
+                "a request before the hello: this server speaks data plane version \
+                 {PROTOCOL_VERSION}, whose connections open with a hello frame carrying \
+                 the client's version and token; the client speaks version 1"
+            ),
+        ),
+        Err(error) => Failure::new(
+            Status::BadRequest,
+            format!("malformed hello frame: {error}"),
+        ),
+    };
+    // Answered with the request's id if a version 1 client sent one, so it reads the
+    // message rather than an unexpected id.
+    let id = protocol::echo_id(&frame);
+    if write_response(writer, id, Err(refusal), config.max_frame_len)
+        .await
+        .is_ok()
+    {
+        linger(reader, writer, config.max_frame_len as u64).await;
+    }
+    None
 }
 
 /// What a server's connections are doing, to decide whether polling for a request
@@ -292,7 +420,7 @@ async fn reject_connection(stream: TcpStream, config: ServerConfig) {
         .await
         .is_ok()
     {
-        linger(reader, writer, u64::from(len) - head_len as u64).await;
+        linger(&mut reader, &mut writer, u64::from(len) - head_len as u64).await;
     }
 }
 
@@ -301,14 +429,14 @@ async fn reject_connection(stream: TcpStream, config: ServerConfig) {
 /// [`LINGER`]), so that closing with unread data does not reset the connection and
 /// destroy the answer before the client reads it.
 async fn linger(
-    mut reader: BufReader<OwnedReadHalf>,
-    mut writer: BufWriter<OwnedWriteHalf>,
+    reader: &mut BufReader<OwnedReadHalf>,
+    writer: &mut BufWriter<OwnedWriteHalf>,
     unread: u64,
 ) {
     if writer.shutdown().await.is_err() {
         return;
     }
-    let mut rest = (&mut reader).take(unread);
+    let mut rest = reader.take(unread);
     let _ = timeout(LINGER, tokio::io::copy(&mut rest, &mut tokio::io::sink())).await;
 }
 

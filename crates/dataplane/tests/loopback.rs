@@ -1,5 +1,6 @@
 //! A real server on a loopback port, real clients over TCP.
 
+use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use nimbus_dataplane::protocol::{self, REQUEST_KIND};
 use nimbus_dataplane::{
-    Client, ClientError, Failure, Invoker, Request, ServerConfig, Status, serve,
+    Access, Client, ClientError, Failure, Invoker, Request, ServerConfig, Status, serve,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +33,11 @@ struct Signals {
     /// Notified to let a `wait` invocation finish.
     release: Notify,
 }
+
+/// The token of every app.
+const TOKEN: &str = "nmb_every-app";
+/// The token of app "demo" only.
+const DEMO_TOKEN: &str = "nmb_demo-only";
 
 /// App "demo": `echo`, `upper`, `session` (the session id, or "<none>"), `fail` (the
 /// body is a status byte; fails with it), `big` (a body of 1 KiB), `panic`, and `wait`
@@ -73,6 +79,14 @@ impl Invoker for Demo {
         };
         Box::pin(async move { result })
     }
+
+    fn authorize(&self, token: &str) -> Option<Access> {
+        match token {
+            TOKEN => Some(Access::All),
+            DEMO_TOKEN => Some(Access::Apps(HashSet::from(["demo".to_owned()]))),
+            _ => None,
+        }
+    }
 }
 
 struct Server {
@@ -101,7 +115,16 @@ async fn start(config: ServerConfig) -> Server {
 }
 
 async fn connect(server: &Server) -> Client {
-    within(Client::connect(server.addr)).await.unwrap()
+    within(Client::connect(server.addr, TOKEN)).await.unwrap()
+}
+
+/// A raw connection whose hello (with [`TOKEN`]) the server accepted.
+async fn open(server: &Server) -> TcpStream {
+    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let response = exchange(&mut stream, &protocol::encode_hello(TOKEN).unwrap()).await;
+    assert_eq!((response.id, response.status), (0, Status::Ok));
+    assert_eq!(response.payload, protocol::PROTOCOL_VERSION.to_le_bytes());
+    stream
 }
 
 /// Sends raw bytes and reads one response frame, decoded.
@@ -261,7 +284,7 @@ async fn a_hundred_sequential_requests_are_answered_in_order() {
 #[tokio::test]
 async fn pipelined_requests_on_one_connection_are_answered_in_order() {
     let server = start(ServerConfig::default()).await;
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let mut stream = open(&server).await;
     let mut wire = Vec::new();
     for id in 1..=10u64 {
         let body = id.to_string();
@@ -282,7 +305,7 @@ async fn two_concurrent_connections() {
         .map(|n| {
             let addr = server.addr;
             tokio::spawn(async move {
-                let mut client = within(Client::connect(addr)).await.unwrap();
+                let mut client = within(Client::connect(addr, TOKEN)).await.unwrap();
                 for i in 0..50 {
                     let body = format!("connection {n} request {i}");
                     let answer = within(client.invoke("demo", "echo", None, body.as_bytes())).await;
@@ -339,7 +362,12 @@ async fn an_oversized_frame_is_refused_and_its_connection_closed() {
         .unwrap_err();
     assert!(matches!(error, ClientError::Broken), "{error}");
 
-    // Over a raw stream: only a length prefix, 1 GiB announced.
+    // Over a raw stream: only a length prefix, 1 GiB announced, in place of a
+    // request and in place of the hello.
+    let mut stream = open(&server).await;
+    let response = exchange(&mut stream, &(1u32 << 30).to_le_bytes()).await;
+    assert_eq!((response.id, response.status), (0, Status::BadRequest));
+    assert_closed(&mut stream).await;
     let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
     let response = exchange(&mut stream, &(1u32 << 30).to_le_bytes()).await;
     assert_eq!((response.id, response.status), (0, Status::BadRequest));
@@ -357,7 +385,7 @@ async fn garbage_gets_bad_request_and_does_not_crash_the_server() {
     let server = start(ServerConfig::default()).await;
 
     // Well framed garbage: answered, and the connection goes on.
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let mut stream = open(&server).await;
     let response = exchange(&mut stream, &[5, 0, 0, 0, 9, 1, 2, 3, 4]).await;
     assert_eq!((response.id, response.status), (0, Status::BadRequest));
     let message = String::from_utf8(response.payload).unwrap();
@@ -425,7 +453,7 @@ async fn clients_disconnecting_mid_request_do_not_disturb_others() {
     }
 
     // Gone while its handler runs: the answer has nowhere to go.
-    let mut stream = within(TcpStream::connect(server.addr)).await.unwrap();
+    let mut stream = open(&server).await;
     let wire = protocol::encode_request(1, "demo", "wait", None, b"").unwrap();
     within(stream.write_all(&wire)).await.unwrap();
     within(server.signals.entered.notified()).await;
@@ -453,18 +481,13 @@ async fn connections_beyond_the_limit_are_answered_busy() {
         .await
         .unwrap();
 
-    let mut second = connect(&server).await;
-    let (status, message) = server_error(within(second.invoke("demo", "echo", None, b"")).await);
-    assert_eq!(status, Status::Busy);
-    assert!(message.contains("limit of 1 connections"), "{message}");
-    // The Busy answer carried the request's id, but the server closed the connection.
-    let error = within(second.invoke("demo", "echo", None, b""))
+    // The hello is answered Busy, and the connection closed.
+    let error = within(Client::connect(server.addr, TOKEN))
         .await
         .unwrap_err();
-    assert!(
-        matches!(error, ClientError::Closed | ClientError::Io(_)),
-        "{error}"
-    );
+    let (status, message) = server_error(Err(error));
+    assert_eq!(status, Status::Busy);
+    assert!(message.contains("limit of 1 connections"), "{message}");
 
     let mut raw = within(TcpStream::connect(server.addr)).await.unwrap();
     let wire = protocol::encode_request(5, "demo", "echo", None, b"x").unwrap();
@@ -479,9 +502,11 @@ async fn connections_beyond_the_limit_are_answered_busy() {
     drop(first);
     within(async {
         loop {
-            let mut client = connect(&server).await;
-            match client.invoke("demo", "echo", None, b"in").await {
-                Ok(body) => break assert_eq!(body, b"in"),
+            match Client::connect(server.addr, TOKEN).await {
+                Ok(mut client) => {
+                    let body = client.invoke("demo", "echo", None, b"in").await.unwrap();
+                    break assert_eq!(body, b"in");
+                }
                 Err(ClientError::Server {
                     status: Status::Busy,
                     ..
@@ -518,7 +543,7 @@ async fn errors_read_clearly() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let error = within(Client::connect(addr)).await.unwrap_err();
+    let error = within(Client::connect(addr, TOKEN)).await.unwrap_err();
     assert!(
         error
             .to_string()
@@ -526,17 +551,24 @@ async fn errors_read_clearly() {
         "{error}"
     );
 
-    // A server that closes without answering.
+    // A server that accepts the hello, then closes without answering.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let closer = tokio::spawn(async move {
         let (mut stream, _) = listener.accept().await.unwrap();
-        let mut prefix = [0; 4];
-        stream.read_exact(&mut prefix).await.unwrap();
-        let mut frame = vec![0; u32::from_le_bytes(prefix) as usize];
-        stream.read_exact(&mut frame).await.unwrap();
+        for answer in [true, false] {
+            let mut prefix = [0; 4];
+            stream.read_exact(&mut prefix).await.unwrap();
+            let mut frame = vec![0; u32::from_le_bytes(prefix) as usize];
+            stream.read_exact(&mut frame).await.unwrap();
+            if answer {
+                let version = protocol::PROTOCOL_VERSION.to_le_bytes();
+                let wire = protocol::encode_response(0, Status::Ok, &version).unwrap();
+                stream.write_all(&wire).await.unwrap();
+            }
+        }
     });
-    let mut client = within(Client::connect(addr)).await.unwrap();
+    let mut client = within(Client::connect(addr, TOKEN)).await.unwrap();
     let error = within(client.invoke("demo", "echo", None, b""))
         .await
         .unwrap_err();
@@ -546,4 +578,94 @@ async fn errors_read_clearly() {
         "the server closed the connection before answering"
     );
     within(closer).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_without_a_known_token_is_refused_and_closed() {
+    let server = start(ServerConfig::default()).await;
+    for token in ["", "nmb_wrong"] {
+        let error = within(Client::connect(server.addr, token))
+            .await
+            .unwrap_err();
+        let (status, message) = server_error(Err(error));
+        assert_eq!(status, Status::Unauthorized, "{token:?}: {message}");
+        let expected = if token.is_empty() {
+            "no token"
+        } else {
+            "unknown token"
+        };
+        assert!(message.contains(expected), "{message}");
+
+        let mut raw = within(TcpStream::connect(server.addr)).await.unwrap();
+        let response = exchange(&mut raw, &protocol::encode_hello(token).unwrap()).await;
+        assert_eq!((response.id, response.status), (0, Status::Unauthorized));
+        assert_closed(&mut raw).await;
+    }
+    assert_serving(&server).await;
+}
+
+#[tokio::test]
+async fn a_token_of_one_app_is_refused_others_per_request() {
+    let server = start(ServerConfig::default()).await;
+    let mut client = within(Client::connect(server.addr, DEMO_TOKEN))
+        .await
+        .unwrap();
+    let body = within(client.invoke("demo", "echo", None, b"mine"))
+        .await
+        .unwrap();
+    assert_eq!(body, b"mine");
+    let (status, message) = server_error(within(client.invoke("other", "echo", None, b"")).await);
+    assert_eq!(status, Status::Forbidden);
+    assert!(message.contains("may not invoke app `other`"), "{message}");
+    // The connection goes on.
+    let body = within(client.invoke("demo", "echo", None, b"still"))
+        .await
+        .unwrap();
+    assert_eq!(body, b"still");
+}
+
+#[tokio::test]
+async fn peers_of_another_version_are_refused_with_a_clear_message() {
+    let server = start(ServerConfig::default()).await;
+    // A later version's hello.
+    let mut raw = within(TcpStream::connect(server.addr)).await.unwrap();
+    let hello = protocol::encode_hello_of_version(3, TOKEN).unwrap();
+    let response = exchange(&mut raw, &hello).await;
+    assert_eq!((response.id, response.status), (0, Status::WrongVersion));
+    let message = String::from_utf8(response.payload).unwrap();
+    assert!(
+        message.contains("version 2, the client version 3"),
+        "{message}"
+    );
+    assert_closed(&mut raw).await;
+
+    // A version 1 client, which sends a request first: answered with its id, in a
+    // status it knows.
+    let mut raw = within(TcpStream::connect(server.addr)).await.unwrap();
+    let wire = protocol::encode_request(4, "demo", "echo", None, b"x").unwrap();
+    let response = exchange(&mut raw, &wire).await;
+    assert_eq!((response.id, response.status), (4, Status::BadRequest));
+    let message = String::from_utf8(response.payload).unwrap();
+    assert!(message.contains("the client speaks version 1"), "{message}");
+    assert_closed(&mut raw).await;
+
+    // A server of version 1, which does not know the hello frame's kind.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let old = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut prefix = [0; 4];
+        stream.read_exact(&mut prefix).await.unwrap();
+        let mut frame = vec![0; u32::from_le_bytes(prefix) as usize];
+        stream.read_exact(&mut frame).await.unwrap();
+        let message = format!("malformed request frame: unknown frame kind {}", frame[0]);
+        let wire = protocol::encode_response(0, Status::BadRequest, message.as_bytes()).unwrap();
+        stream.write_all(&wire).await.unwrap();
+    });
+    let error = within(Client::connect(addr, TOKEN)).await.unwrap_err();
+    let (status, message) = server_error(Err(error));
+    assert_eq!(status, Status::WrongVersion);
+    assert!(message.contains("an older version"), "{message}");
+    within(old).await.unwrap();
+    assert_serving(&server).await;
 }

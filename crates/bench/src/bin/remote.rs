@@ -31,6 +31,8 @@ struct Node {
     _daemon: Daemon,
     http: String,
     data_plane: String,
+    /// The admin token `nimbus up` wrote to its client config.
+    token: String,
 }
 
 impl Node {
@@ -53,13 +55,16 @@ impl Node {
         );
         let data_plane = addresses.pop().expect("two addresses");
         let http = addresses.pop().expect("two addresses");
+        let token = daemon.token();
         ureq::put(format!("{http}/v1/apps/ping?max_instances=4"))
+            .header("authorization", format!("Bearer {token}"))
             .send(module.bytes())
             .expect("deploy");
         Node {
             _daemon: daemon,
             http,
             data_plane,
+            token,
         }
     }
 }
@@ -128,13 +133,15 @@ fn tcp_echo(iterations: usize) -> Samples {
 
 /// One connection measured from a single-threaded client, so the figure is the
 /// server's and the network's, not the client runtime's thread hand-offs.
-fn data_plane_latency(address: &str, iterations: usize, spin: Duration) -> Samples {
+fn data_plane_latency(node: &Node, iterations: usize, spin: Duration) -> Samples {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("tokio")
         .block_on(async {
-            let mut client = Client::connect(address).await.expect("connect");
+            let mut client = Client::connect(&node.data_plane, &node.token)
+                .await
+                .expect("connect");
             client.set_spin(spin);
             let mut samples = Samples::default();
             for i in 0..iterations + WARMUP {
@@ -172,6 +179,7 @@ fn main() {
         let start = Instant::now();
         let body = agent
             .post(&url)
+            .header("authorization", format!("Bearer {}", node.token))
             .send(&b""[..])
             .expect("invoke")
             .body_mut()
@@ -184,11 +192,11 @@ fn main() {
     }
 
     // The client polls for its response (`Client::set_spin`), and then parks instead.
-    let data_plane = data_plane_latency(&node.data_plane, iterations, Duration::from_micros(50));
-    let data_plane_parked = data_plane_latency(&node.data_plane, iterations, Duration::ZERO);
+    let data_plane = data_plane_latency(&node, iterations, Duration::from_micros(50));
+    let data_plane_parked = data_plane_latency(&node, iterations, Duration::ZERO);
     let on_worker = {
         let placed = Node::start(&["--workers", "1"], &module);
-        data_plane_latency(&placed.data_plane, iterations, Duration::from_micros(50))
+        data_plane_latency(&placed, iterations, Duration::from_micros(50))
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -202,8 +210,9 @@ fn main() {
         let workers: Vec<_> = (0..CONNECTIONS)
             .map(|_| {
                 let (address, served) = (node.data_plane.clone(), served.clone());
+                let token = node.token.clone();
                 tokio::spawn(async move {
-                    let mut client = Client::connect(&address).await.expect("connect");
+                    let mut client = Client::connect(&address, &token).await.expect("connect");
                     while Instant::now() < deadline {
                         match client.invoke("ping", "ping", None, b"").await {
                             Ok(_) => served.fetch_add(1, Ordering::Relaxed),

@@ -49,14 +49,28 @@ pub fn cluster_dir() -> &'static std::path::Path {
 }
 
 /// `nimbus ARGS...` with its own data directory, a node of the test binary's
-/// cluster.
+/// cluster, and a client config file of the test binary's (never the user's; a
+/// test that starts `nimbus up` and calls it gives both its own, see
+/// [`client_config`]), with no server or token from the environment.
 pub fn nimbus(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_nimbus"));
     command
         .args(args)
         .env("NIMBUS_DATA_DIR", data_dir().path())
-        .env("NIMBUS_CLUSTER_DIR", cluster_dir());
+        .env("NIMBUS_CONFIG", data_dir().path().join("config.json"))
+        .env("NIMBUS_CLUSTER_DIR", cluster_dir())
+        .env_remove("NIMBUS_SERVER")
+        .env_remove("NIMBUS_TOKEN");
     command
+}
+
+/// The token in the client config file at `path`, which `nimbus up` writes before
+/// it announces its addresses.
+#[allow(dead_code)]
+pub fn client_config(path: &std::path::Path) -> serde_json::Value {
+    let text = std::fs::read(path)
+        .unwrap_or_else(|e| panic!("no client config at {}: {e}", path.display()));
+    serde_json::from_slice(&text).unwrap()
 }
 
 /// Makes the process `command` starts end (SIGKILL) when the thread starting it
