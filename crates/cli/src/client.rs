@@ -60,15 +60,19 @@ impl Server {
             .clone()
             .or_else(|| config.as_ref().map(|c| c.server.clone()))
             .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
+        let url = url.trim_end_matches('/').to_owned();
+        // The config's token goes only to the config's server: never to another
+        // one named by a flag or variable.
         let token = self
             .token
             .clone()
-            .or_else(|| config.map(|c| c.token))
+            .or_else(|| {
+                config
+                    .filter(|c| c.server.trim_end_matches('/') == url)
+                    .map(|c| c.token)
+            })
             .filter(|token| !token.is_empty());
-        Ok(Gateway {
-            url: url.trim_end_matches('/').to_owned(),
-            token,
-        })
+        Ok(Gateway { url, token })
     }
 }
 

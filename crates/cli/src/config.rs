@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// What the client commands need to reach a nimbus.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct ClientConfig {
     /// The gateway's URL, `http://HOST:PORT`.
     pub(crate) server: String,
@@ -25,6 +25,18 @@ pub(crate) struct ClientConfig {
     /// The directory of the cluster's credentials (its CA, a node certificate), for
     /// `nimbus run --cluster`; with `planner`.
     pub(crate) cluster_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the token.
+        f.debug_struct("ClientConfig")
+            .field("server", &self.server)
+            .field("data_plane", &self.data_plane)
+            .field("planner", &self.planner)
+            .field("cluster_dir", &self.cluster_dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where the config file is: `$NIMBUS_CONFIG`, else under `$XDG_CONFIG_HOME`, else

@@ -111,7 +111,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             config.first_host = nimbus_core::HostId::BESIDE_CLUSTER;
         }
         config.global_state = GlobalState(
-            nimbus_state::open(args.state.as_deref(), None)
+            nimbus_state::open(args.state.as_deref(), tls.clone())
                 .await
                 .map_err(|e| internal("state", &e))?,
         );

@@ -117,8 +117,6 @@ impl ControlError {
     }
 }
 
-/// What a transport failure says, with its cause (tonic's own message is only
-/// "transport error").
 /// Whether the call failed for TLS: a certificate refused by either side.
 fn failed_handshake(status: &tonic::Status) -> bool {
     use std::error::Error;
@@ -136,6 +134,8 @@ fn failed_handshake(status: &tonic::Status) -> bool {
     false
 }
 
+/// What a transport failure says, with its cause (tonic's own message is only
+/// "transport error").
 fn unreachable_message(status: &tonic::Status) -> String {
     use std::error::Error;
     let mut message = status.message().to_owned();

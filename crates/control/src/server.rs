@@ -122,6 +122,9 @@ fn accepting(
     const FIRST_PAUSE: Duration = Duration::from_millis(10);
     const LONGEST_PAUSE: Duration = Duration::from_secs(1);
     let (accepted, incoming) = tokio::sync::mpsc::channel(64);
+    let unproven = Arc::new(tokio::sync::Semaphore::new(
+        nimbus_trust::MAX_UNPROVEN_CONNECTIONS,
+    ));
     tokio::spawn(async move {
         let mut pause = FIRST_PAUSE;
         loop {
@@ -134,11 +137,19 @@ fn accepting(
                 Ok((stream, peer)) => {
                     pause = FIRST_PAUSE;
                     let _ = stream.set_nodelay(true);
+                    // Handshakes under way are bounded, so idle sockets cannot use
+                    // up the descriptors.
+                    let Ok(proving) = unproven.clone().try_acquire_owned() else {
+                        tracing::warn!(%peer, "planner: too many connections in their handshake: dropped");
+                        continue;
+                    };
                     // Each handshake on a task of its own (bounded by its deadline),
                     // so a peer that stalls in it holds up no other.
                     let (tls, accepted) = (tls.clone(), accepted.clone());
                     tokio::spawn(async move {
-                        match tls.accept_grpc(stream).await {
+                        let handshake = tls.accept_grpc(stream).await;
+                        drop(proving);
+                        match handshake {
                             Ok(stream) => {
                                 let _ = accepted.send(Ok(stream)).await;
                             }

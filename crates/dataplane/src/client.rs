@@ -22,6 +22,9 @@ use crate::protocol::{
 /// Buffer size of the connection's reader and writer.
 const BUFFER_SIZE: usize = 16 * 1024;
 
+/// How long [`Client::connect`] waits for the answer to its hello.
+pub const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Why an invocation through a [`Client`] produced no response body.
 #[derive(Debug, Error)]
 pub enum ClientError {
@@ -99,7 +102,16 @@ impl Client {
         let hello = protocol::encode_hello(token).map_err(ClientError::InvalidRequest)?;
         client.writer.write_all(&hello).await?;
         client.writer.flush().await?;
-        let response = client.read_response().await?;
+        // A server that takes the connection but never answers is not waited on
+        // for good.
+        let response = tokio::time::timeout(HELLO_DEADLINE, client.read_response())
+            .await
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the server did not answer the hello in time",
+                )
+            })??;
         match response.status {
             Status::Ok if response.id == 0 => Ok(client),
             Status::Ok => Err(ClientError::UnexpectedId {

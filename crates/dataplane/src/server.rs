@@ -49,6 +49,10 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a new connection may take to send its hello before it is closed.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The longest hello: its kind, version and token (a field of at most
+/// [`protocol::MAX_FIELD_LEN`] bytes and its length).
+const LONGEST_HELLO: usize = 1 + 2 + 2 + protocol::MAX_FIELD_LEN;
+
 /// What a connection's token may invoke, decided once when the connection opens.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Access {
@@ -301,15 +305,21 @@ async fn handshake(
     invoker: &dyn Invoker,
     config: ServerConfig,
 ) -> Option<Access> {
-    let frame = match timeout(
-        HELLO_TIMEOUT,
-        protocol::read_frame(reader, config.max_frame_len),
-    )
-    .await
-    {
+    // Nothing longer than a hello is read from a caller not yet authorised.
+    let longest = config.max_frame_len.min(LONGEST_HELLO);
+    let frame = match timeout(HELLO_TIMEOUT, protocol::read_frame(reader, longest)).await {
         Ok(Ok(Incoming::Frame(frame))) => frame,
         Ok(Ok(Incoming::TooLarge(len))) => {
-            refuse_oversized(reader, writer, len, config).await;
+            let message = format!(
+                "a connection opens with a hello of at most {longest} bytes, not a frame of {len}"
+            );
+            let _ = write_response(
+                writer,
+                0,
+                Err(Failure::new(Status::BadRequest, message)),
+                config.max_frame_len,
+            )
+            .await;
             return None;
         }
         // Gone, or silent past the bound.

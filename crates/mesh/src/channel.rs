@@ -43,31 +43,36 @@ pub struct Ticket([u8; 16]);
 /// granted with it).
 pub struct Tickets<T> {
     waiting: Mutex<HashMap<Ticket, (Instant, T)>>,
+    lifetime: Duration,
 }
 
 impl<T> Default for Tickets<T> {
     fn default() -> Self {
-        Tickets {
-            waiting: Mutex::new(HashMap::new()),
-        }
+        Tickets::with_lifetime(TICKET_LIFETIME)
     }
 }
 
 impl<T> Tickets<T> {
-    /// A new ticket granting `grant`; `None` when [`MAX_TICKETS`] are waiting.
+    /// Tickets valid for `lifetime` each ([`TICKET_LIFETIME`] by default).
+    pub fn with_lifetime(lifetime: Duration) -> Tickets<T> {
+        Tickets {
+            waiting: Mutex::new(HashMap::new()),
+            lifetime,
+        }
+    }
+
+    /// A new ticket granting `grant`; `None` when [`MAX_TICKETS`] unexpired ones
+    /// are waiting.
     pub fn issue(&self, grant: T) -> Option<Ticket> {
         let mut bytes = [0; 16];
         getrandom::fill(&mut bytes).ok()?;
         let ticket = Ticket(bytes);
-        let now = Instant::now();
         let mut waiting = self.waiting.lock().unwrap();
+        self.drop_expired(&mut waiting);
         if waiting.len() >= MAX_TICKETS {
-            waiting.retain(|_, (issued, _)| now.duration_since(*issued) < TICKET_LIFETIME);
-            if waiting.len() >= MAX_TICKETS {
-                return None;
-            }
+            return None;
         }
-        waiting.insert(ticket, (now, grant));
+        waiting.insert(ticket, (Instant::now(), grant));
         Some(ticket)
     }
 
@@ -75,7 +80,17 @@ impl<T> Tickets<T> {
     /// before; it is spent either way.
     pub fn redeem(&self, ticket: &Ticket) -> Option<T> {
         let (issued, grant) = self.waiting.lock().unwrap().remove(ticket)?;
-        (issued.elapsed() < TICKET_LIFETIME).then_some(grant)
+        (issued.elapsed() < self.lifetime).then_some(grant)
+    }
+
+    /// Drops the expired tickets, and what they granted; the owner calls it every
+    /// lifetime or so, so that what an unredeemed ticket holds is given back.
+    pub fn sweep(&self) {
+        self.drop_expired(&mut self.waiting.lock().unwrap());
+    }
+
+    fn drop_expired(&self, waiting: &mut HashMap<Ticket, (Instant, T)>) {
+        waiting.retain(|_, (issued, _)| issued.elapsed() < self.lifetime);
     }
 
     /// Tickets waiting (expired ones included until the next sweep).
@@ -118,9 +133,14 @@ pub async fn accept_channel(stream: &mut TcpStream) -> std::io::Result<()> {
 
 /// Reads a channel's opening (within [`KEEPALIVE_TIMEOUT`]) and hands it to the
 /// handler to redeem; a connection that opens otherwise is dropped.
-pub(crate) async fn accept<H: Handler>(mut stream: TcpStream, handler: Arc<H>) {
+pub(crate) async fn accept<H: Handler>(
+    mut stream: TcpStream,
+    handler: Arc<H>,
+    proving: tokio::sync::OwnedSemaphorePermit,
+) {
     let mut opening = [0; 20];
     let read = tokio::time::timeout(KEEPALIVE_TIMEOUT, stream.read_exact(&mut opening)).await;
+    drop(proving);
     if !matches!(read, Ok(Ok(_))) || opening[..4] != MAGIC {
         return;
     }
@@ -202,6 +222,19 @@ mod tests {
         assert_eq!(tickets.redeem(&ticket), None);
         assert!(tickets.is_empty());
         assert_eq!(tickets.redeem(&Ticket([0; 16])), None);
+    }
+
+    #[test]
+    fn an_expired_ticket_grants_nothing_and_is_swept_with_its_grant() {
+        let grant = Arc::new(());
+        let tickets = Tickets::with_lifetime(Duration::ZERO);
+        let ticket = tickets.issue(grant.clone()).unwrap();
+        assert_eq!(tickets.redeem(&ticket), None);
+        tickets.issue(grant.clone()).unwrap();
+        tickets.sweep();
+        assert!(tickets.is_empty());
+        // What the expired tickets granted was dropped with them.
+        assert_eq!(Arc::strong_count(&grant), 1);
     }
 
     #[test]

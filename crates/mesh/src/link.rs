@@ -404,11 +404,20 @@ pub async fn serve<H: Handler>(
     tls: Arc<Tls>,
     handler: Arc<H>,
 ) -> Infallible {
+    let unproven = Arc::new(tokio::sync::Semaphore::new(
+        nimbus_trust::MAX_UNPROVEN_CONNECTIONS,
+    ));
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                // Connections not yet proven (handshake, or ticket, under way) are
+                // bounded, so a flood of idle sockets cannot use up the descriptors.
+                let Ok(proving) = unproven.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "mesh: too many connections still proving themselves: dropped");
+                    continue;
+                };
                 tune(&stream);
-                tokio::spawn(answer(stream, tls.clone(), handler.clone()));
+                tokio::spawn(answer(stream, tls.clone(), handler.clone(), proving));
             }
             Err(error) if is_connection_error(&error) => {
                 tracing::debug!(%error, "mesh: a connection failed while being accepted");
@@ -430,7 +439,12 @@ fn is_connection_error(error: &std::io::Error) -> bool {
     )
 }
 
-async fn answer<H: Handler>(tcp: TcpStream, tls: Arc<Tls>, handler: Arc<H>) {
+async fn answer<H: Handler>(
+    tcp: TcpStream,
+    tls: Arc<Tls>,
+    handler: Arc<H>,
+    proving: tokio::sync::OwnedSemaphorePermit,
+) {
     let peer = tcp
         .peer_addr()
         .map_or_else(|_| "an unknown peer".to_owned(), |addr| addr.to_string());
@@ -441,7 +455,7 @@ async fn answer<H: Handler>(tcp: TcpStream, tls: Arc<Tls>, handler: Arc<H>) {
         _ => return,
     }
     if first[0] == crate::channel::MAGIC[0] {
-        crate::channel::accept(tcp, handler).await;
+        crate::channel::accept(tcp, handler, proving).await;
         return;
     }
     let mut stream = match tls.accept(tcp).await {
@@ -451,6 +465,7 @@ async fn answer<H: Handler>(tcp: TcpStream, tls: Arc<Tls>, handler: Arc<H>) {
             return;
         }
     };
+    drop(proving);
     let socket = shutter(&stream);
     let mut first = [0; 4];
     match tokio::time::timeout(KEEPALIVE_TIMEOUT, stream.read_exact(&mut first)).await {
@@ -458,7 +473,8 @@ async fn answer<H: Handler>(tcp: TcpStream, tls: Arc<Tls>, handler: Arc<H>) {
         _ => return,
     }
     if first == stream::MAGIC {
-        if let Ok(hello) = stream::hello(&mut stream).await {
+        let hello = tokio::time::timeout(KEEPALIVE_TIMEOUT, stream::hello(&mut stream)).await;
+        if let Ok(Ok(hello)) = hello {
             handler.adopt(hello, Adoption::new(stream)).await;
         }
         return;
@@ -748,12 +764,16 @@ mod tests {
     async fn a_peer_without_tls_is_dropped_before_its_request_is_read() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
+        /// Reports each request the moment it is handed over.
+        struct Seen(mpsc::UnboundedSender<()>);
+        impl Handler for Seen {
+            fn handle(self: Arc<Self>, _: Frame, replier: Replier) -> HandlerFuture {
+                let _ = self.0.send(());
+                Box::pin(async move { replier.finish(Frame::new(&"seen", vec![])).await })
+            }
+        }
         let (handled, mut handled_seen) = mpsc::unbounded_channel();
-        tokio::spawn(serve(
-            listener,
-            crate::test_tls(),
-            Arc::new(Watcher(handled)),
-        ));
+        tokio::spawn(serve(listener, crate::test_tls(), Arc::new(Seen(handled))));
         // A well-formed request frame, in the clear.
         let mut stream = TcpStream::connect(&addr).await.unwrap();
         frame::write(&mut stream, 1, true, true, &Frame::new(&"wait", vec![]))

@@ -41,6 +41,11 @@ pub const KEY_FILE: &str = "node-key.pem";
 /// peer that connects and then says nothing costs a task only this long.
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(3);
 
+/// The most connections a node holds at once that have not yet proven they come
+/// from the cluster (handshake under way); more are dropped on arrival, so idle
+/// sockets cannot use up a node's descriptors.
+pub const MAX_UNPROVEN_CONNECTIONS: usize = 1024;
+
 /// How long certificates made by [`init`] are valid.
 const VALIDITY: time::Duration = time::Duration::days(10 * 365);
 

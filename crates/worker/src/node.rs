@@ -27,12 +27,27 @@ pub async fn serve_worker(
     cluster: Arc<Cluster>,
     services: Arc<Services>,
 ) -> std::convert::Infallible {
-    let worker = Worker {
+    let worker = Arc::new(Worker {
         cluster,
         services,
         channels: Tickets::default(),
+    });
+    // What an unredeemed ticket reserved (a channel's place, a mailbox's sender)
+    // is given back once it expires.
+    let sweeping = {
+        let worker = worker.clone();
+        async move {
+            let mut ticks = tokio::time::interval(nimbus_mesh::TICKET_LIFETIME);
+            loop {
+                ticks.tick().await;
+                worker.channels.sweep();
+            }
+        }
     };
-    nimbus_mesh::serve(listener, tls, Arc::new(worker)).await
+    tokio::select! {
+        never = nimbus_mesh::serve(listener, tls, worker) => never,
+        never = sweeping => never,
+    }
 }
 
 struct Worker {
