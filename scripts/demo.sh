@@ -23,6 +23,9 @@ cleanup() {
     rm -rf "$data"
 }
 trap cleanup EXIT
+# The cluster's CA and node certificate: every node and client below uses them.
+"$nimbus" cluster init "$data/cluster"
+export NIMBUS_CLUSTER_DIR="$data/cluster"
 coproc PLANNER { NIMBUS_DATA_DIR="$data/planner" exec "$nimbus" planner --listen 127.0.0.1:0; }
 read -r announced <&"${PLANNER[0]}"
 planner="${announced#nimbus: planner listening on }"
