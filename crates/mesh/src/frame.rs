@@ -81,12 +81,14 @@ pub(crate) async fn write(
         Vec::with_capacity(4 + PREAMBLE + frame.head.len() + COPY_LIMIT.min(frame.body.len()));
     if frame.body.len() < COPY_LIMIT {
         encode(&mut buf, id, request, last, frame);
-        out.write_all(&buf).await
+        out.write_all(&buf).await?;
     } else {
         encode_head(&mut buf, id, request, last, frame);
         out.write_all(&buf).await?;
-        out.write_all(&frame.body).await
+        out.write_all(&frame.body).await?;
     }
+    // TLS may hold the last records of a write back until it is flushed.
+    out.flush().await
 }
 
 /// Writes a keepalive probe (`request`) or the answer to one.
@@ -97,7 +99,8 @@ pub(crate) async fn write_ping(
     let mut buf = Vec::with_capacity(4 + PREAMBLE);
     encode_head(&mut buf, 0, request, false, &Frame::default());
     *buf.get_mut(4 + 8).expect("a preamble") |= PING;
-    out.write_all(&buf).await
+    out.write_all(&buf).await?;
+    out.flush().await
 }
 
 /// Appends `frame`, whole, to `buf`.

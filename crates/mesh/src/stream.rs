@@ -33,9 +33,11 @@ pub async fn open_stream(
         let mut stream = crate::link::connect(tls, addr).await?;
         let mut opening = MAGIC.to_vec();
         frame::encode(&mut opening, 0, true, true, hello);
-        tokio::io::AsyncWriteExt::write_all(&mut stream, &opening)
-            .await
-            .map_err(|_| lost())?;
+        let sent = async {
+            tokio::io::AsyncWriteExt::write_all(&mut stream, &opening).await?;
+            tokio::io::AsyncWriteExt::flush(&mut stream).await
+        };
+        sent.await.map_err(|_| lost())?;
         match read_frame(&mut stream).await {
             Ok(Some(answer)) => Ok((answer, stream)),
             Ok(None) | Err(_) => Err(lost()),
@@ -117,7 +119,10 @@ mod tests {
                 loop {
                     match stream.read(&mut buf).await {
                         Ok(0) | Err(_) => return,
-                        Ok(n) => stream.write_all(&buf[..n]).await.unwrap(),
+                        Ok(n) => {
+                            stream.write_all(&buf[..n]).await.unwrap();
+                            stream.flush().await.unwrap();
+                        }
                     }
                 }
             })
@@ -147,7 +152,10 @@ mod tests {
                 read.read_exact(&mut echoed).await.unwrap();
                 echoed
             },
-            async { write.write_all(&bytes).await.unwrap() }
+            async {
+                write.write_all(&bytes).await.unwrap();
+                write.flush().await.unwrap();
+            }
         );
         assert_eq!(echoed, bytes);
 

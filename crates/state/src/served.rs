@@ -329,6 +329,8 @@ impl Served {
         // A frozen server never reads the value or answers: bounded by its length.
         let sent = async {
             stream.write_all(&value).await?;
+            // TLS may hold the last records back until flushed.
+            stream.flush().await?;
             nimbus_mesh::read_frame(&mut stream).await
         };
         let reply = tokio::time::timeout(upload_deadline(hello.len), sent)
