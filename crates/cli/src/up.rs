@@ -125,7 +125,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             .map_err(|e| internal("listener", &e))?;
         let data_listen = args
             .data_listen
-            .unwrap_or_else(|| beside(address).to_string());
+            .unwrap_or_else(|| beside(&args.listen, address).to_string());
         let data_listener = tokio::net::TcpListener::bind(&data_listen)
             .await
             .map_err(|e| Failure::new(2, format!("cannot listen on {data_listen}: {e}")))?;
@@ -234,15 +234,18 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
 /// then it stops whatever they hold (an idle keep-alive connection, say).
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// The default data plane address beside the gateway's `gateway`: the next port, or
-/// any free one (port 0) when the gateway's was picked freely, so that two `nimbus up`
-/// on one machine never reach for the same port.
-fn beside(gateway: std::net::SocketAddr) -> std::net::SocketAddr {
-    let port = match gateway.port() {
+/// The default data plane address beside the gateway asked for at `asked` and bound
+/// at `bound`: the next port, or any free one (port 0) when the gateway's was picked
+/// freely, so that two `nimbus up` on one machine never reach for the same port (the
+/// port after a free one is anyone's).
+fn beside(asked: &str, bound: std::net::SocketAddr) -> std::net::SocketAddr {
+    let picked_freely = asked.rsplit_once(':').is_some_and(|(_, port)| port == "0");
+    let port = match bound.port() {
+        _ if picked_freely => 0,
         u16::MAX => 0,
         port => port + 1,
     };
-    std::net::SocketAddr::new(gateway.ip(), port)
+    std::net::SocketAddr::new(bound.ip(), port)
 }
 
 /// Makes the process `command` starts end (SIGKILL) when the thread that starts it
