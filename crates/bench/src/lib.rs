@@ -12,9 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nimbus_core::{ExitStatus, HostId, Limits, Pid};
+use nimbus_node::{Cluster, ClusterConfig, ModuleSource, RootProcess};
 use nimbus_runtime::{Input, ModuleBytes, Output, ProcessSpec, Program, Runtime, ServiceInstance};
 use nimbus_snapshot::Snapshot;
-use nimbus_worker::{Cluster, ClusterConfig, ModuleSource, RootProcess};
 
 /// Timings of repeated runs of one operation.
 #[derive(Default)]

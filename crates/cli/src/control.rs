@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use clap::Args;
 use nimbus_core::{exit_code, format_size, parse_duration, parse_size};
+use nimbus_node::{Cluster, ClusterConfig, GlobalState, MeshConfig};
 use nimbus_planner::{HostInfo, HostReport};
-use nimbus_worker::{Cluster, ClusterConfig, GlobalState, MeshConfig, Services};
+use nimbus_services::Services;
 
 use crate::Failure;
 use crate::trust::ClusterDir;
@@ -270,7 +271,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
                 exit_code::INTERNAL,
                 format!("this host left the cluster, ending its processes: {lost}"),
             )),
-            served = nimbus_worker::serve_worker(listener, tls, cluster.clone(), services.clone()) => Err(Failure::new(
+            served = nimbus_node::serve_worker(listener, tls, cluster.clone(), services.clone()) => Err(Failure::new(
                 exit_code::INTERNAL,
                 format!("the worker stopped serving: {served:?}"),
             )),
@@ -417,7 +418,7 @@ fn print_hosts(hosts: &[nimbus_planner::HostStatus]) {
 pub(crate) fn ps(planner: &str, cluster: &ClusterDir) -> Result<i32, Failure> {
     let tls = cluster.load(&crate::default_data_dir())?;
     let (processes, silent) = tokio()?
-        .block_on(nimbus_worker::cluster_processes(planner, tls))
+        .block_on(nimbus_node::cluster_processes(planner, tls))
         .map_err(|e| Failure::new(1, e))?;
     for why in silent {
         eprintln!("nimbus: {why}");

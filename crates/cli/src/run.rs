@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use clap::Args;
 use nimbus_core::{ExitStatus, Limits, exit_code, parse_duration, parse_size};
+use nimbus_node::{Cluster, ClusterConfig, ClusterError, GlobalState, ModuleSource, RootProcess};
 use nimbus_runtime::{Input, LoadError, ModuleBytes, Output, Preopen};
 use nimbus_state::AppName;
-use nimbus_worker::{Cluster, ClusterConfig, ClusterError, GlobalState, ModuleSource, RootProcess};
 
 use crate::Failure;
 
@@ -158,7 +158,7 @@ pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
         config.global_state = GlobalState(global);
         let ran = async {
             if let (Some(planner), Some(tls)) = (&args.planner, tls) {
-                return nimbus_worker::run_on_cluster(planner, tls, root, args.ranks).await;
+                return nimbus_node::run_on_cluster(planner, tls, root, args.ranks).await;
             }
             let cluster = Cluster::new(&config)?;
             match args.ranks {

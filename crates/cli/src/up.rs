@@ -17,7 +17,8 @@ use clap::Args;
 use nimbus_core::exit_code;
 use nimbus_gateway::tokens::{Scope, TokenStore};
 use nimbus_gateway::{ClusterAccess, Gateway};
-use nimbus_worker::{Cluster, ClusterConfig, GlobalState, PlacedServices, ServiceFront, Services};
+use nimbus_node::{Cluster, ClusterConfig, GlobalState};
+use nimbus_services::{PlacedServices, ServiceFront, Services};
 
 use crate::Failure;
 

@@ -14,9 +14,9 @@
 //! logs, and gets 403 for anything else.
 //!
 //! Must not: hold platform state or logic of its own beyond its tokens; it is a thin layer over a
-//! [`nimbus_worker::ServiceFront`] (the node's own [`nimbus_worker::Services`], or
-//! [`nimbus_worker::PlacedServices`] on the workers of a cluster) and
-//! [`nimbus_worker::Cluster`].
+//! [`nimbus_services::ServiceFront`] (the node's own [`nimbus_services::Services`], or
+//! [`nimbus_services::PlacedServices`] on the workers of a cluster) and
+//! [`nimbus_node::Cluster`].
 //!
 //! | method and path | does |
 //! |---|---|
@@ -50,8 +50,9 @@ use axum::{Json, Router};
 use http_body_util::BodyExt;
 use nimbus_core::{Pid, parse_duration, parse_size};
 use nimbus_dataplane::{Access, Failure as DataFailure, Invoker, Request, Status};
+use nimbus_node::Cluster;
 use nimbus_runtime::{InvokeError, Kernel, ModuleBytes};
-use nimbus_worker::{AppConfig, AppInfo, Cluster, ServiceError, ServiceFront};
+use nimbus_services::{AppConfig, AppInfo, ServiceError, ServiceFront};
 use serde_json::{Value, json};
 use tokens::{Scope, TokenError, TokenStore};
 
@@ -400,7 +401,7 @@ async fn list_processes(
     let mut processes = gateway.cluster.processes();
     if let Some(access) = &gateway.planner
         && let Ok((on_workers, _)) =
-            nimbus_worker::cluster_processes(&access.planner, access.tls.clone()).await
+            nimbus_node::cluster_processes(&access.planner, access.tls.clone()).await
     {
         processes.extend(on_workers);
     }

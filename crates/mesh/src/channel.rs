@@ -38,6 +38,18 @@ pub const MAX_TICKETS: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Ticket([u8; 16]);
 
+impl Ticket {
+    /// The ticket's bytes, to carry in a reply.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0
+    }
+
+    /// The ticket of `bytes`, as a reply carried it.
+    pub fn from_bytes(bytes: [u8; 16]) -> Ticket {
+        Ticket(bytes)
+    }
+}
+
 /// Tickets issued and not yet redeemed, each with what it grants. Bounded by
 /// [`MAX_TICKETS`]; a ticket older than [`TICKET_LIFETIME`] is dropped (and what it
 /// granted with it).

@@ -35,6 +35,7 @@ pub use mailbox::{
     Arrival, MAILBOX_CAPACITY, MAX_CHANNELS, MAX_MESSAGE_SIZE, MESSAGE_OVERHEAD, Mailbox,
     MailboxSender, Message, mailbox,
 };
+pub use nimbus_core::InvokeError;
 pub use process::{Input, InputStream, Output, OutputSink, Preopen, ProcessSpec};
-pub use service::{Invocation, InvokeError, ServiceInstance};
+pub use service::{Invocation, ServiceInstance};
 pub use stream::ChannelSlot;

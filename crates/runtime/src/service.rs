@@ -24,7 +24,7 @@ use crate::engine::{Program, Slot};
 use crate::instrument::global_export_name;
 use crate::memory::{CheckpointedMemories, Region};
 use crate::process::{ProcessCtx, WasiSetup, status_of_error};
-use crate::{Input, Mailbox, Output};
+use crate::{Input, InvokeError, Mailbox, Output};
 
 /// What an invocation asks for.
 pub struct Invocation {
@@ -36,35 +36,6 @@ pub struct Invocation {
     pub max_response: usize,
     /// How long the handler may run.
     pub timeout: Option<Duration>,
-}
-
-/// Why an invocation did not produce a response.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
-pub enum InvokeError {
-    /// The module exports no function of that name with a handler's signature.
-    #[error(
-        "no handler `{0}` (a handler is an exported function with no parameters returning nothing or an i32)"
-    )]
-    NoSuchHandler(String),
-    /// The handler returned a non-zero status.
-    #[error("handler returned status {0}")]
-    Status(i32),
-    /// The handler exited the instance or failed (trap, memory limit, deadline).
-    /// The instance has been rolled back to its state after the last invocation
-    /// that did not fail, and serves on from there.
-    #[error("{}", describe(.0))]
-    Failed(ExitStatus),
-    /// The instance's state could not be committed or rolled back. The instance
-    /// must not serve again.
-    #[error("the instance's state could not be kept: {0}")]
-    Checkpoint(String),
-}
-
-fn describe(status: &ExitStatus) -> String {
-    match status {
-        ExitStatus::Exited(code) => format!("handler exited the instance with code {code}"),
-        ExitStatus::Failed(failure) => failure.to_string(),
-    }
 }
 
 /// A live instance of a service module.
@@ -242,7 +213,7 @@ impl ServiceInstance {
                 Ok(()) => InvokeError::Failed(status),
                 Err(e) => InvokeError::Checkpoint(format!(
                     "{}, and rolling back failed: {e}",
-                    describe(&status)
+                    InvokeError::Failed(status)
                 )),
             });
         }

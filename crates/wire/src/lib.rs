@@ -1,5 +1,7 @@
 //! The wire formats between nimbus nodes: the gRPC schemas under `proto/` (the
-//! generated types and services) and the version every call carries.
+//! generated types and services) and the version every call carries; the mesh's
+//! requests and replies ([`peer`]); and the vocabulary of deployed apps that
+//! travels in them ([`apps`]).
 //!
 //! Owns: the schemas, the `nimbus-wire` version header, and the interceptors that
 //! stamp it on calls and refuse calls without it.
@@ -7,6 +9,9 @@
 
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Status};
+
+pub mod apps;
+pub mod peer;
 
 /// The control plane between the planner and its nodes (`nimbus.control.v1`).
 pub mod control {

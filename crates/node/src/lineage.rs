@@ -10,62 +10,34 @@ use std::time::{Duration, Instant};
 use nimbus_core::{Limits, Pid};
 use nimbus_runtime::{AbiError, ModuleBytes, Output, Preopen};
 use nimbus_state::AppName;
+use nimbus_wire::peer::{Home, LineageWire};
 use tokio::sync::watch;
 
 /// The ranks of a world (the processes `nimbus run --ranks N` starts together), by
 /// rank; `None` until every rank has started.
 pub(crate) type World = watch::Receiver<Option<Arc<[Pid]>>>;
 
-/// The node a process tree was started from, and the tree's id there.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Home {
-    /// The node's mesh address.
-    pub(crate) address: String,
-    /// The tree's id at that node.
-    pub(crate) id: u64,
-}
-
-/// A lineage as it travels between hosts. Directories and module directories are
-/// paths on the home node's machine: hosts are assumed to share its file system,
-/// as MPI's hosts do.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub(crate) struct LineageWire {
-    pub(crate) home: Home,
-    app: String,
-    modules: Option<PathBuf>,
-    env: Vec<(String, String)>,
-    dirs: Vec<(PathBuf, String)>,
-    memory: u64,
-    timeout_ms: Option<u64>,
-    /// Time left until the tree's deadline when the lineage was sent.
-    remaining_ms: Option<u64>,
-    /// Whether the tree's root processes are the ranks of a world.
-    pub(crate) world: bool,
-}
-
-impl LineageWire {
-    /// Keeps the lineage within the directories a worker allows: every directory to
-    /// preopen must resolve (symbolic links followed) to one under `allowed`, and is
-    /// preopened by that resolved path; a module directory outside them is dropped
-    /// (spawning by name then fails here; the tree's own module still comes by hash).
-    /// A peer's word is never enough to open a path.
-    pub(crate) fn confine(&mut self, allowed: &[PathBuf]) -> Result<(), String> {
-        let resolve = |path: &Path| {
-            std::fs::canonicalize(path)
-                .ok()
-                .filter(|real| allowed.iter().any(|root| real.starts_with(root)))
-        };
-        for (host, _) in &mut self.dirs {
-            *host = resolve(host).ok_or_else(|| {
-                format!(
-                    "directory {} is not under a directory this worker allows (--allow-dir)",
-                    host.display()
-                )
-            })?;
-        }
-        self.modules = self.modules.as_deref().and_then(resolve);
-        Ok(())
+/// Keeps the lineage `wire` within the directories a worker allows: every directory
+/// to preopen must resolve (symbolic links followed) to one under `allowed`, and is
+/// preopened by that resolved path; a module directory outside them is dropped
+/// (spawning by name then fails here; the tree's own module still comes by hash).
+/// A peer's word is never enough to open a path.
+pub(crate) fn confine(wire: &mut LineageWire, allowed: &[PathBuf]) -> Result<(), String> {
+    let resolve = |path: &Path| {
+        std::fs::canonicalize(path)
+            .ok()
+            .filter(|real| allowed.iter().any(|root| real.starts_with(root)))
+    };
+    for (host, _) in &mut wire.dirs {
+        *host = resolve(host).ok_or_else(|| {
+            format!(
+                "directory {} is not under a directory this worker allows (--allow-dir)",
+                host.display()
+            )
+        })?;
     }
+    wire.modules = wire.modules.as_deref().and_then(resolve);
+    Ok(())
 }
 
 /// Where the modules a process tree may spawn by name come from.
@@ -77,15 +49,20 @@ pub enum ModuleSource {
     None,
 }
 
-pub(crate) struct Lineage {
+/// What a process tree shares: its app, modules, environment, directories, output
+/// streams, limits and deadline.
+pub struct Lineage {
     /// The app whose state the tree's processes share.
     pub(crate) app: AppName,
     pub(crate) modules: ModuleSource,
-    pub(crate) env: Vec<(String, String)>,
-    pub(crate) dirs: Vec<Preopen>,
+    /// The environment of its processes.
+    pub env: Vec<(String, String)>,
+    /// The directories its processes have preopened.
+    pub dirs: Vec<Preopen>,
     pub(crate) stdout: Output,
     pub(crate) stderr: Output,
-    pub(crate) limits: Limits,
+    /// The limits of each of its processes.
+    pub limits: Limits,
     pub(crate) deadline: Option<Instant>,
     /// The world whose ranks share this lineage, if any. Their children inherit
     /// the lineage but are no ranks.
@@ -98,7 +75,9 @@ pub(crate) struct Lineage {
 }
 
 impl Lineage {
-    pub(crate) fn new(
+    /// The lineage of a new tree of `app`, whose processes spawn modules from
+    /// `modules`, with their environment, directories, output and limits.
+    pub fn new(
         app: AppName,
         modules: ModuleSource,
         env: Vec<(String, String)>,
@@ -192,7 +171,13 @@ impl Lineage {
     }
 
     /// The module a guest names in `spawn`: "" is the caller's own.
-    pub(crate) fn resolve(&self, name: &str, own: &ModuleBytes) -> Result<ModuleBytes, AbiError> {
+    /// Reading and hashing a module file is blocking work: done off the async
+    /// threads, once per name.
+    pub(crate) async fn resolve(
+        &self,
+        name: &str,
+        own: &ModuleBytes,
+    ) -> Result<ModuleBytes, AbiError> {
         if name.is_empty() {
             return Ok(own.clone());
         }
@@ -206,8 +191,11 @@ impl Lineage {
         if !plain_file_name {
             return Err(AbiError::Invalid);
         }
-        let bytes = std::fs::read(dir.join(name)).map_err(|_| AbiError::Module)?;
-        let module = ModuleBytes::new(bytes);
+        let path = dir.join(name);
+        let module = tokio::task::spawn_blocking(move || std::fs::read(path).map(ModuleBytes::new))
+            .await
+            .map_err(|_| AbiError::Internal)?
+            .map_err(|_| AbiError::Module)?;
         self.loaded
             .lock()
             .unwrap()
@@ -231,35 +219,35 @@ mod tests {
         )
     }
 
-    #[test]
-    fn resolves_own_module_and_files_by_name_only() {
+    #[tokio::test]
+    async fn resolves_own_module_and_files_by_name_only() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("child.wasm"), b"\0asm child").unwrap();
         let own = ModuleBytes::new(b"\0asm own".to_vec());
         let lineage = lineage(ModuleSource::Directory(dir.path().into()));
 
-        assert_eq!(lineage.resolve("", &own).unwrap().hash(), own.hash());
-        let child = lineage.resolve("child.wasm", &own).unwrap();
+        assert_eq!(lineage.resolve("", &own).await.unwrap().hash(), own.hash());
+        let child = lineage.resolve("child.wasm", &own).await.unwrap();
         assert_eq!(child.bytes(), b"\0asm child");
         assert_eq!(
-            lineage.resolve("missing.wasm", &own).unwrap_err(),
+            lineage.resolve("missing.wasm", &own).await.unwrap_err(),
             AbiError::Module
         );
         for escape in ["../child.wasm", "/etc/passwd", "..", "a/b.wasm"] {
             assert_eq!(
-                lineage.resolve(escape, &own).unwrap_err(),
+                lineage.resolve(escape, &own).await.unwrap_err(),
                 AbiError::Invalid
             );
         }
     }
 
-    #[test]
-    fn without_a_source_only_self_spawns() {
+    #[tokio::test]
+    async fn without_a_source_only_self_spawns() {
         let own = ModuleBytes::new(b"\0asm own".to_vec());
         let lineage = lineage(ModuleSource::None);
-        assert!(lineage.resolve("", &own).is_ok());
+        assert!(lineage.resolve("", &own).await.is_ok());
         assert_eq!(
-            lineage.resolve("x.wasm", &own).unwrap_err(),
+            lineage.resolve("x.wasm", &own).await.unwrap_err(),
             AbiError::Module
         );
     }

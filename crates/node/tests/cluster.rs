@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::{ExitStatus, HostId, Limits, Pid, ProcessState};
+use nimbus_node::{Cluster, ClusterConfig, ClusterError, ModuleSource, RootProcess};
 use nimbus_runtime::{AbiError, Input, Kernel, ModuleBytes, Output};
-use nimbus_worker::{Cluster, ClusterConfig, ClusterError, ModuleSource, RootProcess};
 use tokio::sync::oneshot;
 
 /// Waits for one message, then exits 0.

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use nimbus_core::{ExitStatus, Failure, HostId, Pid, ProcessState};
 use nimbus_planner::HostLoad;
 use nimbus_runtime::{
-    AbiError, Input, Mailbox, MailboxSender, ModuleBytes, Output, ProcessSpec, Runtime,
+    AbiError, Input, Kernel, Mailbox, MailboxSender, ModuleBytes, Output, ProcessSpec, Runtime,
     RuntimeConfig, RuntimeError, mailbox,
 };
 use tokio::sync::{Notify, oneshot};
 
-use crate::cluster::Cluster;
 use crate::lineage::Lineage;
 use nimbus_state::HostState;
+use nimbus_wire::peer::ProcessInfo;
 
 /// Who learns how a process ended.
 pub(crate) enum Parent {
@@ -27,6 +27,15 @@ pub(crate) enum Parent {
     Remote(Pid, oneshot::Sender<ExitStatus>),
 }
 
+/// How a host reports its processes' ends to the node above it (the cluster
+/// implements it), so that the host never reaches up into the cluster.
+pub(crate) trait Exits: Send + Sync {
+    /// `pid` ended with `status`: what it held is to be released, and `parent`, if
+    /// named, is a process of this node to tell (a starter outside is told by the
+    /// host itself, through the request's channel, once this returns).
+    fn ended(&self, pid: Pid, parent: Option<Pid>, status: ExitStatus);
+}
+
 /// A request to start a process on a host.
 pub(crate) struct StartRequest {
     pub(crate) module: ModuleBytes,
@@ -34,19 +43,6 @@ pub(crate) struct StartRequest {
     pub(crate) stdin: Input,
     pub(crate) lineage: Arc<Lineage>,
     pub(crate) parent: Parent,
-}
-
-/// A process as `ps` shows it.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct ProcessInfo {
-    /// Its id.
-    pub pid: Pid,
-    /// Its parent, if a process started it.
-    pub parent: Option<Pid>,
-    /// Where it is in its life cycle.
-    pub state: ProcessState,
-    /// The host it runs on.
-    pub host: HostId,
 }
 
 /// A live process in the table. Ended processes leave the table at once; their
@@ -64,7 +60,9 @@ struct Entry {
     kill: Option<oneshot::Sender<()>>,
 }
 
-pub(crate) struct Host {
+/// One host of a node: its runtime, the local state tiers of its apps, and its
+/// process table.
+pub struct Host {
     id: HostId,
     runtime: Runtime,
     state: HostState,
@@ -92,11 +90,13 @@ impl Host {
         })
     }
 
-    pub(crate) fn id(&self) -> HostId {
+    /// The host's id.
+    pub fn id(&self) -> HostId {
         self.id
     }
 
-    pub(crate) fn runtime(&self) -> &Runtime {
+    /// The runtime running the host's processes.
+    pub fn runtime(&self) -> &Runtime {
         &self.runtime
     }
 
@@ -113,10 +113,12 @@ impl Host {
         )
     }
 
-    /// Admits a process and starts it in the background; returns its pid.
+    /// Admits a process and starts it in the background, its guest calls going to
+    /// `kernel` and its end reported to `exits`; returns its pid.
     pub(crate) fn start(
-        &self,
-        cluster: Arc<Cluster>,
+        self: &Arc<Self>,
+        kernel: Arc<dyn Kernel>,
+        exits: Arc<dyn Exits>,
         request: StartRequest,
     ) -> Result<Pid, AbiError> {
         let program = self
@@ -149,12 +151,10 @@ impl Host {
             limits: lineage.limits.clone(),
             deadline: lineage.deadline,
             mailbox,
-            kernel: cluster.clone(),
+            kernel,
         };
+        let host = self.clone();
         tokio::spawn(async move {
-            let host = cluster
-                .host(pid.origin_host())
-                .expect("a pid's host exists");
             let run = async {
                 let slot = host.runtime.admit().await;
                 host.set_state(pid, ProcessState::Running);
@@ -173,12 +173,12 @@ impl Host {
             }
             host.table.lock().unwrap().remove(&pid);
             host.admitted.fetch_sub(1, Ordering::Relaxed);
-            cluster.release_locks(pid);
-            cluster.room_freed();
-            match (parent, notify) {
-                (_, Some(notify)) => drop(notify.send(status)),
-                (Some(parent), None) => cluster.child_ended(parent, pid, status),
-                (None, None) => {}
+            match notify {
+                Some(notify) => {
+                    exits.ended(pid, None, status.clone());
+                    drop(notify.send(status));
+                }
+                None => exits.ended(pid, parent, status),
             }
         });
         Ok(pid)
@@ -186,7 +186,7 @@ impl Host {
 
     /// Enters a long-lived service instance in the table: it gets a pid and a
     /// mailbox like any process and stays listed while it is swapped out.
-    pub(crate) fn register_service(
+    pub fn register_service(
         &self,
         module: ModuleBytes,
         lineage: Arc<Lineage>,
@@ -247,14 +247,14 @@ impl Host {
 
     /// Gives a service instance a new, empty mailbox (its old one was lost with a
     /// failed start); `None` if it is no longer in the table.
-    pub(crate) fn renew_mailbox(&self, pid: Pid) -> Option<Mailbox> {
+    pub fn renew_mailbox(&self, pid: Pid) -> Option<Mailbox> {
         let (sender, mailbox) = mailbox();
         self.table.lock().unwrap().get_mut(&pid)?.mailbox = sender;
         Some(mailbox)
     }
 
     /// Removes a service instance from the table.
-    pub(crate) fn unregister(&self, pid: Pid) {
+    pub fn unregister(&self, pid: Pid) {
         if self.table.lock().unwrap().remove(&pid).is_some() {
             self.admitted.fetch_sub(1, Ordering::Relaxed);
         }

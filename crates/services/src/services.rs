@@ -27,121 +27,21 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use nimbus_core::{HostId, Limits, Pid};
 use nimbus_runtime::{
-    BoxFuture, Input, Invocation, InvokeError, LoadError, LogBuffer, Mailbox, ModuleBytes, Output,
-    ProcessSpec, ServiceInstance,
+    BoxFuture, Input, Invocation, LoadError, LogBuffer, Mailbox, ModuleBytes, Output, ProcessSpec,
+    ServiceInstance,
 };
 use nimbus_snapshot::{Owner, Snapshot, SnapshotError};
 use nimbus_state::AppName;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::cluster::Cluster;
-use crate::lineage::{Lineage, ModuleSource};
-
-/// How an app is run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppConfig {
-    /// The app's name: 1 to 64 of `[A-Za-z0-9_-]`.
-    pub name: String,
-    /// Linear memory limit of each instance, in bytes.
-    pub memory: u64,
-    /// How long an instance stays in memory without a request before it is
-    /// swapped out.
-    pub idle: Duration,
-    /// Most instances the app runs.
-    pub max_instances: usize,
-    /// Most requests waiting for one instance.
-    pub queue_depth: usize,
-    /// How long one invocation may run.
-    pub timeout: Duration,
-    /// Largest request body, in bytes.
-    pub max_body: usize,
-    /// Largest response body, in bytes.
-    pub max_response: usize,
-}
-
-impl AppConfig {
-    /// Defaults for an app named `name`.
-    pub fn new(name: impl Into<String>) -> AppConfig {
-        AppConfig {
-            name: name.into(),
-            memory: 256 << 20,
-            idle: Duration::from_secs(60),
-            max_instances: 4,
-            queue_depth: 64,
-            timeout: Duration::from_secs(30),
-            max_body: 8 << 20,
-            max_response: 8 << 20,
-        }
-    }
-}
-
-/// An app as listed.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AppInfo {
-    /// Its configuration.
-    pub config: AppConfig,
-    /// The sha256 of its module.
-    pub module: String,
-    /// Instances, live or swapped out.
-    pub instances: usize,
-    /// Instances in memory now.
-    pub live: usize,
-    /// Requests being served or waiting, over all instances.
-    pub queued: usize,
-    /// The pids of its instances.
-    pub pids: Vec<Pid>,
-    /// Snapshots refused since the app was opened (damaged, of another app or
-    /// instance, or not restorable) and set aside: their instances started afresh.
-    #[serde(default)]
-    pub rejected_snapshots: u64,
-}
-
-/// Why a deployment or an invocation failed.
-#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
-pub enum ServiceError {
-    /// No app has that name.
-    #[error("no app named `{0}`")]
-    UnknownApp(String),
-    /// The name is not acceptable.
-    #[error("invalid app name `{0}`: use 1 to 64 letters, digits, `-` or `_`")]
-    InvalidName(String),
-    /// The configuration is not acceptable.
-    #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
-    /// The module cannot serve.
-    #[error("{0}")]
-    Module(String),
-    /// The request body is over the app's limit.
-    #[error("request body of {size} bytes is over the limit of {limit} bytes")]
-    TooLarge {
-        /// The body's size.
-        size: usize,
-        /// The app's limit.
-        limit: usize,
-    },
-    /// Every instance's queue is full.
-    #[error("all {instances} instances of `{app}` are busy; retry later")]
-    Busy {
-        /// The app.
-        app: String,
-        /// How many instances it runs.
-        instances: usize,
-    },
-    /// The handler did not produce a response.
-    #[error(transparent)]
-    Handler(#[from] InvokeError),
-    /// No instance could be started or restored.
-    #[error("cannot start an instance: {0}")]
-    Unavailable(String),
-    /// The data directory failed.
-    #[error("storage: {0}")]
-    Storage(String),
-}
+use nimbus_mesh::{Frame, MAX_BODY};
+use nimbus_node::{AppRequests, Cluster, Lineage, ModuleSource};
+use nimbus_wire::apps::{AppConfig, AppInfo, ServiceError};
+use nimbus_wire::peer::{AppRequest, Reply};
 
 /// What is persisted of an app.
 #[derive(Serialize, Deserialize)]
@@ -217,6 +117,55 @@ impl ServiceFront for Services {
 
     fn swap_out_all(&self) -> BoxFuture<'_, Result<(), ServiceError>> {
         Box::pin(Services::swap_out_all(self))
+    }
+}
+
+/// The requests about the apps placed on this worker, from a gateway's
+/// [`PlacedServices`](crate::PlacedServices) over the mesh.
+impl AppRequests for Services {
+    fn answer(self: Arc<Self>, request: AppRequest, body: Vec<u8>) -> BoxFuture<'static, Frame> {
+        let reply = |reply: Reply| Frame::new(&reply, Vec::new());
+        let failed = move |error| reply(Reply::ServiceFailed(error));
+        Box::pin(async move {
+            match request {
+                AppRequest::Deploy { config, replace } => {
+                    // Hashing up to a frame's 16 MiB is blocking work.
+                    let Ok(module) = tokio::task::spawn_blocking(|| ModuleBytes::new(body)).await
+                    else {
+                        return failed(ServiceError::Unavailable("the node is stopping".into()));
+                    };
+                    self.deploy_off_thread(config, module, replace)
+                        .await
+                        .map_or_else(failed, |info| reply(Reply::Deployed(info)))
+                }
+                AppRequest::Invoke {
+                    app,
+                    handler,
+                    session,
+                } => match self.invoke(&app, &handler, body, session.as_deref()).await {
+                    Ok(response) if response.len() > MAX_BODY => {
+                        failed(ServiceError::Unavailable(format!(
+                            "a response of {} bytes is over what a worker sends back in one frame",
+                            response.len()
+                        )))
+                    }
+                    Ok(response) => Frame::new(&Reply::Response, response),
+                    Err(error) => failed(error),
+                },
+                AppRequest::Apps => reply(Reply::Apps(self.apps())),
+                AppRequest::Logs { pid } => match self.logs(pid) {
+                    Some(log) => Frame::new(&Reply::Log { found: true }, log),
+                    None => reply(Reply::Log { found: false }),
+                },
+                AppRequest::KillInstance { pid } => reply(Reply::Killed {
+                    found: self.kill(pid).await,
+                }),
+                AppRequest::SwapOut => self
+                    .swap_out_all()
+                    .await
+                    .map_or_else(failed, |()| reply(Reply::Done)),
+            }
+        })
     }
 }
 
@@ -431,26 +380,6 @@ impl Services {
 
 pub(crate) fn storage(path: &Path) -> impl FnOnce(std::io::Error) -> ServiceError + '_ {
     move |e| ServiceError::Storage(format!("{}: {e}", path.display()))
-}
-
-impl AppConfig {
-    /// Refuses a name or limits no app may have.
-    pub(crate) fn check(&self) -> Result<(), ServiceError> {
-        let valid_name = (1..=64).contains(&self.name.len())
-            && self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-        if !valid_name {
-            return Err(ServiceError::InvalidName(self.name.clone()));
-        }
-        if self.max_instances == 0 || self.queue_depth == 0 {
-            return Err(ServiceError::InvalidConfig(
-                "max instances and queue depth must be at least 1".into(),
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Writes an app's record and module into `app_dir`, replacing what was there.

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nimbus_core::{HostId, Pid};
+use nimbus_node::{Cluster, ClusterConfig};
 use nimbus_runtime::{InvokeError, Kernel, ModuleBytes};
-use nimbus_worker::{AppConfig, Cluster, ClusterConfig, ServiceError, Services};
+use nimbus_services::{AppConfig, ServiceError, Services};
 
 fn guest(name: &str) -> ModuleBytes {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -5,31 +5,37 @@
 use std::sync::Arc;
 
 use nimbus_core::{ExitStatus, Pid};
-use nimbus_mesh::{Frame, Handler, HandlerFuture, MAX_BODY, Replier, Ticket, Tickets};
-use nimbus_runtime::{AbiError, ChannelSlot, Input, MailboxSender, ModuleBytes};
+use nimbus_mesh::{Frame, Handler, HandlerFuture, Replier, Ticket, Tickets};
+use nimbus_runtime::{AbiError, BoxFuture, ChannelSlot, Input, MailboxSender};
 use nimbus_trust::Tls;
+use nimbus_wire::peer::{AppRequest, Home, ProcessInfo, Reply, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::{Cluster, ClusterError, PeerStart, RootProcess, SPAWN_WAIT, world_outcome};
-use crate::host::ProcessInfo;
-use crate::lineage::{Home, Lineage};
-use crate::mesh::{Mesh, MeshConfig, Reply, Request, answer_common};
-use crate::services::{ServiceError, Services};
+use crate::lineage::Lineage;
+use crate::mesh::{Mesh, MeshConfig, ReplyFrame, answer_common, error_reply};
 
-/// Serves the worker `cluster` (built with a mesh) and its `services` to its peers
-/// and gateways on `listener`, forever (accept errors pause it, see
+/// What answers the requests about apps that reach a worker over the mesh: the
+/// service manager above the node (`nimbus-services`). The node hands them on unread.
+pub trait AppRequests: Send + Sync + 'static {
+    /// The reply to `request`, whose frame's body was `body`.
+    fn answer(self: Arc<Self>, request: AppRequest, body: Vec<u8>) -> BoxFuture<'static, Frame>;
+}
+
+/// Serves the worker `cluster` (built with a mesh) and its `apps` to its peers and
+/// gateways on `listener`, forever (accept errors pause it, see
 /// [`nimbus_mesh::serve`]).
 pub async fn serve_worker(
     listener: TcpListener,
     tls: Arc<Tls>,
     cluster: Arc<Cluster>,
-    services: Arc<Services>,
+    apps: Arc<dyn AppRequests>,
 ) -> std::convert::Infallible {
     let worker = Arc::new(Worker {
         cluster,
-        services,
+        apps,
         channels: Tickets::default(),
     });
     // What an unredeemed ticket reserved (a channel's place, a mailbox's sender)
@@ -52,63 +58,11 @@ pub async fn serve_worker(
 
 struct Worker {
     cluster: Arc<Cluster>,
-    services: Arc<Services>,
+    apps: Arc<dyn AppRequests>,
     /// Channels a peer asked for, each waiting for its opener to connect with the
     /// ticket it was given: the receiver's mailbox, the sender, and the channel's
     /// place, reserved in the mailbox until the ticket is redeemed or expires.
     channels: Tickets<(MailboxSender, Pid, ChannelSlot)>,
-}
-
-impl Worker {
-    /// Answers a request about the apps placed here; `Err` gives back one of
-    /// another kind.
-    async fn serve_apps(&self, request: Request, body: Vec<u8>) -> Result<Frame, Request> {
-        let failed = |error| Reply::ServiceFailed(error).frame();
-        let services = &*self.services;
-        Ok(match request {
-            Request::Deploy { config, replace } => {
-                let module = ModuleBytes::new(body);
-                let deployed = self
-                    .services
-                    .clone()
-                    .deploy_off_thread(config, module, replace);
-                deployed
-                    .await
-                    .map_or_else(failed, |info| Reply::Deployed(info).frame())
-            }
-            Request::Invoke {
-                app,
-                handler,
-                session,
-            } => match services
-                .invoke(&app, &handler, body, session.as_deref())
-                .await
-            {
-                Ok(response) if response.len() > MAX_BODY => {
-                    failed(ServiceError::Unavailable(format!(
-                        "a response of {} bytes is over what a worker sends back in one frame",
-                        response.len()
-                    )))
-                }
-                Ok(response) => Frame::new(&Reply::Response, response),
-                Err(error) => failed(error),
-            },
-            Request::Apps => Reply::Apps(services.apps()).frame(),
-            Request::Logs { pid } => match services.logs(pid) {
-                Some(log) => Frame::new(&Reply::Log { found: true }, log),
-                None => Reply::Log { found: false }.frame(),
-            },
-            Request::KillInstance { pid } => Reply::Killed {
-                found: services.kill(pid).await,
-            }
-            .frame(),
-            Request::SwapOut => services
-                .swap_out_all()
-                .await
-                .map_or_else(failed, |()| Reply::Done.frame()),
-            other => return Err(other),
-        })
-    }
 }
 
 impl Handler for Worker {
@@ -116,21 +70,19 @@ impl Handler for Worker {
         Box::pin(async move {
             let Some(mesh) = self.cluster.mesh() else {
                 return replier
-                    .finish(Reply::error(AbiError::Internal).frame())
+                    .finish(error_reply(AbiError::Internal).frame())
                     .await;
             };
             let Ok(head) = request.head::<Request>() else {
-                return replier
-                    .finish(Reply::error(AbiError::Invalid).frame())
-                    .await;
+                return replier.finish(error_reply(AbiError::Invalid).frame()).await;
             };
             if let Some(answer) = answer_common(mesh, &head) {
                 return replier.finish(answer).await;
             }
-            let head = match self.serve_apps(head, request.body).await {
-                Ok(answer) => return replier.finish(answer).await,
-                Err(head) => head,
-            };
+            if let Request::App(head) = head {
+                let answer = self.apps.clone().answer(head, request.body).await;
+                return replier.finish(answer).await;
+            }
             let answer = match head {
                 Request::Start {
                     lineage,
@@ -152,7 +104,7 @@ impl Handler for Worker {
                 }
                 Request::Kill { pid } => match self.cluster.kill(pid) {
                     Ok(()) => Reply::Done,
-                    Err(error) => Reply::error(error),
+                    Err(error) => error_reply(error),
                 },
                 Request::Processes => Reply::Processes(self.cluster.processes()),
                 Request::EndTree { home } => {
@@ -160,7 +112,7 @@ impl Handler for Worker {
                     Reply::Done
                 }
                 Request::Stream { from, to } => self.grant_channel(from, to),
-                _ => Reply::error(AbiError::Invalid),
+                _ => error_reply(AbiError::Invalid),
             };
             replier.finish(answer.frame()).await;
         })
@@ -199,8 +151,8 @@ impl Worker {
                     .ok_or(AbiError::Quota)
             });
         match granted {
-            Ok(ticket) => Reply::Ticket(ticket),
-            Err(error) => Reply::error(error),
+            Ok(ticket) => Reply::Ticket(ticket.to_bytes()),
+            Err(error) => error_reply(error),
         }
     }
 }
@@ -224,7 +176,7 @@ impl Handler for TreeHome {
     fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
         Box::pin(async move {
             let answer = match request.head::<Request>() {
-                Err(_) => Reply::error(AbiError::Invalid).frame(),
+                Err(_) => error_reply(AbiError::Invalid).frame(),
                 Ok(head) => match answer_common(&self.mesh, &head) {
                     Some(answer) => answer,
                     None => self.answer(head, request.body).await,
@@ -267,10 +219,10 @@ impl TreeHome {
                     Ok(members) => Reply::World {
                         pids: members.as_deref().unwrap_or_default().to_vec(),
                     },
-                    Err(_) => Reply::error(AbiError::Internal),
+                    Err(_) => error_reply(AbiError::Internal),
                 }
             }
-            _ => Reply::error(AbiError::Invalid),
+            _ => error_reply(AbiError::Invalid),
         }
     }
 }

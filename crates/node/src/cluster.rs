@@ -13,9 +13,11 @@ use nimbus_runtime::{
 use nimbus_state::{AppName, GlobalTier, HostState};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::host::{Host, Parent, ProcessInfo, StartRequest};
-use crate::lineage::{Home, Lineage, LineageWire, ModuleSource};
-use crate::mesh::{Mesh, MeshConfig, RemoteStdin, Reply, Request};
+use nimbus_wire::peer::{Home, LineageWire, ProcessInfo, Reply, Request};
+
+use crate::host::{Exits, Host, Parent, StartRequest};
+use crate::lineage::{Lineage, ModuleSource};
+use crate::mesh::{Mesh, MeshConfig, RemoteStdin, ReplyFrame, error_reply};
 use crate::state::Locks;
 
 /// How long a spawn waits for room by default when every host is full.
@@ -129,13 +131,24 @@ impl RootProcess {
 
 /// N hosts in this OS process.
 pub struct Cluster {
-    hosts: Vec<Host>,
+    hosts: Vec<Arc<Host>>,
     /// Woken whenever a process leaves a host, for spawns waiting for room.
     room: Notify,
     spawn_wait: Duration,
     locks: Locks,
     mesh: Option<Arc<Mesh>>,
     me: Weak<Cluster>,
+}
+
+impl Exits for Cluster {
+    fn ended(&self, pid: Pid, parent: Option<Pid>, status: ExitStatus) {
+        self.release_locks(pid);
+        // A process left a host: spawns waiting for room may go ahead.
+        self.room.notify_waiters();
+        if let Some(parent) = parent {
+            self.child_ended(parent, pid, status);
+        }
+    }
 }
 
 impl Cluster {
@@ -159,6 +172,7 @@ impl Cluster {
                     config.max_processes_per_host,
                     state,
                 )
+                .map(Arc::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mesh = match &config.mesh {
@@ -181,28 +195,29 @@ impl Cluster {
         self.me.upgrade().expect("a cluster in use is alive")
     }
 
-    pub(crate) fn host(&self, id: HostId) -> Option<&Host> {
+    /// The host `id` of this cluster, if it is one.
+    pub fn host(&self, id: HostId) -> Option<&Arc<Host>> {
         self.hosts.iter().find(|h| h.id() == id)
     }
 
     /// The host a process runs on. Processes do not move yet, so it is the host
     /// that minted the pid.
-    fn host_of(&self, pid: Pid) -> Option<&Host> {
+    fn host_of(&self, pid: Pid) -> Option<&Arc<Host>> {
         self.host(pid.origin_host())
     }
 
     /// Some host, for work that any host can do (validating a module).
-    pub(crate) fn any_host(&self) -> &Host {
+    pub fn any_host(&self) -> &Arc<Host> {
         &self.hosts[0]
     }
 
     /// The host for a new service instance.
-    pub(crate) fn place_service(&self) -> Result<&Host, nimbus_planner::NoCapacity> {
+    pub fn place_service(&self) -> Result<&Arc<Host>, nimbus_planner::NoCapacity> {
         self.place(None)
     }
 
-    fn place(&self, near: Option<HostId>) -> Result<&Host, nimbus_planner::NoCapacity> {
-        let loads: Vec<_> = self.hosts.iter().map(Host::load).collect();
+    fn place(&self, near: Option<HostId>) -> Result<&Arc<Host>, nimbus_planner::NoCapacity> {
+        let loads: Vec<_> = self.hosts.iter().map(|host| host.load()).collect();
         let chosen = nimbus_planner::place(&loads, near)?;
         Ok(self.host(chosen).expect("the planner picks a known host"))
     }
@@ -234,7 +249,7 @@ impl Cluster {
             lineage,
             parent: Parent::External(notify),
         };
-        let pid = host.start(self.arc(), request).map_err(|_| {
+        let pid = host.start(self.arc(), self.arc(), request).map_err(|_| {
             ClusterError::NoCapacity(nimbus_planner::NoCapacity {
                 hosts: self.hosts.len(),
             })
@@ -353,14 +368,17 @@ impl Cluster {
 
     /// Every live process on every host.
     pub fn processes(&self) -> Vec<ProcessInfo> {
-        self.hosts.iter().flat_map(Host::processes).collect()
+        self.hosts
+            .iter()
+            .flat_map(|host| host.processes())
+            .collect()
     }
 
     /// Places a process, waiting up to the spawn wait for room if every host is full.
     async fn place_when_room(
         &self,
         near: Option<HostId>,
-    ) -> Result<&Host, nimbus_planner::NoCapacity> {
+    ) -> Result<&Arc<Host>, nimbus_planner::NoCapacity> {
         let deadline = tokio::time::Instant::now() + self.spawn_wait;
         loop {
             // Registered before looking, so a process leaving in between is not missed.
@@ -372,17 +390,13 @@ impl Cluster {
         }
     }
 
-    /// A process left a host: spawns waiting for room may go ahead.
-    pub(crate) fn room_freed(&self) {
-        self.room.notify_waiters();
-    }
-
     /// Releases the state locks `pid` held, for a process or instance that ended.
-    pub(crate) fn release_locks(&self, pid: Pid) {
+    pub fn release_locks(&self, pid: Pid) {
         self.locks.release_all(pid);
     }
 
-    pub(crate) fn child_ended(&self, parent: Pid, child: Pid, status: ExitStatus) {
+    /// Tells `parent` that its child `child` ended with `status`.
+    fn child_ended(&self, parent: Pid, child: Pid, status: ExitStatus) {
         if let Some(host) = self.host_of(parent) {
             host.child_ended(parent, child, status);
         }
@@ -396,7 +410,7 @@ impl Cluster {
     ) -> Result<Pid, AbiError> {
         let parent_host = self.host_of(parent).ok_or(AbiError::Internal)?;
         let (own, lineage) = parent_host.origin(parent).ok_or(AbiError::Internal)?;
-        let module_bytes = lineage.resolve(module, &own)?;
+        let module_bytes = lineage.resolve(module, &own).await?;
         let argv0 = if module.is_empty() { "self" } else { module };
         let args: Vec<String> = std::iter::once(argv0.to_owned()).chain(args).collect();
         let Some(mesh) = &self.mesh else {
@@ -428,7 +442,7 @@ impl Cluster {
     /// Starts a child of `parent` on `target`, a host of this cluster.
     async fn spawn_here(
         &self,
-        target: &Host,
+        target: &Arc<Host>,
         parent: Pid,
         lineage: Arc<Lineage>,
         module: ModuleBytes,
@@ -442,7 +456,7 @@ impl Cluster {
             lineage,
             parent: Parent::Process(parent),
         };
-        let child = target.start(self.arc(), request)?;
+        let child = target.start(self.arc(), self.arc(), request)?;
         self.host_of(parent)
             .ok_or(AbiError::Internal)?
             .add_child(parent, child);
@@ -536,11 +550,11 @@ impl Cluster {
                 lineage: lineage.clone(),
                 parent,
             };
-            let pid = host.start(self.arc(), request)?;
+            let pid = host.start(self.arc(), self.arc(), request)?;
             Ok::<_, AbiError>((pid, ended, lineage))
         };
         match started.await {
-            Err(error) => replier.finish(Reply::error(error).frame()).await,
+            Err(error) => replier.finish(error_reply(error).frame()).await,
             Ok((pid, ended, lineage)) => {
                 replier.send(Reply::Started { pid }.frame()).await;
                 let status = tokio::select! {

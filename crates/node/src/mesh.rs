@@ -17,16 +17,14 @@ use nimbus_core::{ExitStatus, Failure, HostId, Pid};
 use nimbus_mesh::{Frame, Link, Links, MeshError, Replies, Ticket};
 use nimbus_runtime::{AbiError, BoxFuture, ModuleBytes, Output, OutputSink};
 use nimbus_trust::Tls;
-use serde::{Deserialize, Serialize};
+use nimbus_wire::peer::{Home, LineageWire, ProcessInfo, Reply, Request};
 use std::net::TcpStream;
 
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::PollSender;
 
-use crate::host::ProcessInfo;
-use crate::lineage::{Home, Lineage, LineageWire, World};
-use crate::services::{AppConfig, AppInfo, ServiceError};
+use crate::lineage::{Lineage, World};
 
 /// How a node joins the mesh.
 #[derive(Clone, Debug)]
@@ -43,104 +41,18 @@ pub struct MeshConfig {
     pub tls: Arc<Tls>,
 }
 
-/// A request between nodes.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Request {
-    /// To a worker: start a process of `lineage` from the module with hash
-    /// `module`, fetched from the node at `from` if this one lacks it. Answered
-    /// with `Started`, then `Ended` once it ends (after its output went home).
-    Start {
-        lineage: Box<LineageWire>,
-        module: String,
-        from: String,
-        args: Vec<String>,
-        parent: Option<Pid>,
-        /// Whether it reads its stdin from the home (the root, or rank 0).
-        #[serde(default)]
-        stdin: bool,
-    },
-    /// To a worker: grant a channel of messages from `from` to `to`, a process
-    /// there (see `nimbus_runtime::Route::Stream`). Answered with a `Ticket` to
-    /// open it with (`nimbus_mesh::open_channel`), which attaches it to the mailbox
-    /// of `to`.
-    Stream { from: Pid, to: Pid },
-    /// To a worker: stop process `pid`.
-    Kill { pid: Pid },
-    /// To a worker: its processes.
-    Processes,
-    /// To a worker: stop every process of the tree homed at `home` (its root
-    /// ended, and with it the run).
-    EndTree { home: Home },
-    /// To any node: the module with this hash, as the body.
-    Fetch { module: String },
-    /// To a home: the body is output of the tree `tree`'s processes.
-    Output { tree: u64, stderr: bool },
-    /// To a home: the pids of tree `tree`'s world, once every rank started.
-    World { tree: u64 },
-    /// To a home: the next bytes of tree `tree`'s stdin, as the body; none at its end.
-    Stdin { tree: u64 },
-    /// To a worker: deploy the app `config` there, its module the body; unless
-    /// `replace`, an app there with the same module and configuration is kept as it
-    /// is (with its instances' saved state).
-    Deploy { config: AppConfig, replace: bool },
-    /// To a worker: invoke `handler` of its app `app` with the body.
-    Invoke {
-        app: String,
-        handler: String,
-        session: Option<String>,
-    },
-    /// To a worker: the apps deployed there.
-    Apps,
-    /// To a worker: the recent stderr of its service instance `pid`, as the body.
-    Logs { pid: Pid },
-    /// To a worker: stop its service instance `pid`.
-    KillInstance { pid: Pid },
-    /// To a worker: swap every service instance out to its disk.
-    SwapOut,
+/// The reply saying a request failed with `error`.
+pub(crate) fn error_reply(error: AbiError) -> Reply {
+    Reply::Error { code: error.code() }
 }
 
-/// An answer to a [`Request`].
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Reply {
-    Started {
-        pid: Pid,
-    },
-    Ended {
-        status: ExitStatus,
-    },
-    Done,
-    Processes(Vec<ProcessInfo>),
-    Module,
-    World {
-        pids: Vec<Pid>,
-    },
-    Input,
-    Error {
-        code: i32,
-    },
-    Deployed(AppInfo),
-    /// An invocation's response, as the body.
-    Response,
-    Apps(Vec<AppInfo>),
-    Log {
-        found: bool,
-    },
-    Killed {
-        found: bool,
-    },
-    ServiceFailed(ServiceError),
-    /// A one-time ticket for the channel asked for.
-    Ticket(Ticket),
+/// A reply as a frame without a body.
+pub(crate) trait ReplyFrame {
+    fn frame(&self) -> Frame;
 }
 
-impl Reply {
-    pub(crate) fn error(error: AbiError) -> Reply {
-        Reply::Error { code: error.code() }
-    }
-
-    pub(crate) fn frame(&self) -> Frame {
+impl ReplyFrame for Reply {
+    fn frame(&self) -> Frame {
         Frame::new(self, Vec::new())
     }
 }
@@ -241,7 +153,7 @@ impl Mesh {
         let Reply::Ticket(ticket) = reply(&answer)? else {
             return Err(AbiError::Internal);
         };
-        let stream = nimbus_mesh::open_channel(&address, ticket)
+        let stream = nimbus_mesh::open_channel(&address, Ticket::from_bytes(ticket))
             .await
             .map_err(|_| AbiError::NoSuchProcess)?;
         stream.into_std().map_err(|_| AbiError::Internal)
@@ -336,7 +248,10 @@ impl Mesh {
         };
         let frame = self.call_one(from, &request, Vec::new()).await?;
         reply(&frame)?;
-        let module = ModuleBytes::new(frame.body);
+        // Hashing up to a frame's 16 MiB is blocking work.
+        let module = tokio::task::spawn_blocking(|| ModuleBytes::new(frame.body))
+            .await
+            .map_err(|_| AbiError::Internal)?;
         if module.hash().to_string() != hash {
             return Err(AbiError::Module);
         }
@@ -349,10 +264,12 @@ impl Mesh {
     pub(crate) async fn confine(&self, mut wire: LineageWire) -> Result<LineageWire, AbiError> {
         let allowed = self.allowed_dirs.clone();
         tokio::task::spawn_blocking(move || {
-            wire.confine(&allowed).map(|()| wire).map_err(|why| {
-                tracing::warn!("refused a process tree from a peer: {why}");
-                AbiError::Invalid
-            })
+            crate::lineage::confine(&mut wire, &allowed)
+                .map(|()| wire)
+                .map_err(|why| {
+                    tracing::warn!("refused a process tree from a peer: {why}");
+                    AbiError::Invalid
+                })
         })
         .await
         .map_err(|_| AbiError::Internal)?
@@ -541,7 +458,7 @@ pub(crate) fn answer_common(mesh: &Mesh, request: &Request) -> Option<Frame> {
     match request {
         Request::Fetch { module } => Some(match mesh.offered(module) {
             Some(module) => Frame::new(&Reply::Module, module.bytes().to_vec()),
-            None => Reply::error(AbiError::Module).frame(),
+            None => error_reply(AbiError::Module).frame(),
         }),
         _ => None,
     }

@@ -21,11 +21,11 @@ use nimbus_mesh::{Frame, Link, Links, MAX_BODY};
 use nimbus_planner::HostStatus;
 use nimbus_runtime::{BoxFuture, ModuleBytes};
 use nimbus_trust::Tls;
+use nimbus_wire::apps::{AppConfig, AppInfo, ServiceError};
 
-use crate::mesh::{Reply, Request};
-use crate::services::{
-    AppConfig, AppInfo, ServiceError, ServiceFront, each_app, load_app, save_app, storage,
-};
+use nimbus_wire::peer::{AppRequest, Reply, Request};
+
+use crate::services::{ServiceFront, each_app, load_app, save_app, storage};
 
 /// How long placing an app may wait for a worker with room.
 const PLACE_WAIT: Duration = Duration::from_secs(10);
@@ -101,9 +101,10 @@ impl PlacedServices {
     /// worker cannot be reached or the connection breaks first. The call runs on a
     /// task of its own, so that a caller that gives up (a client gone) never leaves
     /// half a frame on the link other requests share.
-    async fn call(&self, worker: &str, request: &Request, body: Vec<u8>) -> Option<Frame> {
+    async fn call(&self, worker: &str, request: &AppRequest, body: Vec<u8>) -> Option<Frame> {
         let link = self.links.get(worker).await.ok()?;
-        call_through(link, Frame::new(request, body)).await
+        let request = Request::App(request.clone());
+        call_through(link, Frame::new(&request, body)).await
     }
 
     /// Asks `worker` to answer `request`, within [`ASK_WAIT`]; `None` if it cannot
@@ -111,7 +112,7 @@ impl PlacedServices {
     async fn ask(
         &self,
         worker: &str,
-        request: &Request,
+        request: &AppRequest,
         body: Vec<u8>,
     ) -> Option<(Reply, Vec<u8>)> {
         let reply = tokio::time::timeout(ASK_WAIT, self.call(worker, request, body))
@@ -144,7 +145,7 @@ impl PlacedServices {
                 }
             };
             if let Some(worker) = worker {
-                let request = Request::Deploy {
+                let request = AppRequest::Deploy {
                     config: config.clone(),
                     replace,
                 };
@@ -253,7 +254,7 @@ impl PlacedServices {
     /// Asks every worker apps run on, in turn, until `found` takes an answer.
     async fn first_answer<T>(
         &self,
-        request: Request,
+        request: AppRequest,
         mut found: impl FnMut(Reply, Vec<u8>) -> Option<T>,
     ) -> Option<T> {
         for worker in self.workers() {
@@ -329,11 +330,11 @@ impl ServiceFront for PlacedServices {
                 let size = body.len();
                 return Err(ServiceError::TooLarge { size, limit });
             }
-            let request = Request::Invoke {
+            let request = Request::App(AppRequest::Invoke {
                 app: app.to_owned(),
                 handler: handler.to_owned(),
                 session: session.map(str::to_owned),
-            };
+            });
             // A worker that cannot be reached has not seen the request: place the
             // app again and send it there, once.
             let mut body = Some(body);
@@ -379,7 +380,7 @@ impl ServiceFront for PlacedServices {
             let mut running = BTreeMap::new();
             for worker in self.workers() {
                 if let Some((Reply::Apps(listed), _)) =
-                    self.ask(&worker, &Request::Apps, Vec::new()).await
+                    self.ask(&worker, &AppRequest::Apps, Vec::new()).await
                 {
                     // A copy left on a worker the app has moved from does not count.
                     let placed_here = |info: &AppInfo| {
@@ -413,7 +414,7 @@ impl ServiceFront for PlacedServices {
 
     fn logs(&self, pid: Pid) -> BoxFuture<'_, Option<Vec<u8>>> {
         Box::pin(
-            self.first_answer(Request::Logs { pid }, |reply, log| match reply {
+            self.first_answer(AppRequest::Logs { pid }, |reply, log| match reply {
                 Reply::Log { found: true } => Some(log),
                 _ => None,
             }),
@@ -422,10 +423,11 @@ impl ServiceFront for PlacedServices {
 
     fn kill(&self, pid: Pid) -> BoxFuture<'_, bool> {
         Box::pin(async move {
-            let killed = self.first_answer(Request::KillInstance { pid }, |reply, _| match reply {
-                Reply::Killed { found: true } => Some(()),
-                _ => None,
-            });
+            let killed =
+                self.first_answer(AppRequest::KillInstance { pid }, |reply, _| match reply {
+                    Reply::Killed { found: true } => Some(()),
+                    _ => None,
+                });
             killed.await.is_some()
         })
     }
@@ -434,7 +436,7 @@ impl ServiceFront for PlacedServices {
         Box::pin(async move {
             for worker in self.workers() {
                 // A worker that is gone has nothing left to swap out.
-                let swapped = self.ask(&worker, &Request::SwapOut, Vec::new()).await;
+                let swapped = self.ask(&worker, &AppRequest::SwapOut, Vec::new()).await;
                 if let Some((Reply::ServiceFailed(error), _)) = swapped {
                     return Err(error);
                 }
