@@ -147,7 +147,7 @@ fn accepting(
                     // so a peer that stalls in it holds up no other.
                     let (tls, accepted) = (tls.clone(), accepted.clone());
                     tokio::spawn(async move {
-                        let handshake = tls.accept_grpc(stream).await;
+                        let handshake = tls.accept(stream, "h2").await;
                         drop(proving);
                         match handshake {
                             Ok(stream) => {

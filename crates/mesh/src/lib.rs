@@ -39,6 +39,12 @@ pub use frame::{Frame, MAX_BODY, MAX_FRAME};
 pub use link::{Connection, Handler, HandlerFuture, Link, Links, Replier, Replies, serve};
 pub use stream::{Adoption, open_stream, read_frame, write_frame};
 
+/// The mesh's protocol and version, named in each connection's TLS handshake
+/// (ALPN), so that a node of another release is refused before a frame is read.
+/// Raised with every change an older node would misread: of the frames, or of the
+/// requests nodes send in them (`nimbus-wire`'s `peer`).
+pub const PROTOCOL: &str = "nimbus-mesh/2";
+
 /// How often a link probes its peer.
 pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -75,6 +81,14 @@ pub enum MeshError {
         addr: String,
         /// How the handshake failed.
         source: std::io::Error,
+    },
+    /// The peer is a node of this cluster that speaks another version of the mesh.
+    #[error(
+        "{addr} runs another nimbus release: it does not speak {PROTOCOL} (run the same release on every node)"
+    )]
+    AnotherVersion {
+        /// Its address.
+        addr: String,
     },
     /// The connection broke before the call was answered: the peer is gone.
     #[error("lost the connection to {addr}")]

@@ -56,13 +56,17 @@ pub(crate) async fn connect_tcp(addr: &str) -> Result<TcpStream, MeshError> {
 /// this cluster, and so must we.
 pub(crate) async fn connect(tls: &Tls, addr: &str) -> Result<Connection, MeshError> {
     let tcp = connect_tcp(addr).await?;
-    let stream = tls
-        .connect(tcp)
-        .await
-        .map_err(|source| MeshError::Untrusted {
-            addr: addr.to_owned(),
-            source,
-        })?;
+    let stream = tls.connect(tcp, crate::PROTOCOL).await.map_err(|source| {
+        match nimbus_trust::is_another_protocol(&source) {
+            true => MeshError::AnotherVersion {
+                addr: addr.to_owned(),
+            },
+            false => MeshError::Untrusted {
+                addr: addr.to_owned(),
+                source,
+            },
+        }
+    })?;
     Ok(TlsStream::Client(stream))
 }
 
@@ -458,8 +462,12 @@ async fn answer<H: Handler>(
         crate::channel::accept(tcp, handler, proving).await;
         return;
     }
-    let mut stream = match tls.accept(tcp).await {
+    let mut stream = match tls.accept(tcp, crate::PROTOCOL).await {
         Ok(stream) => TlsStream::Server(stream),
+        Err(error) if nimbus_trust::is_another_protocol(&error) => {
+            tracing::warn!(%peer, %error, "mesh: refused a node of another release");
+            return;
+        }
         Err(error) => {
             tracing::info!(%peer, %error, "mesh: refused a connection that is not from a node of this cluster");
             return;
@@ -600,7 +608,10 @@ mod tests {
         let (taken, mut requests_in) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let stream = crate::test_tls().accept(stream).await.unwrap();
+            let stream = crate::test_tls()
+                .accept(stream, crate::PROTOCOL)
+                .await
+                .unwrap();
             let mut read = BufReader::new(stream);
             for _ in 0..2 {
                 frame::read(&mut read).await.unwrap().unwrap();
@@ -664,7 +675,10 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
-            let mut stream = crate::test_tls().accept(stream).await.unwrap();
+            let mut stream = crate::test_tls()
+                .accept(stream, crate::PROTOCOL)
+                .await
+                .unwrap();
             let mut sink = Vec::new();
             let _ = stream.read_to_end(&mut sink).await;
         });
@@ -686,7 +700,10 @@ mod tests {
         tokio::spawn(serve(listener, crate::test_tls(), Arc::new(Watcher(gone))));
         // A request, then nothing: no probes, yet the connection stays open.
         let stream = TcpStream::connect(&addr).await.unwrap();
-        let mut stream = crate::test_tls().connect(stream).await.unwrap();
+        let mut stream = crate::test_tls()
+            .connect(stream, crate::PROTOCOL)
+            .await
+            .unwrap();
         frame::write(&mut stream, 1, true, true, &Frame::new(&"wait", vec![]))
             .await
             .unwrap();
@@ -793,6 +810,17 @@ mod tests {
                 .map(|link| link.is_open()),
             Err(MeshError::Untrusted { .. }) | Ok(false)
         ));
+        assert!(handled_seen.try_recv().is_err(), "a request was handled");
+
+        // A node of this cluster speaking another mesh version is refused in the
+        // handshake, and told why.
+        let tcp = TcpStream::connect(&addr).await.unwrap();
+        let refused = crate::test_tls()
+            .connect(tcp, "nimbus-mesh/1")
+            .await
+            .err()
+            .unwrap();
+        assert!(nimbus_trust::is_another_protocol(&refused), "{refused}");
         assert!(handled_seen.try_recv().is_err(), "a request was handled");
     }
 

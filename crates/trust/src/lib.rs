@@ -236,12 +236,13 @@ pub struct Pem {
     pub key: String,
 }
 
-/// A node's TLS: it connects to and accepts only peers of its cluster.
+/// A node's TLS: it connects to and accepts only peers of its cluster, each
+/// connection for one application protocol (ALPN), so that a peer speaking another
+/// version is refused in the handshake, before a byte of it is read.
 pub struct Tls {
     pem: Pem,
-    connector: TlsConnector,
-    acceptor: TlsAcceptor,
-    grpc_acceptor: TlsAcceptor,
+    client: Arc<ClientConfig>,
+    server: Arc<ServerConfig>,
 }
 
 impl std::fmt::Debug for Tls {
@@ -325,14 +326,10 @@ impl Tls {
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)
             .map_err(rejected)?;
-        // gRPC clients insist on HTTP/2 being negotiated.
-        let mut grpc = server.clone();
-        grpc.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(Tls {
             pem,
-            connector: TlsConnector::from(Arc::new(client)),
-            acceptor: TlsAcceptor::from(Arc::new(server)),
-            grpc_acceptor: TlsAcceptor::from(Arc::new(grpc)),
+            client: Arc::new(client),
+            server: Arc::new(server),
         }))
     }
 
@@ -341,26 +338,75 @@ impl Tls {
         &self.pem
     }
 
-    /// Opens TLS over `tcp` to a node of this cluster; fails if the peer is not one
-    /// or has not completed the handshake within [`HANDSHAKE_DEADLINE`].
-    pub async fn connect(&self, tcp: TcpStream) -> std::io::Result<client::TlsStream<TcpStream>> {
+    /// Opens TLS over `tcp` to a node of this cluster, for `protocol` (its ALPN
+    /// name, such as `nimbus-mesh/2`); fails if the peer is not one, does not speak
+    /// `protocol` ([`is_another_protocol`]), or has not completed the handshake
+    /// within [`HANDSHAKE_DEADLINE`].
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        protocol: &str,
+    ) -> std::io::Result<client::TlsStream<TcpStream>> {
         let name = ServerName::try_from(NODE_NAME).expect("NODE_NAME is a valid DNS name");
-        within_deadline(self.connector.connect(name, tcp)).await
+        let mut config = (*self.client).clone();
+        config.alpn_protocols = vec![protocol.as_bytes().to_vec()];
+        let connector = TlsConnector::from(Arc::new(config));
+        let stream = within_deadline(connector.connect(name, tcp)).await?;
+        spoken(stream.get_ref().1.alpn_protocol(), protocol)?;
+        Ok(stream)
     }
 
     /// Accepts TLS over `tcp` from a node of this cluster (one whose certificate the
-    /// cluster CA signed); fails otherwise, or past [`HANDSHAKE_DEADLINE`].
-    pub async fn accept(&self, tcp: TcpStream) -> std::io::Result<server::TlsStream<TcpStream>> {
-        within_deadline(self.acceptor.accept(tcp)).await
-    }
-
-    /// [`Tls::accept`] for a gRPC server (negotiating HTTP/2).
-    pub async fn accept_grpc(
+    /// cluster CA signed) for `protocol` (`h2` for a gRPC server); fails otherwise,
+    /// or past [`HANDSHAKE_DEADLINE`].
+    pub async fn accept(
         &self,
         tcp: TcpStream,
+        protocol: &str,
     ) -> std::io::Result<server::TlsStream<TcpStream>> {
-        within_deadline(self.grpc_acceptor.accept(tcp)).await
+        let mut config = (*self.server).clone();
+        config.alpn_protocols = vec![protocol.as_bytes().to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let stream = within_deadline(acceptor.accept(tcp)).await?;
+        spoken(stream.get_ref().1.alpn_protocol(), protocol)?;
+        Ok(stream)
     }
+}
+
+/// The error of a peer that does not speak `protocol` (it offered none, as a node of
+/// a release before protocols were named does).
+fn spoken(negotiated: Option<&[u8]>, protocol: &str) -> std::io::Result<()> {
+    match negotiated {
+        Some(spoken) if spoken == protocol.as_bytes() => Ok(()),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            AnotherProtocol(protocol.to_owned()),
+        )),
+    }
+}
+
+/// A peer of the cluster that does not speak the protocol asked for: another
+/// nimbus release.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the peer does not speak {0}: it runs another nimbus release (run the same release on every node)"
+)]
+pub struct AnotherProtocol(String);
+
+/// Whether a failed [`Tls::connect`] or [`Tls::accept`] failed for the peer speaking
+/// another protocol (version) rather than for its credentials.
+pub fn is_another_protocol(error: &std::io::Error) -> bool {
+    let Some(inner) = error.get_ref() else {
+        return false;
+    };
+    inner.is::<AnotherProtocol>()
+        || matches!(
+            inner.downcast_ref::<rustls::Error>(),
+            Some(
+                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+                    | rustls::Error::NoApplicationProtocol
+            )
+        )
 }
 
 async fn within_deadline<T>(

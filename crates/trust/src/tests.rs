@@ -5,6 +5,9 @@ use tokio::net::TcpListener;
 
 use super::*;
 
+/// The protocol the tests' servers and clients speak.
+const PROTOCOL: &str = "nimbus-test/1";
+
 fn cluster() -> (tempfile::TempDir, Arc<Tls>) {
     let parent = tempfile::tempdir().unwrap();
     let dir = parent.path().join("cluster");
@@ -22,7 +25,7 @@ async fn server(tls: Arc<Tls>) -> (String, tokio::sync::mpsc::Receiver<std::io::
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
-            let outcome = match tls.accept(tcp).await {
+            let outcome = match tls.accept(tcp, PROTOCOL).await {
                 Ok(mut stream) => stream.write_all(b"!").await.and(stream.flush().await),
                 Err(e) => Err(e),
             };
@@ -88,7 +91,7 @@ async fn nodes_of_one_cluster_talk() {
     let (_dir, tls) = cluster();
     let (addr, mut outcomes) = server(tls.clone()).await;
     let tcp = TcpStream::connect(&addr).await.unwrap();
-    let mut stream = tls.connect(tcp).await.unwrap();
+    let mut stream = tls.connect(tcp, PROTOCOL).await.unwrap();
     let mut byte = [0];
     stream.read_exact(&mut byte).await.unwrap();
     assert_eq!(&byte, b"!");
@@ -104,7 +107,7 @@ async fn a_node_of_another_cluster_is_refused_both_ways() {
     // Their client to our server: our server refuses the handshake.
     let tcp = TcpStream::connect(&addr).await.unwrap();
     let connected = async {
-        let mut stream = theirs.connect(tcp).await?;
+        let mut stream = theirs.connect(tcp, PROTOCOL).await?;
         let mut byte = [0];
         stream.read_exact(&mut byte).await.map(|_| ())
     };
@@ -114,7 +117,7 @@ async fn a_node_of_another_cluster_is_refused_both_ways() {
     // Our client to their server: our client refuses it.
     let (addr, _theirs_outcomes) = server(theirs).await;
     let tcp = TcpStream::connect(&addr).await.unwrap();
-    let refused = ours.connect(tcp).await.err().unwrap();
+    let refused = ours.connect(tcp, PROTOCOL).await.err().unwrap();
     assert!(refused.to_string().contains("certificate"), "{refused}");
 }
 
@@ -157,4 +160,19 @@ async fn a_peer_that_never_completes_the_handshake_is_dropped() {
         .expect("the handshake deadline holds")
         .unwrap();
     assert_eq!(outcome.err().unwrap().kind(), std::io::ErrorKind::TimedOut);
+}
+
+#[tokio::test]
+async fn a_node_speaking_another_protocol_is_refused_in_the_handshake_and_says_so() {
+    let (_dir, tls) = cluster();
+    let (addr, mut outcomes) = server(tls.clone()).await;
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let refused = tls.connect(tcp, "nimbus-test/2").await.err().unwrap();
+    assert!(is_another_protocol(&refused), "{refused}");
+    let refusal = outcomes.recv().await.unwrap().err().unwrap();
+    assert!(is_another_protocol(&refusal), "{refusal}");
+    assert!(
+        refusal.to_string().contains("another nimbus release"),
+        "{refusal}"
+    );
 }
