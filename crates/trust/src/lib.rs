@@ -351,7 +351,9 @@ impl Tls {
         let mut config = (*self.client).clone();
         config.alpn_protocols = vec![protocol.as_bytes().to_vec()];
         let connector = TlsConnector::from(Arc::new(config));
-        let stream = within_deadline(connector.connect(name, tcp)).await?;
+        let stream = within_deadline(connector.connect(name, tcp))
+            .await
+            .map_err(|e| named(e, protocol))?;
         spoken(stream.get_ref().1.alpn_protocol(), protocol)?;
         Ok(stream)
     }
@@ -367,9 +369,29 @@ impl Tls {
         let mut config = (*self.server).clone();
         config.alpn_protocols = vec![protocol.as_bytes().to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let stream = within_deadline(acceptor.accept(tcp)).await?;
+        let stream = within_deadline(acceptor.accept(tcp))
+            .await
+            .map_err(|e| named(e, protocol))?;
         spoken(stream.get_ref().1.alpn_protocol(), protocol)?;
         Ok(stream)
+    }
+}
+
+/// A handshake's failure, said in our words when it failed for want of a common
+/// protocol.
+fn named(error: std::io::Error, protocol: &str) -> std::io::Error {
+    let no_common_protocol = error.get_ref().is_some_and(|inner| {
+        matches!(
+            inner.downcast_ref::<rustls::Error>(),
+            Some(
+                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+                    | rustls::Error::NoApplicationProtocol
+            )
+        )
+    });
+    match no_common_protocol {
+        true => spoken(None, protocol).unwrap_err(),
+        false => error,
     }
 }
 
@@ -396,17 +418,9 @@ pub struct AnotherProtocol(String);
 /// Whether a failed [`Tls::connect`] or [`Tls::accept`] failed for the peer speaking
 /// another protocol (version) rather than for its credentials.
 pub fn is_another_protocol(error: &std::io::Error) -> bool {
-    let Some(inner) = error.get_ref() else {
-        return false;
-    };
-    inner.is::<AnotherProtocol>()
-        || matches!(
-            inner.downcast_ref::<rustls::Error>(),
-            Some(
-                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
-                    | rustls::Error::NoApplicationProtocol
-            )
-        )
+    error
+        .get_ref()
+        .is_some_and(|inner| inner.is::<AnotherProtocol>())
 }
 
 async fn within_deadline<T>(
