@@ -2,21 +2,16 @@
 //! [`PlannerLink`] (a worker's membership).
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nimbus_core::HostId;
+use nimbus_mesh::{Frame, Links};
 use nimbus_planner::{HostInfo, HostReport, HostStatus};
 use nimbus_trust::Tls;
-use nimbus_wire::control::v1 as wire;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+use nimbus_wire::control::{Reply, Request};
 
-use crate::{
-    CALL_DEADLINE, CONNECT_DEADLINE, ControlError, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, convert,
-};
-
-type Stamp = fn(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status>;
-type Client = wire::planner_client::PlannerClient<InterceptedService<Channel, Stamp>>;
+use crate::{CALL_DEADLINE, ControlError};
 
 /// A client of the planner: asks where to place processes and who the hosts are.
 ///
@@ -26,7 +21,7 @@ type Client = wire::planner_client::PlannerClient<InterceptedService<Channel, St
 #[derive(Clone)]
 pub struct Planner {
     addr: String,
-    client: Client,
+    links: Arc<Links>,
 }
 
 impl Planner {
@@ -34,15 +29,17 @@ impl Planner {
     /// node's credentials `tls` (the planner must be of the same cluster, and
     /// takes us for a node of it only with them). Nothing is sent yet: an
     /// unreachable planner shows at the first call.
-    pub fn new(addr: &str, tls: &Tls) -> Result<Planner, ControlError> {
-        let endpoint = endpoint(addr, tls)?;
-        let stamp: Stamp = nimbus_wire::stamp_version;
+    pub fn new(addr: &str, tls: &Arc<Tls>) -> Result<Planner, ControlError> {
+        let port = addr.rsplit_once(':').map(|(_, port)| port.parse::<u16>());
+        if !matches!(port, Some(Ok(_))) {
+            return Err(ControlError::Protocol {
+                addr: addr.to_owned(),
+                reason: "not an address: give HOST:PORT".into(),
+            });
+        }
         Ok(Planner {
             addr: addr.to_owned(),
-            client: wire::planner_client::PlannerClient::with_interceptor(
-                endpoint.connect_lazy(),
-                stamp,
-            ),
+            links: Arc::new(Links::new(tls.clone())),
         })
     }
 
@@ -59,66 +56,57 @@ impl Planner {
         near: Option<HostId>,
         app: Option<String>,
     ) -> Result<(HostId, String), ControlError> {
-        let request = wire::PlaceRequest {
-            near: near.map(|host| host.0),
-            app,
-        };
-        let placed = self
-            .call(|mut c| async move { c.place(request).await })
-            .await?;
-        Ok((HostId(placed.host), placed.address))
+        match self.call(&Request::Place { near, app }).await? {
+            Reply::Placed { host, address } => Ok((host, address)),
+            other => Err(self.unexpected(&other)),
+        }
     }
 
     /// Every registered host, by id.
     pub async fn hosts(&self) -> Result<Vec<HostStatus>, ControlError> {
-        let reply = self
-            .call(|mut c| async move { c.hosts(wire::HostsRequest {}).await })
-            .await?;
-        Ok(reply
-            .hosts
-            .into_iter()
-            .map(convert::status_from_wire)
-            .collect())
+        match self.call(&Request::Hosts).await? {
+            Reply::Hosts(hosts) => Ok(hosts),
+            other => Err(self.unexpected(&other)),
+        }
     }
 
-    async fn call<T, F>(&self, call: impl FnOnce(Client) -> F) -> Result<T, ControlError>
-    where
-        F: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        call(self.client.clone())
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|status| ControlError::from_status(&self.addr, status))
+    /// Calls the planner with `request`, within [`CALL_DEADLINE`]; a refusal is
+    /// the matching error.
+    async fn call(&self, request: &Request) -> Result<Reply, ControlError> {
+        let addr = &self.addr;
+        let answered = tokio::time::timeout(CALL_DEADLINE, async {
+            let link = self.links.get(addr).await?;
+            link.call_one(Frame::new(request, Vec::new())).await
+        })
+        .await
+        .map_err(|_| ControlError::Unreachable {
+            addr: addr.clone(),
+            message: format!("no answer within {CALL_DEADLINE:?}"),
+        })?
+        .map_err(|error| ControlError::from_mesh(addr, error))?;
+        let reply = answered
+            .head::<Reply>()
+            .map_err(|error| ControlError::from_mesh(addr, error))?;
+        let addr = addr.clone();
+        match reply {
+            Reply::Refused(message) => Err(ControlError::Refused { addr, message }),
+            Reply::UnknownHost(message) => Err(ControlError::UnknownHost { addr, message }),
+            Reply::Unavailable(message) => Err(ControlError::Unreachable { addr, message }),
+            Reply::Invalid(reason) => Err(ControlError::Protocol { addr, reason }),
+            reply => Ok(reply),
+        }
     }
-}
 
-/// The connection settings of a client of the planner at `addr`: TLS with this
-/// node's credentials, the call deadline, keepalive.
-pub(crate) fn endpoint(addr: &str, tls: &Tls) -> Result<Endpoint, ControlError> {
-    let invalid = |what: &str, e: &dyn std::fmt::Display| ControlError::Protocol {
-        addr: addr.to_owned(),
-        reason: format!("{what}: {e}"),
-    };
-    let pem = tls.pem();
-    let tls_config = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&pem.ca))
-        .identity(Identity::from_pem(&pem.cert, &pem.key))
-        .domain_name(nimbus_trust::NODE_NAME);
-    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
-        .map_err(|e| invalid("not an address", &e))?
-        .tls_config(tls_config)
-        .map_err(|e| invalid("TLS", &e))?
-        .connect_timeout(CONNECT_DEADLINE)
-        .timeout(CALL_DEADLINE)
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true);
-    Ok(endpoint)
+    fn unexpected(&self, reply: &Reply) -> ControlError {
+        ControlError::Protocol {
+            addr: self.addr.clone(),
+            reason: format!("an answer of another kind: {reply:?}"),
+        }
+    }
 }
 
 /// The hosts registered with the planner at `addr`.
-pub async fn hosts(addr: &str, tls: &Tls) -> Result<Vec<HostStatus>, ControlError> {
+pub async fn hosts(addr: &str, tls: &Arc<Tls>) -> Result<Vec<HostStatus>, ControlError> {
     Planner::new(addr, tls)?.hosts().await
 }
 
@@ -166,22 +154,16 @@ impl PlannerLink {
     /// unreachable planner is tried again (with backoff) for up to `patience`.
     pub async fn join(
         addr: &str,
-        tls: &Tls,
+        tls: &Arc<Tls>,
         info: HostInfo,
         patience: Duration,
     ) -> Result<PlannerLink, ControlError> {
         let planner = Planner::new(addr, tls)?;
-        let request = wire::JoinRequest {
-            info: Some(convert::info_to_wire(&info)),
-        };
+        let request = Request::Join { info };
         let deadline = tokio::time::Instant::now() + patience;
         let mut backoff = Backoff::new();
         let joined = loop {
-            let request = request.clone();
-            match planner
-                .call(|mut c| async move { c.join(request).await })
-                .await
-            {
+            match planner.call(&request).await {
                 Err(ControlError::Unreachable { .. })
                     if tokio::time::Instant::now() + Backoff::LONGEST < deadline =>
                 {
@@ -190,11 +172,19 @@ impl PlannerLink {
                 joined => break joined?,
             }
         };
+        let Reply::Joined {
+            host,
+            heartbeat_ms,
+            state,
+        } = joined
+        else {
+            return Err(planner.unexpected(&joined));
+        };
         Ok(PlannerLink {
             planner,
-            host: HostId(joined.host),
-            heartbeat: Duration::from_millis(joined.heartbeat_ms.max(1)),
-            state: (!joined.state.is_empty()).then_some(joined.state),
+            host,
+            heartbeat: Duration::from_millis(heartbeat_ms.max(1)),
+            state,
         })
     }
 
@@ -210,14 +200,14 @@ impl PlannerLink {
 
     /// Reports the host's load once.
     pub async fn heartbeat(&self, report: HostReport) -> Result<(), ControlError> {
-        let request = wire::HeartbeatRequest {
-            host: self.host.0,
-            report: Some(convert::report_to_wire(&report)),
+        let request = Request::Heartbeat {
+            host: self.host,
+            report,
         };
-        self.planner
-            .call(|mut c| async move { c.heartbeat(request).await })
-            .await
-            .map(drop)
+        match self.planner.call(&request).await? {
+            Reply::Reported => Ok(()),
+            other => Err(self.planner.unexpected(&other)),
+        }
     }
 
     /// Reports `report()` every heartbeat interval for as long as the host is a

@@ -1,21 +1,22 @@
-//! The control plane between the planner and its workers, over gRPC
-//! (`nimbus.control.v1` in the wire crate).
+//! The control plane between the planner and its workers, as calls over the
+//! mesh (`nimbus-mesh`; their shapes are `nimbus_wire::control`), the one RPC
+//! layer between nodes.
 //!
 //! Owns: the planner's server around the pure [`nimbus_planner::Registry`] (joins,
 //! heartbeats, dropping workers silent for longer than the timeout, the host list
 //! behind `nimbus hosts`), its durable [`Store`], and the clients: [`Planner`] for
 //! placements and the host list, [`PlannerLink`] for a worker's membership.
 //!
-//! Every call has a deadline and is cancel-safe (each is its own HTTP/2 stream:
-//! dropping it resets that stream and nothing else), connections carry HTTP/2
-//! keepalives, and a planner refuses a caller of another wire version with a
-//! message saying so.
+//! Every call has a deadline ([`CALL_DEADLINE`]) and is cancel-safe (the mesh
+//! writes each request whole from a task of its own; a dropped call only stops
+//! waiting), connections are TLS with both ends certified by the cluster's CA and
+//! carry the mesh's keepalive, and a node of another release is refused in the
+//! handshake with a message saying so.
 //!
 //! Must not: run processes, or decide placement itself (that is the planner
 //! crate's policy).
 
 mod client;
-mod convert;
 mod server;
 mod store;
 
@@ -27,15 +28,6 @@ use std::time::Duration;
 
 /// How long a call to the planner may take, connecting included.
 pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
-
-/// How long a connection to the planner may take to open.
-pub const CONNECT_DEADLINE: Duration = Duration::from_secs(2);
-
-/// How often an idle connection is probed, either way.
-pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How long a probe may go unanswered before its connection is closed.
-pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A control-plane call failed.
 #[derive(Debug, thiserror::Error)]
@@ -89,62 +81,27 @@ pub enum ControlError {
 }
 
 impl ControlError {
-    fn from_status(addr: &str, status: tonic::Status) -> ControlError {
-        use tonic::Code;
+    fn from_mesh(addr: &str, error: nimbus_mesh::MeshError) -> ControlError {
+        use nimbus_mesh::MeshError;
         let addr = addr.to_owned();
-        if let Some(reason) = nimbus_wire::version_mismatch(&status) {
-            return ControlError::Protocol { addr, reason };
-        }
-        if failed_handshake(&status) {
-            let message = unreachable_message(&status);
-            return ControlError::Untrusted { addr, message };
-        }
-        let message = status.message().to_owned();
-        match status.code() {
-            Code::ResourceExhausted => ControlError::Refused { addr, message },
-            Code::NotFound => ControlError::UnknownHost { addr, message },
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
+        match error {
+            MeshError::Untrusted { source, .. } => ControlError::Untrusted {
+                addr,
+                message: source.to_string(),
+            },
+            error @ MeshError::AnotherVersion { .. } => ControlError::Protocol {
+                addr,
+                reason: error.to_string(),
+            },
+            MeshError::Malformed(reason) => ControlError::Protocol { addr, reason },
+            error @ (MeshError::Connect { .. } | MeshError::Lost { .. }) => {
                 ControlError::Unreachable {
                     addr,
-                    message: unreachable_message(&status),
+                    message: error.to_string(),
                 }
             }
-            _ => ControlError::Protocol {
-                addr,
-                reason: format!("{:?}: {message}", status.code()),
-            },
         }
     }
-}
-
-/// Whether the call failed for TLS: a certificate refused by either side.
-fn failed_handshake(status: &tonic::Status) -> bool {
-    use std::error::Error;
-    let mut cause = status.source();
-    while let Some(error) = cause {
-        // An I/O error's source is its inner error's source: look at the inner one.
-        let inner = error
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref());
-        if error.is::<rustls::Error>() || inner.is_some_and(|inner| inner.is::<rustls::Error>()) {
-            return true;
-        }
-        cause = error.source();
-    }
-    false
-}
-
-/// What a transport failure says, with its cause (tonic's own message is only
-/// "transport error").
-fn unreachable_message(status: &tonic::Status) -> String {
-    use std::error::Error;
-    let mut message = status.message().to_owned();
-    let mut cause = status.source();
-    while let Some(error) = cause {
-        message = format!("{message}: {error}");
-        cause = error.source();
-    }
-    message
 }
 
 #[cfg(test)]

@@ -1,19 +1,16 @@
-//! The planner's gRPC server: the registry behind the `Planner` service, kept in
-//! its store across restarts.
+//! The planner's server: the registry behind the control plane's mesh calls, kept
+//! in its store across restarts.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nimbus_core::HostId;
+use nimbus_mesh::{Frame, Handler, HandlerFuture, Replier};
 use nimbus_planner::Registry;
 use nimbus_trust::Tls;
-use nimbus_wire::control::v1 as wire;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::server::TlsStream;
-use tonic::{Request, Response, Status};
+use nimbus_wire::control::{Reply, Request};
+use tokio::net::TcpListener;
 
 use crate::store::Store;
-use crate::{CALL_DEADLINE, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, convert};
 
 /// How the planner paces its workers.
 #[derive(Clone, Debug)]
@@ -31,10 +28,10 @@ pub struct PlannerConfig {
     pub budgets: Vec<(String, usize)>,
 }
 
-/// Serves the planner on `listener` until the task is dropped. The registry starts
-/// from what `store` holds: hosts that joined before a restart are listed, and
-/// placed on again once they report. Accepting never ends the server: a failed
-/// accept (out of descriptors, say) is logged and retried after a pause.
+/// Serves the planner on `listener` until the task is dropped; fails only if the
+/// store cannot be read. The registry starts from what `store` holds: hosts that
+/// joined before a restart are listed, and placed on again once they report.
+/// Accepting never ends the server (see [`nimbus_mesh::serve`]).
 pub async fn serve_planner(
     listener: TcpListener,
     tls: Arc<Tls>,
@@ -74,19 +71,17 @@ pub async fn serve_planner(
         heartbeat: config.heartbeat,
         state: config.state,
     };
-    let served = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .timeout(CALL_DEADLINE)
-        .add_service(wire::planner_server::PlannerServer::with_interceptor(
-            service,
-            nimbus_wire::require_version,
-        ))
-        .serve_with_incoming(accepting(listener, tls))
-        .await
-        .map_err(std::io::Error::other);
-    expiry.abort();
-    served
+    let _expiry = AbortOnDrop(expiry);
+    match nimbus_mesh::serve(listener, tls, Arc::new(service)).await {}
+}
+
+/// Aborts its task when dropped: the expiry of a planner whose server was dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Drops the hosts silent for longer than `timeout`, every quarter of it, from
@@ -110,67 +105,6 @@ async fn expire(registry: Arc<Mutex<Registry>>, store: Arc<Store>, timeout: Dura
     }
 }
 
-/// The connections `listener` accepts from nodes of this cluster (TLS, the peer's
-/// certificate signed by the cluster's CA; any other is dropped after its failed
-/// handshake, before a request is read), as a stream that never fails: an error
-/// (EMFILE, ECONNABORTED…) is logged and accepting goes on after a pause that grows
-/// while the errors last.
-fn accepting(
-    listener: TcpListener,
-    tls: Arc<Tls>,
-) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-    const FIRST_PAUSE: Duration = Duration::from_millis(10);
-    const LONGEST_PAUSE: Duration = Duration::from_secs(1);
-    let (accepted, incoming) = tokio::sync::mpsc::channel(64);
-    let unproven = Arc::new(tokio::sync::Semaphore::new(
-        nimbus_trust::MAX_UNPROVEN_CONNECTIONS,
-    ));
-    tokio::spawn(async move {
-        let mut pause = FIRST_PAUSE;
-        loop {
-            let outcome = tokio::select! {
-                outcome = listener.accept() => outcome,
-                // The server is gone: so is the listener.
-                () = accepted.closed() => return,
-            };
-            match outcome {
-                Ok((stream, peer)) => {
-                    pause = FIRST_PAUSE;
-                    let _ = stream.set_nodelay(true);
-                    // Handshakes under way are bounded, so idle sockets cannot use
-                    // up the descriptors.
-                    let Ok(proving) = unproven.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "planner: too many connections in their handshake: dropped");
-                        continue;
-                    };
-                    // Each handshake on a task of its own (bounded by its deadline),
-                    // so a peer that stalls in it holds up no other.
-                    let (tls, accepted) = (tls.clone(), accepted.clone());
-                    tokio::spawn(async move {
-                        let handshake = tls.accept(stream, "h2").await;
-                        drop(proving);
-                        match handshake {
-                            Ok(stream) => {
-                                let _ = accepted.send(Ok(stream)).await;
-                            }
-                            Err(error) => tracing::info!(
-                                %peer, %error,
-                                "planner: refused a connection that is not from a node of this cluster"
-                            ),
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!("planner: accepting a connection: {e}; retrying in {pause:?}");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(LONGEST_PAUSE);
-                }
-            }
-        }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(incoming)
-}
-
 struct PlannerService {
     registry: Arc<Mutex<Registry>>,
     store: Arc<Store>,
@@ -178,86 +112,78 @@ struct PlannerService {
     state: Option<String>,
 }
 
-#[tonic::async_trait]
-impl wire::planner_server::Planner for PlannerService {
-    async fn join(
-        &self,
-        request: Request<wire::JoinRequest>,
-    ) -> Result<Response<wire::JoinReply>, Status> {
-        let info = request
-            .into_inner()
-            .info
-            .map(convert::info_from_wire)
-            .ok_or_else(|| Status::invalid_argument("a join without the host's info"))?;
-        let (host, next_host) = {
+impl Handler for PlannerService {
+    fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
+        Box::pin(async move {
+            let reply = match request.head::<Request>() {
+                Ok(request) => self.answer(request).await,
+                Err(error) => Reply::Invalid(format!("not a call to the planner: {error}")),
+            };
+            replier.finish(Frame::new(&reply, Vec::new())).await;
+        })
+    }
+}
+
+impl PlannerService {
+    async fn answer(&self, request: Request) -> Reply {
+        match request {
+            Request::Join { info } => self.join(info).await,
+            Request::Heartbeat { host, report } => {
+                match self
+                    .registry
+                    .lock()
+                    .unwrap()
+                    .heartbeat(host, report, Instant::now())
+                {
+                    Ok(rejoined) => {
+                        if rejoined {
+                            tracing::info!(%host, "planner: host rejoined");
+                        }
+                        Reply::Reported
+                    }
+                    Err(unknown) => Reply::UnknownHost(unknown.to_string()),
+                }
+            }
+            Request::Place { near, app } => {
+                let placed =
+                    self.registry
+                        .lock()
+                        .unwrap()
+                        .place(near, app.as_deref(), Instant::now());
+                match placed {
+                    Ok((host, address)) => Reply::Placed { host, address },
+                    Err(full) => Reply::Refused(full.to_string()),
+                }
+            }
+            Request::Hosts => Reply::Hosts(self.registry.lock().unwrap().hosts(Instant::now())),
+        }
+    }
+
+    async fn join(&self, info: nimbus_planner::HostInfo) -> Reply {
+        let registered = {
             let mut registry = self.registry.lock().unwrap();
-            let host = registry
+            registry
                 .register(info.clone(), Instant::now())
-                .map_err(|full| Status::resource_exhausted(full.to_string()))?;
-            (host, registry.next_id())
+                .map(|host| (host, registry.next_id()))
+        };
+        let (host, next_host) = match registered {
+            Ok(registered) => registered,
+            Err(full) => return Reply::Refused(full.to_string()),
         };
         // Recorded before the host hears its id, so a restart never hands it out
         // again. A host whose join is not recorded never reports and expires.
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.add_host(host, &info, next_host))
+        let recorded = tokio::task::spawn_blocking(move || store.add_host(host, &info, next_host))
             .await
-            .expect("the store does not panic")
-            .map_err(|e| Status::unavailable(format!("cannot record the join: {e}")))?;
-        tracing::info!(%host, "planner: host joined");
-        Ok(Response::new(wire::JoinReply {
-            host: host.0,
-            heartbeat_ms: self.heartbeat.as_millis() as u64,
-            state: self.state.clone().unwrap_or_default(),
-        }))
-    }
-
-    async fn heartbeat(
-        &self,
-        request: Request<wire::HeartbeatRequest>,
-    ) -> Result<Response<wire::HeartbeatReply>, Status> {
-        let request = request.into_inner();
-        let report = convert::report_from_wire(request.report.unwrap_or_default());
-        let host = HostId(request.host);
-        let rejoined = self
-            .registry
-            .lock()
-            .unwrap()
-            .heartbeat(host, report, Instant::now())
-            .map_err(|unknown| Status::not_found(unknown.to_string()))?;
-        if rejoined {
-            tracing::info!(%host, "planner: host rejoined");
+            .expect("the store does not panic");
+        if let Err(e) = recorded {
+            return Reply::Unavailable(format!("cannot record the join: {e}"));
         }
-        Ok(Response::new(wire::HeartbeatReply {}))
-    }
-
-    async fn place(
-        &self,
-        request: Request<wire::PlaceRequest>,
-    ) -> Result<Response<wire::PlaceReply>, Status> {
-        let request = request.into_inner();
-        let (host, address) = self
-            .registry
-            .lock()
-            .unwrap()
-            .place(
-                request.near.map(HostId),
-                request.app.as_deref(),
-                Instant::now(),
-            )
-            .map_err(|full| Status::resource_exhausted(full.to_string()))?;
-        Ok(Response::new(wire::PlaceReply {
-            host: host.0,
-            address,
-        }))
-    }
-
-    async fn hosts(
-        &self,
-        _: Request<wire::HostsRequest>,
-    ) -> Result<Response<wire::HostsReply>, Status> {
-        let hosts = self.registry.lock().unwrap().hosts(Instant::now());
-        Ok(Response::new(wire::HostsReply {
-            hosts: hosts.iter().map(convert::status_to_wire).collect(),
-        }))
+        tracing::info!(%host, "planner: host joined");
+        Reply::Joined {
+            host,
+            heartbeat_ms: self.heartbeat.as_millis() as u64,
+            state: self.state.clone(),
+        }
     }
 }

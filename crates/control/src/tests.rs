@@ -204,30 +204,18 @@ async fn cancelled_calls_leave_every_later_call_its_own_answer() {
 }
 
 #[tokio::test]
-async fn a_caller_of_another_version_is_refused_with_a_message_saying_so() {
-    use nimbus_wire::control::v1 as wire;
+async fn a_node_of_another_release_is_refused_in_the_handshake_with_a_message_saying_so() {
     let dir = tempfile::tempdir().unwrap();
     let served = planner(dir.path(), Duration::from_secs(60)).await;
-    let channel = crate::client::endpoint(&served.addr, &tls())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let newer = |mut request: tonic::Request<()>| {
-        request.metadata_mut().insert(
-            nimbus_wire::VERSION_HEADER,
-            (nimbus_wire::VERSION + 1).into(),
-        );
-        Ok(request)
-    };
-    let mut client = wire::planner_client::PlannerClient::with_interceptor(channel, newer);
-    let refused = client.hosts(wire::HostsRequest {}).await.unwrap_err();
-    let error = ControlError::from_status(&served.addr, refused);
+    let tcp = tokio::net::TcpStream::connect(&served.addr).await.unwrap();
+    let refused = tls().connect(tcp, "nimbus-mesh/1").await.err().unwrap();
+    assert!(nimbus_trust::is_another_protocol(&refused), "{refused}");
     assert!(
-        matches!(&error, ControlError::Protocol { reason, .. }
-            if reason.contains("wire version 1") && reason.contains("caller version 2")),
-        "{error}"
+        refused.to_string().contains("another nimbus release"),
+        "{refused}"
     );
+    // Nothing joined, and nodes of this release are served as before.
+    assert!(hosts(&served.addr, &tls()).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -77,6 +77,34 @@ fn shutter(connection: &Connection) -> Option<OwnedFd> {
     connection.get_ref().0.as_fd().try_clone_to_owned().ok()
 }
 
+/// Why a connection ended, when the peer refused our certificate: in TLS 1.3 the
+/// server checks it after the client has finished its handshake, so the refusal
+/// comes as the first thing read. Calls on such a link fail as
+/// [`MeshError::Untrusted`], not [`MeshError::Lost`].
+type Refusal = Arc<std::sync::OnceLock<String>>;
+
+/// The error of a call on the link to `addr` that ended, `refused` or lost.
+fn ended(addr: &str, refused: &Refusal) -> MeshError {
+    let addr = addr.to_owned();
+    match refused.get() {
+        Some(why) => MeshError::Untrusted {
+            addr,
+            source: std::io::Error::other(why.clone()),
+        },
+        None => MeshError::Lost { addr },
+    }
+}
+
+/// Whether a read failed because the peer refused us with a TLS alert.
+fn refused_by_peer(error: &std::io::Error) -> bool {
+    error.get_ref().is_some_and(|inner| {
+        matches!(
+            inner.downcast_ref::<tokio_rustls::rustls::Error>(),
+            Some(tokio_rustls::rustls::Error::AlertReceived(_))
+        )
+    })
+}
+
 /// Calls waiting for replies, by id. `None` once the connection is gone.
 type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::UnboundedSender<Envelope>>>>>;
 
@@ -85,6 +113,7 @@ pub struct Link {
     addr: String,
     write: Writer,
     pending: Pending,
+    refused: Refusal,
     next_id: AtomicU64,
     /// Closed when the connection ends.
     open: watch::Receiver<()>,
@@ -98,6 +127,8 @@ impl Link {
         let (read, write) = tokio::io::split(stream);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let replies = pending.clone();
+        let refused = Refusal::default();
+        let refusal = refused.clone();
         let (connected, open) = watch::channel(());
         let write = Arc::new(tokio::sync::Mutex::new(write));
         tokio::spawn(probe(Arc::downgrade(&write), open.clone()));
@@ -110,6 +141,10 @@ impl Link {
                 let envelope =
                     match tokio::time::timeout(KEEPALIVE_TIMEOUT, frame::read(&mut read)).await {
                         Ok(Ok(Some(envelope))) => envelope,
+                        Ok(Err(error)) if refused_by_peer(&error) => {
+                            let _ = refusal.set(error.to_string());
+                            break;
+                        }
                         Ok(_) => break,
                         Err(_) => {
                             silent = true;
@@ -140,6 +175,7 @@ impl Link {
             addr: addr.to_owned(),
             write,
             pending,
+            refused,
             next_id: AtomicU64::new(1),
             open,
         }))
@@ -197,6 +233,7 @@ impl Link {
             receiver,
             done: false,
             pending: self.pending.clone(),
+            refused: self.refused.clone(),
             id,
         })
     }
@@ -207,9 +244,7 @@ impl Link {
     }
 
     fn lost(&self) -> MeshError {
-        MeshError::Lost {
-            addr: self.addr.clone(),
-        }
+        ended(&self.addr, &self.refused)
     }
 }
 
@@ -290,6 +325,7 @@ pub struct Replies {
     receiver: mpsc::UnboundedReceiver<Envelope>,
     done: bool,
     pending: Pending,
+    refused: Refusal,
     id: u64,
 }
 
@@ -314,9 +350,7 @@ impl Replies {
             return Ok(envelope.frame);
         }
         self.done = true;
-        Err(MeshError::Lost {
-            addr: self.addr.clone(),
-        })
+        Err(ended(&self.addr, &self.refused))
     }
 }
 
@@ -804,12 +838,16 @@ mod tests {
 
         // A client of another cluster fares no better.
         let theirs = nimbus_trust::Tls::ephemeral().unwrap();
-        assert!(matches!(
-            Link::connect(&theirs, &addr)
-                .await
-                .map(|link| link.is_open()),
-            Err(MeshError::Untrusted { .. }) | Ok(false)
-        ));
+        // TLS 1.3: the server refuses the client's certificate after the client
+        // finished its handshake, so the refusal comes with the first call.
+        let refused = match Link::connect(&theirs, &addr).await {
+            Ok(link) => link.call_one(Frame::new(&"wait", vec![])).await.err(),
+            Err(error) => Some(error),
+        };
+        assert!(
+            matches!(refused, Some(MeshError::Untrusted { .. })),
+            "{refused:?}"
+        );
         assert!(handled_seen.try_recv().is_err(), "a request was handled");
 
         // A node of this cluster speaking another mesh version is refused in the

@@ -240,7 +240,6 @@ pub struct Pem {
 /// connection for one application protocol (ALPN), so that a peer speaking another
 /// version is refused in the handshake, before a byte of it is read.
 pub struct Tls {
-    pem: Pem,
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
 }
@@ -327,15 +326,9 @@ impl Tls {
             .with_single_cert(chain, key)
             .map_err(rejected)?;
         Ok(Arc::new(Tls {
-            pem,
             client: Arc::new(client),
             server: Arc::new(server),
         }))
-    }
-
-    /// The credentials, for a TLS stack configured from PEM (tonic's client).
-    pub fn pem(&self) -> &Pem {
-        &self.pem
     }
 
     /// Opens TLS over `tcp` to a node of this cluster, for `protocol` (its ALPN
