@@ -1,11 +1,11 @@
 //! Placement round trips to a real planner (`nimbus planner`, its own OS process,
-//! gRPC on loopback) beside a bare TCP round trip of the same machine, and how many
-//! placements per second four concurrent clients get.
+//! mesh calls over TLS on loopback) beside a bare TCP round trip of the same
+//! machine, and how many placements per second four concurrent clients get.
 //!
 //! Measured:
-//! - nimbus: `Planner::place` (a unary gRPC call with its deadline and version
-//!   header) on one client, one call at a time, against a planner with three hosts
-//!   joined (each heartbeating every 100 ms, as workers do);
+//! - nimbus: `Planner::place` (a mesh call with its deadline) on one client, one
+//!   call at a time, against a planner with three hosts joined (each heartbeating
+//!   every 100 ms, as workers do);
 //! - baseline: a 64-byte request and a 64-byte answer over a plain TCP connection
 //!   on loopback to an echo thread, one at a time: what the loopback and two thread
 //!   wake-ups cost with no protocol at all;
@@ -60,7 +60,7 @@ fn main() {
         .block_on(round_trips(&addr, iterations));
     let baseline = tcp_round_trips(iterations);
     nimbus_bench::report(
-        "placement round trip to the planner (gRPC, loopback)",
+        "placement round trip to the planner (mesh over TLS, loopback)",
         &nimbus,
         "bare TCP 64 B round trip",
         &baseline,
