@@ -15,7 +15,7 @@ use std::time::Duration;
 use nimbus_control::{ControlError, Planner};
 use nimbus_core::{ExitStatus, Failure, HostId, Pid};
 use nimbus_mesh::{Frame, Link, Links, MeshError, Replies, Ticket};
-use nimbus_runtime::{AbiError, BoxFuture, ModuleBytes, Output, OutputSink};
+use nimbus_runtime::{AbiError, BoxFuture, ModuleBytes, Output, OutputSink, WeakModule};
 use nimbus_trust::Tls;
 use nimbus_wire::peer::{Home, LineageWire, ProcessInfo, Reply, Request};
 use std::net::TcpStream;
@@ -80,8 +80,9 @@ pub(crate) struct Mesh {
     /// Host addresses, learnt from placements and the planner's host list.
     hosts: Mutex<HashMap<HostId, String>>,
     /// Modules this node can hand to others, by hash: those of processes it
-    /// started or spawned. Kept for the node's life (modules are few and shared).
-    modules: Mutex<HashMap<String, ModuleBytes>>,
+    /// started or spawned, for as long as something here holds them (a process's
+    /// table entry, a lineage, a run), which is as long as a peer may ask.
+    modules: Mutex<HashMap<String, WeakModule>>,
     /// The lineages of trees homed elsewhere with processes here.
     guests: Mutex<HashMap<Home, Weak<Lineage>>>,
 }
@@ -227,15 +228,16 @@ impl Mesh {
 
     /// Makes `module` available to nodes that fetch it from here.
     pub(crate) fn offer(&self, module: &ModuleBytes) {
-        self.modules
-            .lock()
-            .unwrap()
+        let mut modules = self.modules.lock().unwrap();
+        // Forgetting what nothing holds any more keeps the map to the modules in use.
+        modules.retain(|_, offered| offered.is_held());
+        modules
             .entry(module.hash().to_string())
-            .or_insert_with(|| module.clone());
+            .or_insert_with(|| module.downgrade());
     }
 
     pub(crate) fn offered(&self, hash: &str) -> Option<ModuleBytes> {
-        self.modules.lock().unwrap().get(hash).cloned()
+        self.modules.lock().unwrap().get(hash)?.upgrade()
     }
 
     /// The module with `hash`: offered here, or fetched from `from` and checked.
@@ -544,5 +546,32 @@ impl tokio::io::AsyncRead for RemoteStdin {
                 _ => this.ended = true,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_is_offered_while_something_holds_it_and_forgotten_after() {
+        let mesh = Mesh::new(&MeshConfig {
+            address: "127.0.0.1:1".into(),
+            planner: "127.0.0.1:2".into(),
+            allowed_dirs: Vec::new(),
+            tls: nimbus_trust::Tls::ephemeral().unwrap(),
+        })
+        .unwrap();
+        let held = ModuleBytes::new(b"\0asm held".to_vec());
+        let hash = held.hash().to_string();
+        mesh.offer(&held);
+        assert_eq!(mesh.offered(&hash).unwrap().bytes(), held.bytes());
+        drop(held);
+        assert!(mesh.offered(&hash).is_none());
+        // Many modules offered and let go leave nothing behind.
+        for n in 0..1_000u32 {
+            mesh.offer(&ModuleBytes::new(n.to_le_bytes().to_vec()));
+        }
+        assert!(mesh.modules.lock().unwrap().len() <= 1);
     }
 }

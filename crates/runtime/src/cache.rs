@@ -79,6 +79,36 @@ impl ModuleBytes {
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
+
+    /// The module, held weakly: for keeping track of it without keeping it.
+    pub fn downgrade(&self) -> WeakModule {
+        WeakModule {
+            hash: self.hash,
+            bytes: Arc::downgrade(&self.bytes),
+        }
+    }
+}
+
+/// A module held weakly: its bytes live as long as some [`ModuleBytes`] of them.
+#[derive(Clone, Debug)]
+pub struct WeakModule {
+    hash: ModuleHash,
+    bytes: std::sync::Weak<[u8]>,
+}
+
+impl WeakModule {
+    /// The module, if something still holds it.
+    pub fn upgrade(&self) -> Option<ModuleBytes> {
+        Some(ModuleBytes {
+            hash: self.hash,
+            bytes: self.bytes.upgrade()?,
+        })
+    }
+
+    /// Whether something still holds it.
+    pub fn is_held(&self) -> bool {
+        self.bytes.strong_count() > 0
+    }
 }
 
 /// Why a module cannot be run.

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nimbus_core::Pid;
-use nimbus_mesh::{Frame, Link, Links, MAX_BODY};
+use nimbus_mesh::{Frame, Links, MAX_BODY};
 use nimbus_planner::HostStatus;
 use nimbus_runtime::{BoxFuture, ModuleBytes};
 use nimbus_trust::Tls;
@@ -98,13 +98,12 @@ impl PlacedServices {
     }
 
     /// Sends `request` with `body` to `worker` and returns its reply; `None` if the
-    /// worker cannot be reached or the connection breaks first. The call runs on a
-    /// task of its own, so that a caller that gives up (a client gone) never leaves
-    /// half a frame on the link other requests share.
+    /// worker cannot be reached or the connection breaks first. A caller that gives
+    /// up (a client gone) may drop it: the mesh writes each request whole.
     async fn call(&self, worker: &str, request: &AppRequest, body: Vec<u8>) -> Option<Frame> {
         let link = self.links.get(worker).await.ok()?;
         let request = Request::App(request.clone());
-        call_through(link, Frame::new(&request, body)).await
+        link.call_one(Frame::new(&request, body)).await.ok()
     }
 
     /// Asks `worker` to answer `request`, within [`ASK_WAIT`]; `None` if it cannot
@@ -268,15 +267,6 @@ impl PlacedServices {
     }
 }
 
-/// Calls with `frame` through `link` on a task of its own (see
-/// [`PlacedServices::call`]); `None` if the connection breaks first.
-async fn call_through(link: Arc<Link>, frame: Frame) -> Option<Frame> {
-    tokio::spawn(async move { link.call_one(frame).await })
-        .await
-        .ok()?
-        .ok()
-}
-
 impl ServiceFront for PlacedServices {
     fn deploy(
         self: Arc<Self>,
@@ -345,7 +335,7 @@ impl ServiceFront for PlacedServices {
                     continue;
                 };
                 let sent = Frame::new(&request, body.take().unwrap_or_default());
-                let Some(reply) = call_through(link, sent).await else {
+                let Ok(reply) = link.call_one(sent).await else {
                     self.lost(app, &worker);
                     return Err(ServiceError::Unavailable(format!(
                         "lost the worker at {worker} running `{app}` during the request; \
