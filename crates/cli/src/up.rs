@@ -216,6 +216,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             cluster,
             planner: access,
             tokens,
+            uploads: data_dir.join("gateway").join("uploads"),
         });
         nimbus_gateway::serve(listener, gateway, stop, SHUTDOWN_GRACE)
             .await
