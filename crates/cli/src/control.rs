@@ -243,7 +243,9 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             link.state_address()
                 .map(|address| format!("nimbus://{address}"))
         });
-        let global = nimbus_state::open(url.as_deref(), Some(tls.clone()))
+        // Only for a tier of its own, were its planner to serve none.
+        let capacity = nimbus_state::DEFAULT_GLOBAL_CAPACITY;
+        let global = nimbus_state::open(url.as_deref(), capacity, Some(tls.clone()))
             .await
             .map_err(|e| internal(&format!("state: {e}")))?;
         config.global_state = GlobalState(global);

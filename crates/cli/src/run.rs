@@ -152,7 +152,8 @@ pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
         .build()
         .map_err(|e| Failure::new(exit_code::INTERNAL, format!("cannot start: {e}")))?;
     let status = tokio.block_on(async {
-        let global = nimbus_state::open(args.state.as_deref(), None)
+        let capacity = nimbus_state::DEFAULT_GLOBAL_CAPACITY;
+        let global = nimbus_state::open(args.state.as_deref(), capacity, None)
             .await
             .map_err(|e| Failure::new(exit_code::INTERNAL, format!("state: {e}")))?;
         config.global_state = GlobalState(global);

@@ -110,8 +110,9 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         if args.workers.is_some() || args.planner.is_some() {
             config.first_host = nimbus_core::HostId::BESIDE_CLUSTER;
         }
+        let capacity = nimbus_state::DEFAULT_GLOBAL_CAPACITY;
         config.global_state = GlobalState(
-            nimbus_state::open(args.state.as_deref(), tls.clone())
+            nimbus_state::open(args.state.as_deref(), capacity, tls.clone())
                 .await
                 .map_err(|e| internal("state", &e))?,
         );

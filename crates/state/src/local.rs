@@ -263,6 +263,7 @@ impl LocalTier {
             })
             .map(drop)
             .map_err(|used| StateError::LocalFull {
+                global: false,
                 app: self.app.clone(),
                 used,
                 wanted: more,
