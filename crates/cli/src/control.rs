@@ -40,6 +40,9 @@ pub(crate) struct PlannerArgs {
     /// Created there (a new cluster CA) if it holds no credentials yet.
     #[command(flatten)]
     cluster: ClusterDir,
+    /// Of the global state tier the planner serves its workers.
+    #[command(flatten)]
+    state_capacity: crate::StateCapacity,
 }
 
 fn parse_budget(text: &str) -> Result<(String, usize), String> {
@@ -188,7 +191,9 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         tokio::spawn(nimbus_state::serve(
             state,
             tls.clone(),
-            std::sync::Arc::new(nimbus_state::Embedded::new()),
+            std::sync::Arc::new(nimbus_state::Embedded::with_capacity(
+                args.state_capacity.bytes,
+            )),
         ));
         let config = nimbus_control::PlannerConfig {
             heartbeat: args.heartbeat,
