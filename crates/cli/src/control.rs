@@ -41,6 +41,9 @@ pub(crate) struct PlannerArgs {
     /// Created there (a new cluster CA) if it holds no credentials yet.
     #[command(flatten)]
     cluster: ClusterDir,
+    /// Of the global state tier the planner serves its workers.
+    #[command(flatten)]
+    state_capacity: crate::StateCapacity,
 }
 
 fn parse_budget(text: &str) -> Result<(String, usize), String> {
@@ -189,7 +192,9 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         tokio::spawn(nimbus_state::serve(
             state,
             tls.clone(),
-            std::sync::Arc::new(nimbus_state::Embedded::new()),
+            std::sync::Arc::new(nimbus_state::Embedded::with_capacity(
+                args.state_capacity.bytes,
+            )),
         ));
         let config = nimbus_control::PlannerConfig {
             heartbeat: args.heartbeat,
@@ -244,7 +249,9 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             link.state_address()
                 .map(|address| format!("nimbus://{address}"))
         });
-        let global = nimbus_state::open(url.as_deref(), Some(tls.clone()))
+        // Only for a tier of its own, were its planner to serve none.
+        let capacity = nimbus_state::DEFAULT_GLOBAL_CAPACITY;
+        let global = nimbus_state::open(url.as_deref(), capacity, Some(tls.clone()))
             .await
             .map_err(|e| internal(&format!("state: {e}")))?;
         config.global_state = GlobalState(global);

@@ -84,6 +84,16 @@ pub(crate) fn announce(line: std::fmt::Arguments<'_>) {
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
 
+/// The `--state-capacity` of the commands that hold an embedded global state tier.
+#[derive(clap::Args, Clone, Copy)]
+pub(crate) struct StateCapacity {
+    /// The most the embedded global state tier holds, values and key names of
+    /// every app together (e.g. `512MiB`); a write past it is refused (`ERR_QUOTA`
+    /// to a guest). Not used with `--state redis://…`.
+    #[arg(long = "state-capacity", value_name = "SIZE", default_value = "1GiB", value_parser = nimbus_core::parse_size)]
+    pub(crate) bytes: u64,
+}
+
 /// The default data directory: `$NIMBUS_DATA_DIR`, else the XDG data directory.
 pub(crate) fn default_data_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("NIMBUS_DATA_DIR") {

@@ -39,6 +39,8 @@ pub(crate) struct RunArgs {
     /// The global state tier, `redis://HOST:PORT[/DB]` (default: embedded in nimbus).
     #[arg(long, value_name = "URL")]
     state: Option<String>,
+    #[command(flatten)]
+    state_capacity: crate::StateCapacity,
     /// Run N copies as the ranks of one world (MPI's `MPI_COMM_WORLD`), spread over
     /// the hosts; the exit status is the first failing rank's.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=4096))]
@@ -152,7 +154,7 @@ pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
         .build()
         .map_err(|e| Failure::new(exit_code::INTERNAL, format!("cannot start: {e}")))?;
     let status = tokio.block_on(async {
-        let global = nimbus_state::open(args.state.as_deref(), None)
+        let global = nimbus_state::open(args.state.as_deref(), args.state_capacity.bytes, None)
             .await
             .map_err(|e| Failure::new(exit_code::INTERNAL, format!("state: {e}")))?;
         config.global_state = GlobalState(global);
@@ -291,5 +293,19 @@ mod tests {
         let same = parse_dir(&host).ok().unwrap();
         assert_eq!(same.guest, host);
         assert!(parse_dir("/no/such/dir::/data").is_err());
+    }
+
+    #[test]
+    fn the_state_capacity_flag_defaults_to_the_tiers_own_default() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Flags {
+            #[command(flatten)]
+            capacity: crate::StateCapacity,
+        }
+        let flags = Flags::parse_from(["nimbus"]);
+        assert_eq!(flags.capacity.bytes, nimbus_state::DEFAULT_GLOBAL_CAPACITY);
+        let flags = Flags::parse_from(["nimbus", "--state-capacity", "64MiB"]);
+        assert_eq!(flags.capacity.bytes, 64 << 20);
     }
 }

@@ -39,6 +39,9 @@ pub(crate) struct UpArgs {
     /// The global state tier, `redis://HOST:PORT[/DB]` (default: embedded in nimbus).
     #[arg(long, value_name = "URL")]
     state: Option<String>,
+    /// With `--workers`, that of the tier their planner serves.
+    #[command(flatten)]
+    state_capacity: crate::StateCapacity,
     /// Also start a local cluster: a planner and this many worker processes, for
     /// `nimbus run --planner` (its address is printed); `ps` lists their processes,
     /// and deployed apps run on them.
@@ -112,9 +115,13 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             config.first_host = nimbus_core::HostId::BESIDE_CLUSTER;
         }
         config.global_state = GlobalState(
-            nimbus_state::open(args.state.as_deref(), tls.clone())
-                .await
-                .map_err(|e| internal("state", &e))?,
+            nimbus_state::open(
+                args.state.as_deref(),
+                args.state_capacity.bytes,
+                tls.clone(),
+            )
+            .await
+            .map_err(|e| internal("state", &e))?,
         );
         let cluster =
             Cluster::new(&config).map_err(|e| internal("cannot start the cluster", &e))?;
@@ -140,6 +147,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
                     &data_dir,
                     &cluster_dir,
                     args.state.as_deref(),
+                    args.state_capacity,
                     &args.allowed_dirs,
                 )
                 .await
@@ -217,6 +225,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             cluster,
             planner: access,
             tokens,
+            uploads: data_dir.join("gateway").join("uploads"),
         });
         nimbus_gateway::serve(listener, gateway, stop, SHUTDOWN_GRACE)
             .await
@@ -296,9 +305,11 @@ impl LocalCluster {
         data_dir: &std::path::Path,
         cluster_dir: &std::path::Path,
         state: Option<&str>,
+        state_capacity: crate::StateCapacity,
         allowed_dirs: &[PathBuf],
     ) -> std::io::Result<LocalCluster> {
         let cluster_dir = utf8(cluster_dir)?;
+        let capacity = state_capacity.bytes.to_string();
         let (planner_child, planner) = spawn_announcing(
             &[
                 "planner",
@@ -306,6 +317,8 @@ impl LocalCluster {
                 "127.0.0.1:0",
                 "--cluster-dir",
                 cluster_dir,
+                "--state-capacity",
+                &capacity,
             ],
             data_dir,
             "nimbus: planner listening on ",

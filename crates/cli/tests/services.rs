@@ -174,11 +174,28 @@ impl Node {
 
     /// The server's resident memory in bytes.
     fn rss(&self) -> u64 {
+        self.memory("VmRSS:")
+    }
+
+    /// The server's peak resident memory in bytes, since it started or since
+    /// [`Node::reset_peak`].
+    fn peak(&self) -> u64 {
+        self.memory("VmHWM:")
+    }
+
+    /// Makes the server's peak resident memory its present one.
+    fn reset_peak(&self) {
+        let pid = self.daemon.child.id();
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").unwrap();
+    }
+
+    /// The figure of the server's `/proc/PID/status` line `field`, in bytes.
+    fn memory(&self, field: &str) -> u64 {
         let pid = self.daemon.child.id();
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         let kib: u64 = status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap();
         kib << 10
@@ -415,6 +432,35 @@ fn overload_is_refused_with_429_and_retry_after() {
     node.release("counter", held);
     assert!(queued.wait().unwrap().success());
     assert_eq!(node.ok(&["invoke", "counter", "total"]), "4 1");
+}
+
+#[test]
+fn a_deployed_module_is_held_in_memory_once_while_it_uploads() {
+    const SIZE: usize = 128 << 20;
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(data.path());
+    // A module's header, then bytes no section starts with: refused as invalid
+    // once it is whole, so the peak is the upload's alone.
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    module.resize(SIZE, 0xff);
+    node.reset_peak();
+    let before = node.rss();
+    let error = refused(
+        node.request("PUT", "/v1/apps/big", Some(&node.token), &module),
+        400,
+    );
+    assert!(error.contains("invalid WebAssembly"), "{error}");
+    let grown = node.peak().saturating_sub(before);
+    // Once (its own allocation) and little beside: not a copy at each step.
+    assert!(
+        grown < (SIZE + SIZE / 2) as u64,
+        "a {SIZE}-byte upload raised the server's peak memory by {grown} bytes"
+    );
+    // Nothing is left of it on disk, and the node deploys on.
+    let uploads = data.path().join("gateway/uploads");
+    assert_eq!(std::fs::read_dir(uploads).unwrap().count(), 0);
+    node.deploy("counter-service", "counter", &[]);
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "2"]), "2");
 }
 
 #[test]

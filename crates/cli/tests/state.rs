@@ -97,6 +97,32 @@ fn set_once(value: char) -> Vec<u8> {
 }
 
 #[test]
+fn a_write_past_the_embedded_tiers_capacity_is_err_quota() {
+    // Sets its app's global key `k` to 200 bytes; exits with the negated result.
+    let program = wat::parse_str(
+        r#"(module
+  (import "nimbus" "state_set" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "k")
+  (func (export "_start")
+    (call $exit (i32.sub (i32.const 0)
+      (call $set (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 16) (i32.const 200))))))"#,
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fill.wasm");
+    std::fs::write(&path, program).unwrap();
+    // ERR_QUOTA is -6; a tier of 1 KiB takes the 200 bytes (and the key's name).
+    for (capacity, code) in [("100", 6), ("1KiB", 0)] {
+        let mut command = nimbus(&["run", "--state-capacity", capacity]);
+        command.arg(&path);
+        let (_, stderr, status) = outcome(&run(command));
+        assert_eq!(status, Some(code), "--state-capacity {capacity}: {stderr}");
+    }
+}
+
+#[test]
 fn different_programs_of_one_file_name_do_not_share_a_clusters_state() {
     let cluster = TestCluster::start(2, &[]);
     let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];

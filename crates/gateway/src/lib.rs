@@ -33,9 +33,11 @@
 //! | `DELETE /v1/tokens/{name}` | revoke a token (admin) |
 
 pub mod tokens;
+mod upload;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,7 +53,7 @@ use http_body_util::BodyExt;
 use nimbus_core::{Pid, parse_duration, parse_size};
 use nimbus_dataplane::{Access, Failure as DataFailure, Invoker, Request, Status};
 use nimbus_node::Cluster;
-use nimbus_runtime::{InvokeError, Kernel, ModuleBytes};
+use nimbus_runtime::{InvokeError, Kernel};
 use nimbus_services::{AppConfig, AppInfo, ServiceError, ServiceFront};
 use serde_json::{Value, json};
 use tokens::{Scope, TokenError, TokenStore};
@@ -77,6 +79,9 @@ pub struct Gateway {
     pub planner: Option<ClusterAccess>,
     /// Who may call, and on what.
     pub tokens: Arc<TokenStore>,
+    /// Where deployments' uploads are kept while they arrive (each an unnamed file,
+    /// gone once the upload ends): a directory of the node's data directory.
+    pub uploads: PathBuf,
 }
 
 /// How a gateway reaches the cluster it fronts.
@@ -342,10 +347,16 @@ async fn deploy(
     Query(query): Query<HashMap<String, String>>,
     body: Body,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let body = admit(caller.app(&name), body).await?;
+    let mut body = admit(caller.app(&name), body).await?;
     // The upload is read before anything is refused, so that the client, still
     // sending, gets the answer rather than a broken connection.
-    let module = ModuleBytes::new(read_body(body, MAX_MODULE_SIZE).await?.to_vec());
+    let module = match upload::receive(&mut body, &gateway.uploads, MAX_MODULE_SIZE).await {
+        Ok(module) => module,
+        Err(error) => {
+            discard(body).await;
+            return Err(error.into());
+        }
+    };
     let config = app_config(name, &query)?;
     let info = gateway.services.clone().deploy(config, module).await?;
     Ok((StatusCode::CREATED, Json(app_json(&info))))
@@ -505,6 +516,17 @@ async fn logs(
             format!("no service instance with pid {pid}"),
         )
     })
+}
+
+impl From<upload::UploadError> for ApiError {
+    fn from(error: upload::UploadError) -> ApiError {
+        let status = match &error {
+            upload::UploadError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            upload::UploadError::Body(_) => StatusCode::BAD_REQUEST,
+            upload::UploadError::Disk { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, error.to_string())
+    }
 }
 
 impl From<TokenError> for ApiError {

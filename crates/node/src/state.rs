@@ -176,7 +176,7 @@ fn code_of(error: &StateError) -> AbiError {
             AbiError::Invalid
         }
         StateError::KeyTooLong { .. } | StateError::ValueTooLarge { .. } => AbiError::TooLarge,
-        StateError::LocalFull { .. } => AbiError::Quota,
+        StateError::Full { .. } => AbiError::Quota,
         StateError::LockTimeout { .. } => AbiError::TimedOut,
         StateError::InvalidAppName { .. }
         | StateError::UnsupportedUrl { .. }

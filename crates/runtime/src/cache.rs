@@ -70,6 +70,26 @@ impl ModuleBytes {
         }
     }
 
+    /// Reads a module of `len` bytes from `source` into one allocation of that
+    /// size, hashing it piece by piece as it arrives. Blocking: call it off the
+    /// async threads.
+    pub fn read(source: &mut impl std::io::Read, len: usize) -> std::io::Result<ModuleBytes> {
+        /// How much is read and hashed at a time.
+        const PIECE: usize = 1 << 20;
+        // SAFETY: all-zero bytes are valid `u8`s.
+        let mut bytes: Arc<[u8]> = unsafe { Arc::new_zeroed_slice(len).assume_init() };
+        let mut digest = Sha256::new();
+        let unshared = Arc::get_mut(&mut bytes).expect("a new allocation is not shared");
+        for piece in unshared.chunks_mut(PIECE) {
+            source.read_exact(piece)?;
+            digest.update(&*piece);
+        }
+        Ok(ModuleBytes {
+            hash: ModuleHash(digest.finalize().into()),
+            bytes,
+        })
+    }
+
     /// The module's identity.
     pub fn hash(&self) -> ModuleHash {
         self.hash
@@ -306,6 +326,16 @@ mod tests {
             |config: &wasmtime::Config| ModuleCache::new(&Engine::new(config).unwrap(), root).dir;
         assert_ne!(dir(&speed), dir(&none));
         assert_eq!(dir(&speed), dir(&speed));
+    }
+
+    #[test]
+    fn a_module_read_piece_by_piece_is_hashed_as_a_whole() {
+        let bytes: Vec<u8> = (0..(3 << 20) + 5).map(|i| (i % 251) as u8).collect();
+        let read = ModuleBytes::read(&mut &bytes[..], bytes.len()).unwrap();
+        assert_eq!(read.bytes(), &bytes[..]);
+        assert_eq!(read.hash(), ModuleBytes::new(bytes.clone()).hash());
+        let short = ModuleBytes::read(&mut &bytes[..10], 11).unwrap_err();
+        assert_eq!(short.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

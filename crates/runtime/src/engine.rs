@@ -27,6 +27,10 @@ use nimbus_snapshot::Snapshot;
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// How many ticks a process runs before it yields to the others.
 pub(crate) const SLICE_TICKS: u64 = 10;
+/// Pre-linked programs each engine keeps in memory. Past it the least recently
+/// used one leaves the cache: processes running it keep it alive (each holds its
+/// own [`Program`]), and its next load comes from its artifact on disk.
+pub const MAX_PROGRAMS: usize = 256;
 
 /// How a host's runtime is sized.
 #[derive(Clone, Debug)]
@@ -122,7 +126,7 @@ struct Loader {
     engine: Engine,
     linker: Linker<ProcessCtx>,
     cache: ModuleCache,
-    programs: Mutex<HashMap<ModuleHash, Program>>,
+    programs: Mutex<Recent<ModuleHash, Program>>,
 }
 
 impl Loader {
@@ -134,7 +138,7 @@ impl Loader {
             cache: ModuleCache::new(&engine, modules),
             engine,
             linker,
-            programs: Mutex::default(),
+            programs: Mutex::new(Recent::new(MAX_PROGRAMS)),
         })
     }
 
@@ -173,6 +177,62 @@ impl Loader {
             .unwrap()
             .insert(module.hash(), program.clone());
         Ok(program)
+    }
+}
+
+/// The `capacity` most recently used values by key: inserting one more drops the
+/// least recently used. Linear eviction, which is cheap beside what each insertion
+/// follows (a compilation or a read of an artifact).
+struct Recent<K, V> {
+    capacity: usize,
+    /// Advanced at every use; each entry keeps the tick of its last.
+    clock: u64,
+    entries: HashMap<K, (V, u64)>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Recent<K, V> {
+    fn new(capacity: usize) -> Recent<K, V> {
+        assert!(capacity > 0, "a cache that holds nothing");
+        Recent {
+            capacity,
+            clock: 0,
+            entries: HashMap::new(),
+        }
+    }
+
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// The value of `key`, now the most recently used.
+    fn get(&mut self, key: &K) -> Option<&V> {
+        let now = self.tick();
+        let (value, used) = self.entries.get_mut(key)?;
+        *used = now;
+        Some(value)
+    }
+
+    /// Whether `key` is held, without counting as a use.
+    fn contains(&self, key: &K) -> bool {
+        self.entries.contains_key(key)
+    }
+
+    /// Holds `value` as `key`'s, the most recently used, dropping the least recently
+    /// used entry if that would exceed the capacity.
+    fn insert(&mut self, key: K, value: V) {
+        let now = self.tick();
+        if self.entries.len() >= self.capacity && !self.entries.contains_key(&key) {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(key, _)| key.clone());
+            if let Some(oldest) = oldest {
+                self.entries.remove(&oldest);
+            }
+        }
+        self.entries.insert(key, (value, now));
     }
 }
 
@@ -264,7 +324,7 @@ impl Runtime {
             .programs
             .lock()
             .unwrap()
-            .contains_key(&module.hash())
+            .contains(&module.hash())
     }
 
     /// What the module cache has done so far.
@@ -336,4 +396,33 @@ fn spawn_epoch_ticker(engines: &[&Engine]) -> std::io::Result<()> {
             }
         })
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recent;
+
+    #[test]
+    fn recent_drops_the_least_recently_used_past_its_capacity() {
+        let mut recent = Recent::new(3);
+        for key in 1..=3 {
+            recent.insert(key, key * 10);
+        }
+        // 1 is used again, so 2 is now the least recently used.
+        assert_eq!(recent.get(&1), Some(&10));
+        recent.insert(4, 40);
+        assert!(!recent.contains(&2));
+        assert_eq!(recent.entries.len(), 3);
+        // Replacing a held key drops nothing.
+        recent.insert(4, 41);
+        assert_eq!(recent.entries.len(), 3);
+        assert_eq!(
+            [1, 3, 4].map(|key| recent.get(&key).copied()),
+            [Some(10), Some(30), Some(41)]
+        );
+        // `contains` is not a use: 1 is the oldest again after the gets above.
+        assert!(recent.contains(&1));
+        recent.insert(5, 50);
+        assert!(!recent.contains(&1));
+    }
 }

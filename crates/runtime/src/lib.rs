@@ -29,7 +29,7 @@ mod stream;
 pub use abi::{AbiError, BoxFuture, Isolated, Kernel, Route};
 pub use abi_state::{StateCall, StateReply, Tier};
 pub use cache::{CacheStats, LoadError, ModuleBytes, ModuleHash, WeakModule};
-pub use engine::{Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
+pub use engine::{MAX_PROGRAMS, Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
 pub use log::LogBuffer;
 pub use mailbox::{
     Arrival, MAILBOX_CAPACITY, MAX_CHANNELS, MAX_MESSAGE_SIZE, MESSAGE_OVERHEAD, Mailbox,

@@ -170,6 +170,44 @@ async fn an_artifact_copied_over_another_programs_is_refused() {
     assert_eq!((stats.rejected, stats.compiled, stats.from_disk), (1, 1, 1));
 }
 
+#[tokio::test]
+async fn the_program_cache_is_bounded_and_an_evicted_program_still_runs() {
+    use nimbus_runtime::MAX_PROGRAMS;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let hello = module(HELLO);
+    let held = runtime.load_command(&hello).unwrap();
+    // As many other programs as the cache holds: each a distinct module.
+    for n in 0..MAX_PROGRAMS {
+        let other = format!(
+            r#"(module (memory (export "memory") 1) (global i32 (i32.const {n})) (func (export "_start")))"#
+        );
+        runtime.load_command(&module(&other)).unwrap();
+    }
+    assert!(
+        !runtime.is_command_loaded(&hello),
+        "the cache kept every program"
+    );
+    assert_eq!(runtime.cache_stats().compiled, MAX_PROGRAMS as u64 + 1);
+
+    // A process holding the evicted program runs it as before.
+    let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20);
+    let (spec, _mailbox) = common::spec(Limits::default(), Output::Capture(stdout.clone()));
+    let status = runtime.run(&held, spec, runtime.admit().await).await;
+    assert_eq!(
+        (status, &stdout.contents()[..]),
+        (ExitStatus::Exited(0), &b"hello\n"[..])
+    );
+    // Loading it again reads its artifact, compiling nothing.
+    runtime.load_command(&hello).unwrap();
+    assert!(runtime.is_command_loaded(&hello));
+    let stats = runtime.cache_stats();
+    assert_eq!(
+        (stats.compiled, stats.from_disk),
+        (MAX_PROGRAMS as u64 + 1, 1)
+    );
+}
+
 #[test]
 fn load_errors_are_classified() {
     let dir = tempfile::tempdir().unwrap();

@@ -23,7 +23,8 @@
 //!
 //! Must not: know about processes, hosts' tables or the guest ABI (the worker maps
 //! guest calls onto [`AppState`]), or hold a tier without a bound: values are capped at
-//! [`MAX_VALUE_LEN`] and each local tier at the capacity it is given.
+//! [`MAX_VALUE_LEN`], each local tier at the capacity it is given, and an embedded
+//! global tier at its own ([`DEFAULT_GLOBAL_CAPACITY`] unless told otherwise).
 
 mod embedded;
 mod key;
@@ -42,7 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub use embedded::Embedded;
+pub use embedded::{DEFAULT_GLOBAL_CAPACITY, Embedded};
 pub use key::{AppName, Key};
 pub use local::{AppState, HostState, LocalTier};
 pub use redis_tier::Redis;
@@ -83,12 +84,15 @@ pub enum StateError {
         /// The length it would have, when known (Redis reports only that it is over).
         len: Option<u64>,
     },
-    /// The app's local tier on this host has no room for the write.
-    #[error(
-        "the local state of app {app} is full: {used} of {capacity} bytes used, {wanted} more wanted"
-    )]
-    LocalFull {
-        /// The app.
+    /// A tier has no room for the write: the app's local tier on this host, or
+    /// (`global`) an embedded global tier, whose capacity all apps share.
+    // One variant for both, so that guests get one error code for a full tier
+    // (the worker maps this one to `ERR_QUOTA`).
+    #[error("{}", full(*global, app, *used, *wanted, *capacity))]
+    Full {
+        /// Whether it is the embedded global tier (else the app's local tier).
+        global: bool,
+        /// The app that wrote.
         app: AppName,
         /// Bytes in use: values and key names.
         used: u64,
@@ -152,6 +156,14 @@ pub enum StateError {
         /// The client's error.
         source: redis::RedisError,
     },
+}
+
+fn full(global: bool, app: &AppName, used: u64, wanted: u64, capacity: u64) -> String {
+    let usage = format!("{used} of {capacity} bytes used, {wanted} more wanted");
+    match global {
+        true => format!("the global state tier is full (all apps): {usage} by app {app}"),
+        false => format!("the local state of app {app} is full: {usage}"),
+    }
 }
 
 fn too_large(len: Option<u64>) -> String {
@@ -222,16 +234,17 @@ pub trait GlobalTier: Send + Sync {
     fn location(&self) -> String;
 }
 
-/// Opens the global tier: the embedded one for `None`, Redis for a `redis://` URL
+/// Opens the global tier: the embedded one of `capacity` bytes for `None`, Redis for a `redis://` URL
 /// (`redis://[user:password@]host[:port][/db]`), the tier a node of the cluster
 /// serves for `nimbus://HOST:PORT` (reached with the cluster's credentials `tls`,
 /// which it requires), an error for anything else.
 pub async fn open(
     url: Option<&str>,
+    capacity: u64,
     tls: Option<Arc<nimbus_trust::Tls>>,
 ) -> Result<Arc<dyn GlobalTier>, StateError> {
     match url {
-        None => Ok(Arc::new(Embedded::new())),
+        None => Ok(Arc::new(Embedded::with_capacity(capacity))),
         Some(url) => match (url.strip_prefix("nimbus://"), tls) {
             (Some(addr), Some(tls)) => Ok(Arc::new(Served::connect(addr, tls).await?)),
             (Some(addr), None) => Err(StateError::Served {

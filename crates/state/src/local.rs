@@ -16,7 +16,7 @@ use crate::{AppName, GlobalTier, Key, LockToken, StateError, check_len, clip, wr
 /// Each key has its own lock, so processes working on different keys never wait for
 /// each other; an operation on one key is atomic. The tier is bounded: its values and
 /// key names together never exceed the capacity it was given
-/// ([`StateError::LocalFull`]).
+/// ([`StateError::Full`]).
 ///
 /// Consistency: this tier is per host and is not coherent across hosts. Another host's
 /// tier of the same app sees a write only after it is [`push`](LocalTier::push)ed to
@@ -262,7 +262,8 @@ impl LocalTier {
                     .filter(|&total| total <= self.capacity)
             })
             .map(drop)
-            .map_err(|used| StateError::LocalFull {
+            .map_err(|used| StateError::Full {
+                global: false,
                 app: self.app.clone(),
                 used,
                 wanted: more,

@@ -1,6 +1,7 @@
 //! A global tier served to other processes over the mesh, and its client: how the
-//! workers of a cluster share one embedded tier (the planner serves it) without an
-//! external store. The client is the [`GlobalTier`] at `nimbus://HOST:PORT`.
+//! workers of a cluster share one embedded tier (the planner serves it, with the
+//! embedded tier's capacity) without an external store. The client is the
+//! [`GlobalTier`] at `nimbus://HOST:PORT`; a full tier reaches it as the same error.
 //!
 //! A call is one mesh frame and so is its answer, up to [`MAX_BODY`] bytes of
 //! value. A longer answer comes in several frames; a call carrying a longer value
@@ -83,6 +84,8 @@ enum WireError {
     InvalidLease(Duration),
     LockTimeout(String, Duration),
     NotHolder(String),
+    /// A full tier: whether global, the app, bytes used, wanted and the capacity.
+    Full(bool, String, u64, u64, u64),
     Other(String),
 }
 
@@ -93,6 +96,13 @@ impl From<StateError> for WireError {
             StateError::InvalidLease { lease } => WireError::InvalidLease(lease),
             StateError::LockTimeout { key, timeout } => WireError::LockTimeout(key, timeout),
             StateError::NotHolder { key } => WireError::NotHolder(key),
+            StateError::Full {
+                global,
+                app,
+                used,
+                wanted,
+                capacity,
+            } => WireError::Full(global, app.to_string(), used, wanted, capacity),
             other => WireError::Other(other.to_string()),
         }
     }
@@ -280,6 +290,16 @@ impl Served {
                 WireError::InvalidLease(lease) => StateError::InvalidLease { lease },
                 WireError::LockTimeout(key, timeout) => StateError::LockTimeout { key, timeout },
                 WireError::NotHolder(key) => StateError::NotHolder { key },
+                WireError::Full(global, app, used, wanted, capacity) => match AppName::new(&app) {
+                    Ok(app) => StateError::Full {
+                        global,
+                        app,
+                        used,
+                        wanted,
+                        capacity,
+                    },
+                    Err(e) => self.failed(format!("a full tier, for an app it names wrongly: {e}")),
+                },
                 WireError::Other(message) => self.failed(message),
             }),
             answer => Ok((answer, value)),

@@ -13,6 +13,8 @@ use crate::{
 
 /// Generous bound on waits that end on an event.
 const BOUND: Duration = Duration::from_secs(10);
+/// The capacity of an embedded tier where the test does not fill it.
+const ANY: u64 = crate::DEFAULT_GLOBAL_CAPACITY;
 /// A lease nobody outlives in a test.
 const LONG: Duration = Duration::from_secs(60);
 
@@ -32,7 +34,7 @@ fn embedded() -> Fixture {
 async fn redis() -> Fixture {
     let server = RedisServer::start()
         .unwrap_or_else(|e| panic!("the Redis tests need a redis-server (CI installs it): {e}"));
-    let tier = crate::open(Some(&server.url()), None)
+    let tier = crate::open(Some(&server.url()), ANY, None)
         .await
         .expect("connects to the test redis-server");
     Fixture {
@@ -43,15 +45,16 @@ async fn redis() -> Fixture {
 
 /// An embedded tier served over loopback TCP, reached as `nimbus://ADDR`.
 async fn served() -> Fixture {
+    serving(Embedded::new()).await
+}
+
+/// `tier` served over loopback TCP, reached as `nimbus://ADDR`.
+async fn serving(tier: Embedded) -> Fixture {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tls = nimbus_trust::Tls::ephemeral().unwrap();
-    tokio::spawn(crate::serve(
-        listener,
-        tls.clone(),
-        Arc::new(Embedded::new()),
-    ));
-    let tier = crate::open(Some(&format!("nimbus://{addr}")), Some(tls))
+    tokio::spawn(crate::serve(listener, tls.clone(), Arc::new(tier)));
+    let tier = crate::open(Some(&format!("nimbus://{addr}")), ANY, Some(tls))
         .await
         .expect("connects to the served tier");
     assert_eq!(tier.location(), format!("nimbus://{addr}"));
@@ -544,7 +547,7 @@ fn local_tier_is_bounded() {
     assert!(
         matches!(
             err,
-            StateError::LocalFull {
+            StateError::Full {
                 used: 91,
                 wanted: 10,
                 capacity: 100,
@@ -556,7 +559,7 @@ fn local_tier_is_bounded() {
     assert_eq!(local.len(b"k").unwrap(), 90);
     assert!(matches!(
         local.set(b"other", vec![0; 5]),
-        Err(StateError::LocalFull { .. })
+        Err(StateError::Full { .. })
     ));
     assert_eq!(local.get(b"other").unwrap(), None);
     local.set(b"k", vec![1; 10]).unwrap(); // shrinking frees
@@ -566,6 +569,78 @@ fn local_tier_is_bounded() {
     local.delete(b"other").unwrap();
     local.delete(b"k").unwrap();
     assert_eq!(local.used(), 0);
+}
+
+/// What a capped embedded tier, reached directly or served, refuses and keeps.
+async fn a_full_global_tier_refuses_writes_until_room_is_freed(tier: Arc<dyn GlobalTier>) {
+    // Capacity 100; each key of app `app` costs its 5 bytes `app:K` beside its value.
+    let a = on(&tier, "app");
+    a.set(b"k", vec![1; 45]).await.unwrap(); // 50 used
+    let full = a.set(b"j", vec![2; 60]).await.unwrap_err();
+    assert!(
+        matches!(
+            full,
+            StateError::Full {
+                global: true,
+                used: 50,
+                wanted: 65,
+                capacity: 100,
+                ..
+            }
+        ),
+        "{full}"
+    );
+    assert!(
+        full.to_string().contains("global state tier is full")
+            && full.to_string().contains("by app app"),
+        "{full}"
+    );
+    for refused in [
+        a.append(b"k", &[0; 51]).await,
+        a.set_range(b"k", 95, b"x").await,
+        a.set_range(b"new", 0, &[0; 50]).await,
+    ] {
+        assert!(
+            matches!(refused, Err(StateError::Full { global: true, .. })),
+            "{refused:?}"
+        );
+    }
+    // Nothing refused was stored, and a tier filled to the byte takes it.
+    assert_eq!(a.get(b"k").await.unwrap().unwrap(), vec![1; 45]);
+    assert_eq!(a.get(b"j").await.unwrap(), None);
+    assert_eq!(a.get(b"new").await.unwrap(), None);
+    assert_eq!(a.append(b"k", &[0; 50]).await.unwrap(), 95); // 100 used
+    // Shrinking a value and deleting one free their room, for other apps too.
+    a.set(b"k", vec![3; 10]).await.unwrap(); // 15 used
+    on(&tier, "bpp").set(b"j", vec![2; 60]).await.unwrap(); // 80 used
+    assert!(a.delete(b"k").await.unwrap()); // 65 used
+    a.set(b"k", vec![3; 30]).await.unwrap(); // 100 used
+    assert!(a.set(b"x", Vec::new()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_full_embedded_tier_refuses_writes_until_room_is_freed() {
+    let tier = Embedded::with_capacity(100);
+    a_full_global_tier_refuses_writes_until_room_is_freed(Arc::new(tier)).await;
+}
+
+#[tokio::test]
+async fn a_full_served_tier_refuses_writes_until_room_is_freed() {
+    let fixture = serving(Embedded::with_capacity(100)).await;
+    a_full_global_tier_refuses_writes_until_room_is_freed(fixture.tier.clone()).await;
+}
+
+#[tokio::test]
+async fn the_embedded_tier_counts_values_and_their_keys() {
+    let tier = Embedded::new();
+    let key = Key::new(&AppName::new("app").unwrap(), b"k").unwrap();
+    tier.set(&key, vec![0; 10]).await.unwrap();
+    assert_eq!(tier.used(), 15);
+    tier.append(&key, b"abc").await.unwrap();
+    tier.set_range(&key, 20, b"z").await.unwrap();
+    assert_eq!(tier.used(), 5 + 21);
+    tier.delete(&key).await.unwrap();
+    assert_eq!(tier.used(), 0);
 }
 
 #[test]
@@ -590,18 +665,21 @@ fn local_tier_is_shared_by_the_apps_processes_on_a_host() {
 #[tokio::test]
 async fn open_chooses_the_backend() {
     assert_eq!(
-        crate::open(None, None).await.unwrap().location(),
+        crate::open(None, ANY, None).await.unwrap().location(),
         "embedded"
     );
     for url in ["http://h", "rediss://h:6379", "", "localhost:6379"] {
-        let err = crate::open(Some(url), None).await.err().expect("refused");
+        let err = crate::open(Some(url), ANY, None)
+            .await
+            .err()
+            .expect("refused");
         assert!(
             matches!(err, StateError::UnsupportedUrl { .. }),
             "{url}: {err}"
         );
         assert!(err.to_string().contains("redis://host:port"), "{err}");
     }
-    let err = crate::open(Some("redis://:secret@h:notaport"), None)
+    let err = crate::open(Some("redis://:secret@h:notaport"), ANY, None)
         .await
         .err()
         .unwrap();
@@ -617,7 +695,7 @@ async fn unreachable_redis_is_a_clear_error() {
         .unwrap()
         .port();
     let url = format!("redis://127.0.0.1:{port}/0");
-    let err = tokio::time::timeout(BOUND * 3, crate::open(Some(&url), None))
+    let err = tokio::time::timeout(BOUND * 3, crate::open(Some(&url), ANY, None))
         .await
         .expect("gives up in bounded time")
         .err()
@@ -629,7 +707,7 @@ async fn unreachable_redis_is_a_clear_error() {
 #[tokio::test]
 async fn redis_location_hides_nothing_but_passwords() {
     let server = RedisServer::start().expect("redis-server starts");
-    let tier = crate::open(Some(&format!("{}/3", server.url())), None)
+    let tier = crate::open(Some(&format!("{}/3", server.url())), ANY, None)
         .await
         .unwrap();
     assert_eq!(tier.location(), format!("{}/3", server.url()));

@@ -106,7 +106,7 @@ async fn measure(url: &str, iterations: usize) -> (String, Row, Row) {
 
     let remote = AppState::new(
         app.clone(),
-        nimbus_state::open(Some(url), None)
+        nimbus_state::open(Some(url), nimbus_state::DEFAULT_GLOBAL_CAPACITY, None)
             .await
             .expect("Redis tier connects"),
         1 << 20,
