@@ -145,7 +145,7 @@ fn tune_socket(s: &TcpStream) {
     let _ = sock.set_recv_buffer_size(SOCKET_BUFFER);
 }
 
-/// TLS connections accepted on `listener`, as control/src/server.rs does it.
+/// TLS connections accepted on `listener`, as the planner once did.
 fn accepting(
     listener: TcpListener,
     tls: Arc<Tls>,

@@ -5,7 +5,7 @@
 //! client config file (`config.rs`) that `nimbus up` writes and the client
 //! commands read their server and token from.
 //!
-//! Must not: hold platform logic; it calls the worker crate's cluster.
+//! Must not: hold platform logic; it calls the node crate's cluster.
 
 mod client;
 mod config;

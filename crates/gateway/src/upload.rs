@@ -2,32 +2,21 @@
 //! back into memory once, so that a module costs the gateway its size once rather
 //! than a copy at each step (a 250 MiB one had raised its peak memory by 740 MiB).
 //!
-//! The body is read chunk by chunk on the request's task and handed to one blocking
-//! thread, which writes it to an unnamed temporary file in the node's data
-//! directory and, once the body has ended whole, reads it back into one allocation
-//! of its size, hashing it as it goes ([`ModuleBytes::read`]). The file has no name
-//! to remove: it is gone once that thread closes it, however the upload ends (an
+//! The body is read chunk by chunk on the request's task and written to an unnamed
+//! temporary file in the node's data directory (each write on a blocking thread,
+//! through `tokio::fs`, so an upload that stalls holds no thread while it waits for
+//! the network); once the body has ended whole, the file is read back into one
+//! allocation of its size, hashing it as it goes ([`ModuleBytes::read`]). The file
+//! has no name to remove: it is gone once closed, however the upload ends (an
 //! error, a client that goes away and so drops the request's future, or a crash).
 
-use std::io::{Seek, Write};
+use std::io::Seek;
 use std::path::{Path, PathBuf};
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use http_body_util::BodyExt;
 use nimbus_runtime::ModuleBytes;
-use tokio::sync::mpsc;
-
-/// Chunks on their way from the request's task to the writer: how far the writer
-/// may lag behind the network.
-const IN_FLIGHT: usize = 16;
-
-/// What the request's task hands the writer.
-enum Piece {
-    /// The next bytes of the body.
-    Chunk(Bytes),
-    /// The body ended whole.
-    End,
-}
+use tokio::io::AsyncWriteExt;
 
 /// Why an upload was not taken.
 #[derive(Debug, thiserror::Error)]
@@ -58,11 +47,23 @@ pub(crate) async fn receive(
     dir: &Path,
     limit: usize,
 ) -> Result<ModuleBytes, UploadError> {
-    let (pieces, arriving) = mpsc::channel(IN_FLIGHT);
-    let writer_dir = dir.to_owned();
-    // Ends when `pieces` is dropped without `End` too: whenever this future returns
-    // early or is dropped.
-    let writer = tokio::task::spawn_blocking(move || spool(&writer_dir, arriving));
+    let disk = |source| UploadError::Disk {
+        dir: dir.to_owned(),
+        source,
+    };
+    let unnamed = {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            // O_TMPFILE where the file system has it, else named and unlinked at once.
+            tempfile::tempfile_in(&dir)
+        })
+    };
+    let file = unnamed
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(disk)?;
+    let mut file = tokio::fs::File::from_std(file);
     let mut len = 0usize;
     while let Some(frame) = body.frame().await {
         let Ok(chunk) = frame.map_err(UploadError::Body)?.into_data() else {
@@ -72,53 +73,25 @@ pub(crate) async fn receive(
         if len > limit {
             return Err(UploadError::TooLarge { limit });
         }
-        if pieces.send(Piece::Chunk(chunk)).await.is_err() {
-            break; // the writer failed; its error is below
-        }
+        file.write_all(&chunk).await.map_err(disk)?;
     }
-    // Refused only by a writer that failed, whose error is below.
-    let _ = pieces.send(Piece::End).await;
-    drop(pieces);
-    writer
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-        .map_err(|source| UploadError::Disk {
-            dir: dir.to_owned(),
-            source,
-        })
-}
-
-/// The writer, on a blocking thread: the chunks into an unnamed file in `dir`,
-/// then, at `End`, the file read back whole. Fails if the chunks stop without
-/// `End` (the upload was given up on).
-fn spool(dir: &Path, mut arriving: mpsc::Receiver<Piece>) -> std::io::Result<ModuleBytes> {
-    std::fs::create_dir_all(dir)?;
-    // O_TMPFILE where the file system has it, else named and unlinked at once.
-    let mut file = tempfile::tempfile_in(dir)?;
-    let mut len = 0;
-    while let Some(piece) = arriving.blocking_recv() {
-        match piece {
-            Piece::Chunk(chunk) => {
-                file.write_all(&chunk)?;
-                len += chunk.len();
-            }
-            Piece::End => {
-                file.rewind()?;
-                return ModuleBytes::read(&mut file, len);
-            }
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::UnexpectedEof,
-        "the upload was given up on",
-    ))
+    file.flush().await.map_err(disk)?;
+    let mut file = file.into_std().await;
+    tokio::task::spawn_blocking(move || {
+        file.rewind()?;
+        ModuleBytes::read(&mut file, len)
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    .map_err(disk)
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::{Duration, Instant};
 
-    use tokio::sync::mpsc::Sender;
+    use axum::body::Bytes;
+    use tokio::sync::mpsc::{self, Sender};
 
     use super::*;
 

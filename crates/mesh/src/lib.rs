@@ -41,8 +41,9 @@ pub use stream::{Adoption, open_stream, read_frame, write_frame};
 
 /// The mesh's protocol and version, named in each connection's TLS handshake
 /// (ALPN), so that a node of another release is refused before a frame is read.
-/// Raised with every change an older node would misread: of the frames, or of the
-/// requests nodes send in them (`nimbus-wire`'s `peer`).
+/// Raised with every change an older node would misread: of the frames, or of what
+/// nodes send in them (`nimbus-wire`'s `peer` and `control`, the served state tier's
+/// calls).
 pub const PROTOCOL: &str = "nimbus-mesh/2";
 
 /// How often a link probes its peer.
@@ -84,7 +85,7 @@ pub enum MeshError {
     },
     /// The peer is a node of this cluster that speaks another version of the mesh.
     #[error(
-        "{addr} runs another nimbus release: it does not speak {PROTOCOL} (run the same release on every node)"
+        "{addr} does not speak {PROTOCOL}: it runs another nimbus release, or is no nimbus node (run the same release on every node)"
     )]
     AnotherVersion {
         /// Its address.

@@ -95,12 +95,22 @@ fn ended(addr: &str, refused: &Refusal) -> MeshError {
     }
 }
 
-/// Whether a read failed because the peer refused us with a TLS alert.
+/// Whether a read failed because the peer refused our certificate with a TLS alert.
 fn refused_by_peer(error: &std::io::Error) -> bool {
+    use tokio_rustls::rustls::{AlertDescription as Alert, Error};
     error.get_ref().is_some_and(|inner| {
         matches!(
-            inner.downcast_ref::<tokio_rustls::rustls::Error>(),
-            Some(tokio_rustls::rustls::Error::AlertReceived(_))
+            inner.downcast_ref::<Error>(),
+            Some(Error::AlertReceived(
+                Alert::BadCertificate
+                    | Alert::UnknownCA
+                    | Alert::CertificateRequired
+                    | Alert::CertificateUnknown
+                    | Alert::CertificateRevoked
+                    | Alert::CertificateExpired
+                    | Alert::UnsupportedCertificate
+                    | Alert::AccessDenied
+            ))
         )
     })
 }
@@ -499,7 +509,7 @@ async fn answer<H: Handler>(
     let mut stream = match tls.accept(tcp, crate::PROTOCOL).await {
         Ok(stream) => TlsStream::Server(stream),
         Err(error) if nimbus_trust::is_another_protocol(&error) => {
-            tracing::warn!(%peer, %error, "mesh: refused a node of another release");
+            tracing::warn!(%peer, %error, "mesh: refused a peer that does not speak this release's protocol");
             return;
         }
         Err(error) => {

@@ -1,9 +1,7 @@
-//! What nodes ask each other over the mesh (`nimbus-mesh` carries the frames):
-//! a worker is asked to start a process, deliver a message, kill a process or list
-//! its processes; the node a tree was started from (its home) is asked for the
-//! tree's output, stdin, world and modules. [`Mesh`] is a node's side of it: its address,
-//! its links to peers, the planner that places processes, and the modules it can
-//! hand out.
+//! A node's side of the mesh ([`Mesh`]): its address, its links to peers, the
+//! planner that places processes, the modules it can hand out, and the output and
+//! stdin of trees homed elsewhere. What nodes ask each other is
+//! `nimbus_wire::peer`; `nimbus-mesh` carries it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -231,9 +229,9 @@ impl Mesh {
         let mut modules = self.modules.lock().unwrap();
         // Forgetting what nothing holds any more keeps the map to the modules in use.
         modules.retain(|_, offered| offered.is_held());
-        modules
-            .entry(module.hash().to_string())
-            .or_insert_with(|| module.downgrade());
+        // The newest holder's: its caller holds it across the call that makes a
+        // peer fetch it, where an older holder may let go meanwhile.
+        modules.insert(module.hash().to_string(), module.downgrade());
     }
 
     pub(crate) fn offered(&self, hash: &str) -> Option<ModuleBytes> {

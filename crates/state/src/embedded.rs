@@ -44,10 +44,15 @@ struct Values {
     capacity: u64,
 }
 
+/// What an entry costs beyond its key and value bytes (its map slot, the key's and
+/// the value's headers), charged so that many tiny entries cannot hold memory far
+/// past the capacity, as the mailbox charges each message.
+pub const ENTRY_OVERHEAD: u64 = 128;
+
 impl Values {
     /// What `key` with a value of `len` bytes takes.
     fn cost(key: &Key, len: usize) -> u64 {
-        (key.as_bytes().len() + len) as u64
+        (key.as_bytes().len() + len) as u64 + ENTRY_OVERHEAD
     }
 
     /// Checks that `key`'s value (if any) may become `len` bytes long; returns what
@@ -141,8 +146,9 @@ impl Embedded {
 
     /// Changes `key`'s value (absent: empty) with `edit` into one of
     /// `new_len(old length)` bytes, and returns that length. In place if the map
-    /// holds the only reference to the value; else on a copy made outside the lock,
-    /// swapped in only if the value is unchanged meanwhile (else done again).
+    /// holds the only reference to the value and it has room; else on a copy made
+    /// outside the lock, swapped in only if the value is unchanged meanwhile (else
+    /// done again).
     fn edit(
         &self,
         key: &Key,
@@ -158,11 +164,17 @@ impl Embedded {
             let copied = match values.map.get_mut(key) {
                 // Taken out of the map, so that it is unique unless someone reads it.
                 Some(slot) => match std::mem::take(slot).try_into_mut() {
-                    Ok(mut unique) => {
+                    // In place only within the room it has: growing it would copy
+                    // the whole value under the lock.
+                    Ok(mut unique) if unique.capacity() >= len as usize => {
                         edit(&mut unique);
                         *slot = unique.freeze();
                         values.used = used;
                         return Ok(len);
+                    }
+                    Ok(unique) => {
+                        *slot = unique.freeze();
+                        Some(slot.clone())
                     }
                     Err(shared) => {
                         *slot = shared.clone();
@@ -172,7 +184,13 @@ impl Embedded {
                 None => None,
             };
             drop(guard);
-            let mut new = BytesMut::with_capacity(len as usize);
+            // A value that grows is given room to grow on in place (a quarter
+            // more), so that appends do not copy it whole each time.
+            let room = match len > old_len {
+                true => len + len / 4,
+                false => len,
+            };
+            let mut new = BytesMut::with_capacity(room as usize);
             new.extend_from_slice(copied.as_deref().unwrap_or_default());
             edit(&mut new);
             let mut values = self.values();
@@ -410,6 +428,9 @@ mod tests {
         let value = tier.get(&k).await.unwrap().unwrap();
         assert_eq!(value.len(), 2 * EACH);
         assert_eq!(value.iter().filter(|b| **b == b'a').count(), EACH);
-        assert_eq!(tier.used(), (k.as_bytes().len() + 2 * EACH) as u64);
+        assert_eq!(
+            tier.used(),
+            (k.as_bytes().len() + 2 * EACH) as u64 + ENTRY_OVERHEAD
+        );
     }
 }

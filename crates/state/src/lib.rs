@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-pub use embedded::{DEFAULT_GLOBAL_CAPACITY, Embedded};
+pub use embedded::{DEFAULT_GLOBAL_CAPACITY, ENTRY_OVERHEAD, Embedded};
 pub use key::{AppName, Key};
 pub use local::{AppState, HostState, LocalTier};
 pub use redis_tier::Redis;

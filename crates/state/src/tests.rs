@@ -573,20 +573,22 @@ fn local_tier_is_bounded() {
 
 /// What a capped embedded tier, reached directly or served, refuses and keeps.
 async fn a_full_global_tier_refuses_writes_until_room_is_freed(tier: Arc<dyn GlobalTier>) {
-    // Capacity 100; each key of app `app` costs its 5 bytes `app:K` beside its value.
+    // Capacity 100 + one entry's overhead; each key of app `app` costs its 5 bytes
+    // `app:K` and the overhead beside its value.
+    const O: u64 = crate::ENTRY_OVERHEAD;
     let a = on(&tier, "app");
-    a.set(b"k", vec![1; 45]).await.unwrap(); // 50 used
+    a.set(b"k", vec![1; 45]).await.unwrap(); // 50 + O used
     let full = a.set(b"j", vec![2; 60]).await.unwrap_err();
     assert!(
         matches!(
             full,
             StateError::Full {
                 global: true,
-                used: 50,
-                wanted: 65,
-                capacity: 100,
+                used,
+                wanted,
+                capacity,
                 ..
-            }
+            } if (used, wanted, capacity) == (50 + O, 65 + O, 100 + O)
         ),
         "{full}"
     );
@@ -609,24 +611,27 @@ async fn a_full_global_tier_refuses_writes_until_room_is_freed(tier: Arc<dyn Glo
     assert_eq!(a.get(b"k").await.unwrap().unwrap(), vec![1; 45]);
     assert_eq!(a.get(b"j").await.unwrap(), None);
     assert_eq!(a.get(b"new").await.unwrap(), None);
-    assert_eq!(a.append(b"k", &[0; 50]).await.unwrap(), 95); // 100 used
-    // Shrinking a value and deleting one free their room, for other apps too.
-    a.set(b"k", vec![3; 10]).await.unwrap(); // 15 used
-    on(&tier, "bpp").set(b"j", vec![2; 60]).await.unwrap(); // 80 used
-    assert!(a.delete(b"k").await.unwrap()); // 65 used
-    a.set(b"k", vec![3; 30]).await.unwrap(); // 100 used
+    assert_eq!(a.append(b"k", &[0; 50]).await.unwrap(), 95); // full
+    // Not even an empty value fits: an entry costs its overhead.
     assert!(a.set(b"x", Vec::new()).await.is_err());
+    // Deleting a value frees its room, for other apps too; so does shrinking one.
+    assert!(a.delete(b"k").await.unwrap());
+    let b = on(&tier, "bpp");
+    b.set(b"j", vec![2; 95]).await.unwrap(); // full
+    assert!(b.append(b"j", b"x").await.is_err());
+    b.set(b"j", vec![2; 10]).await.unwrap();
+    assert_eq!(b.append(b"j", &[2; 85]).await.unwrap(), 95); // full
 }
 
 #[tokio::test]
 async fn a_full_embedded_tier_refuses_writes_until_room_is_freed() {
-    let tier = Embedded::with_capacity(100);
+    let tier = Embedded::with_capacity(100 + crate::ENTRY_OVERHEAD);
     a_full_global_tier_refuses_writes_until_room_is_freed(Arc::new(tier)).await;
 }
 
 #[tokio::test]
 async fn a_full_served_tier_refuses_writes_until_room_is_freed() {
-    let fixture = serving(Embedded::with_capacity(100)).await;
+    let fixture = serving(Embedded::with_capacity(100 + crate::ENTRY_OVERHEAD)).await;
     a_full_global_tier_refuses_writes_until_room_is_freed(fixture.tier.clone()).await;
 }
 
@@ -634,11 +639,12 @@ async fn a_full_served_tier_refuses_writes_until_room_is_freed() {
 async fn the_embedded_tier_counts_values_and_their_keys() {
     let tier = Embedded::new();
     let key = Key::new(&AppName::new("app").unwrap(), b"k").unwrap();
+    let overhead = crate::ENTRY_OVERHEAD;
     tier.set(&key, vec![0; 10]).await.unwrap();
-    assert_eq!(tier.used(), 15);
+    assert_eq!(tier.used(), 15 + overhead);
     tier.append(&key, b"abc").await.unwrap();
     tier.set_range(&key, 20, b"z").await.unwrap();
-    assert_eq!(tier.used(), 5 + 21);
+    assert_eq!(tier.used(), 5 + 21 + overhead);
     tier.delete(&key).await.unwrap();
     assert_eq!(tier.used(), 0);
 }

@@ -4,8 +4,8 @@
 //!
 //! Owns: creating a cluster directory (a CA, and a node credential it signs),
 //! loading one, and the rustls configurations every node-to-node connection uses
-//! (the mesh and the control plane): a node accepts a connection only from a peer
-//! whose certificate this cluster's CA signed, connects only to such a peer, and
+//! (the mesh, the planner's calls included): a node accepts a connection only from
+//! a peer whose certificate this cluster's CA signed, connects only to such a peer, and
 //! the handshake completes before either side reads a request.
 //!
 //! Must not: hold connections, or know what flows over them.
@@ -352,8 +352,8 @@ impl Tls {
     }
 
     /// Accepts TLS over `tcp` from a node of this cluster (one whose certificate the
-    /// cluster CA signed) for `protocol` (`h2` for a gRPC server); fails otherwise,
-    /// or past [`HANDSHAKE_DEADLINE`].
+    /// cluster CA signed) for `protocol`; fails otherwise, or past
+    /// [`HANDSHAKE_DEADLINE`].
     pub async fn accept(
         &self,
         tcp: TcpStream,
@@ -404,7 +404,7 @@ fn spoken(negotiated: Option<&[u8]>, protocol: &str) -> std::io::Result<()> {
 /// nimbus release.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "the peer does not speak {0}: it runs another nimbus release (run the same release on every node)"
+    "the peer does not speak {0}: it runs another nimbus release, or is no nimbus node (run the same release on every node)"
 )]
 pub struct AnotherProtocol(String);
 
