@@ -248,10 +248,9 @@ impl Mesh {
         };
         let frame = self.call_one(from, &request, Vec::new()).await?;
         reply(&frame)?;
-        // Hashing up to a frame's 16 MiB is blocking work.
-        let module = tokio::task::spawn_blocking(|| ModuleBytes::new(frame.body))
+        let module = ModuleBytes::hash_off_thread(frame.body)
             .await
-            .map_err(|_| AbiError::Internal)?;
+            .ok_or(AbiError::Internal)?;
         if module.hash().to_string() != hash {
             return Err(AbiError::Module);
         }

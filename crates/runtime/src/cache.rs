@@ -90,6 +90,15 @@ impl ModuleBytes {
         })
     }
 
+    /// [`ModuleBytes::new`] on a blocking thread, for bytes that came from the
+    /// network (hashing 16 MiB takes tens of milliseconds); `None` if the runtime is
+    /// shutting down.
+    pub async fn hash_off_thread(bytes: Vec<u8>) -> Option<ModuleBytes> {
+        tokio::task::spawn_blocking(|| ModuleBytes::new(bytes))
+            .await
+            .ok()
+    }
+
     /// The module's identity.
     pub fn hash(&self) -> ModuleHash {
         self.hash

@@ -129,9 +129,7 @@ impl AppRequests for Services {
         Box::pin(async move {
             match request {
                 AppRequest::Deploy { config, replace } => {
-                    // Hashing up to a frame's 16 MiB is blocking work.
-                    let Ok(module) = tokio::task::spawn_blocking(|| ModuleBytes::new(body)).await
-                    else {
+                    let Some(module) = ModuleBytes::hash_off_thread(body).await else {
                         return failed(ServiceError::Unavailable("the node is stopping".into()));
                     };
                     self.deploy_off_thread(config, module, replace)
