@@ -207,7 +207,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         };
         let services: Arc<dyn ServiceFront> = match &access {
             Some(access) => Arc::new(
-                PlacedServices::open(&access.planner, access.tls.clone(), &data_dir)
+                PlacedServices::open(&access.planner, access.tls.clone())
                     .map_err(|e| internal("cannot open the deployments", &e))?,
             ),
             None => Arc::new(

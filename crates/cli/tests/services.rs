@@ -583,6 +583,30 @@ fn in_front_of_a_cluster_apps_run_on_its_workers_and_move_when_one_is_lost() {
 }
 
 #[test]
+fn deployments_are_kept_by_the_planner_through_its_restart_for_any_gateway() {
+    let mut cluster = common::TestCluster::start(2, &[]);
+    let first = tempfile::tempdir().unwrap();
+    let node = Node::start_with(first.path(), &["--planner", &cluster.addr]);
+    node.deploy("counter-service", "counter", &[]);
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "5"]), "5");
+    // Stopping the gateway swaps the instance out on its worker.
+    node.stop();
+    cluster.restart_planner();
+    // A gateway with a data directory of its own learns the app from the planner
+    // and places it on the worker holding its instance, state and all.
+    let second = tempfile::tempdir().unwrap();
+    let node = Node::start_with(second.path(), &["--planner", &cluster.addr]);
+    common::until(
+        "a worker reports the app's instance to the new planner",
+        || hosts(&cluster.addr).contains("counter:1"),
+    );
+    let listed = node.ok(&["apps"]);
+    assert!(listed.contains("counter"), "{listed}");
+    assert_eq!(node.ok(&["invoke", "counter", "add", "--data", "1"]), "6");
+    assert!(std::fs::read_dir(second.path().join("apps")).is_err());
+}
+
+#[test]
 fn with_local_workers_a_restart_finds_the_apps_state_on_its_worker() {
     let data = tempfile::tempdir().unwrap();
     let node = Node::start_with(data.path(), &["--workers", "3"]);

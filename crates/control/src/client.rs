@@ -9,6 +9,7 @@ use nimbus_core::HostId;
 use nimbus_mesh::{Frame, Links};
 use nimbus_planner::{HostInfo, HostReport, HostStatus};
 use nimbus_trust::Tls;
+use nimbus_wire::apps::Deployment;
 use nimbus_wire::control::{Reply, Request};
 
 use crate::{CALL_DEADLINE, ControlError};
@@ -56,7 +57,7 @@ impl Planner {
         near: Option<HostId>,
         app: Option<String>,
     ) -> Result<(HostId, String), ControlError> {
-        match self.call(&Request::Place { near, app }).await? {
+        match self.call(&Request::Place { near, app }).await?.0 {
             Reply::Placed { host, address } => Ok((host, address)),
             other => Err(self.unexpected(&other)),
         }
@@ -64,19 +65,59 @@ impl Planner {
 
     /// Every registered host, by id.
     pub async fn hosts(&self) -> Result<Vec<HostStatus>, ControlError> {
-        match self.call(&Request::Hosts).await? {
+        match self.call(&Request::Hosts).await?.0 {
             Reply::Hosts(hosts) => Ok(hosts),
             other => Err(self.unexpected(&other)),
         }
     }
 
+    /// Has the planner keep `deployment`, whose module is `module`, in place of
+    /// any earlier deployment of its name.
+    pub async fn record_app(
+        &self,
+        deployment: Deployment,
+        module: Vec<u8>,
+    ) -> Result<(), ControlError> {
+        let request = Request::RecordApp { deployment };
+        match self.call_with(&request, module).await?.0 {
+            Reply::Recorded => Ok(()),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Every deployment the planner keeps.
+    pub async fn deployments(&self) -> Result<Vec<Deployment>, ControlError> {
+        match self.call(&Request::Deployments).await?.0 {
+            Reply::Deployments(deployments) => Ok(deployments),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The module, kept for a deployment, whose sha256 is `hash` (hex).
+    pub async fn module(&self, hash: &str) -> Result<Vec<u8>, ControlError> {
+        let hash = hash.to_owned();
+        match self.call(&Request::Module { hash }).await? {
+            (Reply::Module, module) => Ok(module),
+            (other, _) => Err(self.unexpected(&other)),
+        }
+    }
+
     /// Calls the planner with `request`, within [`CALL_DEADLINE`]; a refusal is
-    /// the matching error.
-    async fn call(&self, request: &Request) -> Result<Reply, ControlError> {
+    /// the matching error. Returns the reply and its body.
+    async fn call(&self, request: &Request) -> Result<(Reply, Vec<u8>), ControlError> {
+        self.call_with(request, Vec::new()).await
+    }
+
+    /// [`Planner::call`] with `body`.
+    async fn call_with(
+        &self,
+        request: &Request,
+        body: Vec<u8>,
+    ) -> Result<(Reply, Vec<u8>), ControlError> {
         let addr = &self.addr;
         let answered = tokio::time::timeout(CALL_DEADLINE, async {
             let link = self.links.get(addr).await?;
-            link.call_one(Frame::new(request, Vec::new())).await
+            link.call_one(Frame::new(request, body)).await
         })
         .await
         .map_err(|_| ControlError::Unreachable {
@@ -93,7 +134,7 @@ impl Planner {
             Reply::UnknownHost(message) => Err(ControlError::UnknownHost { addr, message }),
             Reply::Unavailable(message) => Err(ControlError::Unreachable { addr, message }),
             Reply::Invalid(reason) => Err(ControlError::Protocol { addr, reason }),
-            reply => Ok(reply),
+            reply => Ok((reply, answered.body)),
         }
     }
 
@@ -163,7 +204,7 @@ impl PlannerLink {
         let deadline = tokio::time::Instant::now() + patience;
         let mut backoff = Backoff::new();
         let joined = loop {
-            match planner.call(&request).await {
+            match planner.call(&request).await.map(|(reply, _)| reply) {
                 Err(ControlError::Unreachable { .. })
                     if tokio::time::Instant::now() + Backoff::LONGEST < deadline =>
                 {
@@ -204,7 +245,7 @@ impl PlannerLink {
             host: self.host,
             report,
         };
-        match self.planner.call(&request).await? {
+        match self.planner.call(&request).await?.0 {
             Reply::Reported => Ok(()),
             other => Err(self.planner.unexpected(&other)),
         }

@@ -10,7 +10,19 @@ use nimbus_trust::Tls;
 use nimbus_wire::control::{Reply, Request};
 use tokio::net::TcpListener;
 
-use crate::store::Store;
+use nimbus_wire::apps::Deployment;
+use sha2::{Digest, Sha256};
+
+use crate::store::{MAX_DEPLOYMENTS, Store, StoreError};
+
+/// Runs `call`, on the store (it waits on the disk), on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(call)
+        .await
+        .expect("the store does not panic")
+}
 
 /// How the planner paces its workers.
 #[derive(Clone, Debug)]
@@ -40,12 +52,11 @@ pub async fn serve_planner(
 ) -> std::io::Result<()> {
     let loaded = {
         let (store, budgets) = (store.clone(), config.budgets.clone());
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             store.set_budgets(&budgets)?;
             store.load()
         })
         .await
-        .expect("the store does not panic")
         .map_err(std::io::Error::other)?
     };
     if !loaded.hosts.is_empty() {
@@ -98,8 +109,7 @@ async fn expire(registry: Arc<Mutex<Registry>>, store: Arc<Store>, timeout: Dura
             tracing::warn!(%host, ?timeout, "planner: host silent for too long: dropped");
         }
         let store = store.clone();
-        let forgotten = tokio::task::spawn_blocking(move || store.remove_hosts(&dropped)).await;
-        if let Ok(Err(e)) = forgotten {
+        if let Err(e) = blocking(move || store.remove_hosts(&dropped)).await {
             tracing::error!("planner: {e}");
         }
     }
@@ -115,11 +125,18 @@ struct PlannerService {
 impl Handler for PlannerService {
     fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
         Box::pin(async move {
-            let reply = match request.head::<Request>() {
-                Ok(request) => self.answer(request).await,
-                Err(error) => Reply::Invalid(format!("not a call to the planner: {error}")),
+            let (reply, body) = match request.head::<Request>() {
+                Ok(Request::RecordApp { deployment }) => {
+                    (self.record_app(deployment, request.body).await, Vec::new())
+                }
+                Ok(Request::Module { hash }) => self.module(hash).await,
+                Ok(request) => (self.answer(request).await, Vec::new()),
+                Err(error) => (
+                    Reply::Invalid(format!("not a call to the planner: {error}")),
+                    Vec::new(),
+                ),
             };
-            replier.finish(Frame::new(&reply, Vec::new())).await;
+            replier.finish(Frame::new(&reply, body)).await;
         })
     }
 }
@@ -156,6 +173,64 @@ impl PlannerService {
                 }
             }
             Request::Hosts => Reply::Hosts(self.registry.lock().unwrap().hosts(Instant::now())),
+            Request::Deployments => {
+                let store = self.store.clone();
+                match blocking(move || store.deployments()).await {
+                    Ok(deployments) => Reply::Deployments(deployments),
+                    Err(e) => Reply::Unavailable(format!("cannot read the deployments: {e}")),
+                }
+            }
+            Request::RecordApp { .. } | Request::Module { .. } => {
+                Reply::Invalid("a call with a body, answered by `handle`".into())
+            }
+        }
+    }
+
+    /// Keeps `deployment`, once `module` is found to be the module it names.
+    async fn record_app(&self, deployment: Deployment, module: Vec<u8>) -> Reply {
+        if let Err(e) = deployment.config.check() {
+            return Reply::Invalid(e.to_string());
+        }
+        let store = self.store.clone();
+        let name = deployment.config.name.clone();
+        let recorded = blocking(move || {
+            let hash = hex::encode(Sha256::digest(&module));
+            if hash != deployment.module {
+                return Ok(Err(format!(
+                    "the module sent for `{}` has sha256 {hash}, not {}",
+                    deployment.config.name, deployment.module
+                )));
+            }
+            store.record_app(&deployment, &module).map(Ok)
+        })
+        .await;
+        match recorded {
+            Ok(Ok(true)) => {
+                tracing::info!(app = %name, "planner: deployment recorded");
+                Reply::Recorded
+            }
+            Ok(Ok(false)) => Reply::Refused(format!(
+                "the planner keeps at most {MAX_DEPLOYMENTS} deployments"
+            )),
+            Ok(Err(mismatch)) => Reply::Invalid(mismatch),
+            Err(e) => Reply::Unavailable(format!("cannot record the deployment: {e}")),
+        }
+    }
+
+    /// The module whose sha256 is `hash`, as the answer's body.
+    async fn module(&self, hash: String) -> (Reply, Vec<u8>) {
+        let store = self.store.clone();
+        let wanted = hash.clone();
+        match blocking(move || store.module(&wanted)).await {
+            Ok(Some(module)) => (Reply::Module, module),
+            Ok(None) => (
+                Reply::Invalid(format!("no deployment names the module {hash}")),
+                Vec::new(),
+            ),
+            Err(e) => (
+                Reply::Unavailable(format!("cannot read the module {hash}: {e}")),
+                Vec::new(),
+            ),
         }
     }
 
@@ -173,10 +248,7 @@ impl PlannerService {
         // Recorded before the host hears its id, so a restart never hands it out
         // again. A host whose join is not recorded never reports and expires.
         let store = self.store.clone();
-        let recorded = tokio::task::spawn_blocking(move || store.add_host(host, &info, next_host))
-            .await
-            .expect("the store does not panic");
-        if let Err(e) = recorded {
+        if let Err(e) = blocking(move || store.add_host(host, &info, next_host)).await {
             return Reply::Unavailable(format!("cannot record the join: {e}"));
         }
         tracing::info!(%host, "planner: host joined");

@@ -1,6 +1,7 @@
 //! What the planner keeps across restarts, in an embedded database (`redb`) under
-//! its data directory: the hosts that joined, the next host id, the app budgets and
-//! where it serves the cluster's global state tier.
+//! its data directory: the hosts that joined, the next host id, the app budgets,
+//! where it serves the cluster's global state tier, and the gateways' deployments
+//! with their modules.
 //!
 //! Every call blocks on the disk (a write ends with an fsync): async callers run
 //! them on blocking threads.
@@ -9,12 +10,17 @@ use std::path::{Path, PathBuf};
 
 use nimbus_core::HostId;
 use nimbus_planner::HostInfo;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use nimbus_wire::apps::Deployment;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// Host id → its `HostInfo` as JSON.
 const HOSTS: TableDefinition<u32, &[u8]> = TableDefinition::new("hosts");
 /// App → the most processes it may run across the cluster.
 const BUDGETS: TableDefinition<&str, u64> = TableDefinition::new("budgets");
+/// App name → its `Deployment` as JSON.
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+/// Module sha256 (hex) → the module, while a deployment names it.
+const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
 /// Single values, by name.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -65,6 +71,8 @@ impl Store {
             txn.open_table(HOSTS)?;
             txn.open_table(BUDGETS)?;
             txn.open_table(META)?;
+            txn.open_table(APPS)?;
+            txn.open_table(MODULES)?;
             Ok(())
         })?;
         Ok(store)
@@ -156,6 +164,65 @@ impl Store {
         })
     }
 
+    /// Keeps `deployment` with its `module` in place of any earlier deployment of
+    /// its name, dropping a module no deployment names any more. `false`, and
+    /// nothing changed, if that would keep more than [`MAX_DEPLOYMENTS`].
+    pub fn record_app(&self, deployment: &Deployment, module: &[u8]) -> Result<bool, StoreError> {
+        let record = serde_json::to_vec(deployment).expect("deployments serialise");
+        let name = deployment.config.name.as_str();
+        let mut recorded = true;
+        self.write(|txn| {
+            let mut apps = txn.open_table(APPS)?;
+            let earlier = match apps.get(name)? {
+                Some(earlier) => Some(deployment_of(name, earlier.value())?.module),
+                None if apps.len()? >= MAX_DEPLOYMENTS => {
+                    recorded = false;
+                    return Ok(());
+                }
+                None => None,
+            };
+            apps.insert(name, record.as_slice())?;
+            let mut modules = txn.open_table(MODULES)?;
+            modules.insert(deployment.module.as_str(), module)?;
+            if let Some(earlier) = earlier.filter(|hash| *hash != deployment.module) {
+                let mut named = false;
+                for entry in apps.iter()? {
+                    let (app, record) = entry?;
+                    named |= deployment_of(app.value(), record.value())?.module == earlier;
+                }
+                if !named {
+                    modules.remove(earlier.as_str())?;
+                }
+            }
+            Ok(())
+        })?;
+        Ok(recorded)
+    }
+
+    /// Every deployment kept, by app name.
+    pub fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
+        let read = || -> Result<Vec<Deployment>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let mut deployments = Vec::new();
+            for entry in txn.open_table(APPS)?.iter()? {
+                let (app, record) = entry?;
+                deployments.push(deployment_of(app.value(), record.value())?);
+            }
+            Ok(deployments)
+        };
+        read().map_err(|e| self.error(e))
+    }
+
+    /// The module whose sha256 is `hash`, if a deployment names it.
+    pub fn module(&self, hash: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let read = || -> Result<Option<Vec<u8>>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let module = txn.open_table(MODULES)?.get(hash)?;
+            Ok(module.map(|module| module.value().to_vec()))
+        };
+        read().map_err(|e| self.error(e))
+    }
+
     /// Runs `change` in one transaction, committed durably.
     fn write(
         &self,
@@ -176,6 +243,15 @@ impl Store {
             reason: e.to_string(),
         }
     }
+}
+
+/// The most deployments a planner keeps (each module at most a mesh frame's body).
+pub const MAX_DEPLOYMENTS: u64 = 4096;
+
+/// The deployment recorded for `app`.
+fn deployment_of(app: &str, record: &[u8]) -> Result<Deployment, redb::Error> {
+    serde_json::from_slice(record)
+        .map_err(|e| redb::Error::Corrupted(format!("deployment of `{app}`: {e}")))
 }
 
 #[cfg(test)]
@@ -216,6 +292,60 @@ mod tests {
                 state_address: Some("127.0.0.1:4000".into()),
             }
         );
+    }
+
+    fn deployment(name: &str, module: &str) -> Deployment {
+        Deployment {
+            config: nimbus_wire::apps::AppConfig::new(name),
+            module: module.into(),
+        }
+    }
+
+    #[test]
+    fn deployments_are_kept_with_the_modules_they_name_and_no_others() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            assert!(store.record_app(&deployment("a", "m1"), b"one").unwrap());
+            assert!(store.record_app(&deployment("b", "m1"), b"one").unwrap());
+            // `a` moves on; `b` still names m1.
+            assert!(store.record_app(&deployment("a", "m2"), b"two").unwrap());
+            assert_eq!(store.module("m1").unwrap().as_deref(), Some(&b"one"[..]));
+            // Once nothing names m1, it goes.
+            assert!(store.record_app(&deployment("b", "m2"), b"two").unwrap());
+            assert_eq!(store.module("m1").unwrap(), None);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.deployments().unwrap(),
+            vec![deployment("a", "m2"), deployment("b", "m2")]
+        );
+        assert_eq!(store.module("m2").unwrap().as_deref(), Some(&b"two"[..]));
+    }
+
+    #[test]
+    fn no_more_than_the_most_deployments_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // Filled in one transaction, as recording each would fsync 4,096 times.
+        store
+            .write(|txn| {
+                let mut apps = txn.open_table(APPS)?;
+                for n in 0..MAX_DEPLOYMENTS {
+                    let record = serde_json::to_vec(&deployment(&format!("app{n}"), "m")).unwrap();
+                    apps.insert(format!("app{n}").as_str(), record.as_slice())?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            !store
+                .record_app(&deployment("one-more", "m"), b"m")
+                .unwrap()
+        );
+        assert_eq!(store.module("m").unwrap(), None);
+        // An app already kept may still be deployed anew.
+        assert!(store.record_app(&deployment("app7", "m"), b"m").unwrap());
     }
 
     #[test]

@@ -237,3 +237,42 @@ async fn junk_on_the_port_harms_no_one_else() {
     assert_eq!(link.host(), HostId(1));
     assert_eq!(hosts(&served.addr, &tls()).await.unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn deployments_are_kept_only_with_the_module_they_name() {
+    use nimbus_wire::apps::{AppConfig, Deployment};
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let served = planner(dir.path(), Duration::from_secs(60)).await;
+    let planner = Planner::new(&served.addr, &tls()).unwrap();
+    let module = b"\0asm\x01\0\0\0".to_vec();
+    let hash = hex::encode(Sha256::digest(&module));
+    let deployment = Deployment {
+        config: AppConfig::new("counter"),
+        module: hash.clone(),
+    };
+    // A body that is not the module named is refused, and nothing is kept.
+    let mut forged = deployment.clone();
+    forged.module = hex::encode(Sha256::digest(b"another"));
+    let refused = planner
+        .record_app(forged, module.clone())
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("has sha256"), "{refused}");
+    let mut unnamed = deployment.clone();
+    unnamed.config.name = "no/such name".into();
+    assert!(planner.record_app(unnamed, module.clone()).await.is_err());
+    assert!(planner.deployments().await.unwrap().is_empty());
+
+    planner
+        .record_app(deployment.clone(), module.clone())
+        .await
+        .unwrap();
+    assert_eq!(planner.deployments().await.unwrap(), vec![deployment]);
+    assert_eq!(planner.module(&hash).await.unwrap(), module);
+    let missing = planner.module(&"0".repeat(64)).await.unwrap_err();
+    assert!(
+        missing.to_string().contains("no deployment names"),
+        "{missing}"
+    );
+}

@@ -4,15 +4,14 @@
 //! forwarded over the mesh to that worker's [`Services`](crate::Services), where
 //! its instances run, keep their sessions and swap out.
 //!
-//! The gateway keeps each app's record and module (under `<data>/apps/<name>/`, as
-//! a node's own services do), so an app whose worker is lost is placed and deployed
-//! again on the next request. What its instances held in memory, or swapped out on
-//! the lost worker's disk, is lost with it; the request that was under way when the
-//! worker went fails with [`ServiceError::Unavailable`], and is not retried, since it
-//! may have taken effect.
-
+//! The planner keeps each deployment and its module in its store, so a gateway
+//! holds nothing of its own: one started anywhere, with any data directory, serves
+//! the apps deployed through another (or through itself before a restart), and an
+//! app whose worker is lost is placed and deployed again on the next request. What
+//! its instances held in memory, or swapped out on the lost worker's disk, is lost
+//! with it; the request that was under way when the worker went fails with
+//! [`ServiceError::Unavailable`], and is not retried, since it may have taken effect.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,11 +20,10 @@ use nimbus_mesh::{Frame, Links, MAX_BODY};
 use nimbus_planner::HostStatus;
 use nimbus_runtime::{BoxFuture, ModuleBytes};
 use nimbus_trust::Tls;
-use nimbus_wire::apps::{AppConfig, AppInfo, ServiceError};
-
+use nimbus_wire::apps::{AppConfig, AppInfo, Deployment, ServiceError};
 use nimbus_wire::peer::{AppRequest, Reply, Request};
 
-use crate::services::{ServiceFront, each_app, load_app, save_app, storage};
+use crate::services::ServiceFront;
 
 /// How long placing an app may wait for a worker with room.
 const PLACE_WAIT: Duration = Duration::from_secs(10);
@@ -45,50 +43,63 @@ const HOLDER_SILENCE_MS: u64 = 1_000;
 /// is at `planner`.
 pub struct PlacedServices {
     planner: nimbus_control::Planner,
-    dir: PathBuf,
+    /// The deployments heard of from the planner, by name.
     apps: Mutex<BTreeMap<String, Placed>>,
     links: Links,
     /// By app, held while it is placed, so that concurrent requests place it once.
     placing: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// An app and the worker it runs on, if it is placed.
+/// An app, its module's sha256, and the worker it runs on, if it is placed.
 #[derive(Clone)]
 struct Placed {
     config: AppConfig,
-    module: ModuleBytes,
+    module: String,
     worker: Option<String>,
 }
 
 impl PlacedServices {
-    /// Opens the apps recorded under `data_dir/apps`, to be placed on the cluster of
-    /// `planner` when first invoked.
-    pub fn open(
-        planner: &str,
-        tls: Arc<Tls>,
-        data_dir: &Path,
-    ) -> Result<PlacedServices, ServiceError> {
-        let dir = data_dir.join("apps");
-        std::fs::create_dir_all(&dir).map_err(storage(&dir))?;
-        let apps = each_app(&dir, load_app)?
-            .into_iter()
-            .map(|(config, module)| {
-                let placed = Placed {
-                    config,
-                    module,
-                    worker: None,
-                };
-                (placed.config.name.clone(), placed)
-            })
-            .collect();
+    /// The apps of the cluster whose planner is at `planner`, which keeps their
+    /// deployments; each is placed on a worker when first invoked.
+    pub fn open(planner: &str, tls: Arc<Tls>) -> Result<PlacedServices, ServiceError> {
         Ok(PlacedServices {
             planner: nimbus_control::Planner::new(planner, &tls)
                 .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?,
-            dir,
-            apps: Mutex::new(apps),
+            apps: Mutex::default(),
             links: Links::new(tls),
             placing: Mutex::default(),
         })
+    }
+
+    /// Learns the deployments the planner keeps: a new one, or one deployed anew
+    /// (through another gateway, say), is placed again on its next request.
+    async fn refresh(&self) -> Result<(), ServiceError> {
+        let deployments = self.planner.deployments().await.map_err(unavailable)?;
+        let mut apps = self.apps.lock().unwrap();
+        for Deployment { config, module } in deployments {
+            match apps.get_mut(&config.name) {
+                Some(placed) if placed.module == module && placed.config == config => {}
+                _ => {
+                    let placed = Placed {
+                        config,
+                        module,
+                        worker: None,
+                    };
+                    apps.insert(placed.config.name.clone(), placed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// App `name` as deployed, asking the planner if this gateway has not heard of it.
+    async fn deployed(&self, name: &str) -> Result<Placed, ServiceError> {
+        let known = || self.apps.lock().unwrap().get(name).cloned();
+        if let Some(placed) = known() {
+            return Ok(placed);
+        }
+        self.refresh().await?;
+        known().ok_or_else(|| ServiceError::UnknownApp(name.to_owned()))
     }
 
     /// The lock held while `app` is placed.
@@ -127,7 +138,7 @@ impl PlacedServices {
     async fn place(
         &self,
         config: &AppConfig,
-        module: &ModuleBytes,
+        module: &[u8],
         now_on: Option<String>,
         replace: bool,
     ) -> Result<(String, AppInfo), ServiceError> {
@@ -148,7 +159,7 @@ impl PlacedServices {
                     config: config.clone(),
                     replace,
                 };
-                match self.ask(&worker, &request, module.bytes().to_vec()).await {
+                match self.ask(&worker, &request, module.to_vec()).await {
                     Some((Reply::Deployed(info), _)) => return Ok((worker, info)),
                     Some((Reply::ServiceFailed(error), _)) => return Err(error),
                     Some((other, _)) => last_error = format!("{worker} answered {other:?}"),
@@ -202,30 +213,30 @@ impl PlacedServices {
 
     /// The worker `app` runs on, placing it there first if it runs nowhere.
     async fn worker_of(&self, app: &str) -> Result<String, ServiceError> {
-        let placed = |apps: &BTreeMap<String, Placed>| {
-            apps.get(app)
-                .cloned()
-                .ok_or_else(|| ServiceError::UnknownApp(app.to_owned()))
-        };
-        if let Some(worker) = placed(&self.apps.lock().unwrap())?.worker {
+        if let Some(worker) = self.deployed(app).await?.worker {
             return Ok(worker);
         }
         let placing = self.placing(app);
         let _placing = placing.lock().await;
-        let app = placed(&self.apps.lock().unwrap())?;
+        let app = self.deployed(app).await?;
         if let Some(worker) = app.worker {
             return Ok(worker);
         }
-        let (worker, _) = self.place(&app.config, &app.module, None, false).await?;
+        let module = self
+            .planner
+            .module(&app.module)
+            .await
+            .map_err(unavailable)?;
+        let (worker, _) = self.place(&app.config, &module, None, false).await?;
         self.settle(&app.config.name, &app.module, Some(worker.clone()));
         Ok(worker)
     }
 
-    /// Records where app `name` (with `module`) runs now, unless it was deployed
-    /// anew meanwhile.
-    fn settle(&self, name: &str, module: &ModuleBytes, worker: Option<String>) {
+    /// Records where app `name` (with module `module`) runs now, unless it was
+    /// deployed anew meanwhile.
+    fn settle(&self, name: &str, module: &str, worker: Option<String>) {
         if let Some(placed) = self.apps.lock().unwrap().get_mut(name)
-            && placed.module.hash() == module.hash()
+            && placed.module == module
         {
             placed.worker = worker;
         }
@@ -290,11 +301,26 @@ impl ServiceFront for PlacedServices {
                 .unwrap()
                 .get(&config.name)
                 .and_then(|p| p.worker.clone());
-            let (worker, info) = self.place(&config, &module, now_on, true).await?;
-            save_app(&self.dir.join(&config.name), &config, &module)?;
-            let placed = Placed {
+            let (worker, info) = self.place(&config, module.bytes(), now_on, true).await?;
+            // Kept only once a worker took it: the planner holds no module that
+            // cannot serve.
+            let deployment = Deployment {
                 config: config.clone(),
-                module,
+                module: module.hash().to_string(),
+            };
+            self.planner
+                .record_app(deployment.clone(), module.bytes().to_vec())
+                .await
+                .map_err(|e| {
+                    ServiceError::Unavailable(format!(
+                        "app `{}` runs on the worker at {worker}, but the planner did not \
+                         keep its deployment, so it will not be found again: {e}",
+                        config.name
+                    ))
+                })?;
+            let placed = Placed {
+                config: deployment.config,
+                module: deployment.module,
                 worker: Some(worker),
             };
             self.apps.lock().unwrap().insert(config.name, placed);
@@ -310,10 +336,7 @@ impl ServiceFront for PlacedServices {
         session: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<u8>, ServiceError>> {
         Box::pin(async move {
-            let max_body = match self.apps.lock().unwrap().get(app) {
-                Some(placed) => placed.config.max_body,
-                None => return Err(ServiceError::UnknownApp(app.to_owned())),
-            };
+            let max_body = self.deployed(app).await?.config.max_body;
             // Refused here as the worker would, and never more than one frame.
             let limit = max_body.min(MAX_BODY);
             if body.len() > limit {
@@ -366,6 +389,9 @@ impl ServiceFront for PlacedServices {
 
     fn apps(&self) -> BoxFuture<'_, Vec<AppInfo>> {
         Box::pin(async move {
+            if let Err(e) = self.refresh().await {
+                tracing::warn!("listing the apps this gateway knows of: {e}");
+            }
             let apps = self.apps.lock().unwrap().clone();
             let mut running = BTreeMap::new();
             for worker in self.workers() {
@@ -387,9 +413,9 @@ impl ServiceFront for PlacedServices {
             }
             apps.into_values()
                 .map(|placed| match running.remove(&placed.config.name) {
-                    Some(info) if info.module == placed.module.hash().to_string() => info,
+                    Some(info) if info.module == placed.module => info,
                     _ => AppInfo {
-                        module: placed.module.hash().to_string(),
+                        module: placed.module,
                         config: placed.config,
                         instances: 0,
                         live: 0,
@@ -434,4 +460,9 @@ impl ServiceFront for PlacedServices {
             Ok(())
         })
     }
+}
+
+/// A planner that could not be asked, or could not answer, as a service's error.
+fn unavailable(error: nimbus_control::ControlError) -> ServiceError {
+    ServiceError::Unavailable(error.to_string())
 }

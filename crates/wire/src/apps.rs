@@ -64,6 +64,16 @@ impl AppConfig {
     }
 }
 
+/// A deployment as the planner keeps it for the gateways of its cluster: how the
+/// app is run and which module it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    /// How the app is run.
+    pub config: AppConfig,
+    /// The sha256 of its module, in hex.
+    pub module: String,
+}
+
 /// An app as listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppInfo {

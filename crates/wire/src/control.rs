@@ -6,6 +6,8 @@ use nimbus_core::HostId;
 use nimbus_planner::{HostInfo, HostReport, HostStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::apps::Deployment;
+
 /// A call to the planner. (Each variant's doc names its fields.)
 #[allow(missing_docs)]
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -23,6 +25,13 @@ pub enum Request {
     },
     /// Every registered host.
     Hosts,
+    /// Keeps `deployment`, its module the call's body, in place of any earlier
+    /// deployment of the app's name (a gateway's deploy, once a worker took it).
+    RecordApp { deployment: Deployment },
+    /// Every deployment kept.
+    Deployments,
+    /// The module whose sha256 is `hash` (hex), in the answer's body.
+    Module { hash: String },
 }
 
 /// The planner's answer. (Each variant's doc names its fields.)
@@ -43,6 +52,12 @@ pub enum Reply {
     Placed { host: HostId, address: String },
     /// The registered hosts.
     Hosts(Vec<HostStatus>),
+    /// The deployment is kept.
+    Recorded,
+    /// The deployments kept.
+    Deployments(Vec<Deployment>),
+    /// The module asked for is the answer's body.
+    Module,
     /// No room: every host is full, or the app is at its budget.
     Refused(String),
     /// The planner does not know the host: it was silent past the timeout and its

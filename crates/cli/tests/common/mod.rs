@@ -249,6 +249,9 @@ pub struct TestCluster {
     planner_args: Vec<String>,
     /// The planner's own data directory (its store).
     planner_dir: tempfile::TempDir,
+    /// Each worker's own data directory (its apps and their snapshots), as two
+    /// workers never share one.
+    worker_dirs: Vec<tempfile::TempDir>,
 }
 
 #[allow(dead_code)]
@@ -284,6 +287,7 @@ impl TestCluster {
             mesh_addresses: std::collections::HashMap::new(),
             planner_args: args.iter().map(|&arg| arg.to_owned()).collect(),
             planner_dir,
+            worker_dirs: Vec::new(),
         };
         for _ in 0..workers {
             cluster.add_worker(worker_flags);
@@ -313,7 +317,11 @@ impl TestCluster {
             args.extend(["--allow-dir", dir.to_str().unwrap()]);
         }
         args.extend_from_slice(flags);
-        let daemon = Daemon::start(nimbus(&args));
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = nimbus(&args);
+        command.arg("--data-dir").arg(dir.path());
+        self.worker_dirs.push(dir);
+        let daemon = Daemon::start(command);
         let joined = daemon.announced(&format!("nimbus: worker joined {} as host ", self.addr));
         let (host, address) = joined.split_once(" at ").unwrap();
         let host = host.to_owned();
