@@ -6,7 +6,7 @@
 //! connection, requests on a connection answered in order, a bound on connections), and
 //! the client ([`Client`]). A connection opens with a hello (the protocol version
 //! and a token), which the server checks once, through [`Invoker::authorize`], for
-//! the [`Access`] of the whole connection. An invocation is an app name, a handler name, an optional
+//! the [`Grant`] of the whole connection: its [`Access`], until the token is revoked. An invocation is an app name, a handler name, an optional
 //! session id and a request body; its answer is a response body or a [`Status`] with a
 //! message.
 //!
@@ -33,4 +33,4 @@ mod spin;
 
 pub use client::{Client, ClientError};
 pub use protocol::{FrameError, PROTOCOL_VERSION, Status};
-pub use server::{Access, Failure, Invoker, Request, ServerConfig, serve};
+pub use server::{Access, Failure, Grant, Invoker, Request, ServerConfig, serve};

@@ -62,6 +62,17 @@ pub enum Access {
     Apps(HashSet<String>),
 }
 
+/// What a connection's token may invoke, until the token is revoked.
+#[derive(Clone, Debug)]
+pub struct Grant {
+    /// What it may invoke.
+    pub access: Access,
+    /// Set when the token is revoked: the connection's next request is answered
+    /// [`Status::Unauthorized`] and the connection closed. Checked once a request,
+    /// a relaxed load, so the invoke path keeps its speed.
+    pub revoked: Arc<AtomicBool>,
+}
+
 impl Access {
     /// Whether a request for `app` may be invoked.
     pub fn allows(&self, app: &str) -> bool {
@@ -124,9 +135,8 @@ pub trait Invoker: Send + Sync + 'static {
     /// What a connection whose hello carried `token` may invoke, or `None` to refuse
     /// the connection ([`Status::Unauthorized`]). Called once per connection, on its
     /// task, before any request is read: it must be quick (a lookup, not I/O). The
-    /// answer holds for the connection's life, so a token revoked meanwhile keeps
-    /// the connections it already opened.
-    fn authorize(&self, token: &str) -> Option<Access>;
+    /// grant holds for the connection's life, or until its `revoked` flag is set.
+    fn authorize(&self, token: &str) -> Option<Grant>;
 }
 
 /// Limits of a server.
@@ -224,7 +234,7 @@ async fn serve_connection(
     let (read, write) = stream.into_split();
     let mut reader = BufReader::with_capacity(BUFFER_SIZE, read);
     let mut writer = BufWriter::with_capacity(BUFFER_SIZE, write);
-    let Some(access) = handshake(&mut reader, &mut writer, invoker, config).await else {
+    let Some(grant) = handshake(&mut reader, &mut writer, invoker, config).await else {
         return;
     };
     let mut spinner = Spinner::new(config.spin);
@@ -243,8 +253,16 @@ async fn serve_connection(
         };
         let _serving = activity.serve();
         let echo_id = protocol::echo_id(&frame);
+        let revoked = grant.revoked.load(Ordering::Relaxed);
         let (id, outcome) = match protocol::decode_request(frame) {
-            Ok(RequestFrame { id, request }) if !access.allows(&request.app) => (
+            Ok(RequestFrame { id, .. }) if revoked => (
+                id,
+                Err(Failure::new(
+                    Status::Unauthorized,
+                    "this connection's token was revoked: connect with another",
+                )),
+            ),
+            Ok(RequestFrame { id, request }) if !grant.access.allows(&request.app) => (
                 id,
                 Err(Failure::new(
                     Status::Forbidden,
@@ -266,6 +284,7 @@ async fn serve_connection(
         if write_response(&mut writer, id, outcome, config.max_frame_len)
             .await
             .is_err()
+            || revoked
         {
             return;
         }
@@ -304,7 +323,7 @@ async fn handshake(
     writer: &mut BufWriter<OwnedWriteHalf>,
     invoker: &dyn Invoker,
     config: ServerConfig,
-) -> Option<Access> {
+) -> Option<Grant> {
     // Nothing longer than a hello is read from a caller not yet authorised.
     let longest = config.max_frame_len.min(LONGEST_HELLO);
     let frame = match timeout(HELLO_TIMEOUT, protocol::read_frame(reader, longest)).await {
@@ -334,12 +353,12 @@ async fn handshake(
             ),
         ),
         Ok(hello) => match invoker.authorize(&hello.token) {
-            Some(access) => {
+            Some(grant) => {
                 let version = PROTOCOL_VERSION.to_le_bytes().to_vec();
                 return write_response(writer, 0, Ok(version), config.max_frame_len)
                     .await
                     .ok()
-                    .map(|()| access);
+                    .map(|()| grant);
             }
             None => Failure::new(
                 Status::Unauthorized,

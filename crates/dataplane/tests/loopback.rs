@@ -5,11 +5,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nimbus_dataplane::protocol::{self, REQUEST_KIND};
 use nimbus_dataplane::{
-    Access, Client, ClientError, Failure, Invoker, Request, ServerConfig, Status, serve,
+    Access, Client, ClientError, Failure, Grant, Invoker, Request, ServerConfig, Status, serve,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -32,6 +33,8 @@ struct Signals {
     entered: Notify,
     /// Notified to let a `wait` invocation finish.
     release: Notify,
+    /// Set to revoke [`DEMO_TOKEN`].
+    demo_revoked: Arc<AtomicBool>,
 }
 
 /// The token of every app.
@@ -80,12 +83,16 @@ impl Invoker for Demo {
         Box::pin(async move { result })
     }
 
-    fn authorize(&self, token: &str) -> Option<Access> {
-        match token {
-            TOKEN => Some(Access::All),
-            DEMO_TOKEN => Some(Access::Apps(HashSet::from(["demo".to_owned()]))),
-            _ => None,
-        }
+    fn authorize(&self, token: &str) -> Option<Grant> {
+        let (access, revoked) = match token {
+            TOKEN => (Access::All, Arc::default()),
+            DEMO_TOKEN => (
+                Access::Apps(HashSet::from(["demo".to_owned()])),
+                self.0.demo_revoked.clone(),
+            ),
+            _ => return None,
+        };
+        Some(Grant { access, revoked })
     }
 }
 
@@ -619,6 +626,32 @@ async fn a_token_of_one_app_is_refused_others_per_request() {
     assert!(message.contains("may not invoke app `other`"), "{message}");
     // The connection goes on.
     let body = within(client.invoke("demo", "echo", None, b"still"))
+        .await
+        .unwrap();
+    assert_eq!(body, b"still");
+}
+
+#[tokio::test]
+async fn a_token_revoked_ends_the_connections_it_opened_at_their_next_request() {
+    let server = start(ServerConfig::default()).await;
+    let mut demo = within(Client::connect(server.addr, DEMO_TOKEN))
+        .await
+        .unwrap();
+    let mut every = within(Client::connect(server.addr, TOKEN)).await.unwrap();
+    within(demo.invoke("demo", "echo", None, b"before"))
+        .await
+        .unwrap();
+    server.signals.demo_revoked.store(true, Ordering::Relaxed);
+    let (status, message) = server_error(within(demo.invoke("demo", "echo", None, b"")).await);
+    assert_eq!(status, Status::Unauthorized);
+    assert!(message.contains("token was revoked"), "{message}");
+    assert!(
+        within(demo.invoke("demo", "echo", None, b""))
+            .await
+            .is_err()
+    );
+    // Another token's connection goes on.
+    let body = within(every.invoke("demo", "echo", None, b"still"))
         .await
         .unwrap();
     assert_eq!(body, b"still");

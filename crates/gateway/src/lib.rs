@@ -51,7 +51,7 @@ use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use http_body_util::BodyExt;
 use nimbus_core::{Pid, parse_duration, parse_size};
-use nimbus_dataplane::{Access, Failure as DataFailure, Invoker, Request, Status};
+use nimbus_dataplane::{Access, Failure as DataFailure, Grant, Invoker, Request, Status};
 use nimbus_node::Cluster;
 use nimbus_runtime::{InvokeError, Kernel};
 use nimbus_services::{AppConfig, AppInfo, ServiceError, ServiceFront};
@@ -648,11 +648,13 @@ impl DataPlane {
 }
 
 impl Invoker for DataPlane {
-    fn authorize(&self, token: &str) -> Option<Access> {
-        Some(match self.tokens.authorize(token)? {
+    fn authorize(&self, token: &str) -> Option<Grant> {
+        let (scope, revoked) = self.tokens.grant(token)?;
+        let access = match scope {
             Scope::Admin => Access::All,
             Scope::Apps(apps) => Access::Apps(apps.into_iter().collect()),
-        })
+        };
+        Some(Grant { access, revoked })
     }
 
     fn invoke(

@@ -15,6 +15,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,10 @@ struct Stored {
     /// Hex sha256 of the token's text.
     sha256: String,
     scope: Scope,
+    /// Set once the token is revoked, for the data-plane connections it opened
+    /// (shared by every copy of the map).
+    #[serde(skip)]
+    revoked: Arc<AtomicBool>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -238,6 +243,15 @@ impl TokenStore {
             .map(|stored| stored.scope.clone())
     }
 
+    /// The scope of `token` and the flag its revocation sets, or `None` if the
+    /// store does not know it: what a connection that stays open holds. Cheap, as
+    /// [`TokenStore::authorize`].
+    pub fn grant(&self, token: &str) -> Option<(Scope, Arc<AtomicBool>)> {
+        self.current()
+            .get(&sha256(token))
+            .map(|stored| (stored.scope.clone(), stored.revoked.clone()))
+    }
+
     /// Every token's name and scope, by name.
     pub fn list(&self) -> Vec<TokenInfo> {
         let mut tokens: Vec<TokenInfo> = self
@@ -274,6 +288,7 @@ impl TokenStore {
                 name: name.to_owned(),
                 sha256: hex::encode(sha256(&token)),
                 scope,
+                revoked: Arc::default(),
             };
             tokens.insert(sha256(&token), stored);
             Ok(())
@@ -304,13 +319,22 @@ impl TokenStore {
             .writing
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut tokens = (*self.current()).clone();
+        let before = self.current();
+        let mut tokens = (*before).clone();
         edit(&mut tokens)?;
         self.write(&tokens)?;
+        let revoked: Vec<&Stored> = (before.iter())
+            .filter(|(hash, _)| !tokens.contains_key(*hash))
+            .map(|(_, stored)| stored)
+            .collect();
         *self
             .tokens
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(tokens);
+        // Once no lookup finds them, the connections they opened end too.
+        for stored in revoked {
+            stored.revoked.store(true, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -403,6 +427,22 @@ mod tests {
     }
 
     #[test]
+    fn revoking_a_token_or_replacing_it_sets_the_flag_its_connections_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TokenStore::open(dir.path()).unwrap();
+        let kept = store.create("kept", Scope::Admin, false).unwrap();
+        let gone = store.create("gone", Scope::Admin, false).unwrap();
+        let replaced = store.create("replaced", Scope::Admin, false).unwrap();
+        let flag = |token: &str| store.grant(token).unwrap().1;
+        let (kept, gone, replaced) = (flag(&kept), flag(&gone), flag(&replaced));
+        assert!(store.revoke("gone").unwrap());
+        store.create("replaced", Scope::Admin, true).unwrap();
+        assert!(gone.load(Ordering::Relaxed));
+        assert!(replaced.load(Ordering::Relaxed));
+        assert!(!kept.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn revoked_tokens_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         let store = TokenStore::open(dir.path()).unwrap();
@@ -457,6 +497,7 @@ mod tests {
                         sha256: hex::encode(sha256(&name)),
                         name: name.clone(),
                         scope: Scope::Admin,
+                        revoked: Arc::default(),
                     };
                     tokens.insert(sha256(&name), stored);
                 }
