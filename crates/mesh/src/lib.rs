@@ -91,7 +91,8 @@ pub enum MeshError {
         /// Its address.
         addr: String,
     },
-    /// The connection broke before the call was answered: the peer is gone.
+    /// The connection broke before the call was answered, or the peer did not
+    /// finish a new connection's handshake in time: the peer is gone or frozen.
     #[error("lost the connection to {addr}")]
     Lost {
         /// The peer's address.

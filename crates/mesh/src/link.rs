@@ -53,18 +53,17 @@ pub(crate) async fn connect_tcp(addr: &str) -> Result<TcpStream, MeshError> {
 }
 
 /// A connection to the node at `addr`, over TLS: `addr` must prove it is a node of
-/// this cluster, and so must we.
+/// this cluster, and so must we. A peer that has not finished the handshake within
+/// its deadline is [`MeshError::Lost`], as silent as a frozen one.
 pub(crate) async fn connect(tls: &Tls, addr: &str) -> Result<Connection, MeshError> {
     let tcp = connect_tcp(addr).await?;
     let stream = tls.connect(tcp, crate::PROTOCOL).await.map_err(|source| {
-        match nimbus_trust::is_another_protocol(&source) {
-            true => MeshError::AnotherVersion {
-                addr: addr.to_owned(),
-            },
-            false => MeshError::Untrusted {
-                addr: addr.to_owned(),
-                source,
-            },
+        let addr = addr.to_owned();
+        match source.kind() {
+            _ if nimbus_trust::is_another_protocol(&source) => MeshError::AnotherVersion { addr },
+            // A frozen peer's kernel takes the connection; its process never answers.
+            std::io::ErrorKind::TimedOut => MeshError::Lost { addr },
+            _ => MeshError::Untrusted { addr, source },
         }
     })?;
     Ok(TlsStream::Client(stream))
@@ -870,6 +869,22 @@ mod tests {
             .unwrap();
         assert!(nimbus_trust::is_another_protocol(&refused), "{refused}");
         assert!(handled_seen.try_recv().is_err(), "a request was handled");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_a_new_connection_is_lost() {
+        // A frozen process's listener: its kernel takes connections, nothing answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let slack = Duration::from_secs(1);
+        let tls = crate::test_tls();
+        let connected = Link::connect(&tls, &addr);
+        let connected = tokio::time::timeout(nimbus_trust::HANDSHAKE_DEADLINE + slack, connected);
+        assert!(
+            matches!(connected.await, Ok(Err(MeshError::Lost { .. }))),
+            "a handshake never answered"
+        );
+        drop(listener);
     }
 
     #[tokio::test]
