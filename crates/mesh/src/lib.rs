@@ -27,7 +27,9 @@
 //! answers at once; either side that hears nothing for [`KEEPALIVE_TIMEOUT`]
 //! closes the connection, failing every call on it. So a peer that is frozen
 //! (SIGSTOP, a cable pulled: its kernel may still acknowledge TCP) is declared lost
-//! within the timeout, as one that died is.
+//! within the timeout, as one that died is. [`Links`] then takes it for lost for the
+//! timeout more, failing new calls to it at once instead of each waiting out a new
+//! connection's handshake deadline (3 s) to find it still frozen.
 
 mod channel;
 mod frame;
@@ -91,7 +93,9 @@ pub enum MeshError {
         /// Its address.
         addr: String,
     },
-    /// The connection broke before the call was answered: the peer is gone.
+    /// The connection broke before the call was answered, or the peer did not
+    /// finish a new connection's handshake in time (or was found silent so lately
+    /// that [`Links`] did not try): the peer is gone or frozen.
     #[error("lost the connection to {addr}")]
     Lost {
         /// The peer's address.

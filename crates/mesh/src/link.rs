@@ -16,6 +16,7 @@ use nimbus_trust::Tls;
 use tokio::io::{AsyncReadExt, BufReader, WriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsStream;
 
 use crate::frame::{self, Envelope, Frame};
@@ -53,18 +54,17 @@ pub(crate) async fn connect_tcp(addr: &str) -> Result<TcpStream, MeshError> {
 }
 
 /// A connection to the node at `addr`, over TLS: `addr` must prove it is a node of
-/// this cluster, and so must we.
+/// this cluster, and so must we. A peer that has not finished the handshake within
+/// its deadline is [`MeshError::Lost`], as silent as a frozen one.
 pub(crate) async fn connect(tls: &Tls, addr: &str) -> Result<Connection, MeshError> {
     let tcp = connect_tcp(addr).await?;
     let stream = tls.connect(tcp, crate::PROTOCOL).await.map_err(|source| {
-        match nimbus_trust::is_another_protocol(&source) {
-            true => MeshError::AnotherVersion {
-                addr: addr.to_owned(),
-            },
-            false => MeshError::Untrusted {
-                addr: addr.to_owned(),
-                source,
-            },
+        let addr = addr.to_owned();
+        match source.kind() {
+            _ if nimbus_trust::is_another_protocol(&source) => MeshError::AnotherVersion { addr },
+            // A frozen peer's kernel takes the connection; its process never answers.
+            std::io::ErrorKind::TimedOut => MeshError::Lost { addr },
+            _ => MeshError::Untrusted { addr, source },
         }
     })?;
     Ok(TlsStream::Client(stream))
@@ -118,6 +118,9 @@ fn refused_by_peer(error: &std::io::Error) -> bool {
 /// Calls waiting for replies, by id. `None` once the connection is gone.
 type Pending = Arc<Mutex<Option<HashMap<u64, mpsc::UnboundedSender<Envelope>>>>>;
 
+/// When a link's peer was declared lost for its silence, if it was.
+type Silence = Arc<std::sync::OnceLock<Instant>>;
+
 /// A connection to a peer, shared by every call to it.
 pub struct Link {
     addr: String,
@@ -127,6 +130,8 @@ pub struct Link {
     next_id: AtomicU64,
     /// Closed when the connection ends.
     open: watch::Receiver<()>,
+    /// Set, before the connection counts as ended, if it ended for the peer's silence.
+    silence: Silence,
 }
 
 impl Link {
@@ -140,13 +145,15 @@ impl Link {
         let refused = Refusal::default();
         let refusal = refused.clone();
         let (connected, open) = watch::channel(());
+        let silence = Silence::default();
+        let fell_silent = silence.clone();
         let write = Arc::new(tokio::sync::Mutex::new(write));
         tokio::spawn(probe(Arc::downgrade(&write), open.clone()));
         tokio::spawn(async move {
             let _connected = connected;
             let mut read = BufReader::with_capacity(256 << 10, read);
             // A peer that answers no probe for the timeout is frozen or gone.
-            let mut silent = false;
+            let mut silent = None;
             loop {
                 let envelope =
                     match tokio::time::timeout(KEEPALIVE_TIMEOUT, frame::read(&mut read)).await {
@@ -157,7 +164,7 @@ impl Link {
                         }
                         Ok(_) => break,
                         Err(_) => {
-                            silent = true;
+                            silent = Some(Instant::now());
                             break;
                         }
                     };
@@ -175,9 +182,13 @@ impl Link {
                     calls.remove(&id);
                 }
             }
+            // Recorded first, so that whoever sees the link closed knows why.
+            if let Some(at) = silent {
+                let _ = fell_silent.set(at);
+            }
             // Dropping the senders tells every waiting call the peer is gone.
             replies.lock().unwrap().take();
-            if silent {
+            if silent.is_some() {
                 shut(socket.as_ref());
             }
         });
@@ -188,6 +199,7 @@ impl Link {
             refused,
             next_id: AtomicU64::new(1),
             open,
+            silence,
         }))
     }
 
@@ -287,9 +299,42 @@ fn shut(socket: Option<&OwnedFd>) {
 }
 
 /// Links to peers by address, each opened on first use and again once broken.
+///
+/// A peer found silent (its link's keepalive timed out, or a new connection's
+/// handshake did) is lost to every call for [`KEEPALIVE_TIMEOUT`] from then on:
+/// connecting anew to a peer that is still frozen would fail only after the
+/// handshake's deadline, so each later call (a parent's send to its next child
+/// there) would take as long again as the keepalive took to declare it lost.
 pub struct Links {
     tls: Arc<Tls>,
-    open: Mutex<HashMap<String, Arc<Link>>>,
+    open: Mutex<HashMap<String, Peer>>,
+}
+
+/// What [`Links`] knows of a peer.
+enum Peer {
+    /// Its link, standing or ended.
+    Linked(Arc<Link>),
+    /// A new connection to it did not finish its handshake in time, then.
+    Silent(Instant),
+}
+
+impl Peer {
+    /// The link, if it stands.
+    fn standing(&self) -> Option<&Arc<Link>> {
+        match self {
+            Peer::Linked(link) if link.is_open() => Some(link),
+            _ => None,
+        }
+    }
+
+    /// Whether the peer was found silent less than [`KEEPALIVE_TIMEOUT`] ago.
+    fn lately_silent(&self) -> bool {
+        let silent = match self {
+            Peer::Linked(link) => link.silence.get().copied(),
+            Peer::Silent(at) => Some(*at),
+        };
+        silent.is_some_and(|at| at.elapsed() < KEEPALIVE_TIMEOUT)
+    }
 }
 
 impl Links {
@@ -306,25 +351,34 @@ impl Links {
         &self.tls
     }
 
-    /// The link to `addr`, connecting (again) if there is none standing.
+    /// The link to `addr`, connecting (again) if there is none standing;
+    /// [`MeshError::Lost`] at once while the peer is lately silent.
     pub async fn get(&self, addr: &str) -> Result<Arc<Link>, MeshError> {
-        if let Some(link) = self.open.lock().unwrap().get(addr)
-            && link.is_open()
-        {
-            return Ok(link.clone());
+        if let Some(peer) = self.open.lock().unwrap().get(addr) {
+            if let Some(link) = peer.standing() {
+                return Ok(link.clone());
+            }
+            if peer.lately_silent() {
+                return Err(MeshError::Lost {
+                    addr: addr.to_owned(),
+                });
+            }
         }
-        let link = Link::connect(&self.tls, addr).await?;
+        let connected = Link::connect(&self.tls, addr).await;
         let mut open = self.open.lock().unwrap();
         // Another caller may have connected meanwhile: one link per peer, so that
         // no link in use is dropped from under its calls (a dropped link closes,
         // and its peer takes its callers for gone).
-        if let Some(standing) = open.get(addr)
-            && standing.is_open()
-        {
+        if let Some(standing) = open.get(addr).and_then(Peer::standing) {
             return Ok(standing.clone());
         }
-        open.insert(addr.to_owned(), link.clone());
-        Ok(link)
+        let peer = match &connected {
+            Ok(link) => Peer::Linked(link.clone()),
+            Err(MeshError::Lost { .. }) => Peer::Silent(Instant::now()),
+            Err(_) => return connected,
+        };
+        open.insert(addr.to_owned(), peer);
+        connected
     }
 }
 
@@ -736,6 +790,109 @@ mod tests {
         assert!(!link.is_open());
     }
 
+    /// A peer that answers probes, and each request with a first reply that is not
+    /// the last (a start answering "started"), until told to freeze: then it reads
+    /// and writes nothing more, its socket left open, and accepts no connection, as
+    /// a stopped process. Told to thaw, it serves new connections as [`Echo`].
+    async fn freezing_peer() -> (String, [tokio::sync::oneshot::Sender<()>; 2]) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
+        let (thaw, thawed) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let stream = crate::test_tls()
+                .accept(stream, crate::PROTOCOL)
+                .await
+                .unwrap();
+            let (read, mut write) = tokio::io::split(stream);
+            let mut read = BufReader::new(read);
+            let answering = async {
+                while let Ok(Some(envelope)) = frame::read(&mut read).await {
+                    let answered = match envelope.ping {
+                        true => frame::write_ping(&mut write, false).await,
+                        false => {
+                            let started = Frame::new(&"started", vec![]);
+                            frame::write(&mut write, envelope.id, false, false, &started).await
+                        }
+                    };
+                    answered.unwrap();
+                }
+            };
+            tokio::select! {
+                () = answering => {}
+                _ = frozen => {}
+            }
+            // Frozen: the connection stays open, and nothing more is read or written.
+            let _ = thawed.await;
+            serve(listener, crate::test_tls(), Arc::new(Echo)).await;
+            drop((read, write));
+        });
+        (addr, [freeze, thaw])
+    }
+
+    #[tokio::test]
+    async fn every_call_to_a_peer_that_froze_fails_within_the_keepalive_timeout() {
+        let (addr, [freeze, thaw]) = freezing_peer().await;
+        let links = Links::new(crate::test_tls());
+        // A call whose first reply came (a child's start: "started", its end to follow).
+        let mut started = links
+            .get(&addr)
+            .await
+            .unwrap()
+            .call(Frame::new(&"start", vec![]))
+            .await
+            .unwrap();
+        started.next().await.unwrap();
+        let ended = tokio::spawn(async move { started.next().await });
+        freeze.send(()).unwrap();
+        let froze = tokio::time::Instant::now();
+        // The keepalive bound: lost at most the timeout after the last frame heard,
+        // which came before the freeze; a second of slack for a loaded machine.
+        let bound = froze + KEEPALIVE_TIMEOUT + Duration::from_secs(1);
+        // A second call (a channel's ticket), made on the same links a while later.
+        tokio::time::sleep(KEEPALIVE_INTERVAL * 2).await;
+        let second = async {
+            let mut replies = links
+                .get(&addr)
+                .await?
+                .call(Frame::new(&"ticket", vec![]))
+                .await?;
+            replies.next().await
+        };
+        let second = tokio::time::timeout_at(bound, second).await;
+        assert!(
+            matches!(second, Ok(Err(MeshError::Lost { .. }))),
+            "the second call: {second:?}"
+        );
+        let ended = tokio::time::timeout_at(bound, ended).await;
+        assert!(
+            matches!(ended, Ok(Ok(Err(MeshError::Lost { .. })))),
+            "the call answered once: {ended:?}"
+        );
+        // A call made once the peer was declared lost (a send to the next child
+        // there) is not kept waiting for it again.
+        let after = tokio::time::timeout_at(bound, links.get(&addr)).await;
+        assert!(
+            matches!(after, Ok(Err(MeshError::Lost { .. }))),
+            "a call after the loss: {:?}",
+            after.map(|link| link.map(|link| link.addr().to_owned()))
+        );
+
+        // Lost for the timeout only: a peer that answers again is connected to anew.
+        thaw.send(()).unwrap();
+        let reconnected = async {
+            loop {
+                match links.get(&addr).await {
+                    Ok(link) => return link.call_one(Frame::new(&"1", b"x".to_vec())).await,
+                    Err(_) => tokio::time::sleep(KEEPALIVE_INTERVAL / 10).await,
+                }
+            }
+        };
+        let reply = tokio::time::timeout(KEEPALIVE_TIMEOUT * 3, reconnected).await;
+        assert_eq!(reply.expect("connected again").unwrap().body, b"x");
+    }
+
     #[tokio::test]
     async fn a_caller_that_falls_silent_is_gone_for_its_handlers() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -870,6 +1027,28 @@ mod tests {
             .unwrap();
         assert!(nimbus_trust::is_another_protocol(&refused), "{refused}");
         assert!(handled_seen.try_recv().is_err(), "a request was handled");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_never_answers_a_new_connection_is_lost_and_then_at_once() {
+        // A frozen process's listener: its kernel takes connections, nothing answers.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let links = Links::new(crate::test_tls());
+        let slack = Duration::from_secs(1);
+        let first =
+            tokio::time::timeout(nimbus_trust::HANDSHAKE_DEADLINE + slack, links.get(&addr));
+        assert!(
+            matches!(first.await, Ok(Err(MeshError::Lost { .. }))),
+            "a handshake never answered"
+        );
+        // Found silent: the next call is not kept waiting for it again.
+        let next = tokio::time::timeout(slack, links.get(&addr)).await;
+        assert!(
+            matches!(next, Ok(Err(MeshError::Lost { .. }))),
+            "a call right after"
+        );
+        drop(listener);
     }
 
     #[tokio::test]
