@@ -177,13 +177,11 @@ impl Ca {
         let pem = std::fs::read_to_string(&ca_path)
             .map_err(|e| missing(format!("cannot read {}: {e}", ca_path.display())))?;
         let key_path = dir.join(CA_KEY_FILE);
-        let mut key_file = std::fs::File::open(&key_path).map_err(|e| {
-            missing(format!(
-                "cannot read the CA's key {}: {e} (issue and revoke where the cluster was \
-                 created)",
-                key_path.display()
-            ))
-        })?;
+        let mut key_file =
+            std::fs::File::open(&key_path).map_err(|source| TrustError::NoCaKey {
+                dir: dir.to_owned(),
+                source,
+            })?;
         key_file
             .lock()
             .map_err(|e| invalid(CA_KEY_FILE, format!("cannot lock it: {e}")))?;

@@ -71,7 +71,8 @@ pub enum TrustError {
     /// The directory holds no credentials.
     #[error(
         "no cluster credentials in {dir}: {reason} (create them with `nimbus cluster init {dir}` \
-         and give every node of the cluster a copy)"
+         and give every node of the cluster a copy, or each node its own from \
+         `nimbus cluster issue`)"
     )]
     Missing {
         /// The cluster directory.
@@ -132,6 +133,18 @@ pub enum TrustError {
         name: String,
         /// The names it issued, comma separated.
         issued: String,
+    },
+    /// [`issue`] or [`revoke`] was pointed at a directory without the CA's key.
+    #[error(
+        "cannot read the CA's key {}: {source} (issue and revoke in the directory \
+         `nimbus cluster init` created, which holds it)",
+        dir.join(CA_KEY_FILE).display()
+    )]
+    NoCaKey {
+        /// The directory.
+        dir: PathBuf,
+        /// Why the key could not be read.
+        source: std::io::Error,
     },
     /// [`issue`] was asked to write a node's credentials where something is.
     #[error("{0} exists and is not empty: give --out a new directory")]
