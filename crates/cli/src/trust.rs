@@ -1,5 +1,5 @@
-//! `nimbus cluster init`, and where every node and cluster client finds the
-//! cluster's credentials (`--cluster-dir`).
+//! `nimbus cluster init`, `issue` and `revoke`, and where every node and cluster
+//! client finds the cluster's credentials (`--cluster-dir`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,8 +13,10 @@ use crate::Failure;
 /// The cluster directory of a node or of a client of the cluster.
 #[derive(Args, Clone)]
 pub(crate) struct ClusterDir {
-    /// The cluster's credentials (made by `nimbus cluster init`): its CA, and this
-    /// node's certificate and key. Default: `cluster` in the data directory.
+    /// The cluster's credentials (made by `nimbus cluster init`, or for this node
+    /// by `nimbus cluster issue`): its CA, this node's certificate and key, and the
+    /// CA's revocation list `crl.pem` if it revoked any (read again when replaced).
+    /// Default: `cluster` in the data directory.
     #[arg(long = "cluster-dir", env = "NIMBUS_CLUSTER_DIR", value_name = "DIR")]
     dir: Option<PathBuf>,
 }
@@ -60,11 +62,36 @@ impl ClusterDir {
 pub(crate) enum ClusterCommand {
     /// Create a cluster's credentials in DIR: a new CA (`ca.pem`, `ca-key.pem`) and a
     /// node certificate it signs (`node.pem`, `node-key.pem`). Give every node a copy
-    /// of DIR without `ca-key.pem` (`--cluster-dir DIR`); nodes accept only peers
-    /// whose certificate this CA signed.
+    /// of DIR without `ca-key.pem` (`--cluster-dir DIR`), or each its own
+    /// certificate (`nimbus cluster issue`); nodes accept only peers whose
+    /// certificate this CA signed and did not revoke.
     Init {
         /// The directory to create.
         dir: PathBuf,
+    },
+    /// Issue node NAME a certificate of its own from the CA in DIR, and write the
+    /// node's credentials (`ca.pem`, `node.pem`, `node-key.pem`, and the CA's
+    /// `crl.pem` if it has one; never the CA's key) into the new directory NODEDIR,
+    /// for that node's `--cluster-dir`. DIR records the name (`issued.json`), for
+    /// `nimbus cluster revoke`.
+    Issue {
+        /// The cluster directory holding the CA (`ca.pem`, `ca-key.pem`).
+        dir: PathBuf,
+        /// The node's name: 1 to 64 letters, digits, '-', '_' or '.'.
+        name: String,
+        /// The node directory to create.
+        #[arg(long, value_name = "NODEDIR")]
+        out: PathBuf,
+    },
+    /// Revoke node NAME's certificate: write DIR/crl.pem, the CA's list of revoked
+    /// certificates. Copy it into every node's cluster directory (nodes sharing DIR
+    /// read it there); a node refuses the certificates it lists in new connections
+    /// within a second of it being replaced.
+    Revoke {
+        /// The cluster directory holding the CA.
+        dir: PathBuf,
+        /// The node's name, as issued.
+        name: String,
     },
 }
 
@@ -76,6 +103,35 @@ pub(crate) fn cluster(command: ClusterCommand) -> Result<i32, Failure> {
                 "nimbus: created the cluster's credentials in {}; start every node with \
                  --cluster-dir pointing at a copy (ca-key.pem stays here)",
                 dir.display()
+            );
+            Ok(0)
+        }
+        ClusterCommand::Issue { dir, name, out } => {
+            let issued = nimbus_trust::issue(&dir, &name, &out)
+                .map_err(|e| Failure::new(1, e.to_string()))?;
+            println!(
+                "nimbus: issued node {} a certificate (serial {}) in {}: start it with \
+                 --cluster-dir pointing at that directory",
+                issued.name,
+                issued.serial,
+                out.display()
+            );
+            Ok(0)
+        }
+        ClusterCommand::Revoke { dir, name } => {
+            let revoked =
+                nimbus_trust::revoke(&dir, &name).map_err(|e| Failure::new(1, e.to_string()))?;
+            let crl = dir.join(nimbus_trust::CRL_FILE);
+            println!(
+                "nimbus: {} node {name}'s certificate (serial {}); {} lists {} revoked: copy it \
+                 into every node's cluster directory",
+                match revoked.before {
+                    true => "had already revoked",
+                    false => "revoked",
+                },
+                revoked.serial,
+                crl.display(),
+                revoked.listed
             );
             Ok(0)
         }

@@ -9,7 +9,14 @@ use common::{Daemon, TestCluster, guest, outcome, run};
 
 /// `nimbus hosts`: the header, then one row per host: its id first.
 fn hosts(planner: &str) -> Vec<Vec<String>> {
-    let (stdout, stderr, code) = outcome(&run(common::nimbus(&["hosts", "--planner", planner])));
+    hosts_with(planner, &[])
+}
+
+/// `nimbus hosts FLAGS`, as [`hosts`].
+fn hosts_with(planner: &str, flags: &[&str]) -> Vec<Vec<String>> {
+    let mut command = common::nimbus(&["hosts", "--planner", planner]);
+    command.args(flags);
+    let (stdout, stderr, code) = outcome(&run(command));
     assert_eq!(code, Some(0), "{stderr}");
     stdout
         .lines()
@@ -542,4 +549,71 @@ fn only_nodes_of_the_cluster_are_served() {
 
     std::fs::write(share.path().join("go"), "").unwrap();
     assert_eq!(tree.child.wait().unwrap().code(), Some(0));
+}
+
+#[test]
+fn a_revoked_worker_is_refused_and_not_listed() {
+    // A CA, and a certificate of its own for the planner and for two workers.
+    let temp = tempfile::tempdir().unwrap();
+    let path = |name: &str| temp.path().join(name).to_str().unwrap().to_owned();
+    let ca = path("ca");
+    let cluster = |args: &[&str]| outcome(&run(common::nimbus(&[&["cluster"], args].concat())));
+    let (_, stderr, code) = cluster(&["init", &ca]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for name in ["planner", "worker-1"] {
+        let (stdout, stderr, code) = cluster(&["issue", &ca, name, "--out", &path(name)]);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains(&format!("issued node {name}")), "{stdout}");
+        assert!(!temp.path().join(name).join("ca-key.pem").exists());
+    }
+    let (_, stderr, code) = cluster(&["issue", &ca, "worker-1", "--out", &path("again")]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("already issued"), "{stderr}");
+
+    let planner_dir = path("planner");
+    let as_planner = ["--cluster-dir", planner_dir.as_str()];
+    let mut nodes = TestCluster::start_with(&as_planner, 0, &[]);
+    let worker_1 = path("worker-1");
+    let host = nodes.add_worker(&["--cluster-dir", &worker_1]);
+    let listed = hosts_with(&nodes.addr, &as_planner);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0][0], host);
+
+    // Revoked, the list copied to the planner, which is not restarted.
+    nodes.kill_worker(&host);
+    let (stdout, stderr, code) = cluster(&["revoke", &ca, "worker-1"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("revoked node worker-1"), "{stdout}");
+    let staged = temp.path().join("planner").join("crl.pem.new");
+    std::fs::copy(temp.path().join("ca").join("crl.pem"), &staged).unwrap();
+    std::fs::rename(&staged, temp.path().join("planner").join("crl.pem")).unwrap();
+    let as_worker_1 = ["--cluster-dir", worker_1.as_str()];
+    common::until("the planner refuses the revoked certificate", || {
+        let mut command = common::nimbus(&["hosts", "--planner", &nodes.addr]);
+        command.args(as_worker_1);
+        outcome(&run(command)).2 != Some(0)
+    });
+
+    // A worker started with the revoked certificate is refused, and says why.
+    let mut worker = common::nimbus(&["worker", "--planner", &nodes.addr]);
+    worker.args(as_worker_1);
+    let (_, stderr, code) = outcome(&run(worker));
+    assert_ne!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("a certificate is revoked"), "{stderr}");
+    assert!(stderr.contains("CertificateRevoked"), "{stderr}");
+
+    // It never joined: once the killed worker is dropped, no host is listed; a
+    // node issued a certificate after the revocation joins.
+    common::until("the killed worker is dropped", || {
+        hosts_with(&nodes.addr, &as_planner).is_empty()
+    });
+    let (_, stderr, code) = cluster(&["issue", &ca, "worker-2", "--out", &path("worker-2")]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let worker_2 = path("worker-2");
+    let joined = nodes.add_worker(&["--cluster-dir", &worker_2]);
+    let listed: Vec<_> = hosts_with(&nodes.addr, &as_planner)
+        .iter()
+        .map(|row| row[0].clone())
+        .collect();
+    assert_eq!(listed, [joined]);
 }

@@ -70,6 +70,20 @@ pub enum ControlError {
         /// How the handshake failed.
         message: String,
     },
+    /// The planner and this node are of one cluster, but one of their certificates
+    /// is revoked: this node's (the planner's copy of the CA's `crl.pem` lists it)
+    /// or the planner's (this node's copy does). Not worth trying again.
+    #[error(
+        "planner {addr} and this node refuse each other: a certificate is revoked by the \
+         cluster's CA (this node's, or the planner's: issue the node a new one with `nimbus \
+         cluster issue`): {message}"
+    )]
+    Revoked {
+        /// The planner's address.
+        addr: String,
+        /// How the handshake failed.
+        message: String,
+    },
     /// The other side speaks another wire version, or broke the protocol.
     #[error("planner {addr}: {reason}")]
     Protocol {
@@ -85,6 +99,12 @@ impl ControlError {
         use nimbus_mesh::MeshError;
         let addr = addr.to_owned();
         match error {
+            MeshError::Untrusted { source, .. } if nimbus_trust::is_revoked(&source) => {
+                ControlError::Revoked {
+                    addr,
+                    message: source.to_string(),
+                }
+            }
             MeshError::Untrusted { source, .. } => ControlError::Untrusted {
                 addr,
                 message: source.to_string(),

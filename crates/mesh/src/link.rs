@@ -81,7 +81,7 @@ fn shutter(connection: &Connection) -> Option<OwnedFd> {
 /// server checks it after the client has finished its handshake, so the refusal
 /// comes as the first thing read. Calls on such a link fail as
 /// [`MeshError::Untrusted`], not [`MeshError::Lost`].
-type Refusal = Arc<std::sync::OnceLock<String>>;
+type Refusal = Arc<std::sync::OnceLock<tokio_rustls::rustls::Error>>;
 
 /// The error of a call on the link to `addr` that ended, `refused` or lost.
 fn ended(addr: &str, refused: &Refusal) -> MeshError {
@@ -93,26 +93,6 @@ fn ended(addr: &str, refused: &Refusal) -> MeshError {
         },
         None => MeshError::Lost { addr },
     }
-}
-
-/// Whether a read failed because the peer refused our certificate with a TLS alert.
-fn refused_by_peer(error: &std::io::Error) -> bool {
-    use tokio_rustls::rustls::{AlertDescription as Alert, Error};
-    error.get_ref().is_some_and(|inner| {
-        matches!(
-            inner.downcast_ref::<Error>(),
-            Some(Error::AlertReceived(
-                Alert::BadCertificate
-                    | Alert::UnknownCA
-                    | Alert::CertificateRequired
-                    | Alert::CertificateUnknown
-                    | Alert::CertificateRevoked
-                    | Alert::CertificateExpired
-                    | Alert::UnsupportedCertificate
-                    | Alert::AccessDenied
-            ))
-        )
-    })
 }
 
 /// Calls waiting for replies, by id. `None` once the connection is gone.
@@ -158,11 +138,13 @@ impl Link {
                 let envelope =
                     match tokio::time::timeout(KEEPALIVE_TIMEOUT, frame::read(&mut read)).await {
                         Ok(Ok(Some(envelope))) => envelope,
-                        Ok(Err(error)) if refused_by_peer(&error) => {
-                            let _ = refusal.set(error.to_string());
+                        Ok(Err(error)) => {
+                            if let Some(refused) = nimbus_trust::refused_certificate(&error) {
+                                let _ = refusal.set(refused.clone());
+                            }
                             break;
                         }
-                        Ok(_) => break,
+                        Ok(Ok(None)) => break,
                         Err(_) => {
                             silent = Some(Instant::now());
                             break;

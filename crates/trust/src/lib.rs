@@ -3,25 +3,31 @@
 //! authenticated TLS built from them.
 //!
 //! Owns: creating a cluster directory (a CA, and a node credential it signs),
-//! loading one, and the rustls configurations every node-to-node connection uses
-//! (the mesh, the planner's calls included): a node accepts a connection only from
-//! a peer whose certificate this cluster's CA signed, connects only to such a peer, and
-//! the handshake completes before either side reads a request.
+//! issuing each node a certificate of its own and revoking one ([`issue`],
+//! [`revoke`]), loading a node's credentials, and the rustls configurations every
+//! node-to-node connection uses (the mesh, the planner's calls included): a node
+//! accepts a connection only from a peer whose certificate this cluster's CA signed
+//! and did not revoke, connects only to such a peer, and the handshake completes
+//! before either side reads a request.
 //!
 //! Must not: hold connections, or know what flows over them.
 //!
 //! Identity: nodes reach each other by address, not by name, so every node
-//! certificate carries the one name [`NODE_NAME`] and a peer is trusted for being
-//! signed by the cluster's CA. Nodes never read the CA's key ([`CA_KEY_FILE`]); it
-//! stays where the cluster was created, for issuing later.
+//! certificate carries the one DNS name [`NODE_NAME`] and a peer is trusted for
+//! being signed by the cluster's CA. A certificate from [`issue`] also names its node
+//! (its subject's common name) and has a random serial of its own, by which the CA's
+//! revocation list ([`CRL_FILE`]) refuses it. Nodes never read the CA's key
+//! ([`CA_KEY_FILE`]); it stays where the cluster was created, for issuing and
+//! revoking.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
@@ -36,6 +42,16 @@ pub const CA_KEY_FILE: &str = "ca-key.pem";
 pub const CERT_FILE: &str = "node.pem";
 /// The node certificate's private key.
 pub const KEY_FILE: &str = "node-key.pem";
+/// The cluster CA's revocation list, written by [`revoke`] beside the CA; a node
+/// refuses the certificates listed in the copy in its own directory, if it has one.
+pub const CRL_FILE: &str = "crl.pem";
+/// The certificates [`issue`] made, by node name: kept beside the CA.
+pub const ISSUED_FILE: &str = "issued.json";
+
+/// How often, at most, a node looks whether its [`CRL_FILE`] changed: when it
+/// next builds a handshake's configuration after this long, so a replaced list
+/// holds for every handshake begun a second after it was written.
+pub const CRL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest a TLS handshake may take before the connection is dropped, so a
 /// peer that connects and then says nothing costs a task only this long.
@@ -55,7 +71,8 @@ pub enum TrustError {
     /// The directory holds no credentials.
     #[error(
         "no cluster credentials in {dir}: {reason} (create them with `nimbus cluster init {dir}` \
-         and give every node of the cluster a copy)"
+         and give every node of the cluster a copy, or each node its own from \
+         `nimbus cluster issue`)"
     )]
     Missing {
         /// The cluster directory.
@@ -85,6 +102,53 @@ pub enum TrustError {
     /// Making the certificates failed.
     #[error("cannot create the cluster's certificates: {0}")]
     Generate(String),
+    /// [`issue`] was asked for a node name that is not one.
+    #[error(
+        "{name:?} is not a node name: {reason} (1 to 64 ASCII letters, digits, '-', '_' or \
+         '.', starting with a letter or digit)"
+    )]
+    BadName {
+        /// The name asked for.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// [`issue`] was asked for a name the CA issued before.
+    #[error(
+        "{dir} already issued a certificate for node {name:?}: give each node a name of its own \
+         (revoke it with `nimbus cluster revoke`)"
+    )]
+    NameTaken {
+        /// The cluster directory.
+        dir: PathBuf,
+        /// The name.
+        name: String,
+    },
+    /// [`revoke`] was asked for a name the CA never issued.
+    #[error("{dir} issued no certificate for node {name:?} (issued: {issued})")]
+    NotIssued {
+        /// The cluster directory.
+        dir: PathBuf,
+        /// The name.
+        name: String,
+        /// The names it issued, comma separated.
+        issued: String,
+    },
+    /// [`issue`] or [`revoke`] was pointed at a directory without the CA's key.
+    #[error(
+        "cannot read the CA's key {}: {source} (issue and revoke in the directory \
+         `nimbus cluster init` created, which holds it)",
+        dir.join(CA_KEY_FILE).display()
+    )]
+    NoCaKey {
+        /// The directory.
+        dir: PathBuf,
+        /// Why the key could not be read.
+        source: std::io::Error,
+    },
+    /// [`issue`] was asked to write a node's credentials where something is.
+    #[error("{0} exists and is not empty: give --out a new directory")]
+    OutExists(PathBuf),
 }
 
 /// Creates a cluster directory `dir`: a new CA and a node credential it signs.
@@ -116,36 +180,34 @@ pub fn ensure(dir: &Path) -> Result<bool, TrustError> {
     }
 }
 
-/// Writes the credentials into a fresh directory beside `dir`, then renames it into
-/// place (over nothing, or an empty directory).
+/// Writes a new cluster's credentials into `dir` (see [`place`]).
 fn create(dir: &Path) -> Result<(), TrustError> {
     let generated = generate()?;
-    let parent = dir
-        .parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let write_error = |path: &Path| {
-        let path = path.to_owned();
-        move |source| TrustError::Write { path, source }
-    };
+    place(
+        dir,
+        &[
+            (CA_FILE, &generated.ca, 0o644),
+            (CA_KEY_FILE, &generated.ca_key, 0o600),
+            (CERT_FILE, &generated.cert, 0o644),
+            (KEY_FILE, &generated.key, 0o600),
+        ],
+    )
+}
+
+/// Writes `files` (name, contents, mode) into a fresh directory beside `dir`, then
+/// renames it into place (over nothing, or an empty directory), so they appear
+/// together or not at all.
+fn place(dir: &Path, files: &[(&str, &str, u32)]) -> Result<(), TrustError> {
+    let parent = parent_of(dir);
     std::fs::create_dir_all(parent).map_err(write_error(parent))?;
     let staging = tempfile_dir(parent).map_err(write_error(parent))?;
-    let files = [
-        (CA_FILE, &generated.ca, 0o644),
-        (CA_KEY_FILE, &generated.ca_key, 0o600),
-        (CERT_FILE, &generated.cert, 0o644),
-        (KEY_FILE, &generated.key, 0o600),
-    ];
     let written = files.iter().try_for_each(|(name, contents, mode)| {
         let path = staging.join(name);
         write_file(&path, contents.as_bytes(), *mode).map_err(write_error(&path))
     });
     let renamed = written.and_then(|()| {
         std::fs::rename(&staging, dir).map_err(write_error(dir))?;
-        // The rename is durable once the parent directory is.
-        std::fs::File::open(parent)
-            .and_then(|parent| parent.sync_all())
-            .map_err(write_error(parent))
+        sync_dir(parent)
     });
     if renamed.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -153,16 +215,54 @@ fn create(dir: &Path) -> Result<(), TrustError> {
     renamed
 }
 
-/// A new, empty directory in `parent`, named so no two callers share one.
-fn tempfile_dir(parent: &Path) -> std::io::Result<PathBuf> {
+/// Replaces the file at `path` with `contents` (mode `mode`) in one step: written
+/// beside it, then renamed over it, so a reader sees the old file or the new one.
+fn replace(path: &Path, contents: &[u8], mode: u32) -> Result<(), TrustError> {
+    let dir = parent_of(path);
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let staged = dir.join(format!(".{name}.{}", unique_suffix()));
+    let replaced = write_file(&staged, contents, mode)
+        .and_then(|()| std::fs::rename(&staged, path))
+        .map_err(write_error(path));
+    if replaced.is_err() {
+        let _ = std::fs::remove_file(&staged);
+    }
+    replaced.and_then(|()| sync_dir(dir))
+}
+
+/// The directory `path` is in.
+fn parent_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// A rename is durable once its directory is.
+fn sync_dir(dir: &Path) -> Result<(), TrustError> {
+    std::fs::File::open(dir)
+        .and_then(|dir| dir.sync_all())
+        .map_err(write_error(dir))
+}
+
+fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> TrustError {
+    let path = path.to_owned();
+    move |source| TrustError::Write { path, source }
+}
+
+/// A name part no other writer of this or another process uses.
+fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        ".cluster-{}-{}",
+    format!(
+        "{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
-    );
-    let path = parent.join(name);
+    )
+}
+
+/// A new, empty directory in `parent`, named so no two callers share one.
+fn tempfile_dir(parent: &Path) -> std::io::Result<PathBuf> {
+    let path = parent.join(format!(".cluster-{}", unique_suffix()));
     std::fs::create_dir(&path)?;
     Ok(path)
 }
@@ -188,10 +288,8 @@ struct Generated {
 
 fn generate() -> Result<Generated, TrustError> {
     use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose,
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
-    let failed = |e: rcgen::Error| TrustError::Generate(e.to_string());
     let now = time::OffsetDateTime::now_utc();
 
     let mut ca = CertificateParams::default();
@@ -201,27 +299,55 @@ fn generate() -> Result<Generated, TrustError> {
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = now - time::Duration::hours(1);
     ca.not_after = now + VALIDITY;
-    let ca_key = KeyPair::generate().map_err(failed)?;
-    let ca_cert = ca.self_signed(&ca_key).map_err(failed)?;
+    let ca_key = KeyPair::generate().map_err(generate_error)?;
+    let ca_cert = ca.self_signed(&ca_key).map_err(generate_error)?;
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let node = node_certificate(&issuer, NODE_NAME, None)?;
+    Ok(Generated {
+        ca: ca_cert.pem(),
+        ca_key: ca_key.serialize_pem(),
+        cert: node.cert,
+        key: node.key,
+    })
+}
 
-    let mut node = CertificateParams::new(vec![NODE_NAME.to_owned()]).map_err(failed)?;
-    node.distinguished_name.push(DnType::CommonName, NODE_NAME);
+fn generate_error(error: rcgen::Error) -> TrustError {
+    TrustError::Generate(error.to_string())
+}
+
+/// A node's certificate and its new key, as PEM.
+struct NodeCertificate {
+    cert: String,
+    key: String,
+}
+
+/// A node certificate `issuer` signs for a fresh key: for the DNS name
+/// [`NODE_NAME`], with `common_name` as its subject, and `serial` as its serial
+/// number (by default one derived from the key), valid from an hour ago for
+/// [`VALIDITY`].
+fn node_certificate(
+    issuer: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
+    common_name: &str,
+    serial: Option<rcgen::SerialNumber>,
+) -> Result<NodeCertificate, TrustError> {
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, KeyUsagePurpose};
+    let now = time::OffsetDateTime::now_utc();
+    let mut node = CertificateParams::new(vec![NODE_NAME.to_owned()]).map_err(generate_error)?;
+    node.distinguished_name
+        .push(DnType::CommonName, common_name);
+    node.serial_number = serial;
     node.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     node.extended_key_usages = vec![
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    node.not_before = ca.not_before;
-    node.not_after = ca.not_after;
-    let node_key = KeyPair::generate().map_err(failed)?;
-    let issuer = Issuer::from_params(&ca, &ca_key);
-    let node_cert = node.signed_by(&node_key, &issuer).map_err(failed)?;
-
-    Ok(Generated {
-        ca: ca_cert.pem(),
-        ca_key: ca_key.serialize_pem(),
-        cert: node_cert.pem(),
-        key: node_key.serialize_pem(),
+    node.not_before = now - time::Duration::hours(1);
+    node.not_after = now + VALIDITY;
+    let key = KeyPair::generate().map_err(generate_error)?;
+    let cert = node.signed_by(&key, issuer).map_err(generate_error)?;
+    Ok(NodeCertificate {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
     })
 }
 
@@ -236,10 +362,31 @@ pub struct Pem {
     pub key: String,
 }
 
-/// A node's TLS: it connects to and accepts only peers of its cluster, each
-/// connection for one application protocol (ALPN), so that a peer speaking another
-/// version is refused in the handshake, before a byte of it is read.
+/// A node's TLS: it connects to and accepts only peers of its cluster whose
+/// certificates are not revoked, each connection for one application protocol
+/// (ALPN), so that a peer speaking another version is refused in the handshake,
+/// before a byte of it is read.
 pub struct Tls {
+    identity: Identity,
+    /// The configurations of the revocation list loaded last.
+    configs: RwLock<Configs>,
+    /// The revocation list file a loaded node watches; none in memory.
+    crl: Option<crl::Watch>,
+}
+
+/// What a node trusts and who it is, parsed.
+struct Identity {
+    /// Where the credentials were read, named in errors.
+    dir: PathBuf,
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    provider: Arc<CryptoProvider>,
+}
+
+/// The configurations handshakes start from (each one clones its own).
+#[derive(Clone)]
+struct Configs {
     client: Arc<ClientConfig>,
     server: Arc<ServerConfig>,
 }
@@ -252,7 +399,10 @@ impl std::fmt::Debug for Tls {
 }
 
 impl Tls {
-    /// Loads the credentials of the cluster directory `dir` (blocking file reads).
+    /// Loads the credentials of the cluster directory `dir` (blocking file reads),
+    /// and its revocation list [`CRL_FILE`] if there is one (none: nothing is
+    /// revoked), which handshakes then follow as it is replaced (see
+    /// [`CRL_CHECK_INTERVAL`]).
     pub fn load(dir: &Path) -> Result<Arc<Tls>, TrustError> {
         let read = |name: &str| {
             let path = dir.join(name);
@@ -266,7 +416,14 @@ impl Tls {
             cert: read(CERT_FILE)?,
             key: read(KEY_FILE)?,
         };
-        Tls::from_pem(pem, dir)
+        let identity = Identity::parse(pem, dir)?;
+        let (crl, revoked) = crl::Watch::load(dir.join(CRL_FILE))?;
+        let configs = identity.configs(revoked)?;
+        Ok(Arc::new(Tls {
+            identity,
+            configs: RwLock::new(configs),
+            crl: Some(crl),
+        }))
     }
 
     /// The TLS of a new cluster kept in memory, of which this process holds the only
@@ -281,8 +438,108 @@ impl Tls {
         Tls::from_pem(pem, Path::new("(in memory)"))
     }
 
-    /// The TLS of credentials `pem` (read from `dir`, named in errors).
+    /// The TLS of credentials `pem` (read from `dir`, named in errors), revoking
+    /// nothing.
     pub fn from_pem(pem: Pem, dir: &Path) -> Result<Arc<Tls>, TrustError> {
+        let identity = Identity::parse(pem, dir)?;
+        let configs = identity.configs(Vec::new())?;
+        Ok(Arc::new(Tls {
+            identity,
+            configs: RwLock::new(configs),
+            crl: None,
+        }))
+    }
+
+    /// Opens TLS over `tcp` to a node of this cluster, for `protocol` (its ALPN
+    /// name, such as `nimbus-mesh/2`); fails if the peer is not one, does not speak
+    /// `protocol` ([`is_another_protocol`]), or has not completed the handshake
+    /// within [`HANDSHAKE_DEADLINE`].
+    pub async fn connect(
+        &self,
+        tcp: TcpStream,
+        protocol: &str,
+    ) -> std::io::Result<client::TlsStream<TcpStream>> {
+        let name = ServerName::try_from(NODE_NAME).expect("NODE_NAME is a valid DNS name");
+        let mut config = (*self.configs().await.client).clone();
+        config.alpn_protocols = vec![protocol.as_bytes().to_vec()];
+        let connector = TlsConnector::from(Arc::new(config));
+        let stream = within_deadline(connector.connect(name, tcp))
+            .await
+            .map_err(|e| named(e, protocol))?;
+        spoken(stream.get_ref().1.alpn_protocol(), protocol)?;
+        Ok(stream)
+    }
+
+    /// Accepts TLS over `tcp` from a node of this cluster (one whose certificate the
+    /// cluster CA signed and has not revoked) for `protocol`; fails otherwise, or
+    /// past [`HANDSHAKE_DEADLINE`].
+    pub async fn accept(
+        &self,
+        tcp: TcpStream,
+        protocol: &str,
+    ) -> std::io::Result<server::TlsStream<TcpStream>> {
+        let mut config = (*self.configs().await.server).clone();
+        config.alpn_protocols = vec![protocol.as_bytes().to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let stream = within_deadline(acceptor.accept(tcp))
+            .await
+            .map_err(|e| named(e, protocol))?;
+        spoken(stream.get_ref().1.alpn_protocol(), protocol)?;
+        Ok(stream)
+    }
+
+    /// The configurations for a handshake beginning now: those of the revocation
+    /// list on disk, looked at again if [`CRL_CHECK_INTERVAL`] has passed.
+    async fn configs(&self) -> Configs {
+        if let Some(watch) = &self.crl
+            && let Some(seen) = watch.due()
+        {
+            self.reload(watch, seen).await;
+        }
+        self.configs.read().expect("no writer panics").clone()
+    }
+
+    /// Reads the revocation list again (off the async threads) if it changed since
+    /// `seen`, and builds the configurations of a valid one; an unreadable or
+    /// invalid list leaves the last good one in force.
+    async fn reload(&self, watch: &crl::Watch, seen: Option<crl::Fingerprint>) -> crl::Reload {
+        let path = watch.path().to_owned();
+        let read = tokio::task::spawn_blocking(move || crl::read_if_changed(&path, seen)).await;
+        let outcome = match read {
+            Ok(Ok(None)) => return crl::Reload::Unchanged,
+            Ok(Ok(Some(found))) => {
+                watch.saw(found.fingerprint());
+                found
+                    .parse(watch.path())
+                    .and_then(|revoked| self.identity.configs(revoked))
+            }
+            Ok(Err(error)) => Err(TrustError::Invalid {
+                path: watch.path().to_owned(),
+                reason: error.to_string(),
+            }),
+            // The runtime is shutting down: no handshake will need it.
+            Err(_) => return crl::Reload::Unchanged,
+        };
+        match outcome {
+            Ok(configs) => {
+                *self.configs.write().expect("no writer panics") = configs;
+                tracing::info!(path = %watch.path().display(), "loaded the changed revocation list");
+                crl::Reload::Loaded
+            }
+            Err(error) => {
+                tracing::warn!(
+                    "{error}: keeping the revocation list loaded before (replace the file with \
+                     the CA's crl.pem)"
+                );
+                crl::Reload::Kept
+            }
+        }
+    }
+}
+
+impl Identity {
+    /// Parses credentials `pem`, read from `dir`.
+    fn parse(pem: Pem, dir: &Path) -> Result<Identity, TrustError> {
         let invalid = |name: &str, reason: String| TrustError::Invalid {
             path: dir.join(name),
             reason,
@@ -302,86 +559,119 @@ impl Tls {
                 .add(ca)
                 .map_err(|e| invalid(CA_FILE, format!("not a CA certificate: {e}")))?;
         }
-        let roots = Arc::new(roots);
-        let chain = certificates(CERT_FILE, &pem.cert)?;
-        let key = PrivateKeyDer::from_pem_slice(pem.key.as_bytes())
-            .map_err(|e| invalid(KEY_FILE, format!("not a PEM private key: {e}")))?;
+        Ok(Identity {
+            dir: dir.to_owned(),
+            roots: Arc::new(roots),
+            chain: certificates(CERT_FILE, &pem.cert)?,
+            key: PrivateKeyDer::from_pem_slice(pem.key.as_bytes())
+                .map_err(|e| invalid(KEY_FILE, format!("not a PEM private key: {e}")))?,
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        })
+    }
 
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// The configurations of this identity refusing the certificates `revoked`
+    /// lists.
+    fn configs(
+        &self,
+        revoked: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<Configs, TrustError> {
+        use rustls::client::VerifierBuilderError;
+        let invalid = |name: &str, reason: String| TrustError::Invalid {
+            path: self.dir.join(name),
+            reason,
+        };
+        let unverifiable = |e: VerifierBuilderError| match e {
+            VerifierBuilderError::InvalidCrl(e) => {
+                invalid(CRL_FILE, rustls::Error::from(e).to_string())
+            }
+            e => invalid(CA_FILE, e.to_string()),
+        };
         let rejected = |e: rustls::Error| invalid(CERT_FILE, e.to_string());
+        let provider = &self.provider;
+        let servers = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider.clone(),
+        )
+        .with_crls(revoked.clone())
+        .build()
+        .map_err(unverifiable)?;
         let client = ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(rejected)?
-            .with_root_certificates(roots.clone())
-            .with_client_auth_cert(chain.clone(), key.clone_key())
+            .with_webpki_verifier(servers)
+            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
             .map_err(rejected)?;
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-                .build()
-                .map_err(|e| invalid(CA_FILE, e.to_string()))?;
-        let server = ServerConfig::builder_with_provider(provider)
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots.clone(),
+            provider.clone(),
+        )
+        .with_crls(revoked)
+        .build()
+        .map_err(unverifiable)?;
+        let server = ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(rejected)?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(chain, key)
+            .with_client_cert_verifier(clients)
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
             .map_err(rejected)?;
-        Ok(Arc::new(Tls {
+        Ok(Configs {
             client: Arc::new(client),
             server: Arc::new(server),
-        }))
+        })
     }
+}
 
-    /// Opens TLS over `tcp` to a node of this cluster, for `protocol` (its ALPN
-    /// name, such as `nimbus-mesh/2`); fails if the peer is not one, does not speak
-    /// `protocol` ([`is_another_protocol`]), or has not completed the handshake
-    /// within [`HANDSHAKE_DEADLINE`].
-    pub async fn connect(
-        &self,
-        tcp: TcpStream,
-        protocol: &str,
-    ) -> std::io::Result<client::TlsStream<TcpStream>> {
-        let name = ServerName::try_from(NODE_NAME).expect("NODE_NAME is a valid DNS name");
-        let mut config = (*self.client).clone();
-        config.alpn_protocols = vec![protocol.as_bytes().to_vec()];
-        let connector = TlsConnector::from(Arc::new(config));
-        let stream = within_deadline(connector.connect(name, tcp))
-            .await
-            .map_err(|e| named(e, protocol))?;
-        spoken(stream.get_ref().1.alpn_protocol(), protocol)?;
-        Ok(stream)
-    }
+/// The TLS error behind `error`, a failed handshake or a failed read of a TLS
+/// stream, if TLS is why it failed.
+pub fn tls_error(error: &std::io::Error) -> Option<&rustls::Error> {
+    error.get_ref()?.downcast_ref::<rustls::Error>()
+}
 
-    /// Accepts TLS over `tcp` from a node of this cluster (one whose certificate the
-    /// cluster CA signed) for `protocol`; fails otherwise, or past
-    /// [`HANDSHAKE_DEADLINE`].
-    pub async fn accept(
-        &self,
-        tcp: TcpStream,
-        protocol: &str,
-    ) -> std::io::Result<server::TlsStream<TcpStream>> {
-        let mut config = (*self.server).clone();
-        config.alpn_protocols = vec![protocol.as_bytes().to_vec()];
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let stream = within_deadline(acceptor.accept(tcp))
-            .await
-            .map_err(|e| named(e, protocol))?;
-        spoken(stream.get_ref().1.alpn_protocol(), protocol)?;
-        Ok(stream)
-    }
+/// The alert by which the peer refused our certificate (unknown, revoked, expired
+/// or none), if that is why `error`, a read of a TLS stream, failed. In TLS 1.3 the
+/// server checks the client's certificate after the client has finished its
+/// handshake, so the refusal comes as the first thing the client reads.
+pub fn refused_certificate(error: &std::io::Error) -> Option<&rustls::Error> {
+    use rustls::AlertDescription as Alert;
+    tls_error(error).filter(|tls| {
+        matches!(
+            tls,
+            rustls::Error::AlertReceived(
+                Alert::BadCertificate
+                    | Alert::UnknownCA
+                    | Alert::CertificateRequired
+                    | Alert::CertificateUnknown
+                    | Alert::CertificateRevoked
+                    | Alert::CertificateExpired
+                    | Alert::UnsupportedCertificate
+                    | Alert::AccessDenied
+            )
+        )
+    })
+}
+
+/// Whether a connection failed for a revoked certificate: the peer's (our
+/// revocation list lists it) or ours (the peer said so).
+pub fn is_revoked(error: &std::io::Error) -> bool {
+    matches!(
+        tls_error(error),
+        Some(
+            rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRevoked)
+                | rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked)
+        )
+    )
 }
 
 /// A handshake's failure, said in our words when it failed for want of a common
 /// protocol.
 fn named(error: std::io::Error, protocol: &str) -> std::io::Error {
-    let no_common_protocol = error.get_ref().is_some_and(|inner| {
-        matches!(
-            inner.downcast_ref::<rustls::Error>(),
-            Some(
-                rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
-                    | rustls::Error::NoApplicationProtocol
-            )
+    let no_common_protocol = matches!(
+        tls_error(&error),
+        Some(
+            rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol)
+                | rustls::Error::NoApplicationProtocol
         )
-    });
+    );
     match no_common_protocol {
         true => spoken(None, protocol).unwrap_err(),
         false => error,
@@ -428,6 +718,11 @@ async fn within_deadline<T>(
             ))
         })
 }
+
+mod crl;
+mod issue;
+
+pub use issue::{Issued, Revoked, issue, revoke};
 
 #[cfg(test)]
 mod tests;

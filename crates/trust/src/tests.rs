@@ -176,3 +176,188 @@ async fn a_node_speaking_another_protocol_is_refused_in_the_handshake_and_says_s
         "{refusal}"
     );
 }
+
+/// A CA in a temporary directory, and that directory.
+fn ca() -> (tempfile::TempDir, PathBuf) {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("ca");
+    init(&dir).unwrap();
+    (parent, dir)
+}
+
+/// Issues node `name` from the CA in `dir` into a directory beside it.
+fn issued(dir: &Path, name: &str) -> PathBuf {
+    let out = dir.parent().unwrap().join(name);
+    let made = issue(dir, name, &out).unwrap();
+    assert_eq!(made.name, name);
+    out
+}
+
+/// Connects `client` to the server at `addr` and reads its byte.
+async fn talk(client: &Tls, addr: &str) -> std::io::Result<()> {
+    let tcp = TcpStream::connect(addr).await?;
+    let mut stream = client.connect(tcp, PROTOCOL).await?;
+    let mut byte = [0];
+    stream.read_exact(&mut byte).await.map(|_| ())
+}
+
+/// Puts the CA's revocation list into node directory `node` in one step, as an
+/// operator's `cp` then `mv` does.
+fn copy_crl(ca: &Path, node: &Path) {
+    let staged = node.join(".crl.pem.new");
+    std::fs::copy(ca.join(CRL_FILE), &staged).unwrap();
+    std::fs::rename(&staged, node.join(CRL_FILE)).unwrap();
+}
+
+#[tokio::test]
+async fn nodes_issued_by_one_ca_talk_and_a_node_of_another_ca_is_refused() {
+    let (_parent, dir) = ca();
+    let a = issued(&dir, "planner");
+    let b = issued(&dir, "worker-1");
+    for node in [&a, &b] {
+        assert!(!node.join(CA_KEY_FILE).exists(), "the CA key went out");
+        let mode = std::fs::metadata(node.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let recorded = std::fs::read_to_string(dir.join(ISSUED_FILE)).unwrap();
+    assert!(recorded.contains("\"planner\"") && recorded.contains("\"worker-1\""));
+
+    let (a, b) = (Tls::load(&a).unwrap(), Tls::load(&b).unwrap());
+    let (addr, mut outcomes) = server(a.clone()).await;
+    talk(&b, &addr).await.unwrap();
+    outcomes.recv().await.unwrap().unwrap();
+    // And the other way round.
+    let (addr_b, mut outcomes_b) = server(b).await;
+    talk(&a, &addr_b).await.unwrap();
+    outcomes_b.recv().await.unwrap().unwrap();
+
+    let (_other_parent, other) = ca();
+    let stranger = Tls::load(&issued(&other, "worker-1")).unwrap();
+    // It refuses our certificate before we see its own.
+    let refused = talk(&stranger, &addr).await.unwrap_err();
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+    assert!(outcomes.recv().await.unwrap().is_err());
+    // As a server, our client refuses it.
+    let (addr_s, _outcomes_s) = server(stranger).await;
+    let refused = talk(&a, &addr_s).await.unwrap_err();
+    assert!(refused.to_string().contains("certificate"), "{refused}");
+}
+
+#[test]
+fn issue_refuses_a_name_issued_before_a_bad_name_and_a_taken_directory() {
+    let (parent, dir) = ca();
+    issued(&dir, "worker-1");
+    let again = issue(&dir, "worker-1", &parent.path().join("again")).unwrap_err();
+    assert!(matches!(again, TrustError::NameTaken { .. }), "{again}");
+    assert!(!parent.path().join("again").exists());
+    for bad in ["", "-x", ".x", "a b", "a/b", "ü", &"x".repeat(65)] {
+        let refused = issue(&dir, bad, &parent.path().join("bad")).unwrap_err();
+        assert!(
+            matches!(refused, TrustError::BadName { .. }),
+            "{bad:?}: {refused}"
+        );
+    }
+    let taken = issue(&dir, "worker-2", &dir).unwrap_err();
+    assert!(matches!(taken, TrustError::OutExists(_)), "{taken}");
+    // A node directory holds no CA key to issue with.
+    let node = parent.path().join("worker-1");
+    let keyless = issue(&node, "worker-3", &parent.path().join("worker-3")).unwrap_err();
+    assert!(keyless.to_string().contains(CA_KEY_FILE), "{keyless}");
+    let unknown = revoke(&dir, "worker-9").unwrap_err();
+    assert!(unknown.to_string().contains("worker-1"), "{unknown}");
+}
+
+#[tokio::test]
+async fn a_revoked_certificate_is_refused_by_servers_and_clients() {
+    let (_parent, dir) = ca();
+    let a = issued(&dir, "planner");
+    let b = issued(&dir, "worker-1");
+    let revoked = revoke(&dir, "worker-1").unwrap();
+    assert_eq!((revoked.before, revoked.listed), (false, 1));
+    copy_crl(&dir, &a);
+    // A node issued after the revocation gets the list with its credentials.
+    let c = issued(&dir, "worker-2");
+    assert!(c.join(CRL_FILE).exists());
+    let (a, b, c) = (
+        Tls::load(&a).unwrap(),
+        Tls::load(&b).unwrap(),
+        Tls::load(&c).unwrap(),
+    );
+
+    // The revoked node as a client: the server refuses it.
+    let (addr, mut outcomes) = server(a.clone()).await;
+    assert!(talk(&b, &addr).await.is_err());
+    let refusal = outcomes.recv().await.unwrap().err().unwrap();
+    assert!(refusal.to_string().contains("Revoked"), "{refusal}");
+    // A node not revoked still gets in.
+    talk(&c, &addr).await.unwrap();
+    outcomes.recv().await.unwrap().unwrap();
+
+    // The revoked node as a server: the client refuses it.
+    let (addr_b, _outcomes_b) = server(b).await;
+    let refused = talk(&a, &addr_b).await.unwrap_err();
+    assert!(refused.to_string().contains("Revoked"), "{refused}");
+    let (addr_b, _outcomes_b) = server(c.clone()).await;
+    talk(&a, &addr_b).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replaced_revocation_list_is_followed_without_a_restart() {
+    let (_parent, dir) = ca();
+    let a = issued(&dir, "planner");
+    let b = Tls::load(&issued(&dir, "worker-1")).unwrap();
+    let a_dir = a.clone();
+    let a = Tls::load(&a).unwrap();
+    let (addr, mut outcomes) = server(a).await;
+    talk(&b, &addr).await.unwrap();
+    outcomes.recv().await.unwrap().unwrap();
+
+    revoke(&dir, "worker-1").unwrap();
+    copy_crl(&dir, &a_dir);
+    // Within a few check intervals, the running server refuses the revoked node.
+    let bound = std::time::Instant::now() + CRL_CHECK_INTERVAL * 10;
+    loop {
+        let _ = talk(&b, &addr).await;
+        if outcomes.recv().await.unwrap().is_err() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < bound,
+            "the replaced list was never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_revocation_list_fails_the_load_and_leaves_the_last_good_one_in_force() {
+    let (_parent, dir) = ca();
+    let a_dir = issued(&dir, "planner");
+    let b = Tls::load(&issued(&dir, "worker-1")).unwrap();
+    std::fs::write(a_dir.join(CRL_FILE), "junk").unwrap();
+    let refused = Tls::load(&a_dir).unwrap_err();
+    assert!(refused.to_string().contains(CRL_FILE), "{refused}");
+
+    revoke(&dir, "worker-1").unwrap();
+    copy_crl(&dir, &a_dir);
+    let a = Tls::load(&a_dir).unwrap();
+    let watch = a.crl.as_ref().unwrap();
+    // Damaged on disk: the list loaded before stays in force.
+    std::fs::write(a_dir.join(".junk"), "junk").unwrap();
+    std::fs::rename(a_dir.join(".junk"), a_dir.join(CRL_FILE)).unwrap();
+    assert_eq!(a.reload(watch, watch.seen()).await, crl::Reload::Kept);
+    // Read once: the same damaged file is not read (nor warned about) again.
+    assert_eq!(a.reload(watch, watch.seen()).await, crl::Reload::Unchanged);
+    let (addr, mut outcomes) = server(a.clone()).await;
+    assert!(talk(&b, &addr).await.is_err());
+    assert!(outcomes.recv().await.unwrap().is_err());
+
+    // Gone: nothing is revoked.
+    std::fs::remove_file(a_dir.join(CRL_FILE)).unwrap();
+    assert_eq!(a.reload(watch, watch.seen()).await, crl::Reload::Loaded);
+    talk(&b, &addr).await.unwrap();
+    outcomes.recv().await.unwrap().unwrap();
+}
