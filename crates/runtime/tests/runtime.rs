@@ -185,7 +185,7 @@ async fn the_program_cache_is_bounded_and_an_evicted_program_still_runs() {
         runtime.load_command(&module(&other)).unwrap();
     }
     assert!(
-        !runtime.is_command_loaded(&hello),
+        runtime.loaded_command(&hello).is_none(),
         "the cache kept every program"
     );
     assert_eq!(runtime.cache_stats().compiled, MAX_PROGRAMS as u64 + 1);
@@ -200,7 +200,7 @@ async fn the_program_cache_is_bounded_and_an_evicted_program_still_runs() {
     );
     // Loading it again reads its artifact, compiling nothing.
     runtime.load_command(&hello).unwrap();
-    assert!(runtime.is_command_loaded(&hello));
+    assert!(runtime.loaded_command(&hello).is_some());
     let stats = runtime.cache_stats();
     assert_eq!(
         (stats.compiled, stats.from_disk),
