@@ -8,7 +8,7 @@ use std::time::Duration;
 use nimbus_core::{ExitStatus, Failure, HostId, Limits, Pid};
 use nimbus_runtime::{
     AbiError, BoxFuture, Input, InputStream, Kernel, LoadError, MailboxSender, ModuleBytes, Output,
-    Preopen, Route, RuntimeConfig, RuntimeError, RuntimeLoad, StateCall, StateReply,
+    Preopen, Program, Route, RuntimeConfig, RuntimeError, RuntimeLoad, StateCall, StateReply,
 };
 use nimbus_state::{AppName, GlobalTier, HostState};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -222,28 +222,35 @@ impl Cluster {
         Ok(self.host(chosen).expect("the planner picks a known host"))
     }
 
-    /// Starts `root`. Returns its pid, and its exit status once it ends.
+    /// Starts `root`. Returns its pid, and its exit status once it ends. Loads its
+    /// module (reading the module cache, or compiling), so it blocks: call it off
+    /// the async threads, as [`Cluster::run`] does.
     pub fn start(
         &self,
         root: RootProcess,
     ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
         let (lineage, module, args, stdin) = root.into_parts();
-        self.start_in(module, args, stdin, Arc::new(lineage))
+        let host = self.place(None)?;
+        // Load first so a bad module is reported as such, not as a spawn failure.
+        let program = host.runtime().load_command(&module)?;
+        self.start_root(host, program, module, args, stdin, Arc::new(lineage))
     }
 
-    fn start_in(
+    /// Starts a root process of `module` on `host`, whose runtime loaded it as
+    /// `program`.
+    fn start_root(
         &self,
+        host: &Arc<Host>,
+        program: Program,
         module: ModuleBytes,
         args: Vec<String>,
         stdin: Input,
         lineage: Arc<Lineage>,
     ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
-        let host = self.place(None)?;
-        // Load first so a bad module is reported as such, not as a spawn failure.
-        host.runtime().load_command(&module)?;
         let (notify, exited) = oneshot::channel();
         let request = StartRequest {
             module,
+            program,
             args,
             stdin,
             lineage,
@@ -288,17 +295,29 @@ impl Cluster {
         // The ranks spread over the hosts: load the module on each first, off the
         // async threads (reading the module cache, or compiling, blocks).
         let (cluster, loading) = (self.arc(), module.clone());
-        tokio::task::spawn_blocking(move || {
+        let programs = tokio::task::spawn_blocking(move || {
             cluster
                 .hosts
                 .iter()
-                .try_for_each(|host| host.runtime().load_command(&loading).map(drop))
+                .map(|host| Ok((host.id(), host.runtime().load_command(&loading)?)))
+                .collect::<Result<Vec<_>, LoadError>>()
         })
         .await
         .map_err(|e| ClusterError::Remote(format!("loading the ranks' module: {e}")))??;
         for _ in 0..ranks {
             let stdin = stdin.take().unwrap_or(Input::Null);
-            match self.start_in(module.clone(), args.clone(), stdin, lineage.clone()) {
+            let started = self
+                .place(None)
+                .map_err(ClusterError::from)
+                .and_then(|host| {
+                    let (_, program) = programs
+                        .iter()
+                        .find(|(id, _)| *id == host.id())
+                        .expect("the module was loaded on every host");
+                    let (module, args) = (module.clone(), args.clone());
+                    self.start_root(host, program.clone(), module, args, stdin, lineage.clone())
+                });
+            match started {
                 Ok((pid, exited)) => {
                     pids.push(pid);
                     let ended = ended.clone();
@@ -448,9 +467,10 @@ impl Cluster {
         module: ModuleBytes,
         args: Vec<String>,
     ) -> Result<Pid, AbiError> {
-        self.load_off_thread(target, &module).await?;
+        let program = self.load_off_thread(target, &module).await?;
         let request = StartRequest {
             module,
+            program,
             args,
             stdin: Input::Null,
             lineage,
@@ -463,16 +483,22 @@ impl Cluster {
         Ok(child)
     }
 
-    /// Compiles `module` for `host` unless it is already; compiling takes
-    /// milliseconds to seconds, so it runs off the threads that run processes.
-    async fn load_off_thread(&self, host: &Host, module: &ModuleBytes) -> Result<(), AbiError> {
-        if host.runtime().is_command_loaded(module) {
-            return Ok(());
+    /// The program of `module` on `host`: the one its runtime holds, else loaded
+    /// (compiled, or read from the module cache: milliseconds to seconds) off the
+    /// threads that run processes. Starting with it never loads again, so a program
+    /// the runtime drops meanwhile costs the async threads nothing.
+    async fn load_off_thread(
+        &self,
+        host: &Host,
+        module: &ModuleBytes,
+    ) -> Result<Program, AbiError> {
+        if let Some(program) = host.runtime().loaded_command(module) {
+            return Ok(program);
         }
         let (cluster, host, module) = (self.arc(), host.id(), module.clone());
         tokio::task::spawn_blocking(move || {
             let host = cluster.host(host).expect("a known host");
-            host.runtime().load_command(&module).map(drop)
+            host.runtime().load_command(&module)
         })
         .await
         .map_err(|_| AbiError::Internal)?
@@ -530,7 +556,7 @@ impl Cluster {
             }
             let module = mesh.module(&start.module, &start.from).await?;
             let host = self.any_host();
-            self.load_off_thread(host, &module).await?;
+            let program = self.load_off_thread(host, &module).await?;
             let (notify, ended) = oneshot::channel();
             let parent = match start.parent {
                 Some(parent) => Parent::Remote(parent, notify),
@@ -545,6 +571,7 @@ impl Cluster {
             };
             let request = StartRequest {
                 module,
+                program,
                 args: start.args,
                 stdin,
                 lineage: lineage.clone(),

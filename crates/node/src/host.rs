@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use nimbus_core::{ExitStatus, Failure, HostId, Pid, ProcessState};
 use nimbus_planner::HostLoad;
 use nimbus_runtime::{
-    AbiError, Input, Kernel, Mailbox, MailboxSender, ModuleBytes, Output, ProcessSpec, Runtime,
-    RuntimeConfig, RuntimeError, mailbox,
+    AbiError, Input, Kernel, Mailbox, MailboxSender, ModuleBytes, Output, ProcessSpec, Program,
+    Runtime, RuntimeConfig, RuntimeError, mailbox,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -39,6 +39,10 @@ pub(crate) trait Exits: Send + Sync {
 /// A request to start a process on a host.
 pub(crate) struct StartRequest {
     pub(crate) module: ModuleBytes,
+    /// `module` loaded by the host's runtime, before the request (off the async
+    /// threads: [`Runtime::load_command`] may compile or read the module cache),
+    /// so that starting never loads.
+    pub(crate) program: Program,
     pub(crate) args: Vec<String>,
     pub(crate) stdin: Input,
     pub(crate) lineage: Arc<Lineage>,
@@ -121,10 +125,8 @@ impl Host {
         exits: Arc<dyn Exits>,
         request: StartRequest,
     ) -> Result<Pid, AbiError> {
-        let program = self
-            .runtime
-            .load_command(&request.module)
-            .map_err(|_| AbiError::Module)?;
+        debug_assert_eq!(request.program.hash(), request.module.hash());
+        let program = request.program;
         let lineage = request.lineage;
         let (parent, notify) = match request.parent {
             Parent::Process(parent) => (Some(parent), None),
@@ -335,5 +337,67 @@ impl Host {
             .collect();
         list.sort_by_key(|p| p.pid);
         list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nimbus_core::Limits;
+    use nimbus_runtime::MAX_PROGRAMS;
+
+    use super::*;
+    use crate::{Cluster, ClusterConfig, ModuleSource, RootProcess};
+
+    fn module(n: usize) -> ModuleBytes {
+        let wat = format!(
+            r#"(module (memory (export "memory") 1) (global i32 (i32.const {n})) (func (export "_start")))"#
+        );
+        ModuleBytes::new(wat::parse_str(wat).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_start_runs_the_program_it_carries_though_the_runtime_dropped_it() {
+        let data = tempfile::tempdir().unwrap();
+        let mut config = ClusterConfig::new(data.path());
+        config.runtime.max_live_processes = 4;
+        config.runtime.max_memory = 1 << 20;
+        let cluster = Cluster::new(&config).unwrap();
+        let host = cluster.any_host();
+        let root = RootProcess {
+            app: nimbus_state::AppName::new("test").unwrap(),
+            module: module(0),
+            modules: ModuleSource::None,
+            args: vec!["zero".into()],
+            env: vec![],
+            dirs: vec![],
+            stdin: Input::Null,
+            output: (Output::Null, Output::Null),
+            limits: Limits::default(),
+        };
+        let (lineage, module_bytes, args, stdin) = root.into_parts();
+        let program = host.runtime().load_command(&module_bytes).unwrap();
+        // Loading as many other programs as the runtime holds drops this one, as
+        // other starts may between a load off the async threads and its start.
+        for n in 1..=MAX_PROGRAMS {
+            host.runtime().load_command(&module(n)).unwrap();
+        }
+        assert!(host.runtime().loaded_command(&module_bytes).is_none());
+        let loads = host.runtime().cache_stats();
+
+        let (notify, exited) = oneshot::channel();
+        let request = StartRequest {
+            module: module_bytes.clone(),
+            program,
+            args,
+            stdin,
+            lineage: Arc::new(lineage),
+            parent: Parent::External(notify),
+        };
+        host.start(cluster.clone(), cluster.clone(), request)
+            .unwrap();
+        assert_eq!(exited.await.unwrap(), ExitStatus::Exited(0));
+        // Nothing was compiled or read from the module cache to start it.
+        assert_eq!(host.runtime().cache_stats(), loads);
+        assert!(host.runtime().loaded_command(&module_bytes).is_none());
     }
 }

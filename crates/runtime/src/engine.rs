@@ -142,9 +142,14 @@ impl Loader {
         })
     }
 
+    /// The program of `module` if it is held in memory: no compiling, no disk.
+    fn loaded(&self, module: &ModuleBytes) -> Option<Program> {
+        self.programs.lock().unwrap().get(&module.hash()).cloned()
+    }
+
     fn load(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
-        if let Some(program) = self.programs.lock().unwrap().get(&module.hash()) {
-            return Ok(program.clone());
+        if let Some(program) = self.loaded(module) {
+            return Ok(program);
         }
         let compiled = self.cache.get(&self.engine, module)?;
         let is_command = compiled
@@ -214,6 +219,7 @@ impl<K: std::hash::Hash + Eq + Clone, V> Recent<K, V> {
     }
 
     /// Whether `key` is held, without counting as a use.
+    #[cfg(test)]
     fn contains(&self, key: &K) -> bool {
         self.entries.contains_key(key)
     }
@@ -317,14 +323,11 @@ impl Runtime {
         self.services.load(module)
     }
 
-    /// Whether the command `module` is ready to run without compiling or reading
-    /// the disk.
-    pub fn is_command_loaded(&self, module: &ModuleBytes) -> bool {
-        self.commands
-            .programs
-            .lock()
-            .unwrap()
-            .contains(&module.hash())
+    /// The command `module`'s program if it is ready to run without compiling or
+    /// reading the disk (so this never blocks): `None` if it must be loaded first
+    /// ([`Runtime::load_command`], off the async threads), or is no command.
+    pub fn loaded_command(&self, module: &ModuleBytes) -> Option<Program> {
+        self.commands.loaded(module).filter(Program::is_command)
     }
 
     /// What the module cache has done so far.

@@ -37,5 +37,5 @@ pub use mailbox::{
 };
 pub use nimbus_core::InvokeError;
 pub use process::{Input, InputStream, Output, OutputSink, Preopen, ProcessSpec};
-pub use service::{Invocation, ServiceInstance};
+pub use service::{Committed, INLINE_COMMIT, Invocation, ServiceInstance};
 pub use stream::ChannelSlot;

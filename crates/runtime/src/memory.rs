@@ -243,12 +243,21 @@ impl Region {
         Ok(())
     }
 
-    /// Makes the memory's current contents the committed ones.
-    pub(crate) fn commit(&self) -> io::Result<()> {
+    /// The pages written since the last commit: a scan of the page tables, which
+    /// copies nothing (see [`Written::bytes`] for what committing them will copy).
+    pub(crate) fn written(&self) -> io::Result<Written> {
         let runs = written_runs(self.base.as_ptr() as usize, self.size())?;
+        Ok(Written { runs })
+    }
+
+    /// Makes the memory's current contents the committed ones: copies the pages
+    /// `written` found into the memfd. No guest code may run on the memory from the
+    /// scan that found them until this returns. Works from any thread.
+    pub(crate) fn commit(&self, written: Written) -> io::Result<()> {
+        let runs = written.runs;
         for run in &runs {
-            // SAFETY: the run lies within the accessible part of the memory and no
-            // guest code runs while the memory is committed.
+            // SAFETY: the run lies within the accessible part of the memory (which
+            // never shrinks) and no guest code runs while the memory is committed.
             let private =
                 unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(run.start), run.len()) };
             self.committed.write_all_at(private, run.start as u64)?;
@@ -290,6 +299,18 @@ impl Region {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+}
+
+/// The pages of a memory written since its last commit, as byte ranges.
+pub(crate) struct Written {
+    runs: Vec<Range<usize>>,
+}
+
+impl Written {
+    /// How many bytes committing them copies.
+    pub(crate) fn bytes(&self) -> usize {
+        self.runs.iter().map(Range::len).sum()
     }
 }
 
@@ -441,6 +462,10 @@ mod tests {
         Region::new(pages * PAGE, 128 * PAGE, 256 * PAGE).unwrap()
     }
 
+    fn commit(region: &Region) {
+        region.commit(region.written().unwrap()).unwrap();
+    }
+
     #[allow(clippy::mut_from_ref)] // each test is its memory's only user
     fn bytes(region: &Region) -> &mut [u8] {
         // SAFETY: the test is the memory's only user.
@@ -475,6 +500,7 @@ mod tests {
             read_pagemap(pagemap().unwrap(), base, region.size()).unwrap(),
             expected
         );
+        assert_eq!(region.written().unwrap().bytes(), 3 * PAGE);
     }
 
     #[test]
@@ -483,14 +509,14 @@ mod tests {
         let memory = bytes(&region);
         memory[10] = 1;
         memory[PAGE * 3] = 7;
-        region.commit().unwrap();
+        commit(&region);
         memory[10] = 2;
         memory[PAGE * 2] = 9;
         region.roll_back().unwrap();
         assert_eq!((memory[10], memory[PAGE * 2], memory[PAGE * 3]), (1, 0, 7));
         // Pages kept private by a commit are committed again by the next one.
         memory[PAGE * 3] = 8;
-        region.commit().unwrap();
+        commit(&region);
         region.roll_back().unwrap();
         assert_eq!((memory[10], memory[PAGE * 3]), (1, 8));
     }
@@ -501,11 +527,11 @@ mod tests {
         let memory = bytes(&region);
         let base = region.base.as_ptr() as usize;
         memory.iter_mut().step_by(PAGE).for_each(|b| *b = 3);
-        region.commit().unwrap();
+        commit(&region);
         assert_eq!(written_runs(base, region.size()).unwrap(), []);
         assert!(memory.iter().step_by(PAGE).all(|b| *b == 3));
         memory[0] = 4;
-        region.commit().unwrap();
+        commit(&region);
         let runs = written_runs(base, region.size()).unwrap();
         assert_eq!((runs.len(), &runs[0]), (1, &(0..PAGE)));
     }
@@ -540,7 +566,7 @@ mod tests {
         region.roll_back().unwrap();
         assert_eq!(memory[PAGE], 5);
         memory[PAGE] = 6;
-        region.commit().unwrap();
+        commit(&region);
         region.roll_back().unwrap();
         assert_eq!(memory[PAGE], 6);
         assert!(region.map_file(3, 2, &file, 0).is_err());

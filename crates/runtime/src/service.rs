@@ -10,7 +10,8 @@
 //! Every invocation that ends without failing is committed, and a failed one is
 //! rolled back to the last commit, so an instance never serves from the state a
 //! trap left behind. Commits cost work per page written, not per page of memory
-//! (see [`crate::memory`]).
+//! (see [`crate::memory`]); one that copies more than [`INLINE_COMMIT`] bytes
+//! copies them on a blocking thread ([`ServiceInstance::commit`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::engine::{Program, Slot};
 use crate::instrument::global_export_name;
-use crate::memory::{CheckpointedMemories, Region};
+use crate::memory::{CheckpointedMemories, Region, Written};
 use crate::process::{ProcessCtx, WasiSetup, status_of_error};
 use crate::{Input, InvokeError, Mailbox, Output};
 
@@ -38,6 +39,29 @@ pub struct Invocation {
     pub timeout: Option<Duration>,
 }
 
+/// The most bytes of written pages [`ServiceInstance::commit`] copies on the thread
+/// that awaits it (1 MiB: a few hundred microseconds of copying); a commit of more
+/// copies on a blocking thread, so that an invocation that wrote hundreds of MiB
+/// holds no async thread while it is committed, and one that wrote a few pages
+/// pays no hand-off between threads.
+pub const INLINE_COMMIT: usize = 1 << 20;
+
+/// How a commit went: which thread copied the pages the invocation wrote, and how
+/// many bytes of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// At most [`INLINE_COMMIT`] bytes (or nothing), copied on the awaiting thread.
+    Inline {
+        /// Bytes copied.
+        bytes: usize,
+    },
+    /// More, copied on a blocking thread.
+    OffThread {
+        /// Bytes copied.
+        bytes: usize,
+    },
+}
+
 /// A live instance of a service module.
 pub struct ServiceInstance {
     store: Store<ProcessCtx>,
@@ -51,7 +75,8 @@ pub struct ServiceInstance {
     globals: Vec<(u32, Global, Val)>,
     /// Whether the state changed since the last commit.
     uncommitted: bool,
-    /// Set when a roll back failed: the state is not one to serve from or commit.
+    /// Set when a roll back or a commit failed: the state is not one to serve from
+    /// or commit.
     broken: bool,
     _slot: Slot,
 }
@@ -113,7 +138,11 @@ impl ServiceInstance {
             Some(snapshot) => service.restore(snapshot)?,
             None => service.initialize().await?,
         }
-        service.commit().map_err(|e| cannot_start(&e.to_string()))?;
+        // Initialising may write much (data segments, tables it builds).
+        service
+            .commit_sized()
+            .await
+            .map_err(|e| cannot_start(&e.to_string()))?;
         Ok(service)
     }
 
@@ -130,20 +159,67 @@ impl ServiceInstance {
     }
 
     /// Makes the instance's current state the one a failed invocation rolls back
-    /// to. Each invocation commits the one before it first; calling this after
-    /// answering takes that work off the next request's path. After an error the
+    /// to, and gives the instance back. Each invocation commits the one before it
+    /// first, on the invoking thread; calling this after answering takes that work
+    /// off the next request's path, and a commit of more than [`INLINE_COMMIT`]
+    /// bytes off the async threads. The instance goes with the commit, so a commit
+    /// dropped midway drops it (once the copy under way ends, on its thread): no
+    /// one ever runs or reads a half-committed instance. After an error the
     /// instance must not serve again.
-    pub fn commit(&mut self) -> Result<(), InvokeError> {
+    pub async fn commit(mut self) -> (ServiceInstance, Result<Committed, InvokeError>) {
+        let committed = self.commit_sized().await;
+        (self, committed)
+    }
+
+    /// [`ServiceInstance::commit`] in place: only for callers that own the instance
+    /// for as long as this future lives, so that dropping it drops the instance.
+    async fn commit_sized(&mut self) -> Result<Committed, InvokeError> {
+        let Some(pending) = self.pending()? else {
+            return Ok(Committed::Inline { bytes: 0 });
+        };
+        let bytes = pending.bytes();
+        if bytes <= INLINE_COMMIT {
+            self.copied(pending.copy())?;
+            return Ok(Committed::Inline { bytes });
+        }
+        let copy = tokio::task::spawn_blocking(move || pending.copy()).await;
+        self.copied(copy.unwrap_or_else(|e| Err(std::io::Error::other(e))))?;
+        Ok(Committed::OffThread { bytes })
+    }
+
+    /// Commits on this thread, however much was written.
+    fn commit_here(&mut self) -> Result<(), InvokeError> {
+        match self.pending()? {
+            Some(pending) => self.copied(pending.copy()),
+            None => Ok(()),
+        }
+    }
+
+    /// What committing is to copy; `None` if the state has not changed since the
+    /// last commit.
+    fn pending(&self) -> Result<Option<Pending>, InvokeError> {
         if self.broken {
-            return Err(InvokeError::Checkpoint("a roll back failed".into()));
+            return Err(InvokeError::Checkpoint(
+                "an earlier roll back or commit failed".into(),
+            ));
         }
         if !self.uncommitted {
-            return Ok(());
+            return Ok(None);
         }
-        if let Some((_, region)) = &self.memory {
-            region
-                .commit()
-                .map_err(|e| InvokeError::Checkpoint(format!("committing memory: {e}")))?;
+        let memory = match &self.memory {
+            Some((_, region)) => Some((region.clone(), region.written().map_err(checkpoint)?)),
+            None => None,
+        };
+        Ok(Some(Pending(memory)))
+    }
+
+    /// Ends a commit whose memory was copied (or not) as `copy` says: the globals
+    /// are committed with it, and a failed copy leaves a memory half committed, so
+    /// the instance is broken.
+    fn copied(&mut self, copy: std::io::Result<()>) -> Result<(), InvokeError> {
+        if let Err(e) = copy {
+            self.broken = true;
+            return Err(checkpoint(e));
         }
         for (_, global, value) in &mut self.globals {
             *value = global.get(&mut self.store);
@@ -166,9 +242,11 @@ impl ServiceInstance {
         Ok(())
     }
 
-    /// Runs one handler to completion and returns its response.
+    /// Runs one handler to completion and returns its response. Commits the
+    /// invocation before it first, on this thread, unless the caller has
+    /// ([`ServiceInstance::commit`]).
     pub async fn invoke(&mut self, invocation: Invocation) -> Result<Vec<u8>, InvokeError> {
-        self.commit()?;
+        self.commit_here()?;
         let handler = self
             .instance
             .get_func(&mut self.store, &invocation.handler)
@@ -311,6 +389,29 @@ impl ServiceInstance {
         }
         Ok(())
     }
+}
+
+/// The written pages of an instance's memory (if it has one) that its commit is to
+/// copy: owned, so the copy may run on another thread.
+struct Pending(Option<(Arc<Region>, Written)>);
+
+impl Pending {
+    fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |(_, written)| written.bytes())
+    }
+
+    /// Copies the pages into the memory's committed contents. No guest code runs on
+    /// the memory meanwhile: its instance is the committer's, or dropped.
+    fn copy(self) -> std::io::Result<()> {
+        match self.0 {
+            Some((region, written)) => region.commit(written),
+            None => Ok(()),
+        }
+    }
+}
+
+fn checkpoint(e: std::io::Error) -> InvokeError {
+    InvokeError::Checkpoint(format!("committing memory: {e}"))
 }
 
 fn cannot_start(why: &str) -> ExitStatus {

@@ -4,11 +4,12 @@
 mod common;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure, Limits};
 use nimbus_runtime::{
-    Invocation, InvokeError, LoadError, ModuleBytes, Output, Runtime, RuntimeConfig,
+    Committed, Invocation, InvokeError, LoadError, ModuleBytes, Output, Runtime, RuntimeConfig,
     ServiceInstance,
 };
 
@@ -185,7 +186,7 @@ async fn the_program_cache_is_bounded_and_an_evicted_program_still_runs() {
         runtime.load_command(&module(&other)).unwrap();
     }
     assert!(
-        !runtime.is_command_loaded(&hello),
+        runtime.loaded_command(&hello).is_none(),
         "the cache kept every program"
     );
     assert_eq!(runtime.cache_stats().compiled, MAX_PROGRAMS as u64 + 1);
@@ -200,7 +201,7 @@ async fn the_program_cache_is_bounded_and_an_evicted_program_still_runs() {
     );
     // Loading it again reads its artifact, compiling nothing.
     runtime.load_command(&hello).unwrap();
-    assert!(runtime.is_command_loaded(&hello));
+    assert!(runtime.loaded_command(&hello).is_some());
     let stats = runtime.cache_stats();
     assert_eq!(
         (stats.compiled, stats.from_disk),
@@ -538,4 +539,78 @@ async fn a_snapshot_of_another_module_is_refused() {
     assert!(
         matches!(result, Err(ExitStatus::Failed(Failure::Load(m))) if m.contains("another module"))
     );
+}
+
+/// A reactor whose `fill` writes its call count over 64 MiB of memory, `check`
+/// fails unless every page of those holds it, `poke` writes one page past them and
+/// `scribble_then_crash` writes over them all and traps.
+const FILLER: &str = r#"(module
+  (memory (export "memory") 1025)
+  (global $calls (mut i32) (i32.const 0))
+  (func (export "fill")
+    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
+    (memory.fill (i32.const 0) (global.get $calls) (i32.const 0x4000000)))
+  (func (export "check") (result i32)
+    (local $at i32)
+    (loop $pages
+      (if (i32.ne (i32.load8_u (local.get $at)) (global.get $calls))
+        (then (return (i32.const 1))))
+      (local.set $at (i32.add (local.get $at) (i32.const 4095)))
+      (br_if $pages (i32.lt_u (local.get $at) (i32.const 0x4000000))))
+    (i32.const 0))
+  (func (export "poke") (i32.store8 (i32.const 0x4000000) (i32.const 1)))
+  (func (export "scribble_then_crash")
+    (memory.fill (i32.const 0) (i32.const 0xee) (i32.const 0x4000000))
+    unreachable))"#;
+
+/// Commits `service`, saying how, and whether another task of this current-thread
+/// runtime ran meanwhile: it can only if the commit gave the thread up.
+async fn commit(service: ServiceInstance) -> (ServiceInstance, Committed, bool) {
+    let ran = Arc::new(AtomicBool::new(false));
+    let other = tokio::spawn({
+        let ran = ran.clone();
+        async move { ran.store(true, Ordering::SeqCst) }
+    });
+    let (service, committed) = service.commit().await;
+    let ran_meanwhile = ran.load(Ordering::SeqCst);
+    other.await.unwrap();
+    (service, committed.unwrap(), ran_meanwhile)
+}
+
+#[tokio::test]
+async fn a_large_commit_copies_off_the_async_thread_and_a_small_one_inline() {
+    const FILLED: usize = 64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = RuntimeConfig::new(dir.path());
+    config.max_live_processes = 2;
+    config.max_memory = 128 << 20;
+    let runtime = Runtime::new(&config).unwrap();
+    let program = runtime.load_service(&module(FILLER)).unwrap();
+    let limits = Limits {
+        memory: 128 << 20,
+        timeout: None,
+    };
+    let (spec, _mailbox) = common::spec(limits, Output::Null);
+    let slot = runtime.admit().await;
+    let Ok(mut filler) = runtime.start_service(&program, spec, slot, None).await else {
+        panic!("the service did not start");
+    };
+    for _ in 0..2 {
+        filler.invoke(call("fill", b"")).await.unwrap();
+        let (back, committed, ran_meanwhile) = commit(filler).await;
+        filler = back;
+        assert_eq!(committed, Committed::OffThread { bytes: FILLED });
+        assert!(ran_meanwhile, "the commit held the async thread");
+        // What the blocking thread copied is the state: it persists, and a failed
+        // invocation rolls back to it.
+        filler.invoke(call("check", b"")).await.unwrap();
+        let crashed = filler.invoke(call("scribble_then_crash", b"")).await;
+        assert!(matches!(crashed, Err(InvokeError::Failed(_))));
+        filler.invoke(call("check", b"")).await.unwrap();
+    }
+    filler.invoke(call("poke", b"")).await.unwrap();
+    let (mut filler, committed, ran_meanwhile) = commit(filler).await;
+    assert_eq!(committed, Committed::Inline { bytes: 4096 });
+    assert!(!ran_meanwhile, "a small commit gave the thread up");
+    filler.invoke(call("check", b"")).await.unwrap();
 }

@@ -958,12 +958,17 @@ async fn serve(
                     .await;
                 me.pending.fetch_sub(1, Ordering::Relaxed);
                 let _ = reply.send(result.map_err(ServiceError::from));
-                // Commits off the request's path; a failed invocation rolled back
-                // already. An instance whose state cannot be kept is dropped: the
-                // next request restores the last snapshot (or starts afresh).
-                if instance.commit().is_err() {
-                    swapped_mailbox = live.take().map(ServiceInstance::retire);
-                    me.live.store(false, Ordering::Relaxed);
+                // Commits off the request's path (and a commit of much off the
+                // async threads); a failed invocation rolled back already. An
+                // instance whose state cannot be kept is dropped: the next request
+                // restores the last snapshot (or starts afresh).
+                let instance = live.take().expect("invoked above");
+                match instance.commit().await {
+                    (instance, Ok(_)) => live = Some(instance),
+                    (instance, Err(_)) => {
+                        swapped_mailbox = Some(instance.retire());
+                        me.live.store(false, Ordering::Relaxed);
+                    }
                 }
             }
         }

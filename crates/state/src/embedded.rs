@@ -9,8 +9,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::{
-    AppName, GlobalTier, Key, LockToken, StateError, StateFuture, check_len, clip, lease_millis,
-    write_end,
+    AppName, GlobalTier, Growth, Key, LockToken, StateError, StateFuture, check_len, clip,
+    lease_millis, write_end,
 };
 
 /// What an embedded tier holds at most unless told otherwise: values and key
@@ -359,6 +359,13 @@ impl GlobalTier for Embedded {
         }
         self.released.notify_waiters();
         ready(Ok(()))
+    }
+
+    fn room_for<'a>(&'a self, key: &'a Key, growth: Growth) -> StateFuture<'a, ()> {
+        let values = self.values();
+        let old = values.map.get(key).map_or(0, |value| value.len() as u64);
+        let len = growth.new_len(old);
+        ready(check_len(len).and_then(|()| values.room(key, len as usize).map(drop)))
     }
 
     fn location(&self) -> String {

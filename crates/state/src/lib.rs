@@ -229,9 +229,43 @@ pub trait GlobalTier: Send + Sync {
     /// token does not hold it (released, expired, or someone else's).
     fn unlock<'a>(&'a self, key: &'a Key, token: LockToken) -> StateFuture<'a, ()>;
 
+    /// Whether `key`'s value may change length as `growth` says: [`StateError::Full`]
+    /// if the tier has no room for it now ([`StateError::ValueTooLarge`] past
+    /// [`MAX_VALUE_LEN`]). A served tier asks before it reads a long
+    /// value's bytes ([`serve`]), so that a write refused anyway costs neither their
+    /// transfer nor memory to hold them. A check, not a reservation: the write
+    /// checks again. A tier with no capacity of its own to check (Redis, or a served
+    /// tier, whose server checks) has room for anything: the default.
+    fn room_for<'a>(&'a self, key: &'a Key, growth: Growth) -> StateFuture<'a, ()> {
+        let _ = (key, growth);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
     /// Where the tier lives, for messages: `embedded`, or the Redis URL with any
     /// password hidden.
     fn location(&self) -> String;
+}
+
+/// How a write changes the length of its value, for [`GlobalTier::room_for`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Growth {
+    /// The value becomes this long ([`GlobalTier::set`]).
+    To(u64),
+    /// The value becomes at least this long ([`GlobalTier::set_range`] ending here).
+    AtLeast(u64),
+    /// The value grows by this much ([`GlobalTier::append`]).
+    By(u64),
+}
+
+impl Growth {
+    /// The length of a value of `old` bytes after the write.
+    pub fn new_len(self, old: u64) -> u64 {
+        match self {
+            Growth::To(len) => len,
+            Growth::AtLeast(end) => old.max(end),
+            Growth::By(len) => old.saturating_add(len),
+        }
+    }
 }
 
 /// Opens the global tier: the embedded one of `capacity` bytes for `None`, Redis for a `redis://` URL

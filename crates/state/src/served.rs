@@ -6,7 +6,8 @@
 //! A call is one mesh frame and so is its answer, up to [`MAX_BODY`] bytes of
 //! value. A longer answer comes in several frames; a call carrying a longer value
 //! opens a connection of its own (an [`Upload`]) and sends the value raw after it,
-//! so the tier still sets it in one step.
+//! so the tier still sets it in one step; the server checks the tier has room for
+//! the announced length before it reads a byte ([`GlobalTier::room_for`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::{AppName, GlobalTier, Key, LockToken, StateError, StateFuture};
+use crate::{AppName, GlobalTier, Growth, Key, LockToken, StateError, StateFuture};
 
 /// A key on the wire.
 #[derive(Debug, Serialize, Deserialize)]
@@ -146,20 +147,11 @@ impl Handler for Server {
 
     fn adopt(self: Arc<Self>, hello: Frame, adoption: Adoption) -> HandlerFuture {
         Box::pin(async move {
-            let upload = hello
-                .head::<Upload>()
-                .map_err(malformed)
-                .and_then(|upload| {
-                    match upload.call {
-                        Call::Set(_) | Call::SetRange(..) | Call::Append(_) => {}
-                        _ => return Err(malformed("only a value to write is uploaded")),
-                    }
-                    crate::check_len(upload.len)?;
-                    Ok(upload)
-                });
-            let upload = match upload {
+            let upload = match self.admit(&hello).await {
                 Ok(upload) => upload,
                 Err(error) => {
+                    // Refused before a byte of the value is read; the caller sends
+                    // none after this answer, and the connection, its own, ends.
                     let _ = adoption
                         .answer(&Frame::new(&failed(error).0, Vec::new()))
                         .await;
@@ -210,6 +202,24 @@ fn failed(error: StateError) -> (Answer, Vec<u8>) {
 }
 
 impl Server {
+    /// The upload `hello` announces, if the tier takes it: a write, of a value no
+    /// longer than a value may be, that the tier has room for now. Checked on the
+    /// announced length, so a refused value costs neither its transfer nor memory.
+    async fn admit(&self, hello: &Frame) -> Result<Upload, StateError> {
+        let upload = hello.head::<Upload>().map_err(malformed)?;
+        crate::check_len(upload.len)?;
+        let (key, growth) = match &upload.call {
+            Call::Set(key) => (key, Growth::To(upload.len)),
+            Call::SetRange(key, offset) => {
+                (key, Growth::AtLeast(offset.saturating_add(upload.len)))
+            }
+            Call::Append(key) => (key, Growth::By(upload.len)),
+            _ => return Err(malformed("only a value to write is uploaded")),
+        };
+        self.tier.room_for(&key.key()?, growth).await?;
+        Ok(upload)
+    }
+
     async fn answer(&self, call: Call, body: Vec<u8>) -> (Answer, Vec<u8>) {
         self.perform(call, body).await.unwrap_or_else(failed)
     }
@@ -461,5 +471,50 @@ impl GlobalTier for Served {
 
     fn location(&self) -> String {
         format!("nimbus://{}", self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Embedded;
+
+    #[tokio::test]
+    async fn a_long_value_the_tier_has_no_room_for_is_refused_before_it_is_read() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let tls = nimbus_trust::Tls::ephemeral().unwrap();
+        let tier = Arc::new(Embedded::with_capacity(1 << 20));
+        tokio::spawn(serve(listener, tls.clone(), tier.clone()));
+        let key = Key::new(&AppName::new("app").unwrap(), b"big").unwrap();
+
+        // Announced and never sent: each is answered at once, refused as full.
+        let len = 4 * MAX_BODY as u64;
+        let key_ = || WireKey::of(&key);
+        for call in [
+            Call::Set(key_()),
+            Call::SetRange(key_(), 7),
+            Call::Append(key_()),
+        ] {
+            let hello = Frame::new(&Upload { call, len }, Vec::new());
+            let (answer, _stream) = nimbus_mesh::open_stream(&tls, &addr, &hello).await.unwrap();
+            let answer = answer.head::<Answer>().unwrap();
+            assert!(
+                matches!(answer, Answer::Failed(WireError::Full(true, ..))),
+                "{answer:?}"
+            );
+        }
+
+        // Through the client: the same error, nothing held, and it serves on.
+        let served = Served::connect(&addr, tls).await.unwrap();
+        let refused = served.set(&key, vec![1; MAX_BODY + 1]).await;
+        assert!(
+            matches!(refused, Err(StateError::Full { global: true, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(tier.used(), 0);
+        served.set(&key, b"small".to_vec()).await.unwrap();
+        let value = served.get(&key).await.unwrap();
+        assert_eq!(value.as_deref(), Some(&b"small"[..]));
     }
 }
