@@ -467,6 +467,7 @@ impl Cluster {
         module: ModuleBytes,
         args: Vec<String>,
     ) -> Result<Pid, AbiError> {
+        let _starting = target.starting(lineage.app.as_str());
         let program = self.load_off_thread(target, &module).await?;
         let request = StartRequest {
             module,
@@ -554,8 +555,9 @@ impl Cluster {
                     cluster.end_tree(&home);
                 });
             }
-            let module = mesh.module(&start.module, &start.from).await?;
             let host = self.any_host();
+            let _starting = host.starting(lineage.app.as_str());
+            let module = mesh.module(&start.module, &start.from).await?;
             let program = self.load_off_thread(host, &module).await?;
             let (notify, ended) = oneshot::channel();
             let parent = match start.parent {

@@ -71,6 +71,9 @@ pub struct Host {
     runtime: Runtime,
     state: HostState,
     table: Mutex<HashMap<Pid, Entry>>,
+    /// Processes of each app being started here (their module fetched or
+    /// compiled, not yet in the table), by app; see [`Host::starting`].
+    starting: Mutex<HashMap<String, usize>>,
     last_seq: AtomicU64,
     admitted: AtomicUsize,
     max_processes: usize,
@@ -88,6 +91,7 @@ impl Host {
             state,
             runtime: Runtime::new(config)?,
             table: Mutex::default(),
+            starting: Mutex::default(),
             last_seq: AtomicU64::new(0),
             admitted: AtomicUsize::new(0),
             max_processes,
@@ -313,7 +317,7 @@ impl Host {
         }
     }
 
-    /// How many processes of each app are here.
+    /// How many processes of each app are here, those being started included.
     pub(crate) fn apps(&self) -> std::collections::BTreeMap<String, usize> {
         let mut apps = std::collections::BTreeMap::new();
         for entry in self.table.lock().unwrap().values() {
@@ -321,7 +325,28 @@ impl Host {
                 .entry(entry.lineage.app.as_str().to_owned())
                 .or_default() += 1;
         }
+        for (app, starting) in self.starting.lock().unwrap().iter() {
+            *apps.entry(app.clone()).or_default() += starting;
+        }
         apps
+    }
+
+    /// Counts a process of `app` as here from now on, while it is being started
+    /// (its module fetched and compiled, which may take seconds), until the guard
+    /// is dropped once it is in the table. The planner caps an app's processes
+    /// across the cluster by what hosts report: one being compiled must not drop
+    /// out of the count between its placement and its start.
+    pub(crate) fn starting(&self, app: &str) -> Starting<'_> {
+        *self
+            .starting
+            .lock()
+            .unwrap()
+            .entry(app.to_owned())
+            .or_default() += 1;
+        Starting {
+            host: self,
+            app: app.to_owned(),
+        }
     }
 
     pub(crate) fn processes(&self) -> Vec<ProcessInfo> {
@@ -353,6 +378,20 @@ mod tests {
             r#"(module (memory (export "memory") 1) (global i32 (i32.const {n})) (func (export "_start")))"#
         );
         ModuleBytes::new(wat::parse_str(wat).unwrap())
+    }
+
+    #[test]
+    fn a_process_being_started_counts_for_its_app_until_it_is_in_the_table() {
+        let data = tempfile::tempdir().unwrap();
+        let cluster = Cluster::new(&ClusterConfig::new(data.path())).unwrap();
+        let host = cluster.any_host();
+        let first = host.starting("budgeted");
+        let second = host.starting("budgeted");
+        assert_eq!(host.apps().get("budgeted"), Some(&2));
+        drop(first);
+        assert_eq!(host.apps().get("budgeted"), Some(&1));
+        drop(second);
+        assert!(host.apps().is_empty(), "{:?}", host.apps());
     }
 
     #[tokio::test]
@@ -399,5 +438,23 @@ mod tests {
         // Nothing was compiled or read from the module cache to start it.
         assert_eq!(host.runtime().cache_stats(), loads);
         assert!(host.runtime().loaded_command(&module_bytes).is_none());
+    }
+}
+
+/// A process of `app` being started on `host`: counted there until dropped.
+pub(crate) struct Starting<'a> {
+    host: &'a Host,
+    app: String,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        let mut starting = self.host.starting.lock().unwrap();
+        if let Some(count) = starting.get_mut(&self.app) {
+            *count -= 1;
+            if *count == 0 {
+                starting.remove(&self.app);
+            }
+        }
     }
 }
