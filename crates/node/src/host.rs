@@ -365,6 +365,24 @@ impl Host {
     }
 }
 
+/// A process of `app` being started on `host`: counted there until dropped.
+pub(crate) struct Starting<'a> {
+    host: &'a Host,
+    app: String,
+}
+
+impl Drop for Starting<'_> {
+    fn drop(&mut self) {
+        let mut starting = self.host.starting.lock().unwrap();
+        if let Some(count) = starting.get_mut(&self.app) {
+            *count -= 1;
+            if *count == 0 {
+                starting.remove(&self.app);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use nimbus_core::Limits;
@@ -438,23 +456,5 @@ mod tests {
         // Nothing was compiled or read from the module cache to start it.
         assert_eq!(host.runtime().cache_stats(), loads);
         assert!(host.runtime().loaded_command(&module_bytes).is_none());
-    }
-}
-
-/// A process of `app` being started on `host`: counted there until dropped.
-pub(crate) struct Starting<'a> {
-    host: &'a Host,
-    app: String,
-}
-
-impl Drop for Starting<'_> {
-    fn drop(&mut self) {
-        let mut starting = self.host.starting.lock().unwrap();
-        if let Some(count) = starting.get_mut(&self.app) {
-            *count -= 1;
-            if *count == 0 {
-                starting.remove(&self.app);
-            }
-        }
     }
 }
