@@ -541,6 +541,10 @@ impl Cluster {
     /// Starts a process a peer asked for and answers the call: `Started`, then
     /// `Ended` once it ended and its output reached the tree's home.
     pub(crate) async fn start_for_peer(&self, start: PeerStart, replier: nimbus_mesh::Replier) {
+        let host = self.any_host();
+        // Counted from the first moment: the planner's own count of its placement
+        // lasts only 50 ms.
+        let starting = host.starting(&start.lineage.app);
         let started = async {
             let mesh = self.mesh.as_ref().ok_or(AbiError::Internal)?;
             let lineage = mesh.confine(start.lineage).await?;
@@ -555,8 +559,6 @@ impl Cluster {
                     cluster.end_tree(&home);
                 });
             }
-            let host = self.any_host();
-            let _starting = host.starting(lineage.app.as_str());
             let module = mesh.module(&start.module, &start.from).await?;
             let program = self.load_off_thread(host, &module).await?;
             let (notify, ended) = oneshot::channel();
@@ -582,7 +584,10 @@ impl Cluster {
             let pid = host.start(self.arc(), self.arc(), request)?;
             Ok::<_, AbiError>((pid, ended, lineage))
         };
-        match started.await {
+        let started = started.await;
+        // In the table now, or never to be.
+        drop(starting);
+        match started {
             Err(error) => replier.finish(error_reply(error).frame()).await,
             Ok((pid, ended, lineage)) => {
                 replier.send(Reply::Started { pid }.frame()).await;

@@ -541,27 +541,8 @@ async fn a_snapshot_of_another_module_is_refused() {
     );
 }
 
-/// A reactor whose `fill` writes its call count over 64 MiB of memory, `check`
-/// fails unless every page of those holds it, `poke` writes one page past them and
-/// `scribble_then_crash` writes over them all and traps.
-const FILLER: &str = r#"(module
-  (memory (export "memory") 1025)
-  (global $calls (mut i32) (i32.const 0))
-  (func (export "fill")
-    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
-    (memory.fill (i32.const 0) (global.get $calls) (i32.const 0x4000000)))
-  (func (export "check") (result i32)
-    (local $at i32)
-    (loop $pages
-      (if (i32.ne (i32.load8_u (local.get $at)) (global.get $calls))
-        (then (return (i32.const 1))))
-      (local.set $at (i32.add (local.get $at) (i32.const 4095)))
-      (br_if $pages (i32.lt_u (local.get $at) (i32.const 0x4000000))))
-    (i32.const 0))
-  (func (export "poke") (i32.store8 (i32.const 0x4000000) (i32.const 1)))
-  (func (export "scribble_then_crash")
-    (memory.fill (i32.const 0) (i32.const 0xee) (i32.const 0x4000000))
-    unreachable))"#;
+/// See the fixture's own comment.
+const FILLER: &str = include_str!("filler.wat");
 
 /// Commits `service`, saying how, and whether another task of this current-thread
 /// runtime ran meanwhile: it can only if the commit gave the thread up.

@@ -12,6 +12,7 @@
 //! with it; the request that was under way when the worker went fails with
 //! [`ServiceError::Unavailable`], and is not retried, since it may have taken effect.
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub struct PlacedServices {
     planner: nimbus_control::Planner,
     /// The deployments heard of from the planner, by name.
     apps: Mutex<BTreeMap<String, Placed>>,
+    /// Counts this gateway's own deployments, stamping each, so that a list
+    /// fetched from the planner before one never overwrites it.
+    deployments: AtomicU64,
     links: Links,
     /// By app, held while it is placed, so that concurrent requests place it once.
     placing: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -56,6 +60,9 @@ struct Placed {
     config: AppConfig,
     module: String,
     worker: Option<String>,
+    /// The count of this gateway's deployments when it deployed this one here
+    /// (0: heard of from the planner).
+    deployed: u64,
 }
 
 impl PlacedServices {
@@ -66,6 +73,7 @@ impl PlacedServices {
             planner: nimbus_control::Planner::new(planner, &tls)
                 .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?,
             apps: Mutex::default(),
+            deployments: AtomicU64::new(0),
             links: Links::new(tls),
             placing: Mutex::default(),
         })
@@ -74,16 +82,20 @@ impl PlacedServices {
     /// Learns the deployments the planner keeps: a new one, or one deployed anew
     /// (through another gateway, say), is placed again on its next request.
     async fn refresh(&self) -> Result<(), ServiceError> {
+        let asked = self.deployments.load(Ordering::SeqCst);
         let deployments = self.planner.deployments().await.map_err(unavailable)?;
         let mut apps = self.apps.lock().unwrap();
         for Deployment { config, module } in deployments {
             match apps.get_mut(&config.name) {
                 Some(placed) if placed.module == module && placed.config == config => {}
+                // Deployed here after the list was asked for: the list is older.
+                Some(placed) if placed.deployed > asked => {}
                 _ => {
                     let placed = Placed {
                         config,
                         module,
                         worker: None,
+                        deployed: 0,
                     };
                     apps.insert(placed.config.name.clone(), placed);
                 }
@@ -313,17 +325,20 @@ impl ServiceFront for PlacedServices {
                 .await
                 .map_err(|e| {
                     ServiceError::Unavailable(format!(
-                        "app `{}` runs on the worker at {worker}, but the planner did not \
-                         keep its deployment, so it will not be found again: {e}",
+                        "app `{}` was deployed on the worker at {worker}, but the planner \
+                         did not keep the deployment, so other gateways (and this one, once \
+                         restarted) do not know it: deploy it again: {e}",
                         config.name
                     ))
                 })?;
+            let mut apps = self.apps.lock().unwrap();
             let placed = Placed {
                 config: deployment.config,
                 module: deployment.module,
                 worker: Some(worker),
+                deployed: self.deployments.fetch_add(1, Ordering::SeqCst) + 1,
             };
-            self.apps.lock().unwrap().insert(config.name, placed);
+            apps.insert(config.name, placed);
             Ok(info)
         })
     }

@@ -143,26 +143,9 @@ async fn deploy_invoke_state_and_errors() {
     assert_eq!((apps[0].instances, apps[0].live), (1, 1));
 }
 
-/// A reactor: `fill` writes its call count over 64 MiB of memory (committed on a
-/// blocking thread), `check` fails unless a byte in each page of those holds it,
-/// and `crash` writes over them and traps.
-const FILLER: &str = r#"(module
-  (memory (export "memory") 1025)
-  (global $calls (mut i32) (i32.const 0))
-  (func (export "fill")
-    (global.set $calls (i32.add (global.get $calls) (i32.const 1)))
-    (memory.fill (i32.const 0) (global.get $calls) (i32.const 0x4000000)))
-  (func (export "check") (result i32)
-    (local $at i32)
-    (loop $pages
-      (if (i32.ne (i32.load8_u (local.get $at)) (global.get $calls))
-        (then (return (i32.const 1))))
-      (local.set $at (i32.add (local.get $at) (i32.const 4095)))
-      (br_if $pages (i32.lt_u (local.get $at) (i32.const 0x4000000))))
-    (i32.const 0))
-  (func (export "crash")
-    (memory.fill (i32.const 0) (i32.const 0xee) (i32.const 0x4000000))
-    unreachable))"#;
+/// The runtime tests' reactor that fills 64 MiB (committed on a blocking thread):
+/// `fill`, `check`, `scribble_then_crash`.
+const FILLER: &str = include_str!("../../runtime/tests/filler.wat");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_that_writes_64_mib_keeps_its_state_across_invocations_and_swaps() {
@@ -174,7 +157,9 @@ async fn a_handler_that_writes_64_mib_keeps_its_state_across_invocations_and_swa
         call(&services, "filler", "fill", "").await;
         call(&services, "filler", "check", "").await;
     }
-    let crashed = services.invoke("filler", "crash", vec![], None).await;
+    let crashed = services
+        .invoke("filler", "scribble_then_crash", vec![], None)
+        .await;
     assert!(matches!(
         crashed,
         Err(ServiceError::Handler(InvokeError::Failed(_)))
