@@ -29,6 +29,13 @@ fn node(data: &Path) -> (Arc<Cluster>, Services) {
     (cluster, services)
 }
 
+/// Deploys the C counter service as app `counter`.
+fn deploy_counter(services: &Services) {
+    services
+        .deploy(AppConfig::new("counter"), guest("c-counter-service"))
+        .unwrap();
+}
+
 async fn call(services: &Services, app: &str, handler: &str, body: &str) -> String {
     call_in(services, app, handler, body, None).await
 }
@@ -174,9 +181,7 @@ async fn swap_out_and_in_keeps_state_and_a_restart_keeps_everything() {
     let data = tempfile::tempdir().unwrap();
     {
         let (_cluster, services) = node(data.path());
-        services
-            .deploy(AppConfig::new("counter"), guest("c-counter-service"))
-            .unwrap();
+        deploy_counter(&services);
         assert_eq!(call(&services, "counter", "add", "5").await, "5");
         services.swap_out_all().await.unwrap();
         assert_eq!(services.apps()[0].live, 0);
@@ -196,9 +201,7 @@ async fn an_app_left_half_written_is_skipped_and_the_others_serve() {
     let data = tempfile::tempdir().unwrap();
     {
         let (_cluster, services) = node(data.path());
-        services
-            .deploy(AppConfig::new("counter"), guest("c-counter-service"))
-            .unwrap();
+        deploy_counter(&services);
     }
     // A deployment cut off after it cleared its directory.
     std::fs::create_dir_all(data.path().join("apps/broken")).unwrap();
@@ -213,9 +216,7 @@ async fn an_app_left_half_written_is_skipped_and_the_others_serve() {
 async fn a_trap_rolls_the_instance_back_to_its_last_good_state() {
     let data = tempfile::tempdir().unwrap();
     let (_cluster, services) = node(data.path());
-    services
-        .deploy(AppConfig::new("counter"), guest("c-counter-service"))
-        .unwrap();
+    deploy_counter(&services);
     assert_eq!(call(&services, "counter", "add", "5").await, "5");
     // Swapped in again, its pages are mapped from the snapshot file.
     services.swap_out_all().await.unwrap();
