@@ -3,7 +3,7 @@
 //! is, and recorded there ([`ISSUED_FILE`]) so a node is revoked by its name.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use rcgen::{Issuer, KeyPair, SerialNumber};
 use serde::{Deserialize, Serialize};
@@ -44,11 +44,29 @@ pub struct Revoked {
 /// it has one; never the CA's key. Refused for a name `dir` issued before, or one
 /// that is not a name ([`TrustError::BadName`]).
 pub fn issue(dir: &Path, name: &str, out: &Path) -> Result<Issued, TrustError> {
+    issue_by(&Ca::open(dir)?, dir, name, out, CrlCopy::Copied)
+}
+
+/// How a node directory [`issue_by`] writes holds the CA's revocation list.
+enum CrlCopy {
+    /// A copy of the list as it is now.
+    Copied,
+    /// None: its caller links it to the CA's.
+    Linked,
+}
+
+/// [`issue`], by `ca`, held.
+fn issue_by(
+    ca: &Ca,
+    dir: &Path,
+    name: &str,
+    out: &Path,
+    crl_copy: CrlCopy,
+) -> Result<Issued, TrustError> {
     check_name(name)?;
     if out.is_file() || std::fs::read_dir(out).is_ok_and(|mut entries| entries.next().is_some()) {
         return Err(TrustError::OutExists(out.to_owned()));
     }
-    let ca = Ca::open(dir)?;
     let mut registry = Registry::load(dir)?;
     if registry.nodes.iter().any(|node| node.name == name) {
         return Err(TrustError::NameTaken {
@@ -58,7 +76,11 @@ pub fn issue(dir: &Path, name: &str, out: &Path) -> Result<Issued, TrustError> {
     }
     let serial = registry.new_serial()?;
     let node = node_certificate(&ca.issuer, name, Some(SerialNumber::from_slice(&serial)))?;
-    let crl = match std::fs::read_to_string(dir.join(CRL_FILE)) {
+    let crl = match crl_copy {
+        CrlCopy::Linked => Err(std::io::ErrorKind::NotFound.into()),
+        CrlCopy::Copied => std::fs::read_to_string(dir.join(CRL_FILE)),
+    };
+    let crl = match crl {
         Ok(crl) => Some(crl),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
@@ -94,6 +116,27 @@ pub fn issue(dir: &Path, name: &str, out: &Path) -> Result<Issued, TrustError> {
         name: name.to_owned(),
         serial: hex(&serial),
     })
+}
+
+/// Where the credentials of node `name`, a node started beside the CA in
+/// cluster directory `dir` (`nimbus up --workers`'s planner, gateway and
+/// workers), are: `dir/nodes/NAME`, issued there ([`issue`]) the first time. Its
+/// [`CRL_FILE`] is a link to the CA's own, so a [`revoke`] in `dir` reaches the
+/// node with nothing to copy. A node whose directory is gone while `dir` still
+/// records its name is refused ([`TrustError::NameTaken`]). Blocking.
+pub fn local_node(dir: &Path, name: &str) -> Result<PathBuf, TrustError> {
+    // Held throughout, so that of two `nimbus up` sharing `dir`, one issues and
+    // the other finds the node's directory whole.
+    let ca = Ca::open(dir)?;
+    let out = dir.join("nodes").join(name);
+    if out.join(CERT_FILE).exists() {
+        return Ok(out);
+    }
+    issue_by(&ca, dir, name, &out, CrlCopy::Linked)?;
+    let crl = out.join(CRL_FILE);
+    std::os::unix::fs::symlink(Path::new("../..").join(CRL_FILE), &crl)
+        .map_err(|source| TrustError::Write { path: crl, source })?;
+    Ok(out)
 }
 
 /// Revokes the certificate `dir`'s CA issued node `name`: writes the CA's

@@ -20,6 +20,7 @@
 //! ([`CA_KEY_FILE`]); it stays where the cluster was created, for issuing and
 //! revoking.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -27,7 +28,9 @@ use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use tokio::net::TcpStream;
 use tokio_rustls::{TlsAcceptor, TlsConnector, client, server};
@@ -49,8 +52,10 @@ pub const CRL_FILE: &str = "crl.pem";
 pub const ISSUED_FILE: &str = "issued.json";
 
 /// How often, at most, a node looks whether its [`CRL_FILE`] changed: when it
-/// next builds a handshake's configuration after this long, so a replaced list
-/// holds for every handshake begun a second after it was written.
+/// next builds a handshake's configuration after this long, and every this long
+/// while a connection is open ([`Tls::until_revoked`]), so a replaced list holds
+/// for every handshake begun, and every connection open, a second after it was
+/// written.
 pub const CRL_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The longest a TLS handshake may take before the connection is dropped, so a
@@ -293,8 +298,12 @@ fn generate() -> Result<Generated, TrustError> {
     let now = time::OffsetDateTime::now_utc();
 
     let mut ca = CertificateParams::default();
-    ca.distinguished_name
-        .push(DnType::CommonName, "nimbus cluster CA");
+    // A name of its own: a node takes a revocation list for its CA's by the
+    // issuer's name, so two clusters' CAs must never share one.
+    ca.distinguished_name.push(
+        DnType::CommonName,
+        format!("nimbus cluster CA {}", random_id()?),
+    );
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca.not_before = now - time::Duration::hours(1);
@@ -309,6 +318,16 @@ fn generate() -> Result<Generated, TrustError> {
         cert: node.cert,
         key: node.key,
     })
+}
+
+/// 64 random bits from the OS, in hex.
+fn random_id() -> Result<String, TrustError> {
+    let mut id = [0; 8];
+    rustls::crypto::ring::default_provider()
+        .secure_random
+        .fill(&mut id)
+        .map_err(|_| TrustError::Generate("no randomness from the OS".into()))?;
+    Ok(id.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn generate_error(error: rcgen::Error) -> TrustError {
@@ -367,12 +386,17 @@ pub struct Pem {
 /// (ALPN), so that a peer speaking another version is refused in the handshake,
 /// before a byte of it is read.
 pub struct Tls {
-    identity: Identity,
+    identity: Arc<Identity>,
     /// The configurations of the revocation list loaded last.
     configs: RwLock<Configs>,
+    /// The serial numbers that list revokes, for open connections to watch.
+    revoked: tokio::sync::watch::Sender<Arc<Serials>>,
     /// The revocation list file a loaded node watches; none in memory.
     crl: Option<crl::Watch>,
 }
+
+/// Serial numbers of revoked certificates (the contents of their DER integers).
+type Serials = HashSet<Vec<u8>>;
 
 /// What a node trusts and who it is, parsed.
 struct Identity {
@@ -417,11 +441,12 @@ impl Tls {
             key: read(KEY_FILE)?,
         };
         let identity = Identity::parse(pem, dir)?;
-        let (crl, revoked) = crl::Watch::load(dir.join(CRL_FILE))?;
-        let configs = identity.configs(revoked)?;
+        let (crl, lists) = crl::Watch::load(dir.join(CRL_FILE))?;
+        let (configs, serials) = identity.admit(lists, crl.path())?;
         Ok(Arc::new(Tls {
-            identity,
+            identity: Arc::new(identity),
             configs: RwLock::new(configs),
+            revoked: tokio::sync::watch::Sender::new(Arc::new(serials)),
             crl: Some(crl),
         }))
     }
@@ -444,8 +469,9 @@ impl Tls {
         let identity = Identity::parse(pem, dir)?;
         let configs = identity.configs(Vec::new())?;
         Ok(Arc::new(Tls {
-            identity,
+            identity: Arc::new(identity),
             configs: RwLock::new(configs),
+            revoked: tokio::sync::watch::Sender::new(Arc::default()),
             crl: None,
         }))
     }
@@ -491,45 +517,85 @@ impl Tls {
     /// The configurations for a handshake beginning now: those of the revocation
     /// list on disk, looked at again if [`CRL_CHECK_INTERVAL`] has passed.
     async fn configs(&self) -> Configs {
+        self.look_again().await;
+        self.configs.read().expect("no writer panics").clone()
+    }
+
+    /// Looks at the revocation list file again if [`CRL_CHECK_INTERVAL`] has
+    /// passed since anyone last did.
+    async fn look_again(&self) {
         if let Some(watch) = &self.crl
             && let Some(seen) = watch.due()
         {
             self.reload(watch, seen).await;
         }
-        self.configs.read().expect("no writer panics").clone()
     }
 
-    /// Reads the revocation list again (off the async threads) if it changed since
-    /// `seen`, and builds the configurations of a valid one; an unreadable or
-    /// invalid list leaves the last good one in force.
+    /// Resolves once the revocation list in force revokes `peer`, the certificate
+    /// a connection's peer presented, looking at the file at least every
+    /// [`CRL_CHECK_INTERVAL`] meanwhile: what ends a connection of a node revoked
+    /// after it connected. Never, for a node with no list file to follow
+    /// ([`Tls::ephemeral`]) or a certificate without a serial number.
+    pub async fn until_revoked(&self, peer: &CertificateDer<'_>) {
+        let serial =
+            x509_parser::parse_x509_certificate(peer).map(|(_, cert)| cert.raw_serial().to_vec());
+        let (Some(_), Ok(serial)) = (&self.crl, serial) else {
+            return std::future::pending().await;
+        };
+        let mut revoked = self.revoked.subscribe();
+        let mut tick = tokio::time::interval(CRL_CHECK_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !revoked.borrow_and_update().contains(&serial) {
+            tokio::select! {
+                _ = tick.tick() => self.look_again().await,
+                // Another connection or a handshake loaded a new list.
+                _ = revoked.changed() => {}
+            }
+        }
+    }
+
+    /// Reads the revocation list again if it changed since `seen`, and builds the
+    /// configurations of an admissible one (see [`Identity::admit`]), all off the
+    /// async threads; an unreadable or refused list leaves the last good one in
+    /// force.
     async fn reload(&self, watch: &crl::Watch, seen: Option<crl::Fingerprint>) -> crl::Reload {
         let path = watch.path().to_owned();
-        let read = tokio::task::spawn_blocking(move || crl::read_if_changed(&path, seen)).await;
+        let identity = self.identity.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            let invalid = |error: std::io::Error| TrustError::Invalid {
+                path: path.clone(),
+                reason: error.to_string(),
+            };
+            let Some(found) = crl::read_if_changed(&path, seen).map_err(invalid)? else {
+                return Ok(None);
+            };
+            let admitted = found
+                .parse(&path)
+                .and_then(|lists| identity.admit(lists, &path));
+            Ok(Some((found.fingerprint(), admitted)))
+        })
+        .await;
         let outcome = match read {
             Ok(Ok(None)) => return crl::Reload::Unchanged,
-            Ok(Ok(Some(found))) => {
-                watch.saw(found.fingerprint());
-                found
-                    .parse(watch.path())
-                    .and_then(|revoked| self.identity.configs(revoked))
+            Ok(Ok(Some((fingerprint, admitted)))) => {
+                watch.saw(fingerprint);
+                admitted
             }
-            Ok(Err(error)) => Err(TrustError::Invalid {
-                path: watch.path().to_owned(),
-                reason: error.to_string(),
-            }),
+            Ok(Err(error)) => Err(error),
             // The runtime is shutting down: no handshake will need it.
             Err(_) => return crl::Reload::Unchanged,
         };
         match outcome {
-            Ok(configs) => {
+            Ok((configs, serials)) => {
                 *self.configs.write().expect("no writer panics") = configs;
+                self.revoked.send_replace(Arc::new(serials));
                 tracing::info!(path = %watch.path().display(), "loaded the changed revocation list");
                 crl::Reload::Loaded
             }
             Err(error) => {
-                tracing::warn!(
-                    "{error}: keeping the revocation list loaded before (replace the file with \
-                     the CA's crl.pem)"
+                tracing::error!(
+                    "refused the revocation list {error}: keeping the one loaded before \
+                     (replace the file with this cluster's CA's crl.pem)"
                 );
                 crl::Reload::Kept
             }
@@ -567,6 +633,69 @@ impl Identity {
                 .map_err(|e| invalid(KEY_FILE, format!("not a PEM private key: {e}")))?,
             provider: Arc::new(rustls::crypto::ring::default_provider()),
         })
+    }
+
+    /// The configurations refusing what `lists`, read from `path`, revoke, and
+    /// the serial numbers they revoke, if this node may follow them: each list
+    /// well-formed, signed by this node's CA (a list from another cluster would
+    /// leave every peer's status unknown, so refused), and not revoking this
+    /// node's own certificate. A node never follows a list revoking itself: its
+    /// peers refuse it all the same, and a list revoking a certificate nodes
+    /// share (`init`'s) must not make each of them refuse all the others.
+    fn admit(
+        &self,
+        lists: Vec<CertificateRevocationListDer<'static>>,
+        path: &Path,
+    ) -> Result<(Configs, Serials), TrustError> {
+        use rustls::{CertRevocationListError as CrlError, CertificateError, Error};
+        let refused = |reason: String| TrustError::Invalid {
+            path: path.to_owned(),
+            reason,
+        };
+        let (own, intermediates) = self.chain.split_first().expect("parse checked the chain");
+        let mut serials = Serials::new();
+        for (n, list) in lists.iter().enumerate() {
+            let which = format!("its list {}", n + 1);
+            let (_, parsed) = x509_parser::parse_x509_crl(list)
+                .map_err(|e| refused(format!("{which} is not a revocation list: {e}")))?;
+            // Verifying our own certificate with this list alone checks the list
+            // as every handshake will: its issuer, its signature, and us.
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                self.roots.clone(),
+                self.provider.clone(),
+            )
+            .with_crls([list.clone()])
+            .build()
+            .map_err(|e| refused(format!("{which}: {e}")))?;
+            let checked = verifier.verify_client_cert(own, intermediates, UnixTime::now());
+            let issuer = parsed.issuer();
+            let reason = match checked {
+                Ok(_) => None,
+                Err(Error::InvalidCertificate(CertificateError::Revoked)) => Some(format!(
+                    "{which} revokes this node's own certificate (its peers will refuse it: \
+                     issue it a new one)"
+                )),
+                Err(Error::InvalidCertificate(CertificateError::UnknownRevocationStatus)) => {
+                    Some(format!(
+                        "{which} is not this cluster's: it was issued by \"{issuer}\", not by \
+                         this node's CA"
+                    ))
+                }
+                Err(Error::InvalidCertRevocationList(CrlError::BadSignature)) => Some(format!(
+                    "{which}, issued by \"{issuer}\", is not signed by this node's CA"
+                )),
+                Err(other) => Some(format!("{which}: {other}")),
+            };
+            if let Some(reason) = reason {
+                return Err(refused(reason));
+            }
+            serials.extend(
+                parsed
+                    .iter_revoked_certificates()
+                    .map(|revoked| revoked.raw_serial().to_vec()),
+            );
+        }
+        Ok((self.configs(lists)?, serials))
     }
 
     /// The configurations of this identity refusing the certificates `revoked`
@@ -722,7 +851,7 @@ async fn within_deadline<T>(
 mod crl;
 mod issue;
 
-pub use issue::{Issued, Revoked, issue, revoke};
+pub use issue::{Issued, Revoked, issue, local_node, revoke};
 
 #[cfg(test)]
 mod tests;

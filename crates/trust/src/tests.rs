@@ -361,3 +361,141 @@ async fn an_invalid_revocation_list_fails_the_load_and_leaves_the_last_good_one_
     talk(&b, &addr).await.unwrap();
     outcomes.recv().await.unwrap().unwrap();
 }
+
+/// A revocation list signed by a CA of our CA's very name but another key: a
+/// forgery, or another cluster's from before CAs had names of their own.
+fn forged_crl(ca: &Path, serial: &[u8]) -> String {
+    use rcgen::{CertificateRevocationListParams, Issuer, KeyPair};
+    let ours = std::fs::read_to_string(ca.join(CA_FILE)).unwrap();
+    let impostor = Issuer::from_ca_cert_pem(&ours, KeyPair::generate().unwrap()).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    CertificateRevocationListParams {
+        this_update: now,
+        next_update: now + VALIDITY,
+        crl_number: rcgen::SerialNumber::from(1),
+        issuing_distribution_point: None,
+        revoked_certs: vec![rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(serial),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&impostor)
+    .unwrap()
+    .pem()
+    .unwrap()
+}
+
+/// The serial number of the certificate in node directory `node`.
+fn serial_of(node: &Path) -> Vec<u8> {
+    let pem = std::fs::read(node.join(CERT_FILE)).unwrap();
+    let der = CertificateDer::from_pem_slice(&pem).unwrap();
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+    cert.raw_serial().to_vec()
+}
+
+#[test]
+fn every_ca_has_a_name_of_its_own() {
+    let name = |dir: &Path| {
+        let pem = std::fs::read(dir.join(CA_FILE)).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        cert.subject().to_string()
+    };
+    let ((_a, a), (_b, b)) = (ca(), ca());
+    assert_ne!(name(&a), name(&b));
+}
+
+#[tokio::test]
+async fn a_foreign_or_bad_revocation_list_is_refused_and_the_last_good_one_stays_in_force() {
+    let (_parent, dir) = ca();
+    let ours_dir = issued(&dir, "ours");
+    let revoked_dir = issued(&dir, "revoked");
+    let peer = Tls::load(&issued(&dir, "peer")).unwrap();
+    let revoked = Tls::load(&revoked_dir).unwrap();
+    // The list in force before: "revoked" is revoked.
+    revoke(&dir, "revoked").unwrap();
+    copy_crl(&dir, &ours_dir);
+    let good = std::fs::read_to_string(dir.join(CRL_FILE)).unwrap();
+
+    let (_other_parent, other) = ca();
+    issued(&other, "peer");
+    revoke(&other, "peer").unwrap();
+    let foreign = std::fs::read_to_string(other.join(CRL_FILE)).unwrap();
+    revoke(&dir, "ours").unwrap();
+    let revoking_ours = std::fs::read_to_string(dir.join(CRL_FILE)).unwrap();
+    let cases: [(&str, String, &str); 5] = [
+        (
+            "another cluster's",
+            foreign.clone(),
+            "is not this cluster's",
+        ),
+        (
+            "one of our CA's name but another key",
+            forged_crl(&dir, &serial_of(&ours_dir)),
+            "is not signed by this node's CA",
+        ),
+        (
+            "ours and another cluster's",
+            format!("{good}{foreign}"),
+            "its list 2 is not this cluster's",
+        ),
+        (
+            "one revoking this node",
+            revoking_ours,
+            "revokes this node's own certificate",
+        ),
+        ("damaged", good.replace('A', "B"), CRL_FILE),
+    ];
+    let ours = Tls::load(&ours_dir).unwrap();
+    let watch = ours.crl.as_ref().unwrap();
+    let (addr, mut outcomes) = server(ours.clone()).await;
+    for (what, crl, refusal) in cases {
+        // At start: a clear error.
+        let fresh = tempfile::tempdir().unwrap();
+        for name in [CA_FILE, CERT_FILE, KEY_FILE] {
+            std::fs::copy(ours_dir.join(name), fresh.path().join(name)).unwrap();
+        }
+        std::fs::write(fresh.path().join(CRL_FILE), &crl).unwrap();
+        let error = Tls::load(fresh.path()).unwrap_err().to_string();
+        assert!(error.contains(refusal), "{what}: {error}");
+
+        // Replaced while running: refused, and the list before stays in force.
+        std::fs::write(ours_dir.join(".staged"), &crl).unwrap();
+        std::fs::rename(ours_dir.join(".staged"), ours_dir.join(CRL_FILE)).unwrap();
+        assert_eq!(
+            ours.reload(watch, watch.seen()).await,
+            crl::Reload::Kept,
+            "{what}"
+        );
+        talk(&peer, &addr).await.unwrap();
+        outcomes.recv().await.unwrap().unwrap();
+        assert!(talk(&revoked, &addr).await.is_err(), "{what}");
+        let refused = outcomes.recv().await.unwrap().unwrap_err();
+        assert!(is_revoked(&refused), "{what}: {refused}");
+    }
+}
+
+#[tokio::test]
+async fn an_open_connection_learns_its_peer_was_revoked_within_the_check_interval() {
+    let (_parent, dir) = ca();
+    let ours_dir = issued(&dir, "ours");
+    let ours = Tls::load(&ours_dir).unwrap();
+    let certificate = |name: &str| {
+        let pem = std::fs::read(issued(&dir, name).join(CERT_FILE)).unwrap();
+        CertificateDer::from_pem_slice(&pem).unwrap()
+    };
+    let (revoked, kept) = (certificate("revoked"), certificate("kept"));
+    revoke(&dir, "revoked").unwrap();
+    copy_crl(&dir, &ours_dir);
+    // No handshake looks at the file: the watch itself does.
+    let slack = Duration::from_secs(2);
+    tokio::time::timeout(CRL_CHECK_INTERVAL + slack, ours.until_revoked(&revoked))
+        .await
+        .expect("the revocation was not seen in time");
+    // Each look at the file after the one that loaded it finds nothing new.
+    let kept = tokio::time::timeout(CRL_CHECK_INTERVAL * 2, ours.until_revoked(&kept)).await;
+    assert!(kept.is_err(), "a node not revoked was taken for revoked");
+}
