@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_rustls::TlsStream;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use crate::frame::{self, Envelope, Frame};
 use crate::stream::{self, Adoption};
@@ -70,6 +71,22 @@ pub(crate) async fn connect(tls: &Tls, addr: &str) -> Result<Connection, MeshErr
     Ok(TlsStream::Client(stream))
 }
 
+/// The certificate the peer of `connection` presented, which its handshake checked.
+fn peer_certificate(connection: &Connection) -> Option<CertificateDer<'static>> {
+    let (_, tls) = connection.get_ref();
+    Some(tls.peer_certificates()?.first()?.clone().into_owned())
+}
+
+/// Resolves once `tls`'s revocation list revokes `peer`, a connection's peer
+/// certificate (never without one): the connection must then end, as a new
+/// one would be refused.
+async fn revoked(tls: &Tls, peer: Option<&CertificateDer<'_>>) {
+    match peer {
+        Some(peer) => tls.until_revoked(peer).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A second descriptor of a connection's socket, through which it can be shut
 /// down while its halves are held elsewhere (shutting a socket acts on it, not on
 /// one descriptor).
@@ -115,10 +132,15 @@ pub struct Link {
 }
 
 impl Link {
-    /// Connects to the peer at `addr`.
-    pub async fn connect(tls: &Tls, addr: &str) -> Result<Arc<Link>, MeshError> {
+    /// Connects to the peer at `addr`. The link ends once `tls`'s revocation list
+    /// revokes the peer's certificate, its calls failing as
+    /// [`MeshError::Untrusted`].
+    pub async fn connect(tls: &Arc<Tls>, addr: &str) -> Result<Arc<Link>, MeshError> {
         let stream = connect(tls, addr).await?;
         let socket = shutter(&stream);
+        let peer = peer_certificate(&stream);
+        let tls = tls.clone();
+        let peer_addr = addr.to_owned();
         let (read, write) = tokio::io::split(stream);
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let replies = pending.clone();
@@ -132,45 +154,56 @@ impl Link {
         tokio::spawn(async move {
             let _connected = connected;
             let mut read = BufReader::with_capacity(256 << 10, read);
-            // A peer that answers no probe for the timeout is frozen or gone.
-            let mut silent = None;
-            loop {
-                let envelope =
-                    match tokio::time::timeout(KEEPALIVE_TIMEOUT, frame::read(&mut read)).await {
-                        Ok(Ok(Some(envelope))) => envelope,
-                        Ok(Err(error)) => {
-                            if let Some(refused) = nimbus_trust::refused_certificate(&error) {
-                                let _ = refusal.set(refused.clone());
+            // Until the connection ends: when, if the peer answered no probe for
+            // the timeout (it is frozen or gone).
+            let reading = async {
+                loop {
+                    let envelope =
+                        match tokio::time::timeout(KEEPALIVE_TIMEOUT, frame::read(&mut read)).await
+                        {
+                            Ok(Ok(Some(envelope))) => envelope,
+                            Ok(Err(error)) => {
+                                if let Some(refused) = nimbus_trust::refused_certificate(&error) {
+                                    let _ = refusal.set(refused.clone());
+                                }
+                                return None;
                             }
-                            break;
-                        }
-                        Ok(Ok(None)) => break,
-                        Err(_) => {
-                            silent = Some(Instant::now());
-                            break;
-                        }
-                    };
-                if envelope.ping {
-                    continue;
+                            Ok(Ok(None)) => return None,
+                            Err(_) => return Some(Instant::now()),
+                        };
+                    if envelope.ping {
+                        continue;
+                    }
+                    let mut pending = replies.lock().unwrap();
+                    // Gone already: not for the peer's silence.
+                    let calls = pending.as_mut()?;
+                    let id = envelope.id;
+                    let last = envelope.last;
+                    if let Some(call) = calls.get(&id) {
+                        let _ = call.send(envelope);
+                    }
+                    if last {
+                        calls.remove(&id);
+                    }
                 }
-                let mut pending = replies.lock().unwrap();
-                let Some(calls) = pending.as_mut() else { break };
-                let id = envelope.id;
-                let last = envelope.last;
-                if let Some(call) = calls.get(&id) {
-                    let _ = call.send(envelope);
-                }
-                if last {
-                    calls.remove(&id);
-                }
-            }
+            };
+            let (silent, revoked) = tokio::select! {
+                silent = reading => (silent, false),
+                () = revoked(&tls, peer.as_ref()) => (None, true),
+            };
             // Recorded first, so that whoever sees the link closed knows why.
             if let Some(at) = silent {
                 let _ = fell_silent.set(at);
             }
+            if revoked {
+                tracing::warn!(peer = %peer_addr, "mesh: closed the link to a peer whose certificate was revoked");
+                let _ = refusal.set(tokio_rustls::rustls::Error::InvalidCertificate(
+                    tokio_rustls::rustls::CertificateError::Revoked,
+                ));
+            }
             // Dropping the senders tells every waiting call the peer is gone.
             replies.lock().unwrap().take();
-            if silent.is_some() {
+            if silent.is_some() || revoked {
                 shut(socket.as_ref());
             }
         });
@@ -555,6 +588,7 @@ async fn answer<H: Handler>(
     };
     drop(proving);
     let socket = shutter(&stream);
+    let peer_cert = peer_certificate(&stream);
     let mut first = [0; 4];
     match tokio::time::timeout(KEEPALIVE_TIMEOUT, stream.read_exact(&mut first)).await {
         Ok(Ok(_)) => {}
@@ -574,41 +608,53 @@ async fn answer<H: Handler>(
     let mut read = BufReader::with_capacity(256 << 10, Cursor::new(first).chain(read));
     // A peer that breaks the format loses its connection; nothing else is affected.
     // A caller probes every second: one silent for the timeout is frozen or gone.
-    loop {
-        let envelope = match tokio::time::timeout(KEEPALIVE_TIMEOUT, frame::read(&mut read)).await {
-            Ok(Ok(Some(envelope))) => envelope,
-            // The caller closed (or broke the format): replies already under way
-            // still reach it through its half of the connection.
-            Ok(_) => return,
-            Err(_) => {
-                shut(socket.as_ref());
+    let serving = async {
+        loop {
+            let envelope =
+                match tokio::time::timeout(KEEPALIVE_TIMEOUT, frame::read(&mut read)).await {
+                    Ok(Ok(Some(envelope))) => envelope,
+                    // The caller closed (or broke the format): replies already under
+                    // way still reach it through its half of the connection.
+                    Ok(_) => return,
+                    Err(_) => {
+                        shut(socket.as_ref());
+                        return;
+                    }
+                };
+            if envelope.ping {
+                // Answered off this loop, so a reply stuck on a frozen caller never
+                // keeps the loop from noticing the silence.
+                let write = write.clone();
+                tokio::spawn(async move {
+                    let _ = frame::write_ping(&mut *write.lock().await, false).await;
+                });
+                continue;
+            }
+            if !envelope.request {
                 return;
             }
-        };
-        if envelope.ping {
-            // Answered off this loop, so a reply stuck on a frozen caller never
-            // keeps the loop from noticing the silence.
-            let write = write.clone();
-            tokio::spawn(async move {
-                let _ = frame::write_ping(&mut *write.lock().await, false).await;
-            });
-            continue;
+            let replier = Replier {
+                id: envelope.id,
+                write: write.clone(),
+                caller: caller.clone(),
+            };
+            // Most requests finish without waiting (a kill, a list of processes):
+            // running their first step here spares them a hand-off to another
+            // task. One that waits goes on on its own task; a future may be
+            // polled by any waker.
+            let mut request = handler.clone().handle(envelope.frame, replier);
+            let mut first_step = Context::from_waker(Waker::noop());
+            if request.as_mut().poll(&mut first_step).is_pending() {
+                tokio::spawn(request);
+            }
         }
-        if !envelope.request {
-            return;
-        }
-        let replier = Replier {
-            id: envelope.id,
-            write: write.clone(),
-            caller: caller.clone(),
-        };
-        // Most requests finish without waiting (a kill, a list of processes): running
-        // their first step here spares them a hand-off to another task. One
-        // that waits goes on on its own task; a future may be polled by any waker.
-        let mut request = handler.clone().handle(envelope.frame, replier);
-        let mut first_step = Context::from_waker(Waker::noop());
-        if request.as_mut().poll(&mut first_step).is_pending() {
-            tokio::spawn(request);
+    };
+    tokio::select! {
+        () = serving => {}
+        // Ending the connection tells its handlers their caller is gone.
+        () = revoked(&tls, peer_cert.as_ref()) => {
+            tracing::warn!(%peer, "mesh: closed the connection of a peer whose certificate was revoked");
+            shut(socket.as_ref());
         }
     }
 }
@@ -1028,6 +1074,63 @@ mod tests {
             "a call right after"
         );
         drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_revoked_peers_links_end_both_ways_and_the_others_stay_open() {
+        use nimbus_trust::{CRL_CHECK_INTERVAL, CRL_FILE};
+        let parent = tempfile::tempdir().unwrap();
+        let ca = parent.path().join("ca");
+        nimbus_trust::init(&ca).unwrap();
+        let node = |name: &str| {
+            let dir = parent.path().join(name);
+            nimbus_trust::issue(&ca, name, &dir).unwrap();
+            (Tls::load(&dir).unwrap(), dir)
+        };
+        let ((ours, our_dir), (revoked, _), (kept, _)) =
+            (node("ours"), node("revoked"), node("kept"));
+        async fn serving(tls: &Arc<Tls>) -> String {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            tokio::spawn(serve(listener, tls.clone(), Arc::new(Echo)));
+            addr
+        }
+        // Links in to our server from both others, and out from ours to theirs.
+        let our_addr = serving(&ours).await;
+        let revoked_in = Link::connect(&revoked, &our_addr).await.unwrap();
+        let kept_in = Link::connect(&kept, &our_addr).await.unwrap();
+        let revoked_out = Link::connect(&ours, &serving(&revoked).await)
+            .await
+            .unwrap();
+        let kept_out = Link::connect(&ours, &serving(&kept).await).await.unwrap();
+        let links = [&revoked_in, &kept_in, &revoked_out, &kept_out];
+        for link in links {
+            link.call_one(Frame::new(&"1", b"x".to_vec()))
+                .await
+                .unwrap();
+        }
+
+        nimbus_trust::revoke(&ca, "revoked").unwrap();
+        // Only our node gets the new list, in one step as an operator's cp and mv.
+        let staged = our_dir.join(".crl.pem.new");
+        std::fs::copy(ca.join(CRL_FILE), &staged).unwrap();
+        std::fs::rename(&staged, our_dir.join(CRL_FILE)).unwrap();
+        // A look at the file within the check interval; slack for a loaded machine.
+        let bound = Instant::now() + CRL_CHECK_INTERVAL + Duration::from_secs(2);
+        for (link, side) in [(&revoked_in, "accepting"), (&revoked_out, "connecting")] {
+            tokio::time::timeout_at(bound, link.closed())
+                .await
+                .unwrap_or_else(|_| panic!("the {side} side kept the revoked peer's link"));
+        }
+        let refused = revoked_out.call_one(Frame::new(&"1", vec![])).await;
+        assert!(
+            matches!(refused, Err(MeshError::Untrusted { .. })),
+            "{refused:?}"
+        );
+        for link in [&kept_in, &kept_out] {
+            let reply = link.call_one(Frame::new(&"1", b"x".to_vec())).await;
+            assert_eq!(reply.unwrap().body, b"x");
+        }
     }
 
     #[tokio::test]
