@@ -187,7 +187,7 @@ impl Link {
                     }
                 }
             };
-            let (silent, revoked) = tokio::select! {
+            let (silent, was_revoked) = tokio::select! {
                 silent = reading => (silent, false),
                 () = revoked(&tls, peer.as_ref()) => (None, true),
             };
@@ -195,7 +195,7 @@ impl Link {
             if let Some(at) = silent {
                 let _ = fell_silent.set(at);
             }
-            if revoked {
+            if was_revoked {
                 tracing::warn!(peer = %peer_addr, "mesh: closed the link to a peer whose certificate was revoked");
                 let _ = refusal.set(tokio_rustls::rustls::Error::InvalidCertificate(
                     tokio_rustls::rustls::CertificateError::Revoked,
@@ -203,7 +203,7 @@ impl Link {
             }
             // Dropping the senders tells every waiting call the peer is gone.
             replies.lock().unwrap().take();
-            if silent.is_some() || revoked {
+            if silent.is_some() || was_revoked {
                 shut(socket.as_ref());
             }
         });
@@ -594,10 +594,18 @@ async fn answer<H: Handler>(
         Ok(Ok(_)) => {}
         _ => return,
     }
+    let revocation = shut_once_revoked(&tls, peer_cert.as_ref(), socket.as_ref(), &peer);
     if first == stream::MAGIC {
         let hello = tokio::time::timeout(KEEPALIVE_TIMEOUT, stream::hello(&mut stream)).await;
         if let Ok(Ok(hello)) = hello {
-            handler.adopt(hello, Adoption::new(stream)).await;
+            let adopted = handler.adopt(hello, Adoption::new(stream));
+            tokio::pin!(adopted);
+            tokio::select! {
+                () = &mut adopted => return,
+                () = revocation => {}
+            }
+            // Finished on its shut connection rather than dropped midway.
+            adopted.await;
         }
         return;
     }
@@ -652,11 +660,21 @@ async fn answer<H: Handler>(
     tokio::select! {
         () = serving => {}
         // Ending the connection tells its handlers their caller is gone.
-        () = revoked(&tls, peer_cert.as_ref()) => {
-            tracing::warn!(%peer, "mesh: closed the connection of a peer whose certificate was revoked");
-            shut(socket.as_ref());
-        }
+        () = revocation => {}
     }
+}
+
+/// Resolves once `tls`'s revocation list revokes `peer_cert`, the certificate of
+/// the connection's peer at `peer`, having shut the connection's `socket`.
+async fn shut_once_revoked(
+    tls: &Tls,
+    peer_cert: Option<&CertificateDer<'_>>,
+    socket: Option<&OwnedFd>,
+    peer: &str,
+) {
+    revoked(tls, peer_cert).await;
+    tracing::warn!(%peer, "mesh: closed the connection of a peer whose certificate was revoked");
+    shut(socket);
 }
 
 #[cfg(test)]
