@@ -499,3 +499,29 @@ async fn an_open_connection_learns_its_peer_was_revoked_within_the_check_interva
     let kept = tokio::time::timeout(CRL_CHECK_INTERVAL * 2, ours.until_revoked(&kept)).await;
     assert!(kept.is_err(), "a node not revoked was taken for revoked");
 }
+
+#[test]
+fn a_local_node_is_issued_once_and_follows_the_cas_own_list() {
+    let (_parent, dir) = ca();
+    let worker = local_node(&dir, "worker-1").unwrap();
+    assert_eq!(
+        local_node(&dir, "worker-1").unwrap(),
+        worker,
+        "issued again"
+    );
+    let other = local_node(&dir, "worker-2").unwrap();
+    assert_ne!(
+        std::fs::read(worker.join(CERT_FILE)).unwrap(),
+        std::fs::read(other.join(CERT_FILE)).unwrap()
+    );
+    assert!(!worker.join(CA_KEY_FILE).exists(), "the CA key went out");
+    // No list yet: nothing is revoked. Then the CA's list, with nothing copied.
+    Tls::load(&worker).unwrap();
+    revoke(&dir, "worker-2").unwrap();
+    let refused = Tls::load(&other).unwrap_err().to_string();
+    assert!(
+        refused.contains("revokes this node's own certificate"),
+        "{refused}"
+    );
+    Tls::load(&worker).unwrap();
+}
