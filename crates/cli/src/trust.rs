@@ -44,6 +44,12 @@ impl ClusterDir {
     /// what the first node of a cluster (the planner, `nimbus up`) does, so a
     /// cluster on one machine needs no setup.
     pub(crate) fn load_or_create(&self, data_dir: &Path) -> Result<Arc<Tls>, Failure> {
+        self.create_if_absent(data_dir)?;
+        self.load(data_dir)
+    }
+
+    /// The directory, with a new cluster created there first if it holds none.
+    fn create_if_absent(&self, data_dir: &Path) -> Result<PathBuf, Failure> {
         let dir = self.path(data_dir);
         let created = nimbus_trust::ensure(&dir)
             .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
@@ -53,7 +59,15 @@ impl ClusterDir {
                 dir.display()
             );
         }
-        self.load(data_dir)
+        Ok(dir)
+    }
+
+    /// The credentials of `nimbus up --workers`'s node `name`, a certificate of its
+    /// own issued from the CA here (creating the cluster first if there is none),
+    /// so that `nimbus cluster revoke DIR NAME` revokes that node alone.
+    pub(crate) fn local_node(&self, data_dir: &Path, name: &str) -> Result<PathBuf, Failure> {
+        let dir = self.create_if_absent(data_dir)?;
+        nimbus_trust::local_node(&dir, name).map_err(|e| Failure::new(2, e.to_string()))
     }
 }
 
@@ -84,9 +98,10 @@ pub(crate) enum ClusterCommand {
         out: PathBuf,
     },
     /// Revoke node NAME's certificate: write DIR/crl.pem, the CA's list of revoked
-    /// certificates. Copy it into every node's cluster directory (nodes sharing DIR
-    /// read it there); a node refuses the certificates it lists in new connections
-    /// within a second of it being replaced.
+    /// certificates. Copy it into every node's cluster directory (nodes sharing DIR,
+    /// and `nimbus up --workers`'s, read it there); within a second of it being
+    /// replaced, a node refuses the certificates it lists and ends its open
+    /// connections with them.
     Revoke {
         /// The cluster directory holding the CA.
         dir: PathBuf,

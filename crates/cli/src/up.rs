@@ -84,12 +84,25 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         Failure::new(exit_code::INTERNAL, format!("{what}: {e}"))
     };
     let data_dir = args.data_dir.unwrap_or_else(crate::default_data_dir);
-    let tls = match (args.workers, &args.planner) {
-        (Some(_), _) => Some(args.cluster.load_or_create(&data_dir)?),
+    let cluster_dir = args.cluster.path(&data_dir);
+    // Each local node with a certificate of its own, so each can be revoked alone.
+    let local_nodes = match args.workers {
+        Some(workers) => Some(LocalNodes {
+            gateway: args.cluster.local_node(&data_dir, "gateway")?,
+            planner: args.cluster.local_node(&data_dir, "planner")?,
+            workers: (1..=workers)
+                .map(|n| args.cluster.local_node(&data_dir, &format!("worker-{n}")))
+                .collect::<Result<_, _>>()?,
+        }),
+        None => None,
+    };
+    let tls = match (&local_nodes, &args.planner) {
+        (Some(nodes), _) => Some(
+            nimbus_trust::Tls::load(&nodes.gateway).map_err(|e| Failure::new(2, e.to_string()))?,
+        ),
         (None, Some(_)) => Some(args.cluster.load(&data_dir)?),
         (None, None) => None,
     };
-    let cluster_dir = args.cluster.path(&data_dir);
     // Blocking file work, done before the async runtime starts.
     let tokens = Arc::new(
         TokenStore::open(&data_dir.join("gateway"))
@@ -140,12 +153,11 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         let data_address = data_listener
             .local_addr()
             .map_err(|e| internal("listener", &e))?;
-        let local_cluster = match args.workers {
-            Some(workers) => Some(
+        let local_cluster = match &local_nodes {
+            Some(nodes) => Some(
                 LocalCluster::start(
-                    workers,
+                    nodes,
                     &data_dir,
-                    &cluster_dir,
                     args.state.as_deref(),
                     args.state_capacity,
                     &args.allowed_dirs,
@@ -292,6 +304,13 @@ pub(crate) fn end_with_parent(command: &mut std::process::Command) {
     }
 }
 
+/// The credentials directories of `nimbus up --workers`'s nodes, each its own.
+struct LocalNodes {
+    gateway: PathBuf,
+    planner: PathBuf,
+    workers: Vec<PathBuf>,
+}
+
 /// A planner and workers started as child processes of `nimbus up`; they stop
 /// with it (killed when this is dropped, or by the kernel if `nimbus up` dies).
 struct LocalCluster {
@@ -301,14 +320,12 @@ struct LocalCluster {
 
 impl LocalCluster {
     async fn start(
-        workers: u16,
+        nodes: &LocalNodes,
         data_dir: &std::path::Path,
-        cluster_dir: &std::path::Path,
         state: Option<&str>,
         state_capacity: crate::StateCapacity,
         allowed_dirs: &[PathBuf],
     ) -> std::io::Result<LocalCluster> {
-        let cluster_dir = utf8(cluster_dir)?;
         let capacity = state_capacity.bytes.to_string();
         let (planner_child, planner) = spawn_announcing(
             &[
@@ -316,7 +333,7 @@ impl LocalCluster {
                 "--listen",
                 "127.0.0.1:0",
                 "--cluster-dir",
-                cluster_dir,
+                utf8(&nodes.planner)?,
                 "--state-capacity",
                 &capacity,
             ],
@@ -326,14 +343,14 @@ impl LocalCluster {
         .await?;
         let mut children = vec![planner_child];
         let joined = format!("nimbus: worker joined {planner} as host ");
-        for n in 1..=workers {
+        for (n, credentials) in (1..).zip(&nodes.workers) {
             let worker_dir = data_dir.join("workers").join(n.to_string());
             let mut args = vec![
                 "worker",
                 "--planner",
                 &planner,
                 "--cluster-dir",
-                cluster_dir,
+                utf8(credentials)?,
             ];
             if let Some(url) = state {
                 args.extend(["--state", url]);

@@ -379,6 +379,49 @@ fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
 }
 
 #[test]
+fn up_gives_each_worker_a_certificate_of_its_own_and_revoking_one_ends_it_alone() {
+    // A cluster of its own: the revocation must not reach other tests' nodes.
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path().join("cluster");
+    let cluster_dir = dir.to_str().unwrap();
+    let mut up = common::nimbus(&[
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-listen",
+        "127.0.0.1:0",
+        "--workers",
+        "3",
+        "--cluster-dir",
+        cluster_dir,
+    ]);
+    up.env("NIMBUS_CONFIG", temp.path().join("config.json"));
+    let up = Daemon::start(up);
+    up.announced("nimbus: gateway listening on ");
+    up.announced("nimbus: data plane listening on ");
+    let planner = up.announced("nimbus: planner listening on ");
+    let as_client = ["--cluster-dir", cluster_dir];
+    assert_eq!(hosts_with(&planner, &as_client).len(), 3);
+    let certificates: std::collections::HashSet<Vec<u8>> = ["planner", "gateway"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((1..=3).map(|n| format!("worker-{n}")))
+        .map(|node| std::fs::read(dir.join("nodes").join(node).join("node.pem")).unwrap())
+        .collect();
+    assert_eq!(certificates.len(), 5, "nodes share a certificate");
+
+    // The planner follows the CA's list (its crl.pem links to it): worker-2's
+    // open connection to it ends, and it is refused from then on.
+    let revoke = common::nimbus(&["cluster", "revoke", cluster_dir, "worker-2"]);
+    let (stdout, stderr, code) = outcome(&run(revoke));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("revoked node worker-2"), "{stdout}");
+    common::until("the revoked worker is dropped", || {
+        hosts_with(&planner, &as_client).len() == 2
+    });
+}
+
+#[test]
 fn an_interrupted_run_ends_its_tree_on_every_worker() {
     let cluster = TestCluster::start(3, &[]);
     let (mut tree, _share) = fan_out(&cluster.addr, 6);
