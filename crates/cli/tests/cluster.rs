@@ -395,7 +395,9 @@ fn up_gives_each_worker_a_certificate_of_its_own_and_revoking_one_ends_it_alone(
         "--cluster-dir",
         cluster_dir,
     ]);
-    up.env("NIMBUS_CONFIG", temp.path().join("config.json"));
+    // Its own data directory too: two planners cannot share one store.
+    up.env("NIMBUS_CONFIG", temp.path().join("config.json"))
+        .env("NIMBUS_DATA_DIR", temp.path().join("data"));
     let up = Daemon::start(up);
     up.announced("nimbus: gateway listening on ");
     up.announced("nimbus: data plane listening on ");
