@@ -648,6 +648,10 @@ fn two_gateways_at_once_route_an_app_to_one_worker_and_see_each_others_deploymen
     assert_eq!(total(&b), "7 7");
     assert_eq!(total(&a), "7 7");
     assert_eq!(a.app("counter")["pids"], b.app("counter")["pids"]);
+    // A name the planner does not keep is no app, through either.
+    for gateway in [&a, &b] {
+        assert!(gateway.fails(&["invoke", "nope", "add"]).contains("404"));
+    }
 
     // Deployed anew through B, with another module: A serves the new deployment
     // (its fresh state) within the bound, and both list the same module.

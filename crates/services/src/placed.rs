@@ -59,7 +59,7 @@ use crate::services::ServiceFront;
 
 /// How long the planner's answer about an app is taken as it is: the bound on
 /// how late a gateway learns that another deployed or moved the app.
-pub const REFRESH: Duration = Duration::from_secs(1);
+const REFRESH: Duration = Duration::from_secs(1);
 
 /// How long placing an app may wait for a worker with room.
 const PLACE_WAIT: Duration = Duration::from_secs(10);
