@@ -606,6 +606,80 @@ fn deployments_are_kept_by_the_planner_through_its_restart_for_any_gateway() {
     assert!(std::fs::read_dir(second.path().join("apps")).is_err());
 }
 
+/// Runs `add 1` in session `s` through each gateway of `gateways`, all at once.
+fn add_at_once(gateways: &[&Node]) {
+    let args = ["invoke", "counter", "add", "--data", "1", "--session", "s"];
+    let adds: Vec<_> = gateways
+        .iter()
+        .map(|gateway| {
+            let add = gateway.nimbus(&args);
+            std::thread::spawn(move || outcome(&run(add)))
+        })
+        .collect();
+    for add in adds {
+        let (_, stderr, code) = add.join().unwrap();
+        assert_eq!(code, Some(0), "{stderr}");
+    }
+}
+
+/// The hosts `nimbus hosts` lists with an instance of app `counter`.
+fn hosts_running_counter(planner: &str) -> usize {
+    hosts(planner)
+        .lines()
+        .filter(|row| row.contains("counter:"))
+        .count()
+}
+
+#[test]
+fn two_gateways_at_once_route_an_app_to_one_worker_and_see_each_others_deployments() {
+    let mut cluster = common::TestCluster::start(2, &[]);
+    let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Node::start_with(first.path(), &["--planner", &cluster.addr]);
+    let b = Node::start_with(second.path(), &["--planner", &cluster.addr]);
+    let total = |gateway: &Node| gateway.ok(&["invoke", "counter", "total", "--session", "s"]);
+
+    // Deployed through A, invoked through both at once: one instance counts all.
+    a.deploy("c-counter-service", "counter", &["--max-instances", "1"]);
+    assert_eq!(
+        a.ok(&["invoke", "counter", "add", "--session", "s", "--data", "1"]),
+        "1"
+    );
+    add_at_once(&[&a, &b, &a, &b, &a, &b]);
+    assert_eq!(total(&b), "7 7");
+    assert_eq!(total(&a), "7 7");
+    assert_eq!(a.app("counter")["pids"], b.app("counter")["pids"]);
+    // A name the planner does not keep is no app, through either.
+    for gateway in [&a, &b] {
+        assert!(gateway.fails(&["invoke", "nope", "add"]).contains("404"));
+    }
+
+    // Deployed anew through B, with another module: A serves the new deployment
+    // (its fresh state) within the bound, and both list the same module.
+    b.deploy("counter-service", "counter", &["--max-instances", "1"]);
+    common::until("A serves B's deployment", || total(&a) == "0 0");
+    assert_eq!(a.app("counter")["module"], b.app("counter")["module"]);
+
+    // The app's worker is lost, and another joins: both gateways place the app
+    // anew at once, and the planner keeps one worker for it, which both reach.
+    a.ok(&["invoke", "counter", "add", "--session", "s", "--data", "1"]);
+    let pid = a.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    let lost = host_of(&a, &pid);
+    cluster.kill_worker(&lost);
+    cluster.add_worker(&[]);
+    common::until("the planner drops the lost worker", || {
+        !hosts(&cluster.addr).contains(&format!("{lost} "))
+    });
+    add_at_once(&[&a, &b]);
+    assert_eq!(total(&a), "2 2");
+    assert_eq!(total(&b), "2 2");
+    assert_eq!(a.app("counter")["pids"], b.app("counter")["pids"]);
+    let pid = a.app("counter")["pids"][0].as_str().unwrap().to_owned();
+    assert_ne!(host_of(&a, &pid), lost);
+    common::until("one worker reports the app's instance", || {
+        hosts_running_counter(&cluster.addr) == 1
+    });
+}
+
 #[test]
 fn with_local_workers_a_restart_finds_the_apps_state_on_its_worker() {
     let data = tempfile::tempdir().unwrap();

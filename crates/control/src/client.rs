@@ -1,5 +1,6 @@
-//! The planner's clients: [`Planner`] (placements, the host list) and
-//! [`PlannerLink`] (a worker's membership).
+//! The planner's clients: [`Planner`] (placements, the host list, the gateways'
+//! deployments and where each app runs) and [`PlannerLink`] (a worker's
+//! membership).
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use nimbus_core::HostId;
 use nimbus_mesh::{Frame, Links};
 use nimbus_planner::{HostInfo, HostReport, HostStatus};
 use nimbus_trust::Tls;
-use nimbus_wire::apps::Deployment;
+use nimbus_wire::apps::Placement;
 use nimbus_wire::control::{Reply, Request};
 
 use crate::{CALL_DEADLINE, ControlError};
@@ -71,22 +72,74 @@ impl Planner {
         }
     }
 
-    /// Has the planner keep `deployment`, whose module is `module`, in place of
-    /// any earlier deployment of its name.
-    pub async fn record_app(
+    /// A generation for a new deployment of `app` (above every one drawn before),
+    /// and the app as the planner keeps it now, if it does. Refused when `app` is
+    /// new and the planner keeps all the deployments it may.
+    pub async fn new_deployment(
         &self,
-        deployment: Deployment,
-        module: Vec<u8>,
-    ) -> Result<(), ControlError> {
-        let request = Request::RecordApp { deployment };
-        match self.call_with(&request, module).await?.0 {
-            Reply::Recorded => Ok(()),
+        app: &str,
+    ) -> Result<(u64, Option<Placement>), ControlError> {
+        let request = Request::NewDeployment {
+            app: app.to_owned(),
+        };
+        match self.call(&request).await?.0 {
+            Reply::NewDeployment { generation, placed } => Ok((generation, placed)),
             other => Err(self.unexpected(&other)),
         }
     }
 
-    /// Every deployment the planner keeps.
-    pub async fn deployments(&self) -> Result<Vec<Deployment>, ControlError> {
+    /// Has the planner keep `placement`, whose module is `module`, in place of
+    /// any earlier deployment of its name; returns it as kept. Refused when a
+    /// deployment of a higher generation is kept.
+    pub async fn record_app(
+        &self,
+        placement: Placement,
+        module: Vec<u8>,
+    ) -> Result<Placement, ControlError> {
+        let request = Request::RecordApp { placement };
+        match self.call_with(&request, module).await?.0 {
+            Reply::App(Some(kept)) => Ok(kept),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// The deployment of `app`, and where it runs, if the planner keeps one.
+    pub async fn app(&self, app: &str) -> Result<Option<Placement>, ControlError> {
+        let request = Request::App {
+            app: app.to_owned(),
+        };
+        match self.call(&request).await?.0 {
+            Reply::App(placed) => Ok(placed),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Moves `app`, at the deployment of `generation`, from the worker
+    /// `expected` (as last seen, none if none was) to `worker`, unless it was
+    /// deployed or moved anew meanwhile; returns the app as it is now: on `worker`
+    /// if this call won, else where the call that came first put it (`None`: the
+    /// planner keeps no deployment of that name).
+    pub async fn place_app(
+        &self,
+        app: &str,
+        generation: u64,
+        expected: Option<&str>,
+        worker: &str,
+    ) -> Result<Option<Placement>, ControlError> {
+        let request = Request::PlaceApp {
+            app: app.to_owned(),
+            generation,
+            expected: expected.map(str::to_owned),
+            worker: worker.to_owned(),
+        };
+        match self.call(&request).await?.0 {
+            Reply::App(placed) => Ok(placed),
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    /// Every deployment the planner keeps, and where each runs.
+    pub async fn deployments(&self) -> Result<Vec<Placement>, ControlError> {
         match self.call(&Request::Deployments).await?.0 {
             Reply::Deployments(deployments) => Ok(deployments),
             other => Err(self.unexpected(&other)),

@@ -4,8 +4,10 @@
 //!
 //! Owns: the planner's server around the pure [`nimbus_planner::Registry`] (joins,
 //! heartbeats, dropping workers silent for longer than the timeout, the host list
-//! behind `nimbus hosts`), its durable [`Store`], and the clients: [`Planner`] for
-//! placements and the host list, [`PlannerLink`] for a worker's membership.
+//! behind `nimbus hosts`), its durable [`Store`] (which also keeps the gateways'
+//! deployments and the worker each app runs on), and the clients: [`Planner`] for
+//! placements, the host list and deployments, [`PlannerLink`] for a worker's
+//! membership.
 //!
 //! Every call has a deadline ([`CALL_DEADLINE`]) and is cancel-safe (the mesh
 //! writes each request whole from a task of its own; a dropped call only stops
@@ -22,7 +24,7 @@ mod store;
 
 pub use client::{Planner, PlannerLink, hosts};
 pub use server::{PlannerConfig, serve_planner};
-pub use store::{Store, StoreError, Stored};
+pub use store::{Recorded, Store, StoreError, Stored};
 
 use std::time::Duration;
 

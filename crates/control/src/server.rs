@@ -10,10 +10,10 @@ use nimbus_trust::Tls;
 use nimbus_wire::control::{Reply, Request};
 use tokio::net::TcpListener;
 
-use nimbus_wire::apps::Deployment;
+use nimbus_wire::apps::Placement;
 use sha2::{Digest, Sha256};
 
-use crate::store::{MAX_DEPLOYMENTS, Store, StoreError};
+use crate::store::{MAX_DEPLOYMENTS, Recorded, Store, StoreError};
 
 /// Runs `call`, on the store (it waits on the disk), on a blocking thread.
 async fn blocking<T: Send + 'static>(
@@ -126,8 +126,8 @@ impl Handler for PlannerService {
     fn handle(self: Arc<Self>, request: Frame, replier: Replier) -> HandlerFuture {
         Box::pin(async move {
             let (reply, body) = match request.head::<Request>() {
-                Ok(Request::RecordApp { deployment }) => {
-                    (self.record_app(deployment, request.body).await, Vec::new())
+                Ok(Request::RecordApp { placement }) => {
+                    (self.record_app(placement, request.body).await, Vec::new())
                 }
                 Ok(Request::Module { hash }) => self.module(hash).await,
                 Ok(request) => (self.answer(request).await, Vec::new()),
@@ -173,6 +173,36 @@ impl PlannerService {
                 }
             }
             Request::Hosts => Reply::Hosts(self.registry.lock().unwrap().hosts(Instant::now())),
+            Request::NewDeployment { app } => {
+                let store = self.store.clone();
+                match blocking(move || store.new_deployment(&app)).await {
+                    Ok(Some((generation, placed))) => Reply::NewDeployment { generation, placed },
+                    Ok(None) => Reply::Refused(full()),
+                    Err(e) => Reply::Unavailable(format!("cannot draw a generation: {e}")),
+                }
+            }
+            Request::App { app } => {
+                let store = self.store.clone();
+                match blocking(move || store.app(&app)).await {
+                    Ok(placed) => Reply::App(placed),
+                    Err(e) => Reply::Unavailable(format!("cannot read the deployment: {e}")),
+                }
+            }
+            Request::PlaceApp {
+                app,
+                generation,
+                expected,
+                worker,
+            } => {
+                let store = self.store.clone();
+                let placed = blocking(move || {
+                    store.place_app(&app, generation, expected.as_deref(), &worker)
+                });
+                match placed.await {
+                    Ok(placed) => Reply::App(placed),
+                    Err(e) => Reply::Unavailable(format!("cannot place the app: {e}")),
+                }
+            }
             Request::Deployments => {
                 let store = self.store.clone();
                 match blocking(move || store.deployments()).await {
@@ -186,14 +216,19 @@ impl PlannerService {
         }
     }
 
-    /// Keeps `deployment`, once `module` is found to be the module it names.
-    async fn record_app(&self, deployment: Deployment, module: Vec<u8>) -> Reply {
-        if let Err(e) = deployment.config.check() {
+    /// Keeps `placement`, once `module` is found to be the module it names, as
+    /// the app's first move-free record.
+    async fn record_app(&self, placement: Placement, module: Vec<u8>) -> Reply {
+        if let Err(e) = placement.deployment.config.check() {
             return Reply::Invalid(e.to_string());
         }
+        let placement = Placement {
+            moves: 0,
+            ..placement
+        };
         let store = self.store.clone();
-        let name = deployment.config.name.clone();
         let recorded = blocking(move || {
+            let deployment = &placement.deployment;
             let hash = hex::encode(Sha256::digest(&module));
             if hash != deployment.module {
                 return Ok(Err(format!(
@@ -201,16 +236,24 @@ impl PlannerService {
                     deployment.config.name, deployment.module
                 )));
             }
-            store.record_app(&deployment, &module).map(Ok)
+            store.record_app(&placement, &module).map(Ok)
         })
         .await;
         match recorded {
-            Ok(Ok(true)) => {
-                tracing::info!(app = %name, "planner: deployment recorded");
-                Reply::Recorded
+            Ok(Ok(Recorded::Kept(placement))) => {
+                tracing::info!(
+                    app = %placement.deployment.config.name,
+                    generation = placement.generation,
+                    worker = ?placement.worker,
+                    "planner: deployment recorded"
+                );
+                Reply::App(Some(placement))
             }
-            Ok(Ok(false)) => Reply::Refused(format!(
-                "the planner keeps at most {MAX_DEPLOYMENTS} deployments"
+            Ok(Ok(Recorded::Full)) => Reply::Refused(full()),
+            Ok(Ok(Recorded::Superseded(kept))) => Reply::Refused(format!(
+                "a later deployment of `{}` (generation {}) was recorded meanwhile, through \
+                 another gateway: it is the one that runs",
+                kept.deployment.config.name, kept.generation
             )),
             Ok(Err(mismatch)) => Reply::Invalid(mismatch),
             Err(e) => Reply::Unavailable(format!("cannot record the deployment: {e}")),
@@ -258,4 +301,9 @@ impl PlannerService {
             state: self.state.clone(),
         }
     }
+}
+
+/// Why a deployment of a new name is refused.
+fn full() -> String {
+    format!("the planner keeps at most {MAX_DEPLOYMENTS} deployments: this would be one more")
 }

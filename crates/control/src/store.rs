@@ -1,7 +1,8 @@
 //! What the planner keeps across restarts, in an embedded database (`redb`) under
 //! its data directory: the hosts that joined, the next host id, the app budgets,
 //! where it serves the cluster's global state tier, and the gateways' deployments
-//! with their modules.
+//! with their modules and the worker each runs on (set by compare-and-set, so that
+//! every gateway routes an app to the same worker), each change one transaction.
 //!
 //! Every call blocks on the disk (a write ends with an fsync): async callers run
 //! them on blocking threads.
@@ -10,14 +11,14 @@ use std::path::{Path, PathBuf};
 
 use nimbus_core::HostId;
 use nimbus_planner::HostInfo;
-use nimbus_wire::apps::Deployment;
+use nimbus_wire::apps::Placement;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// Host id → its `HostInfo` as JSON.
 const HOSTS: TableDefinition<u32, &[u8]> = TableDefinition::new("hosts");
 /// App → the most processes it may run across the cluster.
 const BUDGETS: TableDefinition<&str, u64> = TableDefinition::new("budgets");
-/// App name → its `Deployment` as JSON.
+/// App name → its `Placement` (deployment, generation, worker) as JSON.
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
 /// Module sha256 (hex) → the module, while a deployment names it.
 const MODULES: TableDefinition<&str, &[u8]> = TableDefinition::new("modules");
@@ -26,6 +27,7 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 const NEXT_HOST: &str = "next_host";
 const STATE_ADDRESS: &str = "state_address";
+const NEXT_GENERATION: &str = "next_generation";
 
 /// The planner's store could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -164,49 +166,127 @@ impl Store {
         })
     }
 
-    /// Keeps `deployment` with its `module` in place of any earlier deployment of
-    /// its name, dropping a module no deployment names any more. `false`, and
-    /// nothing changed, if that would keep more than [`MAX_DEPLOYMENTS`].
-    pub fn record_app(&self, deployment: &Deployment, module: &[u8]) -> Result<bool, StoreError> {
-        let record = serde_json::to_vec(deployment).expect("deployments serialise");
-        let name = deployment.config.name.as_str();
-        let mut recorded = true;
+    /// A generation for a new deployment of `app`, above every one drawn before
+    /// (the counter moves on durably first, so none is drawn twice, restarts
+    /// included), and the app as it is kept now. `None`, and nothing changed, if
+    /// `app` is new and [`MAX_DEPLOYMENTS`] are kept.
+    pub fn new_deployment(
+        &self,
+        app: &str,
+    ) -> Result<Option<(u64, Option<Placement>)>, StoreError> {
+        self.write(|txn| {
+            let apps = txn.open_table(APPS)?;
+            let placed = match apps.get(app)? {
+                Some(record) => Some(placement_of(app, record.value())?),
+                None => None,
+            };
+            if placed.is_none() && apps.len()? >= MAX_DEPLOYMENTS {
+                return Ok(None);
+            }
+            let mut meta = txn.open_table(META)?;
+            let generation = next_generation(&meta)?;
+            meta.insert(NEXT_GENERATION, (generation + 1).to_le_bytes().as_slice())?;
+            Ok(Some((generation, placed)))
+        })
+    }
+
+    /// Keeps `placement` with its `module` in place of any earlier deployment of
+    /// its name, dropping a module no deployment names any more, unless the one
+    /// kept is of the same generation or a later one, or `placement` is of a new
+    /// name and [`MAX_DEPLOYMENTS`] are kept.
+    pub fn record_app(&self, placement: &Placement, module: &[u8]) -> Result<Recorded, StoreError> {
+        let record = serde_json::to_vec(placement).expect("placements serialise");
+        let name = placement.deployment.config.name.as_str();
+        let hash = placement.deployment.module.as_str();
         self.write(|txn| {
             let mut apps = txn.open_table(APPS)?;
             let earlier = match apps.get(name)? {
-                Some(earlier) => Some(deployment_of(name, earlier.value())?.module),
-                None if apps.len()? >= MAX_DEPLOYMENTS => {
-                    recorded = false;
-                    return Ok(());
-                }
+                Some(record) => Some(placement_of(name, record.value())?),
                 None => None,
             };
+            match earlier {
+                Some(kept) if kept.generation >= placement.generation => {
+                    return Ok(Recorded::Superseded(kept));
+                }
+                None if apps.len()? >= MAX_DEPLOYMENTS => return Ok(Recorded::Full),
+                _ => {}
+            }
             apps.insert(name, record.as_slice())?;
             let mut modules = txn.open_table(MODULES)?;
-            modules.insert(deployment.module.as_str(), module)?;
-            if let Some(earlier) = earlier.filter(|hash| *hash != deployment.module) {
+            modules.insert(hash, module)?;
+            if let Some(earlier) = earlier.filter(|kept| kept.deployment.module != hash) {
+                let earlier = earlier.deployment.module;
                 let mut named = false;
                 for entry in apps.iter()? {
                     let (app, record) = entry?;
-                    named |= deployment_of(app.value(), record.value())?.module == earlier;
+                    named |=
+                        placement_of(app.value(), record.value())?.deployment.module == earlier;
                 }
                 if !named {
                     modules.remove(earlier.as_str())?;
                 }
             }
-            Ok(())
-        })?;
-        Ok(recorded)
+            // A generation no planner drew (from another planner's store, say)
+            // still leaves the counter above it.
+            let mut meta = txn.open_table(META)?;
+            if next_generation(&meta)? <= placement.generation {
+                let next = placement.generation + 1;
+                meta.insert(NEXT_GENERATION, next.to_le_bytes().as_slice())?;
+            }
+            Ok(Recorded::Kept(placement.clone()))
+        })
+    }
+
+    /// Moves `app`, at the deployment of `generation`, from the worker `expected`
+    /// to `worker`, in one transaction, unless it was deployed or moved anew
+    /// meanwhile; the app as it is kept now (`None`: no deployment of that name).
+    pub fn place_app(
+        &self,
+        app: &str,
+        generation: u64,
+        expected: Option<&str>,
+        worker: &str,
+    ) -> Result<Option<Placement>, StoreError> {
+        self.write(|txn| {
+            let mut apps = txn.open_table(APPS)?;
+            let placed = match apps.get(app)? {
+                Some(record) => placement_of(app, record.value())?,
+                None => return Ok(None),
+            };
+            let current = placed.generation == generation && placed.worker.as_deref() == expected;
+            if !current || expected == Some(worker) {
+                return Ok(Some(placed));
+            }
+            let moved = Placement {
+                worker: Some(worker.to_owned()),
+                moves: placed.moves + 1,
+                ..placed
+            };
+            let record = serde_json::to_vec(&moved).expect("placements serialise");
+            apps.insert(app, record.as_slice())?;
+            Ok(Some(moved))
+        })
+    }
+
+    /// The deployment of `app`, and where it runs, if it is kept.
+    pub fn app(&self, app: &str) -> Result<Option<Placement>, StoreError> {
+        let read = || -> Result<Option<Placement>, redb::Error> {
+            let txn = self.db.begin_read()?;
+            let apps = txn.open_table(APPS)?;
+            let record = apps.get(app)?;
+            record.map(|r| placement_of(app, r.value())).transpose()
+        };
+        read().map_err(|e| self.error(e))
     }
 
     /// Every deployment kept, by app name.
-    pub fn deployments(&self) -> Result<Vec<Deployment>, StoreError> {
-        let read = || -> Result<Vec<Deployment>, redb::Error> {
+    pub fn deployments(&self) -> Result<Vec<Placement>, StoreError> {
+        let read = || -> Result<Vec<Placement>, redb::Error> {
             let txn = self.db.begin_read()?;
             let mut deployments = Vec::new();
             for entry in txn.open_table(APPS)?.iter()? {
                 let (app, record) = entry?;
-                deployments.push(deployment_of(app.value(), record.value())?);
+                deployments.push(placement_of(app.value(), record.value())?);
             }
             Ok(deployments)
         };
@@ -224,15 +304,15 @@ impl Store {
     }
 
     /// Runs `change` in one transaction, committed durably.
-    fn write(
+    fn write<T>(
         &self,
-        change: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
-    ) -> Result<(), StoreError> {
-        let written = || -> Result<(), redb::Error> {
+        change: impl FnOnce(&redb::WriteTransaction) -> Result<T, redb::Error>,
+    ) -> Result<T, StoreError> {
+        let written = || -> Result<T, redb::Error> {
             let txn = self.db.begin_write()?;
-            change(&txn)?;
+            let changed = change(&txn)?;
             txn.commit()?;
-            Ok(())
+            Ok(changed)
         };
         written().map_err(|e| self.error(e))
     }
@@ -248,10 +328,33 @@ impl Store {
 /// The most deployments a planner keeps (each module at most a mesh frame's body).
 pub const MAX_DEPLOYMENTS: u64 = 4096;
 
-/// The deployment recorded for `app`.
-fn deployment_of(app: &str, record: &[u8]) -> Result<Deployment, redb::Error> {
+/// What [`Store::record_app`] made of a deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// It is kept, as this.
+    Kept(Placement),
+    /// It is of a new name, and [`MAX_DEPLOYMENTS`] are kept.
+    Full,
+    /// This deployment, of the same generation or a later one, is kept.
+    Superseded(Placement),
+}
+
+/// The deployment recorded for `app`, and where it runs (a record written before
+/// placements were kept is a bare `Deployment`, read with none).
+fn placement_of(app: &str, record: &[u8]) -> Result<Placement, redb::Error> {
     serde_json::from_slice(record)
         .map_err(|e| redb::Error::Corrupted(format!("deployment of `{app}`: {e}")))
+}
+
+/// The first generation not drawn yet.
+fn next_generation(meta: &redb::Table<&str, &[u8]>) -> Result<u64, redb::Error> {
+    match meta.get(NEXT_GENERATION)? {
+        Some(next) => <[u8; 8]>::try_from(next.value())
+            .map(u64::from_le_bytes)
+            .map_err(|_| redb::Error::Corrupted("next generation".into())),
+        // 0 is a record's from before generations were drawn.
+        None => Ok(1),
+    }
 }
 
 #[cfg(test)]
@@ -294,11 +397,23 @@ mod tests {
         );
     }
 
-    fn deployment(name: &str, module: &str) -> Deployment {
-        Deployment {
-            config: nimbus_wire::apps::AppConfig::new(name),
-            module: module.into(),
+    /// App `name` running `module`, deployed at `generation` on `worker`.
+    fn placement(name: &str, module: &str, generation: u64, worker: &str) -> Placement {
+        Placement {
+            deployment: nimbus_wire::apps::Deployment {
+                config: nimbus_wire::apps::AppConfig::new(name),
+                module: module.into(),
+            },
+            generation,
+            worker: Some(worker.into()),
+            moves: 0,
         }
+    }
+
+    /// Records `placement`, which must be kept.
+    fn keep(store: &Store, placement: &Placement, module: &[u8]) {
+        let kept = store.record_app(placement, module).unwrap();
+        assert_eq!(kept, Recorded::Kept(placement.clone()));
     }
 
     #[test]
@@ -306,21 +421,106 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            assert!(store.record_app(&deployment("a", "m1"), b"one").unwrap());
-            assert!(store.record_app(&deployment("b", "m1"), b"one").unwrap());
+            keep(&store, &placement("a", "m1", 1, "w:1"), b"one");
+            keep(&store, &placement("b", "m1", 2, "w:1"), b"one");
             // `a` moves on; `b` still names m1.
-            assert!(store.record_app(&deployment("a", "m2"), b"two").unwrap());
+            keep(&store, &placement("a", "m2", 3, "w:1"), b"two");
             assert_eq!(store.module("m1").unwrap().as_deref(), Some(&b"one"[..]));
             // Once nothing names m1, it goes.
-            assert!(store.record_app(&deployment("b", "m2"), b"two").unwrap());
+            keep(&store, &placement("b", "m2", 4, "w:1"), b"two");
             assert_eq!(store.module("m1").unwrap(), None);
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(
             store.deployments().unwrap(),
-            vec![deployment("a", "m2"), deployment("b", "m2")]
+            vec![
+                placement("a", "m2", 3, "w:1"),
+                placement("b", "m2", 4, "w:1")
+            ]
         );
         assert_eq!(store.module("m2").unwrap().as_deref(), Some(&b"two"[..]));
+    }
+
+    #[test]
+    fn generations_only_grow_and_an_older_deployment_never_replaces_a_newer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = {
+            let store = Store::open(dir.path()).unwrap();
+            let (first, none) = store.new_deployment("a").unwrap().unwrap();
+            assert_eq!(none, None);
+            let (second, _) = store.new_deployment("a").unwrap().unwrap();
+            assert!(second > first);
+            // Two deployments drawn at once: the later one recorded first wins,
+            // and the earlier one, recorded after it, is refused.
+            keep(&store, &placement("a", "new", second, "w:2"), b"new");
+            let refused = store
+                .record_app(&placement("a", "old", first, "w:1"), b"old")
+                .unwrap();
+            assert_eq!(
+                refused,
+                Recorded::Superseded(placement("a", "new", second, "w:2"))
+            );
+            assert_eq!(store.module("old").unwrap(), None);
+            (first, second)
+        };
+        // After a restart, no generation is drawn again.
+        let store = Store::open(dir.path()).unwrap();
+        let (third, placed) = store.new_deployment("a").unwrap().unwrap();
+        assert!(third > first && third > second, "{third}");
+        assert_eq!(placed, Some(placement("a", "new", second, "w:2")));
+    }
+
+    #[test]
+    fn an_app_moves_only_from_the_worker_expected_at_its_deployment() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.place_app("a", 1, None, "w:1").unwrap(), None);
+        keep(&store, &placement("a", "m", 5, "w:1"), b"m");
+        // Two gateways found w:1 lost: the first moves the app, the second is
+        // answered with the first one's pick.
+        let moved = Placement {
+            worker: Some("w:2".into()),
+            moves: 1,
+            ..placement("a", "m", 5, "w:1")
+        };
+        let won = store.place_app("a", 5, Some("w:1"), "w:2").unwrap();
+        assert_eq!(won.as_ref(), Some(&moved));
+        let lost = store.place_app("a", 5, Some("w:1"), "w:3").unwrap();
+        assert_eq!(lost.as_ref(), Some(&moved));
+        // A placement for an older deployment changes nothing.
+        let stale = store.place_app("a", 4, Some("w:2"), "w:3").unwrap();
+        assert_eq!(stale.as_ref(), Some(&moved));
+        assert_eq!(store.app("a").unwrap(), Some(moved.clone()));
+        assert!(moved.is_later_than(&placement("a", "m", 5, "w:1")));
+        // A deployment anew replaces the placement with its own.
+        keep(&store, &placement("a", "m", 6, "w:3"), b"m");
+        assert_eq!(store.app("a").unwrap(), Some(placement("a", "m", 6, "w:3")));
+        assert_eq!(store.app("b").unwrap(), None);
+    }
+
+    #[test]
+    fn a_deployment_kept_before_placements_were_reads_as_placed_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let bare = nimbus_wire::apps::Deployment {
+            config: nimbus_wire::apps::AppConfig::new("old"),
+            module: "m".into(),
+        };
+        let record = serde_json::to_vec(&bare).unwrap();
+        store
+            .write(|txn| {
+                txn.open_table(APPS)?.insert("old", record.as_slice())?;
+                Ok(())
+            })
+            .unwrap();
+        let read = store.app("old").unwrap().unwrap();
+        assert_eq!(
+            (read.generation, read.worker, read.deployment),
+            (0, None, bare)
+        );
+        // Any deployment drawn from now on is later.
+        let (generation, _) = store.new_deployment("old").unwrap().unwrap();
+        keep(&store, &placement("old", "m", generation, "w:1"), b"m");
     }
 
     #[test]
@@ -332,20 +532,23 @@ mod tests {
             .write(|txn| {
                 let mut apps = txn.open_table(APPS)?;
                 for n in 0..MAX_DEPLOYMENTS {
-                    let record = serde_json::to_vec(&deployment(&format!("app{n}"), "m")).unwrap();
-                    apps.insert(format!("app{n}").as_str(), record.as_slice())?;
+                    let name = format!("app{n}");
+                    let record = serde_json::to_vec(&placement(&name, "m", 0, "w:1")).unwrap();
+                    apps.insert(name.as_str(), record.as_slice())?;
                 }
                 Ok(())
             })
             .unwrap();
-        assert!(
-            !store
-                .record_app(&deployment("one-more", "m"), b"m")
-                .unwrap()
-        );
+        // A new name is refused before it is placed, and when it is recorded.
+        assert_eq!(store.new_deployment("one-more").unwrap(), None);
+        let refused = store
+            .record_app(&placement("one-more", "m", 2, "w:1"), b"m")
+            .unwrap();
+        assert_eq!(refused, Recorded::Full);
         assert_eq!(store.module("m").unwrap(), None);
         // An app already kept may still be deployed anew.
-        assert!(store.record_app(&deployment("app7", "m"), b"m").unwrap());
+        let (generation, _) = store.new_deployment("app7").unwrap().unwrap();
+        keep(&store, &placement("app7", "m", generation, "w:1"), b"m");
     }
 
     #[test]

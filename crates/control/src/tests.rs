@@ -8,6 +8,8 @@ use nimbus_planner::{HostInfo, HostReport};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
+use nimbus_wire::apps::{AppConfig, Deployment, Placement};
+
 use crate::client::hosts;
 use crate::*;
 
@@ -238,41 +240,111 @@ async fn junk_on_the_port_harms_no_one_else() {
     assert_eq!(hosts(&served.addr, &tls()).await.unwrap().len(), 1);
 }
 
+/// A module, its sha256, and app `name` deployed as it at `generation` on `worker`.
+fn deployed(name: &str, generation: u64, worker: &str) -> (Vec<u8>, Placement) {
+    use sha2::{Digest, Sha256};
+    let module = b"\0asm\x01\0\0\0".to_vec();
+    let placement = Placement {
+        deployment: Deployment {
+            config: AppConfig::new(name),
+            module: hex::encode(Sha256::digest(&module)),
+        },
+        generation,
+        worker: Some(worker.into()),
+        moves: 0,
+    };
+    (module, placement)
+}
+
 #[tokio::test]
 async fn deployments_are_kept_only_with_the_module_they_name() {
-    use nimbus_wire::apps::{AppConfig, Deployment};
     use sha2::{Digest, Sha256};
     let dir = tempfile::tempdir().unwrap();
     let served = planner(dir.path(), Duration::from_secs(60)).await;
     let planner = Planner::new(&served.addr, &tls()).unwrap();
-    let module = b"\0asm\x01\0\0\0".to_vec();
-    let hash = hex::encode(Sha256::digest(&module));
-    let deployment = Deployment {
-        config: AppConfig::new("counter"),
-        module: hash.clone(),
-    };
+    let (generation, placed) = planner.new_deployment("counter").await.unwrap();
+    assert_eq!(placed, None);
+    let (module, placement) = deployed("counter", generation, "127.0.0.1:1");
     // A body that is not the module named is refused, and nothing is kept.
-    let mut forged = deployment.clone();
-    forged.module = hex::encode(Sha256::digest(b"another"));
+    let mut forged = placement.clone();
+    forged.deployment.module = hex::encode(Sha256::digest(b"another"));
     let refused = planner
         .record_app(forged, module.clone())
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("has sha256"), "{refused}");
-    let mut unnamed = deployment.clone();
-    unnamed.config.name = "no/such name".into();
+    let mut unnamed = placement.clone();
+    unnamed.deployment.config.name = "no/such name".into();
     assert!(planner.record_app(unnamed, module.clone()).await.is_err());
     assert!(planner.deployments().await.unwrap().is_empty());
 
-    planner
-        .record_app(deployment.clone(), module.clone())
+    let kept = planner
+        .record_app(placement.clone(), module.clone())
         .await
         .unwrap();
-    assert_eq!(planner.deployments().await.unwrap(), vec![deployment]);
-    assert_eq!(planner.module(&hash).await.unwrap(), module);
+    assert_eq!(kept, placement);
+    assert_eq!(
+        planner.deployments().await.unwrap(),
+        vec![placement.clone()]
+    );
+    assert_eq!(
+        planner.app("counter").await.unwrap(),
+        Some(placement.clone())
+    );
+    assert_eq!(planner.app("other").await.unwrap(), None);
+    let hash = &placement.deployment.module;
+    assert_eq!(planner.module(hash).await.unwrap(), module);
     let missing = planner.module(&"0".repeat(64)).await.unwrap_err();
     assert!(
         missing.to_string().contains("no deployment names"),
         "{missing}"
     );
+    // A deployment drawn before the one kept, recorded after it, is refused.
+    let older = Placement {
+        generation: generation - 1,
+        ..placement.clone()
+    };
+    let refused = planner.record_app(older, module).await.unwrap_err();
+    assert!(
+        matches!(&refused, ControlError::Refused { message, .. } if message.contains("a later deployment")),
+        "{refused}"
+    );
+    assert_eq!(planner.app("counter").await.unwrap(), Some(placement));
+}
+
+#[tokio::test]
+async fn gateways_placing_an_app_at_once_all_get_the_one_worker_that_won() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = planner(dir.path(), Duration::from_secs(60)).await;
+    let recorder = Planner::new(&served.addr, &tls()).unwrap();
+    let (generation, _) = recorder.new_deployment("counter").await.unwrap();
+    let (module, placement) = deployed("counter", generation, "lost:1");
+    recorder.record_app(placement, module).await.unwrap();
+    // Eight gateways, each with a connection of its own, found `lost:1` gone at
+    // once and move the app from it, each to a worker of its own.
+    let moves = (0..8).map(|n| {
+        let gateway = Planner::new(&served.addr, &tls()).unwrap();
+        tokio::spawn(async move {
+            let pick = format!("worker:{n}");
+            let placed = gateway.place_app("counter", generation, Some("lost:1"), &pick);
+            placed.await.unwrap().unwrap()
+        })
+    });
+    let mut answers = Vec::new();
+    for placed in moves {
+        answers.push(placed.await.unwrap());
+    }
+    let won = answers[0].clone();
+    assert!(answers.iter().all(|a| *a == won), "{answers:?}");
+    assert_eq!((won.generation, won.moves), (generation, 1));
+    assert_ne!(won.worker.as_deref(), Some("lost:1"));
+    assert_eq!(recorder.app("counter").await.unwrap(), Some(won.clone()));
+    // A gateway that still expects the lost worker, or knows an older
+    // deployment, moves nothing; an app never deployed is no app.
+    let late = recorder.place_app("counter", generation, Some("lost:1"), "late:1");
+    assert_eq!(late.await.unwrap(), Some(won.clone()));
+    let older = recorder.place_app("counter", generation - 1, won.worker.as_deref(), "late:1");
+    assert_eq!(older.await.unwrap(), Some(won));
+    let none = recorder.place_app("nothing", generation, None, "late:1");
+    assert_eq!(none.await.unwrap(), None);
 }

@@ -46,7 +46,7 @@ pub use stream::{Adoption, open_stream, read_frame, write_frame};
 /// Raised with every change an older node would misread: of the frames, or of what
 /// nodes send in them (`nimbus-wire`'s `peer` and `control`, the served state tier's
 /// calls).
-pub const PROTOCOL: &str = "nimbus-mesh/2";
+pub const PROTOCOL: &str = "nimbus-mesh/3";
 
 /// How often a link probes its peer.
 pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);

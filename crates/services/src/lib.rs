@@ -4,7 +4,8 @@
 //! [`ServiceFront`], what a gateway serves.
 //!
 //! Owns: deployed apps, their instances, queues, sessions, and swapping to and from
-//! disk; on a cluster, which worker holds which app.
+//! disk; on a cluster, placing each app on a worker and routing its requests to
+//! the worker the planner records for it.
 //! Must not: run processes itself (instances are started on the node's hosts,
 //! `nimbus-node`), or speak HTTP (the gateway's job).
 

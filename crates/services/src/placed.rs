@@ -11,20 +11,55 @@
 //! its instances held in memory, or swapped out on the lost worker's disk, is lost
 //! with it; the request that was under way when the worker went fails with
 //! [`ServiceError::Unavailable`], and is not retried, since it may have taken effect.
+//! Apps placed on the workers of a cluster: what a gateway in front of a cluster
+//! serves. Each app runs on one worker, its requests forwarded over the mesh to
+//! that worker's [`Services`](crate::Services), where its instances run, keep
+//! their sessions and swap out.
+//!
+//! The planner keeps each deployment, its module and the worker it runs on, so a
+//! gateway holds nothing of its own: one started anywhere, with any data
+//! directory, serves the apps deployed through another (or through itself before
+//! a restart), and any number of gateways at once route each app to the same
+//! worker. A deployment is placed by the gateway that deploys it (on the worker
+//! the app runs on, if it can be reached) and recorded with that worker; an app
+//! with no worker, or whose worker this gateway cannot reach, is deployed on a
+//! worker of the planner's choosing (one holding the app's instances, if any) and
+//! moved there by compare-and-set at the planner: from the worker the gateway
+//! saw, at the deployment it saw, so of gateways that move an app at once one
+//! wins and the others route to its pick (their own picks keep a copy that is
+//! never invoked, and so holds no state). A worker keeps an app of a later
+//! generation than one it is asked to deploy, and the planner a recorded one, so
+//! two deployments of a name at once end with the later one on both.
+//!
+//! A gateway takes the planner's answer about an app as it is for [`REFRESH`]
+//! (1 s); the app's next request after that asks again (the others meanwhile
+//! route by the answer known), so a gateway learns of a deployment or a move by
+//! another within 1 s and one call to the planner. An app this gateway has not
+//! heard of is asked about by name, never by listing every deployment. While the
+//! planner cannot be asked, the apps heard of are served as last heard.
+//!
+//! What an app's instances held in memory, or swapped out on a lost worker's
+//! disk, is lost with it; the request that was under way when the worker went
+//! fails with [`ServiceError::Unavailable`], and is not retried, since it may have
+//! taken effect.
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use nimbus_control::{ControlError, Planner};
 use nimbus_core::Pid;
 use nimbus_mesh::{Frame, Links, MAX_BODY};
 use nimbus_planner::HostStatus;
 use nimbus_runtime::{BoxFuture, ModuleBytes};
 use nimbus_trust::Tls;
-use nimbus_wire::apps::{AppConfig, AppInfo, Deployment, ServiceError};
+use nimbus_wire::apps::{AppConfig, AppInfo, Deployment, Placement, ServiceError};
 use nimbus_wire::peer::{AppRequest, Reply, Request};
 
 use crate::services::ServiceFront;
+
+/// How long the planner's answer about an app is taken as it is: the bound on
+/// how late a gateway learns that another deployed or moved the app.
+const REFRESH: Duration = Duration::from_secs(1);
 
 /// How long placing an app may wait for a worker with room.
 const PLACE_WAIT: Duration = Duration::from_secs(10);
@@ -43,81 +78,121 @@ const HOLDER_SILENCE_MS: u64 = 1_000;
 /// The apps of a gateway, each deployed on one worker of the cluster whose planner
 /// is at `planner`.
 pub struct PlacedServices {
-    planner: nimbus_control::Planner,
-    /// The deployments heard of from the planner, by name.
-    apps: Mutex<BTreeMap<String, Placed>>,
-    /// Counts this gateway's own deployments, stamping each, so that a list
-    /// fetched from the planner before one never overwrites it.
-    deployments: AtomicU64,
+    planner: Planner,
+    /// The apps heard of from the planner, by name: no more than it keeps
+    /// (`MAX_DEPLOYMENTS`, 4,096), as only its answers add one.
+    apps: Mutex<BTreeMap<String, Known>>,
     links: Links,
-    /// By app, held while it is placed, so that concurrent requests place it once.
+    /// By app heard of, held while it is placed, so that concurrent requests
+    /// place it once.
     placing: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// An app, its module's sha256, and the worker it runs on, if it is placed.
+/// An app as the planner last answered about it.
 #[derive(Clone)]
-struct Placed {
-    config: AppConfig,
-    module: String,
-    worker: Option<String>,
-    /// The count of this gateway's deployments when it deployed this one here
-    /// (0: heard of from the planner).
-    deployed: u64,
+struct Known {
+    placed: Placement,
+    /// When the planner answered (or a request set out to ask it again).
+    checked: Instant,
+    /// This gateway could not reach the worker named: the next request places
+    /// the app anew, moving it from that worker.
+    lost: bool,
+}
+
+impl Known {
+    /// The worker to send the app's requests to, unless it must be placed first.
+    fn worker(&self) -> Option<String> {
+        self.placed.worker.clone().filter(|_| !self.lost)
+    }
 }
 
 impl PlacedServices {
     /// The apps of the cluster whose planner is at `planner`, which keeps their
-    /// deployments; each is placed on a worker when first invoked.
+    /// deployments and where each runs.
     pub fn open(planner: &str, tls: Arc<Tls>) -> Result<PlacedServices, ServiceError> {
         Ok(PlacedServices {
-            planner: nimbus_control::Planner::new(planner, &tls)
+            planner: Planner::new(planner, &tls)
                 .map_err(|e| ServiceError::InvalidConfig(e.to_string()))?,
             apps: Mutex::default(),
-            deployments: AtomicU64::new(0),
             links: Links::new(tls),
             placing: Mutex::default(),
         })
     }
 
-    /// Learns the deployments the planner keeps: a new one, or one deployed anew
-    /// (through another gateway, say), is placed again on its next request.
-    async fn refresh(&self) -> Result<(), ServiceError> {
-        let asked = self.deployments.load(Ordering::SeqCst);
-        let deployments = self.planner.deployments().await.map_err(unavailable)?;
+    /// Takes the planner's answer `placed` about an app, unless an answer it gave
+    /// later is known; returns the app as known now.
+    fn learn(&self, placed: Placement) -> Known {
         let mut apps = self.apps.lock().unwrap();
-        for Deployment { config, module } in deployments {
-            match apps.get_mut(&config.name) {
-                Some(placed) if placed.module == module && placed.config == config => {}
-                // Deployed here after the list was asked for: the list is older.
-                Some(placed) if placed.deployed > asked => {}
-                _ => {
-                    let placed = Placed {
-                        config,
-                        module,
-                        worker: None,
-                        deployed: 0,
-                    };
-                    apps.insert(placed.config.name.clone(), placed);
-                }
-            }
+        let name = placed.deployment.config.name.clone();
+        let known = apps.entry(name).or_insert_with(|| Known {
+            placed: placed.clone(),
+            checked: Instant::now(),
+            lost: false,
+        });
+        if !known.placed.is_later_than(&placed) {
+            // Deployed or moved anew: its worker is one to try.
+            known.lost &= !placed.is_later_than(&known.placed);
+            known.placed = placed;
+            known.checked = Instant::now();
+        }
+        known.clone()
+    }
+
+    /// Forgets app `name`: the planner keeps no deployment of it.
+    fn forget(&self, name: &str) {
+        self.apps.lock().unwrap().remove(name);
+        self.placing.lock().unwrap().remove(name);
+    }
+
+    /// Learns every deployment the planner keeps.
+    async fn refresh(&self) -> Result<(), ServiceError> {
+        for placed in self.planner.deployments().await.map_err(unavailable)? {
+            self.learn(placed);
         }
         Ok(())
     }
 
-    /// App `name` as deployed, asking the planner if this gateway has not heard of it.
-    async fn deployed(&self, name: &str) -> Result<Placed, ServiceError> {
-        let known = || self.apps.lock().unwrap().get(name).cloned();
-        if let Some(placed) = known() {
-            return Ok(placed);
+    /// App `name` as known here, asking the planner first if this gateway has
+    /// not heard of it or heard longer than [`REFRESH`] ago. One request asks for
+    /// all; the others meanwhile take the answer known, as they do while the
+    /// planner cannot be asked.
+    async fn known(&self, name: &str) -> Result<Known, ServiceError> {
+        let heard = match self.apps.lock().unwrap().get_mut(name) {
+            Some(known) if known.checked.elapsed() < REFRESH => return Ok(known.clone()),
+            Some(known) => {
+                known.checked = Instant::now();
+                Some(known.clone())
+            }
+            None => None,
+        };
+        match (self.planner.app(name).await, heard) {
+            (Ok(Some(placed)), _) => Ok(self.learn(placed)),
+            (Ok(None), _) => {
+                self.forget(name);
+                Err(ServiceError::UnknownApp(name.to_owned()))
+            }
+            (Err(e), Some(known)) => {
+                tracing::warn!(app = name, "serving the app as last heard of: {e}");
+                Ok(known)
+            }
+            (Err(e), None) => Err(unavailable(e)),
         }
-        self.refresh().await?;
-        known().ok_or_else(|| ServiceError::UnknownApp(name.to_owned()))
     }
 
     /// The lock held while `app` is placed.
     fn placing(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut placing = self.placing.lock().unwrap();
         placing.entry(app.to_owned()).or_default().clone()
+    }
+
+    /// Marks `worker`, which could not be reached, lost for `app`: the next
+    /// request places the app anew.
+    fn lost(&self, app: &str, worker: &str) {
+        if let Some(known) = self.apps.lock().unwrap().get_mut(app)
+            && known.placed.worker.as_deref() == Some(worker)
+        {
+            known.lost = true;
+        }
     }
 
     /// Sends `request` with `body` to `worker` and returns its reply; `None` if the
@@ -143,21 +218,22 @@ impl PlacedServices {
         Some((reply.head().ok()?, reply.body))
     }
 
-    /// Deploys `config` and `module` on a worker the planner picks (the one it runs
-    /// on now, if any), asking again while a worker it picks turns out unreachable
-    /// or full, for up to [`PLACE_WAIT`]. A new deployment `replace`s the app there;
-    /// placing it again keeps what a worker has of it.
+    /// Deploys `config` and `module`, at the deployment of `generation`, on
+    /// `first` if it is given and takes it, else on a worker the planner picks
+    /// (never one of `failed`), asking again while a worker it picks turns out
+    /// unreachable or full, for up to [`PLACE_WAIT`]. A worker that has the app
+    /// at this generation or a later one keeps it as it is.
     async fn place(
         &self,
         config: &AppConfig,
         module: &[u8],
-        now_on: Option<String>,
-        replace: bool,
+        first: Option<String>,
+        generation: u64,
+        mut failed: Vec<String>,
     ) -> Result<(String, AppInfo), ServiceError> {
         let deadline = tokio::time::Instant::now() + PLACE_WAIT;
-        let mut candidate = now_on;
+        let mut candidate = first;
         let mut last_error = String::from("no worker has room");
-        let mut failed: Vec<String> = Vec::new();
         loop {
             let worker = match candidate.take() {
                 Some(worker) => Some(worker),
@@ -169,7 +245,7 @@ impl PlacedServices {
             if let Some(worker) = worker {
                 let request = AppRequest::Deploy {
                     config: config.clone(),
-                    replace,
+                    generation,
                 };
                 match self.ask(&worker, &request, module.to_vec()).await {
                     Some((Reply::Deployed(info), _)) => return Ok((worker, info)),
@@ -223,51 +299,74 @@ impl PlacedServices {
         }
     }
 
-    /// The worker `app` runs on, placing it there first if it runs nowhere.
+    /// The worker `app` runs on, placing it first if it runs nowhere or this
+    /// gateway lost its worker.
     async fn worker_of(&self, app: &str) -> Result<String, ServiceError> {
-        if let Some(worker) = self.deployed(app).await?.worker {
+        if let Some(worker) = self.known(app).await?.worker() {
             return Ok(worker);
         }
         let placing = self.placing(app);
         let _placing = placing.lock().await;
-        let app = self.deployed(app).await?;
-        if let Some(worker) = app.worker {
-            return Ok(worker);
+        // Placed meanwhile, by a request here or through another gateway?
+        let known = match self.planner.app(app).await.map_err(unavailable)? {
+            Some(placed) => self.learn(placed),
+            None => {
+                self.forget(app);
+                return Err(ServiceError::UnknownApp(app.to_owned()));
+            }
+        };
+        match known.worker() {
+            Some(worker) => Ok(worker),
+            None => self.move_app(known.placed).await,
         }
+    }
+
+    /// Deploys the app `placed` on a worker other than the one it names (lost)
+    /// and moves it there at the planner, unless another gateway moved or
+    /// deployed it first; returns the worker it runs on now.
+    async fn move_app(&self, placed: Placement) -> Result<String, ServiceError> {
+        let Placement {
+            deployment,
+            generation,
+            worker: lost,
+            ..
+        } = placed;
+        let name = deployment.config.name.as_str();
         let module = self
             .planner
-            .module(&app.module)
+            .module(&deployment.module)
             .await
             .map_err(unavailable)?;
-        let (worker, _) = self.place(&app.config, &module, None, false).await?;
-        self.settle(&app.config.name, &app.module, Some(worker.clone()));
-        Ok(worker)
-    }
-
-    /// Records where app `name` (with module `module`) runs now, unless it was
-    /// deployed anew meanwhile.
-    fn settle(&self, name: &str, module: &str, worker: Option<String>) {
-        if let Some(placed) = self.apps.lock().unwrap().get_mut(name)
-            && placed.module == module
-        {
-            placed.worker = worker;
+        let failed = lost.iter().cloned().collect();
+        let (pick, _) = self
+            .place(&deployment.config, &module, None, generation, failed)
+            .await?;
+        let moved = self
+            .planner
+            .place_app(name, generation, lost.as_deref(), &pick)
+            .await
+            .map_err(unavailable)?;
+        let Some(now) = moved else {
+            self.forget(name);
+            return Err(ServiceError::UnknownApp(name.to_owned()));
+        };
+        if now.worker.as_deref() != Some(pick.as_str()) {
+            tracing::info!(
+                app = name,
+                pick,
+                worker = ?now.worker,
+                "another gateway placed the app first: routing it there"
+            );
         }
+        self.learn(now).worker().ok_or_else(|| {
+            ServiceError::Unavailable(format!("app `{name}` was placed on no worker"))
+        })
     }
 
-    /// Forgets that `app` runs on `worker`, which could not be reached: the next
-    /// request places it again.
-    fn lost(&self, app: &str, worker: &str) {
-        if let Some(placed) = self.apps.lock().unwrap().get_mut(app)
-            && placed.worker.as_deref() == Some(worker)
-        {
-            placed.worker = None;
-        }
-    }
-
-    /// The workers apps run on, each once.
+    /// The workers apps run on (as far as this gateway can reach them), each once.
     fn workers(&self) -> Vec<String> {
         let apps = self.apps.lock().unwrap();
-        let mut workers: Vec<String> = apps.values().filter_map(|p| p.worker.clone()).collect();
+        let mut workers: Vec<String> = apps.values().filter_map(Known::worker).collect();
         workers.sort();
         workers.dedup();
         workers
@@ -305,40 +404,49 @@ impl ServiceFront for PlacedServices {
                     module.bytes().len()
                 )));
             }
-            let placing = self.placing(&config.name);
-            let _placing = placing.lock().await;
-            let now_on = self
-                .apps
-                .lock()
-                .unwrap()
-                .get(&config.name)
-                .and_then(|p| p.worker.clone());
-            let (worker, info) = self.place(&config, module.bytes(), now_on, true).await?;
+            let name = config.name.clone();
+            // Asked first, so that a deployment the planner would not keep (one
+            // name too many) is never placed.
+            let (generation, placed) =
+                self.planner
+                    .new_deployment(&name)
+                    .await
+                    .map_err(|e| match e {
+                        ControlError::Refused { .. } => {
+                            ServiceError::Storage(format!("cannot deploy `{name}`: {e}"))
+                        }
+                        e => unavailable(e),
+                    })?;
+            let now_on = placed.and_then(|placed| placed.worker);
+            let (worker, info) = self
+                .place(&config, module.bytes(), now_on, generation, Vec::new())
+                .await?;
             // Kept only once a worker took it: the planner holds no module that
             // cannot serve.
-            let deployment = Deployment {
-                config: config.clone(),
-                module: module.hash().to_string(),
+            let placement = Placement {
+                deployment: Deployment {
+                    config,
+                    module: module.hash().to_string(),
+                },
+                generation,
+                worker: Some(worker.clone()),
+                moves: 0,
             };
-            self.planner
-                .record_app(deployment.clone(), module.bytes().to_vec())
+            let kept = self
+                .planner
+                .record_app(placement, module.bytes().to_vec())
                 .await
-                .map_err(|e| {
-                    ServiceError::Unavailable(format!(
-                        "app `{}` was deployed on the worker at {worker}, but the planner \
+                .map_err(|e| match e {
+                    ControlError::Refused { .. } => ServiceError::Unavailable(format!(
+                        "the planner did not keep this deployment of `{name}`: {e}"
+                    )),
+                    e => ServiceError::Unavailable(format!(
+                        "app `{name}` was deployed on the worker at {worker}, but the planner \
                          did not keep the deployment, so other gateways (and this one, once \
-                         restarted) do not know it: deploy it again: {e}",
-                        config.name
-                    ))
+                         restarted) do not know it: deploy it again: {e}"
+                    )),
                 })?;
-            let mut apps = self.apps.lock().unwrap();
-            let placed = Placed {
-                config: deployment.config,
-                module: deployment.module,
-                worker: Some(worker),
-                deployed: self.deployments.fetch_add(1, Ordering::SeqCst) + 1,
-            };
-            apps.insert(config.name, placed);
+            self.learn(kept);
             Ok(info)
         })
     }
@@ -351,7 +459,7 @@ impl ServiceFront for PlacedServices {
         session: Option<&'a str>,
     ) -> BoxFuture<'a, Result<Vec<u8>, ServiceError>> {
         Box::pin(async move {
-            let max_body = self.deployed(app).await?.config.max_body;
+            let max_body = self.known(app).await?.placed.deployment.config.max_body;
             // Refused here as the worker would, and never more than one frame.
             let limit = max_body.min(MAX_BODY);
             if body.len() > limit {
@@ -382,7 +490,7 @@ impl ServiceFront for PlacedServices {
                 };
                 return match reply.head::<Reply>() {
                     Ok(Reply::Response) => Ok(reply.body),
-                    // It restarted without the app, or another gateway replaced it.
+                    // It restarted without the app (its data directory lost, say).
                     Ok(Reply::ServiceFailed(ServiceError::UnknownApp(_))) => {
                         self.lost(app, &worker);
                         Err(ServiceError::Unavailable(format!(
@@ -416,7 +524,7 @@ impl ServiceFront for PlacedServices {
                     // A copy left on a worker the app has moved from does not count.
                     let placed_here = |info: &AppInfo| {
                         apps.get(&info.config.name)
-                            .is_some_and(|p| p.worker.as_deref() == Some(worker.as_str()))
+                            .is_some_and(|known| known.worker().as_ref() == Some(&worker))
                     };
                     running.extend(
                         listed
@@ -427,11 +535,12 @@ impl ServiceFront for PlacedServices {
                 }
             }
             apps.into_values()
-                .map(|placed| match running.remove(&placed.config.name) {
-                    Some(info) if info.module == placed.module => info,
+                .map(|known| known.placed.deployment)
+                .map(|deployed| match running.remove(&deployed.config.name) {
+                    Some(info) if info.module == deployed.module => info,
                     _ => AppInfo {
-                        module: placed.module,
-                        config: placed.config,
+                        module: deployed.module,
+                        config: deployed.config,
                         instances: 0,
                         live: 0,
                         queued: 0,

@@ -48,6 +48,10 @@ use nimbus_wire::peer::{AppRequest, Reply};
 struct AppRecord {
     config: AppConfig,
     module: String,
+    /// The cluster deployment it is (`nimbus_wire::apps::Placement`); 0 for one
+    /// deployed on this node, or before generations were kept.
+    #[serde(default)]
+    generation: u64,
 }
 
 /// What a gateway asks of the apps it serves, wherever their instances run: in
@@ -90,7 +94,7 @@ impl ServiceFront for Services {
         config: AppConfig,
         module: ModuleBytes,
     ) -> BoxFuture<'static, Result<AppInfo, ServiceError>> {
-        Box::pin(self.deploy_off_thread(config, module, true))
+        Box::pin(self.deploy_off_thread(config, module, None))
     }
 
     fn invoke<'a>(
@@ -128,11 +132,11 @@ impl AppRequests for Services {
         let failed = move |error| reply(Reply::ServiceFailed(error));
         Box::pin(async move {
             match request {
-                AppRequest::Deploy { config, replace } => {
+                AppRequest::Deploy { config, generation } => {
                     let Some(module) = ModuleBytes::hash_off_thread(body).await else {
                         return failed(ServiceError::Unavailable("the node is stopping".into()));
                     };
-                    self.deploy_off_thread(config, module, replace)
+                    self.deploy_off_thread(config, module, Some(generation))
                         .await
                         .map_or_else(failed, |info| reply(Reply::Deployed(info)))
                 }
@@ -198,9 +202,9 @@ impl Services {
     }
 
     fn reopen(&self, app_dir: &Path) -> Result<Arc<App>, ServiceError> {
-        let (config, module) = load_app(app_dir)?;
-        let swapped = swapped_instances(app_dir, config.max_instances)?;
-        let app = App::new(self.cluster.clone(), app_dir.to_owned(), config, module)?;
+        let (record, module) = load_app(app_dir)?;
+        let swapped = swapped_instances(app_dir, record.config.max_instances)?;
+        let app = App::new(self.cluster.clone(), app_dir.to_owned(), record, module)?;
         let mut instances = app.instances.lock().unwrap();
         for _ in 0..swapped {
             app.add_instance(&mut instances)?;
@@ -209,39 +213,44 @@ impl Services {
         Ok(app)
     }
 
-    /// [`Services::deploy`] if `replace`, else [`Services::deploy_unless_there`], off
-    /// the runtime's threads: compiling the module blocks for as long as it takes.
+    /// [`Services::deploy_generation`] of the cluster deployment `generation`, or
+    /// with none [`Services::deploy`], off the runtime's threads: compiling the
+    /// module blocks for as long as it takes.
     pub(crate) async fn deploy_off_thread(
         self: Arc<Self>,
         config: AppConfig,
         module: ModuleBytes,
-        replace: bool,
+        generation: Option<u64>,
     ) -> Result<AppInfo, ServiceError> {
-        tokio::task::spawn_blocking(move || match replace {
-            true => Services::deploy(&self, config, module),
-            false => self.deploy_unless_there(config, module),
+        tokio::task::spawn_blocking(move || match generation {
+            None => Services::deploy(&self, config, module),
+            Some(generation) => self.deploy_generation(config, module, generation),
         })
         .await
         .unwrap_or_else(|e| Err(ServiceError::Unavailable(e.to_string())))
     }
 
-    /// The app `config.name` if it runs `module` with `config` here already (its
-    /// instances and their saved state kept), else `module` deployed as it.
-    pub fn deploy_unless_there(
+    /// `module` deployed as the app `config.name` at the cluster deployment
+    /// `generation`, unless the app here is of a later generation (a gateway that
+    /// knew an older deployment placed it), or of this one with `module` and
+    /// `config` already: then it is kept as it is, its instances and their saved
+    /// state with it.
+    pub fn deploy_generation(
         &self,
         config: AppConfig,
         module: ModuleBytes,
+        generation: u64,
     ) -> Result<AppInfo, ServiceError> {
         config.check()?;
         let lock = self.deploy_lock(&config.name);
         let _deploying = lock.lock().unwrap();
-        if let Some(app) = self.apps.lock().unwrap().get(&config.name)
-            && app.config == config
-            && app.module.hash() == module.hash()
-        {
-            return Ok(app.info());
+        if let Some(app) = self.apps.lock().unwrap().get(&config.name) {
+            let same = app.config == config && app.module.hash() == module.hash();
+            if app.generation > generation || (app.generation == generation && same) {
+                return Ok(app.info());
+            }
         }
-        self.deploy_locked(config, module)
+        self.deploy_locked(config, module, generation)
     }
 
     /// Deploys `module` as the app `config.name`, replacing an app of that name
@@ -252,7 +261,7 @@ impl Services {
         config.check()?;
         let lock = self.deploy_lock(&config.name);
         let _deploying = lock.lock().unwrap();
-        self.deploy_locked(config, module)
+        self.deploy_locked(config, module, 0)
     }
 
     fn deploy_lock(&self, name: &str) -> Arc<Mutex<()>> {
@@ -264,11 +273,13 @@ impl Services {
             .clone()
     }
 
-    /// [`Services::deploy`] holding the name's deployment lock.
+    /// [`Services::deploy`] (at the cluster deployment `generation`) holding the
+    /// name's deployment lock.
     fn deploy_locked(
         &self,
         config: AppConfig,
         module: ModuleBytes,
+        generation: u64,
     ) -> Result<AppInfo, ServiceError> {
         let program = self
             .cluster
@@ -288,8 +299,13 @@ impl Services {
         if let Some(old) = old {
             old.retire_and_wait();
         }
-        save_app(&app_dir, &config, &module)?;
-        let app = App::new(self.cluster.clone(), app_dir, config, module)?;
+        let record = AppRecord {
+            config,
+            module: module.hash().to_string(),
+            generation,
+        };
+        save_app(&app_dir, &record, &module)?;
+        let app = App::new(self.cluster.clone(), app_dir, record, module)?;
         let info = app.info();
         self.apps
             .lock()
@@ -381,21 +397,13 @@ pub(crate) fn storage(path: &Path) -> impl FnOnce(std::io::Error) -> ServiceErro
 }
 
 /// Writes an app's record and module into `app_dir`, replacing what was there.
-pub(crate) fn save_app(
-    app_dir: &Path,
-    config: &AppConfig,
-    module: &ModuleBytes,
-) -> Result<(), ServiceError> {
+fn save_app(app_dir: &Path, record: &AppRecord, module: &ModuleBytes) -> Result<(), ServiceError> {
     if app_dir.exists() {
         std::fs::remove_dir_all(app_dir).map_err(storage(app_dir))?;
     }
     std::fs::create_dir_all(app_dir).map_err(storage(app_dir))?;
     write_atomically(&app_dir.join("module.wasm"), module.bytes())?;
-    let record = AppRecord {
-        config: config.clone(),
-        module: module.hash().to_string(),
-    };
-    let json = serde_json::to_vec_pretty(&record).expect("an app record serializes");
+    let json = serde_json::to_vec_pretty(record).expect("an app record serializes");
     write_atomically(&app_dir.join("app.json"), &json)?;
     // The app directory's own entry (created, or removed and created again).
     match app_dir.parent() {
@@ -440,7 +448,7 @@ pub(crate) fn each_app<T>(
 }
 
 /// Reads the record and module [`save_app`] wrote into `app_dir`.
-pub(crate) fn load_app(app_dir: &Path) -> Result<(AppConfig, ModuleBytes), ServiceError> {
+fn load_app(app_dir: &Path) -> Result<(AppRecord, ModuleBytes), ServiceError> {
     let record_path = app_dir.join("app.json");
     let record: AppRecord =
         serde_json::from_slice(&std::fs::read(&record_path).map_err(storage(&record_path))?)
@@ -453,7 +461,7 @@ pub(crate) fn load_app(app_dir: &Path) -> Result<(AppConfig, ModuleBytes), Servi
             module_path.display()
         )));
     }
-    Ok((record.config, module))
+    Ok((record, module))
 }
 
 /// Writes `bytes` to `path` through a temporary file of its own, durably: the file
@@ -489,6 +497,8 @@ struct AppCore {
     dir: PathBuf,
     config: AppConfig,
     module: ModuleBytes,
+    /// The cluster deployment it is (see [`AppRecord`]).
+    generation: u64,
     lineage: Arc<Lineage>,
     rejected_snapshots: AtomicU64,
 }
@@ -549,7 +559,9 @@ impl App {
     fn new(
         cluster: Arc<Cluster>,
         dir: PathBuf,
-        config: AppConfig,
+        AppRecord {
+            config, generation, ..
+        }: AppRecord,
         module: ModuleBytes,
     ) -> Result<Arc<App>, ServiceError> {
         let app = AppName::new(&config.name)
@@ -572,6 +584,7 @@ impl App {
                 dir,
                 config,
                 module,
+                generation,
                 lineage: Arc::new(lineage),
                 rejected_snapshots: AtomicU64::new(0),
             }),

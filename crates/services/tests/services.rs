@@ -197,6 +197,39 @@ async fn swap_out_and_in_keeps_state_and_a_restart_keeps_everything() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_keeps_the_latest_generation_of_an_app_through_a_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let config = AppConfig::new("counter");
+    let (c_counter, rust_counter) = (guest("c-counter-service"), guest("counter-service"));
+    {
+        let (_cluster, services) = node(data.path());
+        let deploy = |module: &ModuleBytes, generation| {
+            services.deploy_generation(config.clone(), module.clone(), generation)
+        };
+        deploy(&c_counter, 2).unwrap();
+        assert_eq!(call(&services, "counter", "add", "5").await, "5");
+        // Placed again at the same deployment: kept, state and all.
+        deploy(&c_counter, 2).unwrap();
+        // An older deployment, from a gateway that knew no better: kept too.
+        let kept = deploy(&rust_counter, 1).unwrap();
+        assert_eq!(kept.module, c_counter.hash().to_string());
+        assert_eq!(call(&services, "counter", "add", "1").await, "6");
+        services.swap_out_all().await.unwrap();
+    }
+    // The generation is kept on disk with the app: placed again at it after a
+    // restart, the app keeps its saved state.
+    let (_cluster, services) = node(data.path());
+    services
+        .deploy_generation(config.clone(), c_counter.clone(), 2)
+        .unwrap();
+    assert_eq!(call(&services, "counter", "total", "").await, "6 2");
+    // A later one replaces it.
+    let replaced = services.deploy_generation(config, rust_counter.clone(), 3);
+    assert_eq!(replaced.unwrap().module, rust_counter.hash().to_string());
+    assert_eq!(call(&services, "counter", "total", "").await, "0 0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_left_half_written_is_skipped_and_the_others_serve() {
     let data = tempfile::tempdir().unwrap();
     {

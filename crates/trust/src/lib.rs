@@ -477,7 +477,7 @@ impl Tls {
     }
 
     /// Opens TLS over `tcp` to a node of this cluster, for `protocol` (its ALPN
-    /// name, such as `nimbus-mesh/2`); fails if the peer is not one, does not speak
+    /// name, such as `nimbus-mesh/3`); fails if the peer is not one, does not speak
     /// `protocol` ([`is_another_protocol`]), or has not completed the handshake
     /// within [`HANDSHAKE_DEADLINE`].
     pub async fn connect(

@@ -74,6 +74,35 @@ pub struct Deployment {
     pub module: String,
 }
 
+/// A deployment as the planner keeps it, with where it runs: the one answer every
+/// gateway of a cluster routes by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The app and its module.
+    #[serde(flatten)]
+    pub deployment: Deployment,
+    /// Drawn from the planner's counter for each deployment and never reused, so
+    /// of two deployments of a name the later has the higher one, even with the
+    /// same module and configuration (0: recorded by a release before generations).
+    #[serde(default)]
+    pub generation: u64,
+    /// The mesh address of the worker it runs on (none: recorded by a release
+    /// before placements were kept).
+    #[serde(default)]
+    pub worker: Option<String>,
+    /// How often it was placed anew since it was deployed.
+    #[serde(default)]
+    pub moves: u64,
+}
+
+impl Placement {
+    /// Whether the planner answered `self` after `other`, both of one app: a later
+    /// deployment, or the same one placed anew since.
+    pub fn is_later_than(&self, other: &Placement) -> bool {
+        (self.generation, self.moves) > (other.generation, other.moves)
+    }
+}
+
 /// An app as listed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppInfo {

@@ -6,7 +6,7 @@ use nimbus_core::HostId;
 use nimbus_planner::{HostInfo, HostReport, HostStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::apps::Deployment;
+use crate::apps::Placement;
 
 /// A call to the planner. (Each variant's doc names its fields.)
 #[allow(missing_docs)]
@@ -25,9 +25,26 @@ pub enum Request {
     },
     /// Every registered host.
     Hosts,
-    /// Keeps `deployment`, its module the call's body, in place of any earlier
-    /// deployment of the app's name (a gateway's deploy, once a worker took it).
-    RecordApp { deployment: Deployment },
+    /// A generation for a new deployment of `app`, above every one drawn before,
+    /// and its deployment now: what a gateway asks before it places one.
+    /// Refused when `app` is new and the planner keeps all the deployments it may.
+    NewDeployment { app: String },
+    /// Keeps `placement`, its module the call's body, in place of any earlier
+    /// deployment of the app's name (a gateway's deploy, once the worker named
+    /// took it). Refused when a deployment of a higher generation is kept.
+    RecordApp { placement: Placement },
+    /// The deployment of `app`, and where it runs.
+    App { app: String },
+    /// Moves `app`, at the deployment of `generation`, from the worker `expected`
+    /// (as the caller last saw it, none if it saw none) to `worker`, unless it was
+    /// deployed or moved anew meanwhile. Answered with the app as it is now: on
+    /// `worker` if the call won, on another gateway's pick if that one came first.
+    PlaceApp {
+        app: String,
+        generation: u64,
+        expected: Option<String>,
+        worker: String,
+    },
     /// Every deployment kept.
     Deployments,
     /// The module whose sha256 is `hash` (hex), in the answer's body.
@@ -52,10 +69,16 @@ pub enum Reply {
     Placed { host: HostId, address: String },
     /// The registered hosts.
     Hosts(Vec<HostStatus>),
-    /// The deployment is kept.
-    Recorded,
+    /// The generation drawn for a new deployment, and the app as it is kept now,
+    /// if it is.
+    NewDeployment {
+        generation: u64,
+        placed: Option<Placement>,
+    },
+    /// The app as it is kept now, if it is.
+    App(Option<Placement>),
     /// The deployments kept.
-    Deployments(Vec<Deployment>),
+    Deployments(Vec<Placement>),
     /// The module asked for is the answer's body.
     Module,
     /// No room: every host is full, or the app is at its budget.

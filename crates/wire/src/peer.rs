@@ -111,10 +111,11 @@ pub enum Request {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AppRequest {
-    /// Deploy the app `config` there, its module the body; unless `replace`, an app
-    /// there with the same module and configuration is kept as it is (with its
-    /// instances' saved state).
-    Deploy { config: AppConfig, replace: bool },
+    /// Deploy the app `config` there at the deployment of `generation` (see
+    /// `apps::Placement`), its module the body. An app there of a later
+    /// generation, or of this one with the same module and configuration, is kept
+    /// as it is (with its instances' saved state).
+    Deploy { config: AppConfig, generation: u64 },
     /// Invoke `handler` of the app `app` with the body, in `session` if one is named.
     Invoke {
         app: String,
