@@ -266,12 +266,22 @@ impl Cluster {
 
     /// Runs `root` to the end.
     pub async fn run(&self, root: RootProcess) -> Result<ExitStatus, ClusterError> {
-        // Starting loads the module (reading the module cache, or compiling): off
-        // the async threads.
-        let cluster = self.arc();
-        let (_, exited) = tokio::task::spawn_blocking(move || cluster.start(root))
-            .await
-            .map_err(|e| ClusterError::Remote(format!("starting the root: {e}")))??;
+        let host = self.place(None)?;
+        let (_, exited) = match host.runtime().loaded_command(&root.module) {
+            // Held in memory: nothing blocks, so no hop to a blocking thread (it
+            // would cost more than the whole start).
+            Some(program) => {
+                let (lineage, module, args, stdin) = root.into_parts();
+                self.start_root(host, program, module, args, stdin, Arc::new(lineage))?
+            }
+            // Loading reads the module cache, or compiles: off the async threads.
+            None => {
+                let cluster = self.arc();
+                tokio::task::spawn_blocking(move || cluster.start(root))
+                    .await
+                    .map_err(|e| ClusterError::Remote(format!("starting the root: {e}")))??
+            }
+        };
         Ok(exited
             .await
             .unwrap_or(ExitStatus::Failed(Failure::HostLost)))
