@@ -216,6 +216,22 @@ pub fn fork_exec(program: &str, args: &[&str]) {
     assert!(status.success());
 }
 
+/// Runs a command to success and returns its output's lines (an MPI world's: rank
+/// 0's), split into words.
+pub fn output_words(mut command: Command, what: &str) -> Vec<Vec<String>> {
+    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_owned).collect())
+        .collect()
+}
+
 /// The resident set size of this process in bytes.
 pub fn rss_bytes() -> u64 {
     rss_of("self")

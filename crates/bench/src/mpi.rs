@@ -30,21 +30,6 @@ pub fn compile_native(name: &str, dir: &Path) -> PathBuf {
     native
 }
 
-/// Runs a command to success and returns rank 0's lines, split into words.
-fn run(mut command: Command, what: &str) -> Vec<Vec<String>> {
-    let output = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(
-        output.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| line.split_whitespace().map(str::to_owned).collect())
-        .collect()
-}
-
 /// Where a nimbus world's ranks run.
 #[derive(Clone, Copy)]
 pub enum Ranks<'a> {
@@ -63,7 +48,7 @@ pub fn nimbus(placement: Ranks, guest: &str, ranks: &str, args: &[&str]) -> Vec<
         Ranks::Workers(cluster) => command.args(["--planner", &cluster.planner]),
     };
     command.arg(crate::guest_path(guest)).arg("--").args(args);
-    run(command, &format!("nimbus {guest} {args:?}"))
+    crate::output_words(command, &format!("nimbus {guest} {args:?}"))
 }
 
 /// `mpirun -np N --mca btl tcp,self NATIVE ARGS`: OpenMPI over loopback TCP.
@@ -75,5 +60,5 @@ pub fn openmpi(native: &Path, ranks: &str, args: &[&str]) -> Vec<Vec<String>> {
         .args(args)
         .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
         .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1");
-    run(command, &format!("OpenMPI {} {args:?}", native.display()))
+    crate::output_words(command, &format!("OpenMPI {} {args:?}", native.display()))
 }
