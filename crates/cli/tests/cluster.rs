@@ -328,18 +328,8 @@ fn up_with_workers_starts_a_local_cluster_that_ps_lists() {
     // Its own client config, which `ps` below reads the token from.
     let config_dir = tempfile::tempdir().unwrap();
     let config = config_dir.path().join("config.json");
-    let mut up = common::nimbus(&[
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "3",
-        // The run below shares a temporary directory with its processes.
-        "--allow-dir",
-        temp.to_str().unwrap(),
-    ]);
+    // The run below shares a temporary directory with its processes.
+    let mut up = common::up(&["--workers", "3", "--allow-dir", temp.to_str().unwrap()]);
     up.env("NIMBUS_CONFIG", &config);
     let mut up = Daemon::start(up);
     let gateway = up.announced("nimbus: gateway listening on ");
@@ -384,17 +374,7 @@ fn up_gives_each_worker_a_certificate_of_its_own_and_revoking_one_ends_it_alone(
     let temp = tempfile::tempdir().unwrap();
     let dir = temp.path().join("cluster");
     let cluster_dir = dir.to_str().unwrap();
-    let mut up = common::nimbus(&[
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-listen",
-        "127.0.0.1:0",
-        "--workers",
-        "3",
-        "--cluster-dir",
-        cluster_dir,
-    ]);
+    let mut up = common::up(&["--workers", "3", "--cluster-dir", cluster_dir]);
     // Its own data directory too: two planners cannot share one store.
     up.env("NIMBUS_CONFIG", temp.path().join("config.json"))
         .env("NIMBUS_DATA_DIR", temp.path().join("data"));

@@ -37,15 +37,8 @@ impl Node {
     /// [`Node::start_with`], its stderr going to `stderr`.
     fn start_logging(data_dir: &Path, flags: &[&str], stderr: Stdio) -> Node {
         let config = data_dir.join("client-config.json");
-        let mut command = common::nimbus(&[
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--data-listen",
-            "127.0.0.1:0",
-        ]);
+        let mut command = common::up(flags);
         command
-            .args(flags)
             .env("NIMBUS_DATA_DIR", data_dir)
             .env("NIMBUS_CLUSTER_DIR", common::cluster_dir())
             .env("NIMBUS_CONFIG", &config);

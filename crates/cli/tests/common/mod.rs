@@ -64,6 +64,21 @@ pub fn nimbus(args: &[&str]) -> Command {
     command
 }
 
+/// `nimbus up` with its gateway and data plane on OS-chosen loopback ports, and `flags`
+/// (`--workers N`, say).
+#[allow(dead_code)]
+pub fn up(flags: &[&str]) -> Command {
+    let mut command = nimbus(&[
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-listen",
+        "127.0.0.1:0",
+    ]);
+    command.args(flags);
+    command
+}
+
 /// The token in the client config file at `path`, which `nimbus up` writes before
 /// it announces its addresses.
 #[allow(dead_code)]
