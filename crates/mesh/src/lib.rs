@@ -39,7 +39,7 @@ mod stream;
 pub use channel::{MAX_TICKETS, TICKET_LIFETIME, Ticket, Tickets, accept_channel, open_channel};
 pub use frame::{Frame, MAX_BODY, MAX_FRAME};
 pub use link::{Connection, Handler, HandlerFuture, Link, Links, Replier, Replies, serve};
-pub use stream::{Adoption, open_stream, read_frame, write_frame};
+pub use stream::{Adoption, open_stream, peer_revoked, read_frame, write_frame};
 
 /// The mesh's protocol and version, named in each connection's TLS handshake
 /// (ALPN), so that a node of another release is refused before a frame is read.

@@ -72,7 +72,7 @@ pub(crate) async fn connect(tls: &Tls, addr: &str) -> Result<Connection, MeshErr
 }
 
 /// The certificate the peer of `connection` presented, which its handshake checked.
-fn peer_certificate(connection: &Connection) -> Option<CertificateDer<'static>> {
+pub(crate) fn peer_certificate(connection: &Connection) -> Option<CertificateDer<'static>> {
     let (_, tls) = connection.get_ref();
     Some(tls.peer_certificates()?.first()?.clone().into_owned())
 }
@@ -80,7 +80,7 @@ fn peer_certificate(connection: &Connection) -> Option<CertificateDer<'static>> 
 /// Resolves once `tls`'s revocation list revokes `peer`, a connection's peer
 /// certificate (never without one): the connection must then end, as a new
 /// one would be refused.
-async fn revoked(tls: &Tls, peer: Option<&CertificateDer<'_>>) {
+pub(crate) async fn revoked(tls: &Tls, peer: Option<&CertificateDer<'_>>) {
     match peer {
         Some(peer) => tls.until_revoked(peer).await,
         None => std::future::pending().await,

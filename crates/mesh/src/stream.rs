@@ -49,6 +49,18 @@ pub async fn open_stream(
         .unwrap_or_else(|_| Err(lost()))
 }
 
+/// Resolves once `tls`'s revocation list revokes the peer of `connection` (one
+/// opened with [`open_stream`]): its owner must then end it, as a new one would be
+/// refused. The accepting side is ended by [`serve`](crate::serve) itself. Owns what
+/// it needs, so the owner can race it against its own use of the connection.
+pub fn peer_revoked(
+    tls: &std::sync::Arc<Tls>,
+    connection: &Connection,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let (tls, peer) = (tls.clone(), crate::link::peer_certificate(connection));
+    async move { crate::link::revoked(&tls, peer.as_ref()).await }
+}
+
 /// A connection opened with [`open_stream`], waiting for its handler's answer.
 pub struct Adoption {
     stream: Connection,
@@ -89,6 +101,7 @@ pub async fn read_frame(stream: &mut (impl AsyncRead + Unpin)) -> std::io::Resul
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -182,5 +195,70 @@ mod tests {
         let addr = listening(CallsOnly).await;
         let opened = open_stream(&crate::test_tls(), &addr, &Frame::new(&"echo", Vec::new())).await;
         assert!(matches!(opened, Err(MeshError::Lost { .. })), "{opened:?}");
+    }
+    #[tokio::test]
+    async fn a_handed_over_connection_ends_on_either_side_once_its_peer_is_revoked() {
+        use nimbus_trust::{CRL_CHECK_INTERVAL, CRL_FILE};
+        let parent = tempfile::tempdir().unwrap();
+        let ca = parent.path().join("ca");
+        nimbus_trust::init(&ca).unwrap();
+        let node = |name: &str| {
+            let dir = parent.path().join(name);
+            nimbus_trust::issue(&ca, name, &dir).unwrap();
+            (Tls::load(&dir).unwrap(), dir)
+        };
+        let (opener, opener_dir) = node("opener");
+        let (revoked_opener, _) = node("revoked-opener");
+        let (server, server_dir) = node("server");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(serve(listener, server, Arc::new(Adopter)));
+        let open = |tls: Arc<Tls>| {
+            let addr = addr.clone();
+            async move {
+                let (answer, mut stream) = open_stream(&tls, &addr, &Frame::new(&"echo", vec![]))
+                    .await
+                    .unwrap();
+                assert_eq!(answer.head::<String>().unwrap(), "ok");
+                stream.write_all(b"ping").await.unwrap();
+                stream.flush().await.unwrap();
+                let mut echoed = [0; 4];
+                stream.read_exact(&mut echoed).await.unwrap();
+                assert_eq!(&echoed, b"ping");
+                stream
+            }
+        };
+        let mut kept = open(opener.clone()).await;
+        let mut cut = open(revoked_opener).await;
+        // A node takes a new list in one step, as an operator's cp and mv.
+        let hand_to = |dir: &std::path::Path| {
+            let staged = dir.join(".crl.pem.new");
+            std::fs::copy(ca.join(CRL_FILE), &staged).unwrap();
+            std::fs::rename(&staged, dir.join(CRL_FILE)).unwrap();
+        };
+        // A look at the file within the check interval; slack for a loaded machine.
+        let bound = CRL_CHECK_INTERVAL + Duration::from_secs(2);
+
+        // The accepting side: the server shuts the connection of the opener it
+        // learns is revoked, and keeps the other.
+        nimbus_trust::revoke(&ca, "revoked-opener").unwrap();
+        hand_to(&server_dir);
+        let mut rest = Vec::new();
+        tokio::time::timeout(bound, cut.read_to_end(&mut rest))
+            .await
+            .expect("the server kept the connection of a revoked peer")
+            .ok();
+        kept.write_all(b"more").await.unwrap();
+        kept.flush().await.unwrap();
+        let mut echoed = [0; 4];
+        kept.read_exact(&mut echoed).await.unwrap();
+        assert_eq!(&echoed, b"more");
+
+        // The opening side learns the server it opened to is revoked.
+        nimbus_trust::revoke(&ca, "server").unwrap();
+        hand_to(&opener_dir);
+        tokio::time::timeout(bound, peer_revoked(&opener, &kept))
+            .await
+            .expect("the opener never learned its server was revoked");
     }
 }

@@ -357,14 +357,19 @@ impl Served {
             return Ok((ready, Vec::new()));
         }
         // A frozen server never reads the value or answers: bounded by its length.
+        // One whose certificate is revoked meanwhile is given up on within a second.
+        let revoked = nimbus_mesh::peer_revoked(self.links.tls(), &stream);
         let sent = async {
             stream.write_all(&value).await?;
             // TLS may hold the last records back until flushed.
             stream.flush().await?;
             nimbus_mesh::read_frame(&mut stream).await
         };
-        let reply = tokio::time::timeout(upload_deadline(hello.len), sent)
-            .await
+        let reply = tokio::select! {
+            reply = tokio::time::timeout(upload_deadline(hello.len), sent) => reply,
+            () = revoked => return Err(self.failed("the server's certificate was revoked")),
+        };
+        let reply = reply
             .map_err(|_| self.failed("the value was not taken in time"))?
             .map_err(|e| self.failed(e))?
             .ok_or_else(|| self.failed("the connection ended before the answer"))?;
