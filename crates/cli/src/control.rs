@@ -44,6 +44,8 @@ pub(crate) struct PlannerArgs {
     /// Of the global state tier the planner serves its workers.
     #[command(flatten)]
     state_capacity: crate::StateCapacity,
+    #[command(flatten)]
+    metrics: crate::telemetry::MetricsListen,
 }
 
 fn parse_budget(text: &str) -> Result<(String, usize), String> {
@@ -92,6 +94,8 @@ pub(crate) struct WorkerArgs {
     allowed_dirs: Vec<PathBuf>,
     #[command(flatten)]
     cluster: ClusterDir,
+    #[command(flatten)]
+    metrics: crate::telemetry::MetricsListen,
 }
 
 #[derive(Args)]
@@ -155,6 +159,7 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
             .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
         // Tools and tests read this line to learn the port.
         crate::announce(format_args!("nimbus: planner listening on {address}"));
+        let telemetry = crate::telemetry::planner();
         // The cluster's embedded global state tier, served beside the planner, at
         // the address it had before a restart (workers know it by that).
         let fresh = format!("{}:0", address.ip());
@@ -189,6 +194,8 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         crate::announce(format_args!(
             "nimbus: planner serves the global state tier on {state_address}"
         ));
+        args.metrics.serve(&telemetry).await?;
+        telemetry.set_ready(true);
         tokio::spawn(nimbus_state::serve(
             state,
             tls.clone(),
@@ -269,6 +276,9 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             args.planner,
             link.host()
         ));
+        let telemetry = crate::telemetry::node(&cluster);
+        args.metrics.serve(&telemetry).await?;
+        telemetry.set_ready(true);
         let mut cpu = CpuMeter::default();
         let beating = link.keep_reporting(|| report(&cluster, &mut cpu));
         tokio::select! {
@@ -311,7 +321,7 @@ fn report(cluster: &Cluster, cpu: &mut CpuMeter) -> HostReport {
 
 /// This process's resident memory, from `/proc/self/statm` (in pages of 4 KiB, the
 /// page size of every platform nimbus runs on).
-fn resident_memory() -> Option<u64> {
+pub(crate) fn resident_memory() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * 4096)
@@ -336,7 +346,7 @@ impl CpuMeter {
 }
 
 /// User plus system CPU time of this process so far, in ticks (`/proc/self/stat`).
-fn cpu_ticks() -> Option<u64> {
+pub(crate) fn cpu_ticks() -> Option<u64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which may hold spaces, closed by the last ')'.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();

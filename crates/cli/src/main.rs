@@ -11,6 +11,7 @@ mod client;
 mod config;
 mod control;
 mod run;
+mod telemetry;
 mod trust;
 mod up;
 
@@ -23,8 +24,19 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "nimbus", version, about)]
 struct Cli {
+    /// How the platform's own log lines are written to stderr: `human`, or `json`
+    /// (one object per line, with the span fields, for log collectors).
+    #[arg(long, global = true, value_enum, env = "NIMBUS_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// See [`Cli::log_format`].
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -110,18 +122,21 @@ pub(crate) fn default_data_dir() -> PathBuf {
 /// syntax). Long-running nodes log from `info` on; commands that print a program's
 /// own output (`run`, the clients) only warnings, so that their stderr stays the
 /// program's.
-fn init_logging(command: &Command) {
+fn init_logging(command: &Command, format: LogFormat) {
     let default = match command {
         Command::Up(_) | Command::Planner(_) | Command::Worker(_) => "info",
         _ => "warn",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("NIMBUS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    match format {
+        LogFormat::Human => logs.init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
 }
 
 /// Raises this process's soft limit on open file descriptors to its hard limit: every
@@ -149,7 +164,7 @@ fn raise_descriptor_limit() {
 fn main() -> ExitCode {
     raise_descriptor_limit();
     let cli = Cli::parse();
-    init_logging(&cli.command);
+    init_logging(&cli.command, cli.log_format);
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Up(args) => up::up(args),

@@ -59,6 +59,9 @@ pub(crate) struct UpArgs {
     /// `--workers`, created there if absent, and handed to the local nodes).
     #[command(flatten)]
     cluster: crate::trust::ClusterDir,
+    /// Of the gateway node (the local workers and planner of `--workers` serve none).
+    #[command(flatten)]
+    metrics: crate::telemetry::MetricsListen,
 }
 
 /// The name of the admin token `nimbus up` mints for its user.
@@ -212,6 +215,8 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
                 local.planner
             ));
         }
+        let telemetry = crate::telemetry::node(&cluster);
+        args.metrics.serve(&telemetry).await?;
         // With workers, apps are placed on them; otherwise they run here.
         let access = match (planner, tls) {
             (Some(planner), Some(tls)) => Some(ClusterAccess { planner, tls }),
@@ -239,6 +244,8 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             tokens,
             uploads: data_dir.join("gateway").join("uploads"),
         });
+        // Its listeners are bound and take connections from here on.
+        telemetry.set_ready(true);
         nimbus_gateway::serve(listener, gateway, stop, SHUTDOWN_GRACE)
             .await
             .map_err(|e| internal("gateway", &e))?;

@@ -19,10 +19,12 @@
 //! crate's policy).
 
 mod client;
+mod metrics;
 mod server;
 mod store;
 
 pub use client::{Planner, PlannerLink, hosts};
+pub use metrics::{PlannerMetrics, metrics};
 pub use server::{PlannerConfig, serve_planner};
 pub use store::{Recorded, Store, StoreError, Stored};
 

@@ -162,11 +162,13 @@ impl PlannerService {
                 }
             }
             Request::Place { near, app } => {
-                let placed =
-                    self.registry
-                        .lock()
-                        .unwrap()
-                        .place(near, app.as_deref(), Instant::now());
+                let now = Instant::now();
+                let placed = self
+                    .registry
+                    .lock()
+                    .unwrap()
+                    .place(near, app.as_deref(), now);
+                crate::metrics().placed(placed.is_ok(), now.elapsed());
                 match placed {
                     Ok((host, address)) => Reply::Placed { host, address },
                     Err(full) => Reply::Refused(full.to_string()),

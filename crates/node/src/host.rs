@@ -160,9 +160,12 @@ impl Host {
             kernel,
         };
         let host = self.clone();
+        crate::metrics().started();
+        let starting = std::time::Instant::now();
         tokio::spawn(async move {
             let run = async {
                 let slot = host.runtime.admit().await;
+                crate::metrics().admitted_after(starting.elapsed());
                 host.set_state(pid, ProcessState::Running);
                 host.runtime.run(&program, spec, slot).await
             };
@@ -179,6 +182,7 @@ impl Host {
             }
             host.table.lock().unwrap().remove(&pid);
             host.admitted.fetch_sub(1, Ordering::Relaxed);
+            crate::metrics().ended(&status);
             match notify {
                 Some(notify) => {
                     exits.ended(pid, None, status.clone());

@@ -9,9 +9,11 @@
 //! Must not: run processes itself (instances are started on the node's hosts,
 //! `nimbus-node`), or speak HTTP (the gateway's job).
 
+mod metrics;
 mod placed;
 mod services;
 
+pub use metrics::{ServiceMetrics, metrics};
 pub use nimbus_wire::apps::{AppConfig, AppInfo, ServiceError};
 pub use placed::PlacedServices;
 pub use services::{ServiceFront, Services};

@@ -323,14 +323,14 @@ impl Services {
         body: Vec<u8>,
         session: Option<&str>,
     ) -> Result<Vec<u8>, ServiceError> {
-        let app = self
-            .apps
-            .lock()
-            .unwrap()
-            .get(app)
-            .cloned()
-            .ok_or_else(|| ServiceError::UnknownApp(app.to_owned()))?;
-        app.invoke(handler, body, session).await
+        let started = std::time::Instant::now();
+        let found = self.apps.lock().unwrap().get(app).cloned();
+        let outcome = match &found {
+            Some(found) => found.invoke(handler, body, session).await,
+            None => Err(ServiceError::UnknownApp(app.to_owned())),
+        };
+        crate::metrics().invoked(app, found.is_some(), handler, started.elapsed(), &outcome);
+        outcome
     }
 
     /// Every app.
@@ -779,7 +779,10 @@ impl AppCore {
                 .start_service(&program, spec, slot, Some(&snapshot))
                 .await
             {
-                Ok(restored) => return Ok(restored),
+                Ok(restored) => {
+                    crate::metrics().swapped_in();
+                    return Ok(restored);
+                }
                 Err(status) => {
                     self.set_aside(instance.index, format!("cannot be restored: {status:?}"))
                         .await;
@@ -919,6 +922,7 @@ async fn serve(
                         .await;
                         match written {
                             Ok(()) => {
+                                crate::metrics().swapped_out();
                                 swapped_mailbox = Some(instance.retire());
                                 me.live.store(false, Ordering::Relaxed);
                             }

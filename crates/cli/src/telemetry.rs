@@ -1,0 +1,125 @@
+//! A node's metrics endpoint (`--metrics-listen`) and what it exports: the layers'
+//! own metrics, and gauges read from the node when scraped.
+
+use std::sync::Arc;
+
+use clap::Args;
+use nimbus_node::Cluster;
+use nimbus_telemetry::{Kind, Labels, Sampled, Telemetry};
+
+use crate::Failure;
+
+/// Where a node serves its metrics and health.
+#[derive(Args, Clone, Default)]
+pub(crate) struct MetricsListen {
+    /// Serve Prometheus metrics (`/metrics`) and health probes (`/healthz`,
+    /// `/readyz`) over HTTP on this address (port 0: any free port; default: none).
+    #[arg(
+        long = "metrics-listen",
+        value_name = "ADDR",
+        env = "NIMBUS_METRICS_LISTEN"
+    )]
+    address: Option<String>,
+}
+
+impl MetricsListen {
+    /// Starts serving `telemetry` if an address was given, and announces where.
+    pub(crate) async fn serve(&self, telemetry: &Arc<Telemetry>) -> Result<(), Failure> {
+        let Some(address) = &self.address else {
+            return Ok(());
+        };
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| Failure::new(2, format!("cannot listen on {address}: {e}")))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| Failure::new(nimbus_core::exit_code::INTERNAL, e.to_string()))?;
+        tokio::spawn(nimbus_telemetry::serve(listener, telemetry.clone()));
+        crate::announce(format_args!("nimbus: metrics listening on http://{bound}"));
+        Ok(())
+    }
+}
+
+/// What every node exports about its own OS process.
+fn process_metrics(telemetry: &Telemetry) {
+    telemetry.register_collector(Sampled::single(
+        "process_resident_memory_bytes",
+        "Resident memory of this process",
+        Kind::Gauge,
+        || crate::control::resident_memory().unwrap_or(0) as f64,
+    ));
+    telemetry.register_collector(Sampled::single(
+        "process_cpu_seconds",
+        "User and system CPU time of this process",
+        Kind::Counter,
+        || crate::control::cpu_ticks().unwrap_or(0) as f64 / 100.0,
+    ));
+}
+
+/// The metrics of a node running processes (a worker, or `nimbus up` on its own):
+/// its hosts' and its services' counters, its processes by state and by app, and its
+/// mesh traffic.
+pub(crate) fn node(cluster: &Arc<Cluster>) -> Arc<Telemetry> {
+    let telemetry = Telemetry::new();
+    process_metrics(&telemetry);
+    nimbus_node::metrics().register(&telemetry);
+    nimbus_services::metrics().register(&telemetry);
+    let by_state = cluster.clone();
+    telemetry.register_collector(Sampled::new(
+        "nimbus_processes",
+        "Processes on this node: queued for an instance slot, running, or waiting (blocked in recv or wait)",
+        Kind::Gauge,
+        move || {
+            let load = by_state.runtime_load();
+            let admitted: usize = by_state.apps().values().sum();
+            let state = |name: &str| vec![("state".to_owned(), name.to_owned())];
+            vec![
+                (
+                    state("queued"),
+                    admitted.saturating_sub(load.instantiated) as f64,
+                ),
+                (state("running"), (load.instantiated - load.waiting) as f64),
+                (state("waiting"), load.waiting as f64),
+            ]
+        },
+    ));
+    let by_app = cluster.clone();
+    telemetry.register_collector(Sampled::new(
+        "nimbus_app_processes",
+        "Processes on this node, by app",
+        Kind::Gauge,
+        move || {
+            by_app
+                .apps()
+                .into_iter()
+                .map(|(app, count)| (app_label(app), count as f64))
+                .collect()
+        },
+    ));
+    for (name, help, pick) in [
+        (
+            "nimbus_mesh_received_bytes",
+            "Bytes received over the mesh",
+            0,
+        ),
+        ("nimbus_mesh_sent_bytes", "Bytes sent over the mesh", 1),
+    ] {
+        telemetry.register_collector(Sampled::single(name, help, Kind::Counter, move || {
+            let (received, sent) = nimbus_mesh::traffic();
+            [received, sent][pick] as f64
+        }));
+    }
+    telemetry
+}
+
+/// The metrics of a planner: its placements, and its own process.
+pub(crate) fn planner() -> Arc<Telemetry> {
+    let telemetry = Telemetry::new();
+    process_metrics(&telemetry);
+    nimbus_control::metrics().register(&telemetry);
+    telemetry
+}
+
+fn app_label(app: String) -> Labels {
+    vec![("app".to_owned(), app)]
+}
