@@ -35,6 +35,42 @@ pub(crate) struct Server {
     token: Option<String>,
 }
 
+/// How a listing command prints what it lists.
+#[derive(Args, Clone, Copy)]
+pub(crate) struct Output {
+    /// `table` (for people, sizes and times human-readable) or `json` (an array of
+    /// objects, for scripts).
+    #[arg(long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
+impl Output {
+    /// Prints `rows` as JSON and returns `true`, if that is what was asked.
+    pub(crate) fn json(self, rows: &impl serde::Serialize) -> bool {
+        if self.format != OutputFormat::Json {
+            return false;
+        }
+        let text = serde_json::to_string_pretty(rows).expect("listings serialise");
+        println!("{text}");
+        true
+    }
+}
+
+/// Arguments of a listing command of the gateway (`nimbus apps`).
+#[derive(Args)]
+pub(crate) struct ListArgs {
+    #[command(flatten)]
+    server: Server,
+    #[command(flatten)]
+    output: Output,
+}
+
 /// A gateway to call: its URL and the token to send.
 pub(crate) struct Gateway {
     url: String,
@@ -382,8 +418,11 @@ fn text(value: &Value) -> String {
     }
 }
 
-pub(crate) fn apps(server: Server) -> Result<i32, Failure> {
-    let apps = server.resolve()?.get_json("/v1/apps")?;
+pub(crate) fn apps(args: ListArgs) -> Result<i32, Failure> {
+    let apps = args.server.resolve()?.get_json("/v1/apps")?;
+    if args.output.json(&apps) {
+        return Ok(0);
+    }
     println!(
         "{:<20} {:>9} {:>5} {:>7} {:>10}  MODULE",
         "APP", "INSTANCES", "LIVE", "QUEUED", "MEMORY"
@@ -402,7 +441,7 @@ pub(crate) fn apps(server: Server) -> Result<i32, Failure> {
     Ok(0)
 }
 
-pub(crate) fn ps(server: Server) -> Result<i32, Failure> {
+pub(crate) fn ps(server: Server, output: Output) -> Result<i32, Failure> {
     let processes = server.resolve()?.get_json("/v1/processes")?;
     print_processes(
         processes
@@ -410,13 +449,25 @@ pub(crate) fn ps(server: Server) -> Result<i32, Failure> {
             .into_iter()
             .flatten()
             .map(|process| ["pid", "host", "state", "parent"].map(|field| text(&process[field]))),
+        output,
     );
     Ok(0)
 }
 
-/// The table `nimbus ps` prints: pid, host, state and parent (`-` for none) of each
-/// process.
-pub(crate) fn print_processes(rows: impl IntoIterator<Item = [String; 4]>) {
+/// What `nimbus ps` prints: pid, host, state and parent (`-` for none) of each
+/// process, as a table or as JSON objects (`parent` null for none).
+pub(crate) fn print_processes(rows: impl IntoIterator<Item = [String; 4]>, output: Output) {
+    let rows: Vec<[String; 4]> = rows.into_iter().collect();
+    let objects: Vec<Value> = rows
+        .iter()
+        .map(|[pid, host, state, parent]| {
+            let parent = (parent != "-").then_some(parent);
+            serde_json::json!({ "pid": pid, "host": host, "state": state, "parent": parent })
+        })
+        .collect();
+    if output.json(&objects) {
+        return;
+    }
     println!("{:<20} {:<8} {:<9} PARENT", "PID", "HOST", "STATE");
     for [pid, host, state, parent] in rows {
         println!("{pid:<20} {host:<8} {state:<9} {parent}");
@@ -456,7 +507,10 @@ enum TokenCommand {
         admin: bool,
     },
     /// List the tokens' names and scopes.
-    List,
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
     /// Revoke a token: it is refused from then on.
     Revoke {
         /// The token's name.
@@ -486,8 +540,11 @@ pub(crate) fn token(args: TokenArgs) -> Result<i32, Failure> {
                 scope_text(&created["scope"])
             );
         }
-        TokenCommand::List => {
+        TokenCommand::List { output } => {
             let tokens = gateway.get_json("/v1/tokens")?;
+            if output.json(&tokens) {
+                return Ok(0);
+            }
             println!("{:<24} SCOPE", "NAME");
             for token in tokens.as_array().into_iter().flatten() {
                 println!(

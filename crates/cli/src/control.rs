@@ -108,6 +108,8 @@ pub(crate) struct PsArgs {
     /// With `--planner`: the credentials to reach the cluster with.
     #[command(flatten)]
     pub(crate) cluster: ClusterDir,
+    #[command(flatten)]
+    pub(crate) output: crate::client::Output,
 }
 
 #[derive(Args)]
@@ -121,6 +123,8 @@ pub(crate) struct HostsArgs {
     /// With `--planner`: the credentials to reach the cluster with.
     #[command(flatten)]
     cluster: ClusterDir,
+    #[command(flatten)]
+    output: crate::client::Output,
 }
 
 fn tokio() -> Result<tokio::runtime::Runtime, Failure> {
@@ -194,8 +198,8 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         crate::announce(format_args!(
             "nimbus: planner serves the global state tier on {state_address}"
         ));
-        args.metrics.serve(&telemetry).await?;
         telemetry.set_ready(true);
+        args.metrics.serve(&telemetry).await?;
         tokio::spawn(nimbus_state::serve(
             state,
             tls.clone(),
@@ -277,8 +281,8 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             link.host()
         ));
         let telemetry = crate::telemetry::node(&cluster);
-        args.metrics.serve(&telemetry).await?;
         telemetry.set_ready(true);
+        args.metrics.serve(&telemetry).await?;
         let mut cpu = CpuMeter::default();
         let beating = link.keep_reporting(|| report(&cluster, &mut cpu));
         tokio::select! {
@@ -378,7 +382,9 @@ pub(crate) fn hosts(args: HostsArgs) -> Result<i32, Failure> {
             })?
         }
     };
-    print_hosts(&hosts);
+    if !args.output.json(&hosts) {
+        print_hosts(&hosts);
+    }
     Ok(0)
 }
 
@@ -432,7 +438,11 @@ fn print_hosts(hosts: &[nimbus_planner::HostStatus]) {
     }
 }
 
-pub(crate) fn ps(planner: &str, cluster: &ClusterDir) -> Result<i32, Failure> {
+pub(crate) fn ps(
+    planner: &str,
+    cluster: &ClusterDir,
+    output: crate::client::Output,
+) -> Result<i32, Failure> {
     let tls = cluster.load(&crate::default_data_dir())?;
     let (processes, silent) = tokio()?
         .block_on(nimbus_node::cluster_processes(planner, tls))
@@ -440,13 +450,16 @@ pub(crate) fn ps(planner: &str, cluster: &ClusterDir) -> Result<i32, Failure> {
     for why in silent {
         eprintln!("nimbus: {why}");
     }
-    crate::client::print_processes(processes.into_iter().map(|process| {
-        [
-            process.pid.to_string(),
-            process.host.to_string(),
-            process.state.name().to_owned(),
-            process.parent.map_or_else(|| "-".into(), |p| p.to_string()),
-        ]
-    }));
+    crate::client::print_processes(
+        processes.into_iter().map(|process| {
+            [
+                process.pid.to_string(),
+                process.host.to_string(),
+                process.state.name().to_owned(),
+                process.parent.map_or_else(|| "-".into(), |p| p.to_string()),
+            ]
+        }),
+        output,
+    );
     Ok(0)
 }

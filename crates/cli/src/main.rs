@@ -50,7 +50,7 @@ enum Command {
     /// Invoke a handler of an app; prints the response.
     Invoke(client::InvokeArgs),
     /// List the deployed apps.
-    Apps(client::Server),
+    Apps(client::ListArgs),
     /// List the processes (of a gateway, or with `--planner` of a cluster).
     Ps(control::PsArgs),
     /// Print a service instance's recent stderr.
@@ -170,10 +170,10 @@ fn main() -> ExitCode {
         Command::Up(args) => up::up(args),
         Command::Deploy(args) => client::deploy(args),
         Command::Invoke(args) => client::invoke(args),
-        Command::Apps(server) => client::apps(server),
+        Command::Apps(args) => client::apps(args),
         Command::Ps(args) => match args.planner {
-            Some(planner) => control::ps(&planner, &args.cluster),
-            None => client::ps(args.server),
+            Some(planner) => control::ps(&planner, &args.cluster, args.output),
+            None => client::ps(args.server, args.output),
         },
         Command::Logs(args) => client::logs(args),
         Command::Send(args) => client::send(args),

@@ -1,6 +1,6 @@
 //! What nodes tell their operators, from real `nimbus` processes: `/metrics` scraped
 //! over HTTP and parsed, its values checked against what the test did; health
-//! probes; log lines as JSON.
+//! probes; log lines as JSON; listings as JSON for scripts.
 
 mod common;
 
@@ -105,6 +105,13 @@ fn a_cluster_reports_its_placements_and_its_processes_and_how_they_ended() {
     assert!(value(&worker, "nimbus_mesh_received_bytes_total") > 0.0);
     assert!(value(&worker, "process_resident_memory_bytes") > 0.0);
 
+    // The same cluster, listed for a script.
+    let (stdout, stderr, code) = outcome(&run(cluster.nimbus(&["hosts", "--output", "json"])));
+    assert_eq!(code, Some(0), "{stderr}");
+    let hosts: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(hosts.as_array().unwrap().len(), 1, "{stdout}");
+    assert_eq!(hosts[0]["host"], 1, "{stdout}");
+
     let planner = scrape(&planner);
     assert_eq!(
         value(&planner, "nimbus_placements_total{result=\"placed\"}"),
@@ -124,11 +131,13 @@ fn a_gateway_node_counts_invocations_by_app_handler_and_outcome() {
     let gateway = up.announced("nimbus: gateway listening on ");
     up.announced("nimbus: data plane listening on ");
     let metrics = up.announced("nimbus: metrics listening on ");
+    // `nimbus COMMAND --server URL ARGS…` (before a subcommand's own, as `token list`).
     let client = |args: &[&str]| {
-        let mut command = common::nimbus(args);
+        let mut command = common::nimbus(&args[..1]);
         command
             .env("NIMBUS_CONFIG", &config)
-            .args(["--server", &gateway]);
+            .args(["--server", &gateway])
+            .args(&args[1..]);
         outcome(&run(command))
     };
     let service = guest("c-counter-service");
@@ -142,6 +151,24 @@ fn a_gateway_node_counts_invocations_by_app_handler_and_outcome() {
     assert_ne!(code, Some(0));
     let (_, _, code) = client(&["invoke", "no-such-app", "add"]);
     assert_ne!(code, Some(0));
+
+    // Listings for scripts: JSON arrays of objects.
+    let json = |args: &[&str]| {
+        let (stdout, stderr, code) = client(args);
+        assert_eq!(code, Some(0), "{stderr}");
+        serde_json::from_str::<serde_json::Value>(&stdout)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {stdout}"))
+    };
+    let apps = json(&["apps", "--output", "json"]);
+    assert_eq!(apps[0]["name"], "counter", "{apps}");
+    let processes = json(&["ps", "--output", "json"]);
+    let instance = &processes.as_array().unwrap()[0];
+    assert!(
+        instance["pid"].is_string() && instance["parent"].is_null(),
+        "{processes}"
+    );
+    let tokens = json(&["token", "list", "--output", "json"]);
+    assert_eq!(tokens[0]["name"], "local-admin", "{tokens}");
 
     let samples = scrape(&metrics);
     let invocations =
