@@ -179,6 +179,44 @@ impl Bench {
     }
 }
 
+impl Bench {
+    /// One host sized for `processes` idle processes: a pool slot each, small
+    /// memories and stacks.
+    pub fn for_idle(processes: usize) -> Bench {
+        Bench::new(|config| {
+            config.max_processes_per_host = processes + 1;
+            config.runtime.max_live_processes = processes as u32 + 1;
+            config.runtime.max_memory = 4 << 20;
+            config.runtime.stack_size = 128 << 10;
+        })
+    }
+
+    /// Waits (at most 10 minutes) until `processes` processes wait in `recv`.
+    pub async fn until_waiting(&self, processes: usize) {
+        let bound = Instant::now() + Duration::from_secs(600);
+        while self.cluster.runtime_load().waiting < processes {
+            assert!(Instant::now() < bound, "processes did not all reach recv");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Raises `vm.max_map_count` when it is too low for `processes` pool slots (needs
+/// root; warns otherwise).
+pub fn raise_map_count(processes: usize) {
+    let path = "/proc/sys/vm/max_map_count";
+    let wanted = processes * 4 + 65_536;
+    let current: usize = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    if current < wanted && std::fs::write(path, wanted.to_string()).is_err() {
+        eprintln!(
+            "warning: vm.max_map_count is {current}; {processes} processes may need {wanted}"
+        );
+    }
+}
+
 /// A root process running `module` with `args`, its stdout captured or discarded.
 pub fn root(module: &ModuleBytes, args: &[&str], stdout: Output) -> RootProcess {
     RootProcess {

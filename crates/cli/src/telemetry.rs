@@ -1,11 +1,11 @@
 //! A node's metrics endpoint (`--metrics-listen`) and what it exports: the layers'
-//! own metrics, and gauges read from the node when scraped.
+//! own metrics, and its OS process's memory and CPU, read when scraped.
 
 use std::sync::Arc;
 
 use clap::Args;
 use nimbus_node::Cluster;
-use nimbus_telemetry::{Kind, Labels, Sampled, Telemetry};
+use nimbus_telemetry::{Kind, Sampled, Telemetry};
 
 use crate::Failure;
 
@@ -57,58 +57,12 @@ fn process_metrics(telemetry: &Telemetry) {
 }
 
 /// The metrics of a node running processes (a worker, or `nimbus up` on its own):
-/// its hosts' and its services' counters, its processes by state and by app, and its
-/// mesh traffic.
+/// its hosts' and its services' metrics, and its own process's.
 pub(crate) fn node(cluster: &Arc<Cluster>) -> Arc<Telemetry> {
     let telemetry = Telemetry::new();
     process_metrics(&telemetry);
-    nimbus_node::metrics().register(&telemetry);
+    nimbus_node::register_metrics(&telemetry, cluster);
     nimbus_services::metrics().register(&telemetry);
-    let by_state = cluster.clone();
-    telemetry.register_collector(Sampled::new(
-        "nimbus_processes",
-        "Processes on this node: queued for an instance slot, running, or waiting (blocked in recv or wait)",
-        Kind::Gauge,
-        move || {
-            let load = by_state.runtime_load();
-            let admitted: usize = by_state.apps().values().sum();
-            let state = |name: &str| vec![("state".to_owned(), name.to_owned())];
-            vec![
-                (
-                    state("queued"),
-                    admitted.saturating_sub(load.instantiated) as f64,
-                ),
-                (state("running"), (load.instantiated - load.waiting) as f64),
-                (state("waiting"), load.waiting as f64),
-            ]
-        },
-    ));
-    let by_app = cluster.clone();
-    telemetry.register_collector(Sampled::new(
-        "nimbus_app_processes",
-        "Processes on this node, by app",
-        Kind::Gauge,
-        move || {
-            by_app
-                .apps()
-                .into_iter()
-                .map(|(app, count)| (app_label(app), count as f64))
-                .collect()
-        },
-    ));
-    for (name, help, pick) in [
-        (
-            "nimbus_mesh_received_bytes",
-            "Bytes received over the mesh",
-            0,
-        ),
-        ("nimbus_mesh_sent_bytes", "Bytes sent over the mesh", 1),
-    ] {
-        telemetry.register_collector(Sampled::single(name, help, Kind::Counter, move || {
-            let (received, sent) = nimbus_mesh::traffic();
-            [received, sent][pick] as f64
-        }));
-    }
     telemetry
 }
 
@@ -118,8 +72,4 @@ pub(crate) fn planner() -> Arc<Telemetry> {
     process_metrics(&telemetry);
     nimbus_control::metrics().register(&telemetry);
     telemetry
-}
-
-fn app_label(app: String) -> Labels {
-    vec![("app".to_owned(), app)]
 }

@@ -323,11 +323,17 @@ impl Host {
 
     /// How many processes of each app are here, those being started included.
     pub(crate) fn apps(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut apps = std::collections::BTreeMap::new();
+        let mut apps = std::collections::BTreeMap::<String, usize>::new();
+        // Under the table's lock, which spawns wait for: a name is copied once per
+        // app, not once per process.
         for entry in self.table.lock().unwrap().values() {
-            *apps
-                .entry(entry.lineage.app.as_str().to_owned())
-                .or_default() += 1;
+            let app = entry.lineage.app.as_str();
+            match apps.get_mut(app) {
+                Some(count) => *count += 1,
+                None => {
+                    apps.insert(app.to_owned(), 1);
+                }
+            }
         }
         for (app, starting) in self.starting.lock().unwrap().iter() {
             *apps.entry(app.clone()).or_default() += starting;

@@ -26,6 +26,6 @@ pub use cluster::{Cluster, ClusterConfig, ClusterError, GlobalState, RootProcess
 pub use host::Host;
 pub use lineage::{Lineage, ModuleSource};
 pub use mesh::MeshConfig;
-pub use metrics::{NodeMetrics, metrics};
+pub use metrics::{NodeMetrics, metrics, register as register_metrics};
 pub use nimbus_wire::peer::ProcessInfo;
 pub use serve::{AppRequests, cluster_processes, run_on_cluster, serve_worker};

@@ -1,12 +1,15 @@
 //! The node's metrics: processes started and ended on this OS process's hosts, and
-//! how long starts waited for an instance slot. One set per OS process (a node is
-//! one), registered by the binary ([`NodeMetrics::register`]).
+//! how long starts waited for an instance slot (one set per OS process, a node being
+//! one); and the gauges read from a cluster when scraped: its processes by state and
+//! by app, its mesh traffic. The binary registers them ([`register`]).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure};
-use nimbus_telemetry::{Counter, Histogram, Outcomes, Telemetry};
+use nimbus_telemetry::{Counter, Histogram, Kind, Outcomes, Sampled, Telemetry};
+
+use crate::Cluster;
 
 /// What the hosts of this OS process count.
 #[derive(Debug)]
@@ -27,8 +30,7 @@ const OUTCOMES: &[&str] = &[
 ];
 
 impl NodeMetrics {
-    /// Adds them to `telemetry`.
-    pub fn register(&self, telemetry: &Telemetry) {
+    fn register(&self, telemetry: &Telemetry) {
         telemetry.register(
             "nimbus_processes_started",
             "Processes started on this node",
@@ -75,4 +77,55 @@ pub fn metrics() -> &'static NodeMetrics {
         admission: nimbus_telemetry::latency_histogram(),
     });
     &METRICS
+}
+
+/// Adds this OS process's node metrics to `telemetry`, and gauges read from
+/// `cluster` at every scrape.
+pub fn register(telemetry: &Telemetry, cluster: &Arc<Cluster>) {
+    metrics().register(telemetry);
+    let by_state = cluster.clone();
+    telemetry.register_collector(Sampled::new(
+        "nimbus_processes",
+        "Processes on this node: queued for an instance slot, running, or waiting (blocked in recv or wait)",
+        Kind::Gauge,
+        move || {
+            let load = by_state.runtime_load();
+            let admitted: usize = by_state.apps().values().sum();
+            let state = |name: &str| vec![("state".to_owned(), name.to_owned())];
+            vec![
+                (
+                    state("queued"),
+                    admitted.saturating_sub(load.instantiated) as f64,
+                ),
+                (state("running"), (load.instantiated - load.waiting) as f64),
+                (state("waiting"), load.waiting as f64),
+            ]
+        },
+    ));
+    let by_app = cluster.clone();
+    telemetry.register_collector(Sampled::new(
+        "nimbus_app_processes",
+        "Processes on this node, by app",
+        Kind::Gauge,
+        move || {
+            by_app
+                .apps()
+                .into_iter()
+                .map(|(app, count)| (vec![("app".to_owned(), app)], count as f64))
+                .collect()
+        },
+    ));
+    for (name, help, pick) in [
+        (
+            "nimbus_mesh_received_bytes",
+            "Bytes received over the mesh",
+            0,
+        ),
+        ("nimbus_mesh_sent_bytes", "Bytes sent over the mesh", 1),
+    ] {
+        telemetry.register_collector(Sampled::single(name, help, Kind::Counter, move || {
+            let (received, sent) = nimbus_mesh::traffic();
+            [received, sent][pick] as f64
+        }));
+    }
 }

@@ -7,34 +7,15 @@
 //!
 //! Raises `vm.max_map_count` when it is too low for N slots (needs root).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use nimbus_bench::{Bench, IDLE_IN_RECV, guest, root, rss_bytes, rss_of, wat};
+use nimbus_bench::{Bench, IDLE_IN_RECV, guest, raise_map_count, root, rss_bytes, rss_of, wat};
 use nimbus_runtime::{ModuleBytes, Output};
-
-fn raise_map_count(processes: usize) {
-    let path = "/proc/sys/vm/max_map_count";
-    let wanted = processes * 4 + 65_536;
-    let current: usize = std::fs::read_to_string(path)
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
-    if current < wanted && std::fs::write(path, wanted.to_string()).is_err() {
-        eprintln!(
-            "warning: vm.max_map_count is {current}; {processes} processes may need {wanted}"
-        );
-    }
-}
 
 /// Starts `processes` copies of `module` and returns the growth of RSS per process
 /// once all of them wait in `recv`.
 async fn per_process(module: &ModuleBytes, processes: usize) -> f64 {
-    let bench = Bench::new(|config| {
-        config.max_processes_per_host = processes + 1;
-        config.runtime.max_live_processes = processes as u32 + 1;
-        config.runtime.max_memory = 4 << 20;
-        config.runtime.stack_size = 128 << 10;
-    });
+    let bench = Bench::for_idle(processes);
     // Load once so the compiled module is not counted.
     bench
         .cluster
@@ -47,11 +28,7 @@ async fn per_process(module: &ModuleBytes, processes: usize) -> f64 {
             .start(root(module, &[], Output::Null))
             .unwrap();
     }
-    let bound = Instant::now() + Duration::from_secs(600);
-    while bench.cluster.runtime_load().waiting < processes {
-        assert!(Instant::now() < bound, "processes did not all reach recv");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    bench.until_waiting(processes).await;
     let grown = rss_bytes().saturating_sub(before);
     grown as f64 / (processes - 1) as f64
 }
