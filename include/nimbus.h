@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -296,6 +297,37 @@ static inline int nimbus_state_lock(const char *key, int64_t lease_ms, int64_t t
 /** Releases key's global lock, which the caller must hold. */
 static inline int nimbus_state_unlock(const char *key) {
     return nimbus_sys_state_unlock(key, (int32_t)strlen(key));
+}
+
+/**
+ * For service handlers: reads the whole request body (the handler's stdin) into a new
+ * NUL-terminated buffer, which the caller frees, and stores its length in *len (when
+ * len is not NULL). Returns NULL if memory runs out.
+ *
+ * It clears stdin's end-of-file flag first. stdio keeps that flag across requests, so a
+ * handler that reads with fgets or scanf and reaches the end of one body sees every
+ * later body as empty unless it calls clearerr(stdin) before reading (nimbus notes a
+ * body left unread in the app's log).
+ */
+static inline char *nimbus_read_body(size_t *len) {
+    clearerr(stdin);
+    size_t size = 0, capacity = 256;
+    char *body = (char *)malloc(capacity);
+    if (body == NULL) return NULL;
+    for (;;) {
+        size += fread(body + size, 1, capacity - size - 1, stdin);
+        if (size < capacity - 1) break;
+        char *bigger = (char *)realloc(body, capacity * 2);
+        if (bigger == NULL) {
+            free(body);
+            return NULL;
+        }
+        body = bigger;
+        capacity *= 2;
+    }
+    body[size] = '\0';
+    if (len != NULL) *len = size;
+    return body;
 }
 
 #ifdef __cplusplus

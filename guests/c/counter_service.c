@@ -8,8 +8,9 @@
  *   crash  wrecks the state, then traps (nimbus rolls the state back)
  *
  * Two things a C handler must do because stdio outlives one invocation: clear
- * stdin's end-of-file flag before reading (each request is a new stdin), and flush
- * stdout before returning (the response is what was written by then).
+ * stdin's end-of-file flag before reading (each request is a new stdin; the
+ * header's nimbus_read_body does it), and flush stdout before returning (the
+ * response is what was written by then).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,12 +22,13 @@ static long long *history;
 static size_t count, capacity;
 
 __attribute__((export_name("add"))) int add(void) {
-    char line[64];
-    clearerr(stdin);
-    if (fgets(line, sizeof line, stdin) == NULL) return 2;
+    char *body = nimbus_read_body(NULL);
+    if (body == NULL) return 2;
     char *end;
-    long long number = strtoll(line, &end, 10);
-    if (end == line) {
+    long long number = strtoll(body, &end, 10);
+    int parsed = end != body;
+    free(body);
+    if (!parsed) {
         fprintf(stderr, "add: not an integer\n");
         return 1;
     }

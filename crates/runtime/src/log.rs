@@ -32,7 +32,8 @@ impl LogBuffer {
         self.bytes.lock().unwrap().iter().copied().collect()
     }
 
-    fn append(&self, data: &[u8]) {
+    /// Adds `data` to the log (the process's writes, or a line of the platform's own).
+    pub(crate) fn append(&self, data: &[u8]) {
         let data = &data[data.len().saturating_sub(self.capacity)..];
         let mut bytes = self.bytes.lock().unwrap();
         let overflow = (bytes.len() + data.len()).saturating_sub(self.capacity);

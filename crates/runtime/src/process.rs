@@ -248,7 +248,6 @@ impl WasiSetup {
         stderr: &Output,
     ) -> Result<WasiP1Ctx, Failure> {
         let mut wasi = WasiCtxBuilder::new();
-        wasi.args(&self.args).envs(&self.env);
         match stdin {
             Input::Inherit => wasi.inherit_stdin(),
             Input::Null => &mut wasi,
@@ -258,6 +257,30 @@ impl WasiSetup {
                 None => &mut wasi,
             },
         };
+        self.finish(wasi, stdout, stderr)
+    }
+
+    /// A context whose stdin is `body` (a service invocation's request, the caller
+    /// keeping a clone to see what the handler left unread).
+    pub(crate) fn build_for_body(
+        &self,
+        body: &MemoryInputPipe,
+        stdout: &Output,
+        stderr: &Output,
+    ) -> Result<WasiP1Ctx, Failure> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdin(body.clone());
+        self.finish(wasi, stdout, stderr)
+    }
+
+    /// `wasi`, its stdin set, with these args, env and dirs and the given streams.
+    fn finish(
+        &self,
+        mut wasi: WasiCtxBuilder,
+        stdout: &Output,
+        stderr: &Output,
+    ) -> Result<WasiP1Ctx, Failure> {
+        wasi.args(&self.args).envs(&self.env);
         match stdout {
             Output::Inherit => wasi.inherit_stdout(),
             Output::Null => &mut wasi,

@@ -19,13 +19,13 @@ use std::time::Duration;
 use nimbus_core::{ExitStatus, Failure};
 use nimbus_snapshot::{GlobalValue, Owner, Snapshot, SnapshotRef};
 use wasmtime::{Extern, Global, Instance, Memory, Store, Val, ValType};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 
 use crate::engine::{Program, Slot};
 use crate::instrument::global_export_name;
 use crate::memory::{CheckpointedMemories, Region, Written};
 use crate::process::{ProcessCtx, WasiSetup, status_of_error};
-use crate::{Input, InvokeError, Mailbox, Output};
+use crate::{InvokeError, Mailbox, Output};
 
 /// What an invocation asks for.
 pub struct Invocation {
@@ -259,13 +259,11 @@ impl ServiceInstance {
             })
             .ok_or_else(|| InvokeError::NoSuchHandler(invocation.handler.clone()))?;
         let stdout = MemoryOutputPipe::new(invocation.max_response);
+        let body_len = invocation.body.len();
+        let body = MemoryInputPipe::new(invocation.body);
         let wasi = self
             .setup
-            .build(
-                &Input::Bytes(invocation.body),
-                &Output::Capture(stdout.clone()),
-                &self.stderr,
-            )
+            .build_for_body(&body, &Output::Capture(stdout.clone()), &self.stderr)
             .map_err(|f| InvokeError::Failed(ExitStatus::Failed(f)))?;
         self.store
             .data_mut()
@@ -281,6 +279,9 @@ impl ServiceInstance {
                 .map_err(|_elapsed| timeout),
             None => Ok(call.await),
         };
+        if body_len > 0 && !body.is_empty() {
+            self.note_unread_body(&invocation.handler, body_len);
+        }
         let failure = match outcome {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(status_of_error(self.store.data(), &e)),
@@ -298,6 +299,22 @@ impl ServiceInstance {
         match results.first() {
             Some(Val::I32(status)) if *status != 0 => Err(InvokeError::Status(*status)),
             _ => Ok(stdout.contents().to_vec()),
+        }
+    }
+
+    /// Tells the app's log (and the node's) that `handler` left its request body
+    /// unread: most often a C handler reading with stdio, whose end-of-file flag
+    /// outlives the request it was set by, so that every later body reads as empty.
+    fn note_unread_body(&self, handler: &str, bytes: usize) {
+        let note = format!(
+            "nimbus: handler `{handler}` did not read all of its {bytes}-byte request body. \
+             If it reads stdin with stdio (C), call clearerr(stdin) before reading, or read \
+             it with nimbus_read_body() from nimbus.h: the end-of-file flag of the last \
+             request's body stays set, and every later body reads as empty.\n"
+        );
+        tracing::info!(handler, bytes, "a handler left its request body unread");
+        if let Output::Log(log) = &self.stderr {
+            log.append(note.as_bytes());
         }
     }
 

@@ -100,3 +100,48 @@ async fn rust_and_c_services_keep_state_across_invocations_and_snapshots() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_body_left_unread_is_noted_in_the_apps_log_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::new(&RuntimeConfig::new(dir.path())).unwrap();
+    let program = runtime.load_service(&guest("c-stdin-service")).unwrap();
+    let log = nimbus_runtime::LogBuffer::new(64 << 10);
+    let (mut spec, _mailbox) = common::spec(Limits::default(), Output::Null);
+    spec.stderr = Output::Log(log.clone());
+    let slot = runtime.admit().await;
+    let mut service = match runtime.start_service(&program, spec, slot, None).await {
+        Ok(service) => service,
+        Err(status) => panic!("service did not start: {status:?}"),
+    };
+    let notes = || {
+        let text = String::from_utf8(log.contents()).unwrap();
+        text.matches("did not read all of its").count()
+    };
+
+    // A body without a newline: fgets reads to its end, and stdio's end-of-file flag
+    // stays set for the next request, whose body is never read.
+    assert_eq!(invoke(&mut service, "first_line", "5").await.unwrap(), "5");
+    assert_eq!(notes(), 0);
+    assert_eq!(
+        invoke(&mut service, "first_line", "7").await,
+        Err(InvokeError::Status(2))
+    );
+    assert_eq!(notes(), 1);
+    let text = String::from_utf8(log.contents()).unwrap();
+    assert!(
+        text.contains("`first_line` did not read all of its 1-byte request body")
+            && text.contains("clearerr(stdin)")
+            && text.contains("nimbus_read_body()"),
+        "{text}"
+    );
+
+    // The header's helper clears the flag and reads it all: nothing to note, and an
+    // empty body is never noted either.
+    assert_eq!(
+        invoke(&mut service, "body_length", "hello").await.unwrap(),
+        "5"
+    );
+    assert_eq!(invoke(&mut service, "body_length", "").await.unwrap(), "0");
+    assert_eq!(notes(), 1);
+}
