@@ -53,8 +53,11 @@ class Cluster:
 
     def hosts(self):
         """The ids `nimbus hosts` lists as heard from since the planner started."""
-        out = subprocess.run([BIN, "hosts", "--planner", self.address], env=self.env,
-                             capture_output=True, text=True).stdout
+        try:
+            out = subprocess.run([BIN, "hosts", "--planner", self.address], env=self.env,
+                                 capture_output=True, text=True, timeout=10).stdout
+        except subprocess.TimeoutExpired:
+            return []
         rows = [row.split() for row in out.splitlines()[1:] if row.strip()]
         return sorted(row[0] for row in rows if "awaiting" not in row)
 

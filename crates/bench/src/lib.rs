@@ -37,6 +37,16 @@ impl Samples {
         self.0.push(elapsed);
     }
 
+    /// How many timings there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The `p`th percentile (0..=100).
     pub fn percentile(&self, p: f64) -> Duration {
         let mut sorted = self.0.clone();

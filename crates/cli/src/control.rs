@@ -155,6 +155,7 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         .load()
         .map_err(|e| Failure::new(exit_code::INTERNAL, e.to_string()))?;
     tokio()?.block_on(async {
+        let metrics = args.metrics.bind().await?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|e| Failure::new(2, format!("cannot listen on {}: {e}", args.listen)))?;
@@ -198,8 +199,7 @@ pub(crate) fn planner(args: PlannerArgs) -> Result<i32, Failure> {
         crate::announce(format_args!(
             "nimbus: planner serves the global state tier on {state_address}"
         ));
-        telemetry.set_ready(true);
-        args.metrics.serve(&telemetry).await?;
+        metrics.serve(&telemetry)?;
         tokio::spawn(nimbus_state::serve(
             state,
             tls.clone(),
@@ -235,6 +235,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
     // Guests run on the runtime's threads: a worker offering N CPUs uses N.
     tokio_with_threads(Some(cpus as usize))?.block_on(async {
         let internal = |e: &dyn std::fmt::Display| Failure::new(exit_code::INTERNAL, e.to_string());
+        let metrics = args.metrics.bind().await?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|e| Failure::new(2, format!("cannot listen on {}: {e}", args.listen)))?;
@@ -281,8 +282,7 @@ pub(crate) fn worker(args: WorkerArgs) -> Result<i32, Failure> {
             link.host()
         ));
         let telemetry = crate::telemetry::node(&cluster);
-        telemetry.set_ready(true);
-        args.metrics.serve(&telemetry).await?;
+        metrics.serve(&telemetry)?;
         let mut cpu = CpuMeter::default();
         let beating = link.keep_reporting(|| report(&cluster, &mut cpu));
         tokio::select! {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use nimbus_node::Cluster;
-use nimbus_telemetry::{Kind, Sampled, Telemetry};
+use nimbus_telemetry::{Kind, Labels, Sampled, Telemetry};
 
 use crate::Failure;
 
@@ -23,14 +23,29 @@ pub(crate) struct MetricsListen {
 }
 
 impl MetricsListen {
-    /// Starts serving `telemetry` if an address was given, and announces where.
-    pub(crate) async fn serve(&self, telemetry: &Arc<Telemetry>) -> Result<(), Failure> {
+    /// Binds the address if one was given: first thing, so that a taken port fails
+    /// the node before it joins or announces anything.
+    pub(crate) async fn bind(&self) -> Result<MetricsListener, Failure> {
         let Some(address) = &self.address else {
-            return Ok(());
+            return Ok(MetricsListener(None));
         };
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| Failure::new(2, format!("cannot listen on {address}: {e}")))?;
+        Ok(MetricsListener(Some(listener)))
+    }
+}
+
+/// The bound metrics address, if the node serves one.
+pub(crate) struct MetricsListener(Option<tokio::net::TcpListener>);
+
+impl MetricsListener {
+    /// Serves `telemetry` on it and announces where; `telemetry` is ready from now.
+    pub(crate) fn serve(self, telemetry: &Arc<Telemetry>) -> Result<(), Failure> {
+        telemetry.set_ready(true);
+        let Some(listener) = self.0 else {
+            return Ok(());
+        };
         let bound = listener
             .local_addr()
             .map_err(|e| Failure::new(nimbus_core::exit_code::INTERNAL, e.to_string()))?;
@@ -42,17 +57,18 @@ impl MetricsListen {
 
 /// What every node exports about its own OS process.
 fn process_metrics(telemetry: &Telemetry) {
-    telemetry.register_collector(Sampled::single(
+    // A reading of /proc that fails gives no sample, never a counter reset to 0.
+    telemetry.register_collector(Sampled::new(
         "process_resident_memory_bytes",
         "Resident memory of this process",
         Kind::Gauge,
-        || crate::control::resident_memory().unwrap_or(0) as f64,
+        || unlabelled(crate::control::resident_memory().map(|bytes| bytes as f64)),
     ));
-    telemetry.register_collector(Sampled::single(
+    telemetry.register_collector(Sampled::new(
         "process_cpu_seconds",
         "User and system CPU time of this process",
         Kind::Counter,
-        || crate::control::cpu_ticks().unwrap_or(0) as f64 / 100.0,
+        || unlabelled(crate::control::cpu_ticks().map(|ticks| ticks as f64 / 100.0)),
     ));
 }
 
@@ -72,4 +88,9 @@ pub(crate) fn planner() -> Arc<Telemetry> {
     process_metrics(&telemetry);
     nimbus_control::metrics().register(&telemetry);
     telemetry
+}
+
+/// One sample without labels, or none.
+fn unlabelled(value: Option<f64>) -> Vec<(Labels, f64)> {
+    value.map(|value| (Vec::new(), value)).into_iter().collect()
 }

@@ -141,6 +141,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
         );
         let cluster =
             Cluster::new(&config).map_err(|e| internal("cannot start the cluster", &e))?;
+        let metrics = args.metrics.bind().await?;
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|e| Failure::new(2, format!("cannot listen on {}: {e}", args.listen)))?;
@@ -216,7 +217,6 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             ));
         }
         let telemetry = crate::telemetry::node(&cluster);
-        args.metrics.serve(&telemetry).await?;
         // With workers, apps are placed on them; otherwise they run here.
         let access = match (planner, tls) {
             (Some(planner), Some(tls)) => Some(ClusterAccess { planner, tls }),
@@ -245,7 +245,7 @@ pub(crate) fn up(args: UpArgs) -> Result<i32, Failure> {
             uploads: data_dir.join("gateway").join("uploads"),
         });
         // Its listeners are bound and take connections from here on.
-        telemetry.set_ready(true);
+        metrics.serve(&telemetry)?;
         nimbus_gateway::serve(listener, gateway, stop, SHUTDOWN_GRACE)
             .await
             .map_err(|e| internal("gateway", &e))?;
@@ -393,6 +393,8 @@ async fn spawn_announcing(
     command
         .args(args)
         .env("NIMBUS_DATA_DIR", data_dir)
+        // The local nodes serve no metrics endpoint: one address is the gateway's.
+        .env_remove("NIMBUS_METRICS_LISTEN")
         .stdout(std::process::Stdio::piped());
     end_with_parent(&mut command);
     let mut child = tokio::process::Command::from(command)

@@ -225,14 +225,29 @@ fn log_lines_are_json_objects_with_their_fields_when_asked() {
     let worker = Daemon::start(worker);
     worker.announced(&format!("nimbus: worker joined {addr} as host "));
     // The planner logs the join; lines before it (the credentials it created) are
-    // the CLI's own, not log lines.
-    let joined = std::io::BufReader::new(stderr)
-        .lines()
-        .map(Result::unwrap)
-        .filter(|line| line.starts_with('{'))
-        .map(|line| serde_json::from_str::<serde_json::Value>(&line).unwrap())
-        .find(|entry| entry["fields"]["message"] == "planner: host joined")
-        .expect("the planner logs the join");
+    // the CLI's own, not log lines. Read on a thread of its own, so a line that never
+    // comes fails the test within a minute.
+    let (lines, logged) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let joined = loop {
+        let line = logged
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the planner logs the join within a minute");
+        if !line.starts_with('{') {
+            continue;
+        }
+        let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if entry["fields"]["message"] == "planner: host joined" {
+            break entry;
+        }
+    };
     assert_eq!(joined["level"], "INFO");
     assert_eq!(joined["fields"]["host"], "host-1");
     assert_eq!(joined["target"], "nimbus_control::server");

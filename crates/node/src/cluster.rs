@@ -357,13 +357,14 @@ impl Cluster {
         .await)
     }
 
-    /// Instantiated and waiting processes, summed over hosts.
+    /// Instantiated, waiting and queued processes, summed over hosts.
     pub fn runtime_load(&self) -> RuntimeLoad {
         self.hosts.iter().fold(RuntimeLoad::default(), |sum, host| {
             let load = host.runtime().load_now();
             RuntimeLoad {
                 instantiated: sum.instantiated + load.instantiated,
                 waiting: sum.waiting + load.waiting,
+                queued: sum.queued + load.queued,
             }
         })
     }

@@ -90,14 +90,12 @@ pub fn register(telemetry: &Telemetry, cluster: &Arc<Cluster>) {
         Kind::Gauge,
         move || {
             let load = by_state.runtime_load();
-            let admitted: usize = by_state.apps().values().sum();
             let state = |name: &str| vec![("state".to_owned(), name.to_owned())];
+            // Read apart, so a process between the two may count in both or neither.
+            let running = load.instantiated.saturating_sub(load.waiting);
             vec![
-                (
-                    state("queued"),
-                    admitted.saturating_sub(load.instantiated) as f64,
-                ),
-                (state("running"), (load.instantiated - load.waiting) as f64),
+                (state("queued"), load.queued as f64),
+                (state("running"), running as f64),
                 (state("waiting"), load.waiting as f64),
             ]
         },

@@ -247,6 +247,25 @@ impl<K: std::hash::Hash + Eq + Clone, V> Recent<K, V> {
 pub(crate) struct Gauges {
     pub(crate) instantiated: AtomicUsize,
     pub(crate) waiting: AtomicUsize,
+    /// Processes waiting in [`Runtime::admit`] for a slot.
+    pub(crate) queued: AtomicUsize,
+}
+
+/// Counts a wait for a slot in [`Gauges::queued`] while it lasts, however it ends
+/// (a start given up on drops its wait).
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn enter(queued: &'a AtomicUsize) -> Queued<'a> {
+        queued.fetch_add(1, Ordering::Relaxed);
+        Queued(queued)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of a runtime's processes.
@@ -256,6 +275,8 @@ pub struct RuntimeLoad {
     pub instantiated: usize,
     /// Of those, processes blocked in `recv` or `wait`.
     pub waiting: usize,
+    /// Processes waiting for an instance slot (every slot taken).
+    pub queued: usize,
 }
 
 impl Runtime {
@@ -340,17 +361,21 @@ impl Runtime {
         }
     }
 
-    /// How many processes are instantiated, and how many of them wait.
+    /// How many processes are instantiated, how many of them wait, and how many
+    /// wait for a slot.
     pub fn load_now(&self) -> RuntimeLoad {
         RuntimeLoad {
             instantiated: self.gauges.instantiated.load(Ordering::Relaxed),
             waiting: self.gauges.waiting.load(Ordering::Relaxed),
+            queued: self.gauges.queued.load(Ordering::Relaxed),
         }
     }
 
     /// Waits for a free instance slot: admission control for processes.
     pub async fn admit(&self) -> Slot {
+        let queued = Queued::enter(&self.gauges.queued);
         let permit = self.slots.clone().acquire_owned().await;
+        drop(queued);
         self.gauges.instantiated.fetch_add(1, Ordering::Relaxed);
         Slot {
             _permit: permit.expect("the slot semaphore is never closed"),

@@ -6,20 +6,53 @@
 //! a handler the invocation reached (one the module exports); any other
 //! invocation is counted under the handler `-`, so no request can mint series.
 
-use std::sync::LazyLock;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 use nimbus_core::InvokeError;
 use nimbus_telemetry::{Counter, Family, Histogram, Labels, Telemetry};
 use nimbus_wire::apps::ServiceError;
 
+/// The most (app, handler) pairs counted apart over the node's life; invocations of
+/// any later pair are counted under app and handler `-`.
+pub const MAX_SERIES: usize = 4096;
+
+/// How an invocation ended, its `status` label.
+const STATUSES: [&str; 8] = [
+    "ok",
+    "error",
+    "no_handler",
+    "busy",
+    "too_large",
+    "unknown_app",
+    "unavailable",
+    "failed",
+];
+
 /// What the service manager counts.
 #[derive(Debug)]
 pub struct ServiceMetrics {
     invocations: Family<Labels, Counter>,
     durations: Family<Labels, Histogram, fn() -> Histogram>,
+    /// The counters and histogram of each (app, handler) pair, held so that counting
+    /// an invocation copies no label and looks nothing up in the families.
+    pairs: Mutex<Pairs>,
     swap_outs: Counter,
     swap_ins: Counter,
+}
+
+#[derive(Debug, Default)]
+struct Pairs {
+    by_app: HashMap<String, HashMap<String, Arc<Pair>>>,
+    count: usize,
+}
+
+/// One (app, handler) pair's series.
+#[derive(Debug)]
+struct Pair {
+    statuses: [Counter; STATUSES.len()],
+    duration: Histogram,
 }
 
 impl ServiceMetrics {
@@ -69,16 +102,50 @@ impl ServiceMetrics {
         };
         let app = if known { app } else { "-" };
         let handler = if reached { handler } else { "-" };
-        let labels = vec![
-            ("app".to_owned(), app.to_owned()),
-            ("handler".to_owned(), handler.to_owned()),
-        ];
+        let pair = self.pair(app, handler);
+        let index = STATUSES.iter().position(|s| *s == status).unwrap_or(0);
+        pair.statuses[index].inc();
         if reached {
-            nimbus_telemetry::observe(&self.durations.get_or_create(&labels), took);
+            nimbus_telemetry::observe(&pair.duration, took);
         }
-        let mut labels = labels;
-        labels.push(("status".to_owned(), status.to_owned()));
-        self.invocations.get_or_create(&labels).inc();
+    }
+
+    /// The series of (`app`, `handler`), made on first use while fewer than
+    /// [`MAX_SERIES`] pairs are; else those of (`-`, `-`).
+    fn pair(&self, app: &str, handler: &str) -> Arc<Pair> {
+        let mut pairs = self.pairs.lock().unwrap();
+        if let Some(pair) = pairs.by_app.get(app).and_then(|h| h.get(handler)) {
+            return pair.clone();
+        }
+        let (app, handler) = match pairs.count < MAX_SERIES {
+            true => (app, handler),
+            false => ("-", "-"),
+        };
+        if let Some(pair) = pairs.by_app.get(app).and_then(|h| h.get(handler)) {
+            return pair.clone();
+        }
+        let labels = |more: &[(&str, &str)]| -> Labels {
+            [("app", app), ("handler", handler)]
+                .iter()
+                .chain(more)
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let pair = Arc::new(Pair {
+            statuses: STATUSES.map(|status| {
+                self.invocations
+                    .get_or_create(&labels(&[("status", status)]))
+                    .clone()
+            }),
+            duration: self.durations.get_or_create(&labels(&[])).clone(),
+        });
+        pairs.count += 1;
+        pairs
+            .by_app
+            .entry(app.to_owned())
+            .or_default()
+            .insert(handler.to_owned(), pair.clone());
+        pair
     }
 
     pub(crate) fn swapped_out(&self) {
@@ -95,8 +162,43 @@ pub fn metrics() -> &'static ServiceMetrics {
     static METRICS: LazyLock<ServiceMetrics> = LazyLock::new(|| ServiceMetrics {
         invocations: Family::default(),
         durations: Family::new_with_constructor(nimbus_telemetry::latency_histogram),
+        pairs: Mutex::default(),
         swap_outs: Counter::default(),
         swap_ins: Counter::default(),
     });
     &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_past_the_bound_are_counted_under_dashes() {
+        let metrics = ServiceMetrics {
+            invocations: Family::default(),
+            durations: Family::new_with_constructor(nimbus_telemetry::latency_histogram),
+            pairs: Mutex::default(),
+            swap_outs: Counter::default(),
+            swap_ins: Counter::default(),
+        };
+        let ok = Ok(Vec::new());
+        for n in 0..MAX_SERIES + 10 {
+            let handler = format!("h{n}");
+            metrics.invoked("app", true, &handler, Duration::from_micros(3), &ok);
+        }
+        metrics.invoked("app", true, "h0", Duration::from_micros(3), &ok);
+        let telemetry = Telemetry::new();
+        metrics.register(&telemetry);
+        let text = telemetry.encode();
+        let series = |name: &str| text.lines().filter(|l| l.starts_with(name)).count();
+        // Each pair: its 8 statuses. The bound's pairs plus the overflow's.
+        assert_eq!(series("nimbus_invocations_total{"), (MAX_SERIES + 1) * 8);
+        assert!(
+            text.contains("nimbus_invocations_total{app=\"-\",handler=\"-\",status=\"ok\"} 10")
+        );
+        assert!(
+            text.contains("nimbus_invocations_total{app=\"app\",handler=\"h0\",status=\"ok\"} 2")
+        );
+    }
 }

@@ -60,6 +60,9 @@ pub fn observe(histogram: &Histogram, elapsed: Duration) {
 pub struct Telemetry {
     registry: RwLock<Registry>,
     ready: AtomicBool,
+    /// Held while a scrape encodes: collectors walk process tables, so scrapes take
+    /// turns rather than pile up on blocking threads.
+    encoding: tokio::sync::Mutex<()>,
 }
 
 impl Telemetry {
@@ -183,8 +186,11 @@ pub async fn serve(listener: tokio::net::TcpListener, telemetry: Arc<Telemetry>)
 }
 
 async fn metrics(State(telemetry): State<Arc<Telemetry>>) -> impl IntoResponse {
+    let turn = telemetry.encoding.lock().await;
     // Collectors read process tables: off the async threads for a big node.
-    let text = tokio::task::spawn_blocking(move || telemetry.encode()).await;
+    let encoding = telemetry.clone();
+    let text = tokio::task::spawn_blocking(move || encoding.encode()).await;
+    drop(turn);
     match text {
         Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
         Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),

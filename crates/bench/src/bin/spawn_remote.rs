@@ -44,6 +44,12 @@ fn main() {
     // mesh links and channels: left out.
     spawn_rounds(Some(&cluster.planner), 200);
     let (on_parents, on_other) = spawn_rounds(Some(&cluster.planner), rounds);
+    assert!(
+        !on_parents.is_empty() && !on_other.is_empty(),
+        "the planner put every child on one worker ({} on the parent's, {} on the other)",
+        on_parents.len(),
+        on_other.len()
+    );
     let (one_node, _) = spawn_rounds(None, rounds);
     let fork = Samples::measure(rounds.min(2_000), || fork_exec("/bin/true", &[]));
     report(
