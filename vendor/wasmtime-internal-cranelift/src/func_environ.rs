@@ -59,6 +59,8 @@ pub(crate) struct BuiltinFunctions {
 
     builtins: [Option<ir::FuncRef>; BuiltinFunctionIndex::len() as usize],
     breakpoint_trampoline: Option<ir::FuncRef>,
+    // nimbus: see `new_epoch_preserving_registers`.
+    new_epoch_trampoline: Option<ir::FuncRef>,
 }
 
 impl BuiltinFunctions {
@@ -67,6 +69,7 @@ impl BuiltinFunctions {
             types: BuiltinFunctionSignatures::new(compiler),
             builtins: [None; BuiltinFunctionIndex::len() as usize],
             breakpoint_trampoline: None,
+            new_epoch_trampoline: None,
         }
     }
 
@@ -93,6 +96,43 @@ impl BuiltinFunctions {
         });
         *cache = Some(f);
         f
+    }
+
+    /// nimbus: the `new_epoch` libcall through a trampoline of the
+    /// `PreserveAll` calling convention (the one the patchable breakpoint
+    /// trampoline below uses), so that a call to it clobbers no register.
+    ///
+    /// The epoch check at every loop header calls `new_epoch` on its cold path.
+    /// Through the ordinary trampoline (the `tail` convention, which clobbers
+    /// every XMM register and the caller-saved general ones), every value live
+    /// across the loop had to survive a call, and the register allocator kept
+    /// such values in stack slots on the hot path too: a dense f64 loop ran
+    /// several times slower with epoch interruption than without. Through this
+    /// one the check costs its load, compare and branch, nothing else.
+    ///
+    /// Like the patchable trampoline, it returns nothing (the new deadline is
+    /// reloaded from the store context, where `new_epoch` leaves it) and raises
+    /// the libcall's trap itself.
+    pub(crate) fn new_epoch_preserving_registers(&mut self, func: &mut Function) -> ir::FuncRef {
+        *self.new_epoch_trampoline.get_or_insert_with(|| {
+            // The signature `compile_wasm_to_builtin` gives this key's trampoline.
+            let builtin = BuiltinFunctionIndex::new_epoch();
+            let mut signature = self.types.wasm_signature(builtin);
+            signature.returns.clear();
+            signature.call_conv = CallConv::PreserveAll;
+            let signature = func.import_signature(signature);
+            let key = FuncKey::PatchableToBuiltinTrampoline(builtin);
+            let (namespace, index) = key.into_raw_parts();
+            let name = ir::ExternalName::User(
+                func.declare_imported_user_function(ir::UserExternalName { namespace, index }),
+            );
+            func.import_function(ir::ExtFuncData {
+                name,
+                signature,
+                colocated: true,
+                patchable: false,
+            })
+        })
     }
 
     pub(crate) fn patchable_breakpoint(&mut self, func: &mut Function) -> ir::FuncRef {
@@ -800,12 +840,17 @@ impl<'module_environment> FuncEnvironment<'module_environment> {
         builder.def_var(self.epoch_deadline_var, deadline);
         self.epoch_check_cached(builder, cur_epoch_value, continuation_block);
 
-        let new_epoch = self.builtin_functions.new_epoch(builder.func);
+        // nimbus: through a trampoline that preserves every register (see
+        // `new_epoch_preserving_registers`), then the new deadline reloaded
+        // from the store context, where `new_epoch` set it.
+        let new_epoch = self
+            .builtin_functions
+            .new_epoch_preserving_registers(builder.func);
         let vmctx = self.vmctx_val(&mut builder.cursor());
-        // new_epoch() returns the new deadline, so we don't have to
-        // reload it.
-        let call = builder.ins().call(new_epoch, &[vmctx]);
-        let new_deadline = *builder.func.dfg.inst_results(call).first().unwrap();
+        builder.ins().call(new_epoch, &[vmctx]);
+        let new_deadline = self
+            .alias_regions
+            .vmstore_context_epoch_deadline(&mut builder.cursor(), vmstore_ctx);
         builder.def_var(self.epoch_deadline_var, new_deadline);
         builder.ins().jump(continuation_block, &[]);
         builder.seal_block(continuation_block);

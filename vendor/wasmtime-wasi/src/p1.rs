@@ -2325,10 +2325,17 @@ impl wasi_snapshot_preview1::WasiSnapshotPreview1 for WasiP1Ctx {
         if nsubscriptions == 1 {
             let sub = memory.read(subs)?;
             if let types::SubscriptionU::Clock(clocksub) = sub.u {
+                // nimbus: never. Guests run as tasks of an async runtime
+                // whose threads they share: with blocking on the current
+                // thread allowed (for filesystem calls), this case would
+                // `std::thread::sleep` that thread, out of reach of the
+                // process's deadline, time slice and kill. The general path
+                // below sleeps on a tokio timer instead.
+                let sleep_on_this_thread = false;
                 if !clocksub
                     .flags
                     .contains(types::Subclockflags::SUBSCRIPTION_CLOCK_ABSTIME)
-                    && self.wasi.filesystem.allow_blocking_current_thread
+                    && sleep_on_this_thread
                 {
                     std::thread::sleep(std::time::Duration::from_nanos(clocksub.timeout));
                     memory.write(
