@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod mpi;
+pub mod plain;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -75,16 +76,23 @@ pub fn print_samples(name: &str, samples: &Samples) {
 
 /// Prints p50/p99 of nimbus and the baseline, and how many times faster nimbus is.
 pub fn report(title: &str, nimbus: &Samples, baseline_name: &str, baseline: &Samples) {
+    report_against(title, nimbus, &[(baseline_name, baseline)]);
+}
+
+/// Prints p50/p99 of nimbus and of each baseline, and after each baseline how many
+/// times faster nimbus is than it.
+pub fn report_against(title: &str, nimbus: &Samples, baselines: &[(&str, &Samples)]) {
     println!("{title}");
-    for (name, samples) in [("nimbus", nimbus), (baseline_name, baseline)] {
-        print_samples(name, samples);
+    print_samples("nimbus", nimbus);
+    for (name, baseline) in baselines {
+        print_samples(name, baseline);
+        let ratio = |p| baseline.percentile(p).as_secs_f64() / nimbus.percentile(p).as_secs_f64();
+        println!(
+            "  ratio (baseline / nimbus)    p50 {}    p99 {}",
+            times(ratio(50.0)),
+            times(ratio(99.0))
+        );
     }
-    let ratio = |p| baseline.percentile(p).as_secs_f64() / nimbus.percentile(p).as_secs_f64();
-    println!(
-        "  ratio (baseline / nimbus)    p50 {}    p99 {}",
-        times(ratio(50.0)),
-        times(ratio(99.0))
-    );
 }
 
 /// The path of a guest program built by `scripts/build-guests.sh`.

@@ -1,11 +1,14 @@
 //! A compute kernel (dense matrix multiply, `guests/kernels`) as wasm in nimbus
-//! beside the same Rust code compiled natively, same sizes, same checksum.
+//! beside the same module under plain wasmtime without epoch interruption and the
+//! same Rust code compiled natively: same sizes, same checksum.
 //!
 //! `cargo run --release -p nimbus-bench --bin compute [N]`
 
 use std::hint::black_box;
+use std::time::Instant;
 
-use nimbus_bench::{Bench, Samples, guest, report, run_ok};
+use nimbus_bench::plain::PlainWasmtime;
+use nimbus_bench::{Bench, Samples, guest, report_against, run_ok};
 use nimbus_runtime::Output;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
@@ -13,34 +16,20 @@ const REPS: usize = 4;
 const SAMPLES: usize = 15;
 
 fn main() {
-    nimbus_bench::on_worker(measure());
-}
-
-async fn measure() {
     let n = nimbus_bench::arg_or(256);
-    let bench = Bench::new(|_| {});
-    let module = guest("matmul");
-    let (n_text, reps_text) = (n.to_string(), REPS.to_string());
-    let args = [n_text.as_str(), reps_text.as_str()];
+    let owned = vec![n.to_string(), REPS.to_string()];
+    let (nimbus, wasm_line) = nimbus_bench::on_worker(measure_nimbus(owned.clone()));
+    let args: Vec<&str> = owned.iter().map(String::as_str).collect();
 
-    let mut wasm_line = String::new();
-    let mut nimbus = Samples::default();
+    let plain = PlainWasmtime::new(guest("matmul").bytes());
+    let mut plain_line = String::new();
+    let mut plain_samples = Samples::default();
     for i in 0..SAMPLES + 1 {
-        let stdout = MemoryOutputPipe::new(4096);
-        let start = std::time::Instant::now();
-        run_ok(
-            &bench.cluster,
-            &module,
-            &args,
-            Output::Capture(stdout.clone()),
-        )
-        .await;
+        let start = Instant::now();
+        plain_line = plain.run(&args, &[]);
         if i > 0 {
-            nimbus.push(start.elapsed());
+            plain_samples.push(start.elapsed());
         }
-        wasm_line = String::from_utf8_lossy(&stdout.contents())
-            .trim()
-            .to_owned();
     }
 
     let mut native_line = String::new();
@@ -57,12 +46,46 @@ async fn measure() {
             nimbus_kernels::checksum(&c)
         );
     });
-    assert_eq!(wasm_line, native_line, "wasm and native disagree");
-    report(
+    assert_eq!(wasm_line, native_line, "nimbus and native disagree");
+    assert_eq!(
+        plain_line, native_line,
+        "plain wasmtime and native disagree"
+    );
+    report_against(
         &format!("compute: {n}x{n} f64 matrix multiply x{REPS} ({wasm_line})"),
         &nimbus,
-        "native (same Rust code)",
-        &native,
+        &[
+            ("wasmtime, no interruption", &plain_samples),
+            ("native (same Rust code)", &native),
+        ],
     );
-    println!("  (ratio below 1 means nimbus is slower: 0.77x = 1.3x the native time)");
+    println!("  (ratio below 1 means nimbus is slower: 0.77x = 1.3x the baseline's time)");
+}
+
+/// Whole runs of the matmul guest on an embedded cluster (the first, which
+/// compiles, not counted), and the line it printed.
+async fn measure_nimbus(args: Vec<String>) -> (Samples, String) {
+    let bench = Bench::new(|_| {});
+    let module = guest("matmul");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut line = String::new();
+    let mut samples = Samples::default();
+    for i in 0..SAMPLES + 1 {
+        let stdout = MemoryOutputPipe::new(4096);
+        let start = Instant::now();
+        run_ok(
+            &bench.cluster,
+            &module,
+            &args,
+            Output::Capture(stdout.clone()),
+        )
+        .await;
+        if i > 0 {
+            samples.push(start.elapsed());
+        }
+        line = String::from_utf8_lossy(&stdout.contents())
+            .trim()
+            .to_owned();
+    }
+    (samples, line)
 }
