@@ -61,17 +61,16 @@ fn loops_wat() -> String {
 const OUTER: u32 = 200;
 const INNER: u32 = 1_000;
 
+/// The loop's function, instantiated.
+type Run = wasmtime::TypedFunc<(u32, u32), f64>;
+
 /// A store on an engine with or without epoch interruption whose `host.tick`
 /// advances the epoch past the store's deadline, so that the first check after
 /// each tick takes the slow path; `deadline` answers it (and counts the times).
 fn instance_with(
     epochs: bool,
     deadline: impl FnMut(u32) -> UpdateDeadline + Send + Sync + 'static,
-) -> (
-    Store<()>,
-    wasmtime::TypedFunc<(u32, u32), f64>,
-    Arc<AtomicU32>,
-) {
+) -> (Store<()>, Run, Arc<AtomicU32>) {
     let mut config = Config::new();
     config.epoch_interruption(epochs);
     let engine = Engine::new(&config).unwrap();

@@ -2,18 +2,16 @@
 //! small files (a directory listing, a `stat` and a whole read of each) under
 //! nimbus and under plain wasmtime (synchronous WASI, filesystem calls on the
 //! calling thread, as `wasmtime run` makes them), same module, same tree, same
-//! output.
+//! output, samples taken in turns.
 //!
 //! `cargo run --release -p nimbus-bench --bin io [FILES]` (default 2,048 files)
 
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::Path;
+use std::sync::Arc;
 
 use nimbus_bench::plain::PlainWasmtime;
-use nimbus_bench::{Bench, Samples, guest, report, root};
-use nimbus_core::ExitStatus;
+use nimbus_bench::{Bench, guest, interleaved, report, root, run_whole};
 use nimbus_runtime::{Output, Preopen};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 const SAMPLES: usize = 21;
 /// Files per directory; the directories come in groups of `FANOUT` under the top.
@@ -25,20 +23,23 @@ fn main() {
     let files = nimbus_bench::arg_or(2048);
     let tree = tempfile::tempdir().expect("temporary directory");
     make_tree(tree.path(), files);
-
-    let (nimbus, nimbus_line) = nimbus_bench::on_worker(measure_nimbus(tree.path().to_path_buf()));
-
-    let plain = PlainWasmtime::new(guest("fs-walk").bytes());
+    let tokio = tokio::runtime::Runtime::new().expect("tokio starts");
+    let bench = Arc::new(tokio.block_on(async { Bench::new(|_| {}) }));
+    let module = guest("fs-walk");
+    let plain = PlainWasmtime::new(module.bytes());
     let dirs = [(tree.path().to_path_buf(), GUEST_DIR)];
-    let mut plain_line = String::new();
-    let mut baseline = Samples::default();
-    for i in 0..SAMPLES + 1 {
-        let start = Instant::now();
-        plain_line = plain.run(&[GUEST_DIR], &dirs);
-        if i > 0 {
-            baseline.push(start.elapsed());
-        }
-    }
+
+    let mut on_nimbus = || {
+        let mut process = root(&module, &[GUEST_DIR], Output::Null);
+        process.dirs = vec![Preopen {
+            host: tree.path().to_path_buf(),
+            guest: GUEST_DIR.into(),
+        }];
+        run_whole(&tokio, &bench, process)
+    };
+    let mut on_plain = || plain.run(&[GUEST_DIR], &dirs);
+    let [(nimbus, nimbus_line), (baseline, plain_line)] =
+        interleaved(SAMPLES, [&mut on_nimbus, &mut on_plain]);
     assert_eq!(
         nimbus_line, plain_line,
         "nimbus and plain wasmtime disagree"
@@ -69,31 +70,4 @@ fn make_tree(root: &Path, files: usize) {
         let bytes: Vec<u8> = (0..len).map(|j| (j as u64 ^ state) as u8).collect();
         std::fs::write(path.join(format!("f{i:05}.txt")), bytes).expect("tree file");
     }
-}
-
-/// Whole runs of `fs-walk` over `tree` on an embedded cluster (the first, which
-/// compiles, not counted), and the line it printed.
-async fn measure_nimbus(tree: PathBuf) -> (Samples, String) {
-    let bench = Bench::new(|_| {});
-    let module = guest("fs-walk");
-    let mut line = String::new();
-    let mut samples = Samples::default();
-    for i in 0..SAMPLES + 1 {
-        let stdout = MemoryOutputPipe::new(4096);
-        let mut process = root(&module, &[GUEST_DIR], Output::Capture(stdout.clone()));
-        process.dirs = vec![Preopen {
-            host: tree.clone(),
-            guest: GUEST_DIR.into(),
-        }];
-        let start = Instant::now();
-        let status = bench.cluster.run(process).await.expect("starts");
-        if i > 0 {
-            samples.push(start.elapsed());
-        }
-        assert_eq!(status, ExitStatus::Exited(0), "fs-walk failed");
-        line = String::from_utf8_lossy(&stdout.contents())
-            .trim()
-            .to_owned();
-    }
-    (samples, line)
 }

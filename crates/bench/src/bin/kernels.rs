@@ -1,8 +1,8 @@
 //! The compute kernel suite: six C programs (`guests/c/kernel_*.c`: dense matrix
 //! multiply, n-body, a sieve, a hash, a merge sort, a stencil), each run whole
 //! under nimbus, under plain wasmtime without epoch interruption (the same
-//! module), and built natively from the same source with `clang -O2`, in the same
-//! run; the three outputs must agree.
+//! module), and built natively from the same source with `clang -O2`, samples
+//! taken in turns; the three outputs must agree.
 //!
 //! `cargo run --release -p nimbus-bench --bin kernels [SAMPLES]` (default 5; needs
 //! `clang`, as `scripts/build-guests.sh` does)
@@ -12,34 +12,29 @@ use std::process::Command;
 use std::sync::Arc;
 
 use nimbus_bench::plain::PlainWasmtime;
-use nimbus_bench::{Bench, Samples, guest, report_against, run_ok};
-use nimbus_runtime::{ModuleBytes, Output};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use nimbus_bench::{Bench, Samples, guest, interleaved, report_against, root, run_whole};
+use nimbus_runtime::Output;
 
 const KERNELS: [&str; 6] = ["matmul", "nbody", "sieve", "hash", "sort", "stencil"];
 
 fn main() {
     let samples = nimbus_bench::arg_or(5);
     let natives = tempfile::tempdir().expect("temporary directory");
-    let tokio = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio starts");
+    let tokio = tokio::runtime::Runtime::new().expect("tokio starts");
     let bench = Arc::new(tokio.block_on(async { Bench::new(|_| {}) }));
     let mut ratios = Vec::new();
     for name in KERNELS {
         let module = guest(&format!("c-kernel-{name}"));
-        // Each run on a worker thread of the runtime, where guests run.
-        let (nimbus, nimbus_line) = timed(samples, || {
-            let (bench, module) = (bench.clone(), module.clone());
-            tokio
-                .block_on(tokio.spawn(async move { run_nimbus(&bench, &module).await }))
-                .expect("the run's task completes")
-        });
         let plain = PlainWasmtime::new(module.bytes());
-        let (plain, plain_line) = timed(samples, || plain.run(&[], &[]));
         let native = native_build(name, natives.path());
-        let (native, native_line) = timed(samples, || run_native(&native));
+        let mut on_nimbus = || run_whole(&tokio, &bench, root(&module, &[], Output::Null));
+        let mut on_plain = || plain.run(&[], &[]);
+        let mut on_native = || run_native(&native);
+        let [
+            (nimbus, nimbus_line),
+            (plain, plain_line),
+            (native, native_line),
+        ] = interleaved(samples, [&mut on_nimbus, &mut on_plain, &mut on_native]);
 
         assert_eq!(
             nimbus_line, native_line,
@@ -81,23 +76,6 @@ fn main() {
         geomean(|r| r.1),
         geomean(|r| r.2)
     );
-}
-
-/// `samples` timings of `run` after one untimed run (for nimbus, the one that
-/// compiles), and the output of the last.
-fn timed(samples: usize, mut run: impl FnMut() -> String) -> (Samples, String) {
-    let mut line = run();
-    let timings = Samples::measure(samples, || line = run());
-    (timings, line)
-}
-
-/// One whole run of `module` on the cluster, and its output.
-async fn run_nimbus(bench: &Bench, module: &ModuleBytes) -> String {
-    let stdout = MemoryOutputPipe::new(4096);
-    run_ok(&bench.cluster, module, &[], Output::Capture(stdout.clone())).await;
-    String::from_utf8_lossy(&stdout.contents())
-        .trim()
-        .to_owned()
 }
 
 /// `guests/c/kernel_NAME.c` built natively into `dir`.
