@@ -4,7 +4,8 @@
 #     <repo>/target/guest-build, each binary copied as <binary>.wasm;
 #     (cdylib reactors come out as lib_name.wasm and are copied as lib-name.wasm);
 #   - each guests/c/NAME.c compiled with clang as c-NAME.wasm (underscores become dashes);
-#     a NAME ending in _service is a reactor (-mexec-model=reactor), not a command.
+#     a NAME ending in _service is a reactor (-mexec-model=reactor), not a command;
+#     a NAME starting with kernel_ (a compute kernel) is built with -msimd128.
 # Idempotent: cargo rebuilds only what changed, C files are recompiled only when the
 # source or include/nimbus.h is newer than the output, and unchanged outputs are not
 # rewritten. Installs nothing (the setup script does that).
@@ -55,9 +56,11 @@ for src in "$ROOT/guests/c/"*.c; do
     name="$(basename "$src" .c)"
     out="$OUT_DIR/c-${name//_/-}.wasm"
     fresh "$out" "$src" && continue
-    model=()
-    [[ $name == *_service ]] && model=(-mexec-model=reactor)
-    "$CC" --target=wasm32-wasi -O2 -Wall -Wextra -Werror "${model[@]}" -I "$ROOT/include" "$src" -o "$out.tmp"
+    flags=()
+    [[ $name == *_service ]] && flags+=(-mexec-model=reactor)
+    # Compute kernels run with SIMD, as their native builds vectorise.
+    [[ $name == kernel_* ]] && flags+=(-msimd128)
+    "$CC" --target=wasm32-wasi -O2 -Wall -Wextra -Werror "${flags[@]}" -I "$ROOT/include" "$src" -o "$out.tmp"
     mv -f "$out.tmp" "$out"
     echo "  built $(basename "$out")"
 done

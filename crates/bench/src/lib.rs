@@ -5,6 +5,7 @@
 
 pub mod daemon;
 pub mod mpi;
+pub mod plain;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -56,6 +57,50 @@ impl Samples {
     }
 }
 
+/// Times `runs` in turns: each once untimed (a first run may compile), then
+/// `samples` rounds in which each is timed once, so that a machine whose load
+/// changes during the benchmark weighs on all of them alike. Returns each run's
+/// timings and the output of its last run.
+pub fn interleaved<const N: usize>(
+    samples: usize,
+    mut runs: [&mut dyn FnMut() -> String; N],
+) -> [(Samples, String); N] {
+    let mut results: [(Samples, String); N] =
+        std::array::from_fn(|_| (Samples::default(), String::new()));
+    for (run, (_, line)) in runs.iter_mut().zip(&mut results) {
+        *line = run();
+    }
+    for _ in 0..samples {
+        for (run, (timings, line)) in runs.iter_mut().zip(&mut results) {
+            let start = Instant::now();
+            *line = run();
+            timings.push(start.elapsed());
+        }
+    }
+    results
+}
+
+/// A whole run of `process` on `bench`'s cluster, from a thread outside `tokio`:
+/// on one of its worker threads, where guests run. Returns what it wrote to stdout
+/// (`process.output.0` is replaced); panics unless it exits 0.
+pub fn run_whole(
+    tokio: &tokio::runtime::Runtime,
+    bench: &Arc<Bench>,
+    mut process: RootProcess,
+) -> String {
+    let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20);
+    process.output.0 = Output::Capture(stdout.clone());
+    let bench = bench.clone();
+    let status = tokio
+        .block_on(tokio.spawn(async move { bench.cluster.run(process).await }))
+        .expect("the run's task completes")
+        .expect("starts");
+    assert_eq!(status, ExitStatus::Exited(0), "benchmark guest failed");
+    String::from_utf8_lossy(&stdout.contents())
+        .trim()
+        .to_owned()
+}
+
 fn micros(d: Duration) -> String {
     let us = d.as_secs_f64() * 1e6;
     if us < 1.0 {
@@ -85,16 +130,23 @@ pub fn print_samples(name: &str, samples: &Samples) {
 
 /// Prints p50/p99 of nimbus and the baseline, and how many times faster nimbus is.
 pub fn report(title: &str, nimbus: &Samples, baseline_name: &str, baseline: &Samples) {
+    report_against(title, nimbus, &[(baseline_name, baseline)]);
+}
+
+/// Prints p50/p99 of nimbus and of each baseline, and after each baseline how many
+/// times faster nimbus is than it.
+pub fn report_against(title: &str, nimbus: &Samples, baselines: &[(&str, &Samples)]) {
     println!("{title}");
-    for (name, samples) in [("nimbus", nimbus), (baseline_name, baseline)] {
-        print_samples(name, samples);
+    print_samples("nimbus", nimbus);
+    for (name, baseline) in baselines {
+        print_samples(name, baseline);
+        let ratio = |p| baseline.percentile(p).as_secs_f64() / nimbus.percentile(p).as_secs_f64();
+        println!(
+            "  ratio (baseline / nimbus)    p50 {}    p99 {}",
+            times(ratio(50.0)),
+            times(ratio(99.0))
+        );
     }
-    let ratio = |p| baseline.percentile(p).as_secs_f64() / nimbus.percentile(p).as_secs_f64();
-    println!(
-        "  ratio (baseline / nimbus)    p50 {}    p99 {}",
-        times(ratio(50.0)),
-        times(ratio(99.0))
-    );
 }
 
 /// The path of a guest program built by `scripts/build-guests.sh`.

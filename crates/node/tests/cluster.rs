@@ -151,6 +151,41 @@ async fn a_killed_process_ends_as_killed() {
     assert_eq!(cluster.kill(pid), Err(AbiError::NoSuchProcess));
 }
 
+#[tokio::test]
+async fn a_spinning_process_leaves_its_thread_to_others_and_ends_by_its_deadline_or_kill() {
+    // `tokio::test` runs the host on one thread: the short job can only run if
+    // the two loops (no call, no memory access) yield their time slices.
+    let (cluster, _data) = cluster(1, 100);
+    let spin = |timeout| RootProcess {
+        module: ModuleBytes::new(
+            wat::parse_str(r#"(module (func (export "_start") (loop $l (br $l))))"#).unwrap(),
+        ),
+        limits: Limits {
+            timeout,
+            ..Limits::default()
+        },
+        ..idle()
+    };
+    let deadline = Duration::from_millis(200);
+    let (spinning, killed) = cluster.start(spin(None)).unwrap();
+    let (_, stopped) = cluster.start(spin(Some(deadline))).unwrap();
+    let short = RootProcess {
+        module: ModuleBytes::new(wat::parse_str(r#"(module (func (export "_start")))"#).unwrap()),
+        ..idle()
+    };
+    let (_, short) = cluster.start(short).unwrap();
+    assert_eq!(short.await.unwrap(), ExitStatus::Exited(0));
+    cluster.kill(spinning).unwrap();
+    assert_eq!(
+        killed.await.unwrap(),
+        ExitStatus::Failed(nimbus_core::Failure::Killed)
+    );
+    assert_eq!(
+        stopped.await.unwrap(),
+        ExitStatus::Failed(nimbus_core::Failure::Deadline(deadline))
+    );
+}
+
 /// Takes the global lock of key "k" for an hour, waiting up to 30 s for it, and
 /// exits with `state_lock`'s result negated (0 when it took the lock), still holding it.
 const LOCKER: &str = r#"(module

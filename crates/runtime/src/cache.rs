@@ -212,6 +212,10 @@ pub struct CacheStats {
     pub rejected: u64,
 }
 
+/// What nimbus changes in wasmtime's code generator (`vendor/README.md`): artifacts
+/// compiled before a change are in another directory. Change it with the patch.
+const CODEGEN: &str = "epoch slow path through a register-preserving trampoline";
+
 impl ModuleCache {
     /// A cache for `engine`'s artifacts below `root`.
     pub(crate) fn new(engine: &Engine, root: &Path) -> ModuleCache {
@@ -219,6 +223,8 @@ impl ModuleCache {
         engine.precompile_compatibility_hash().hash(&mut hasher);
         // Artifacts are of instrumented modules: a change there is a new directory.
         crate::instrument::VERSION.hash(&mut hasher);
+        // And of nimbus's patched code generator, which wasmtime's hash cannot see.
+        CODEGEN.hash(&mut hasher);
         ModuleCache {
             dir: root.join(format!("{:016x}", hasher.finish())),
             compiled: AtomicU64::new(0),

@@ -295,6 +295,15 @@ impl WasiSetup {
             Output::Log(log) => wasi.stderr(log.clone()),
             Output::Sink(sink) => wasi.stderr(SinkStream(sink.clone())),
         };
+        // Calls on files and directories run on the guest's own thread, as under a
+        // local runtime, instead of a hop to tokio's blocking pool and back for
+        // each (a walk of small files took 15× longer for it). They hold the
+        // thread as long as the kernel takes (ARCHITECTURE.md, "Blocking work").
+        // stdin, pipes and sockets are streams the flag does not reach, and a
+        // sleep waits on a tokio timer: the vendored wasmtime-wasi never sleeps
+        // the thread (vendor/README.md). Set before the directories are
+        // preopened: each takes it.
+        wasi.allow_blocking_current_thread(true);
         for dir in &self.dirs {
             wasi.preopened_dir(&dir.host, &dir.guest, FsPerms::ReadWrite)
                 .map_err(|e| {

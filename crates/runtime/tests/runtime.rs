@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure, Limits};
 use nimbus_runtime::{
-    Committed, Invocation, InvokeError, LoadError, ModuleBytes, Output, Runtime, RuntimeConfig,
-    ServiceInstance,
+    Committed, Invocation, InvokeError, LoadError, ModuleBytes, Output, Preopen, Runtime,
+    RuntimeConfig, ServiceInstance,
 };
 
 fn runtime(dir: &tempfile::TempDir) -> Runtime {
@@ -32,9 +32,20 @@ fn module(wat: &str) -> ModuleBytes {
 }
 
 async fn run(runtime: &Runtime, wat: &str, limits: Limits) -> (ExitStatus, String) {
+    run_with_dirs(runtime, wat, limits, vec![]).await
+}
+
+/// [`run`] with `dirs` preopened.
+async fn run_with_dirs(
+    runtime: &Runtime,
+    wat: &str,
+    limits: Limits,
+    dirs: Vec<Preopen>,
+) -> (ExitStatus, String) {
     let program = runtime.load_command(&module(wat)).unwrap();
     let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(1 << 20);
-    let (spec, _mailbox) = common::spec(limits, Output::Capture(stdout.clone()));
+    let (mut spec, _mailbox) = common::spec(limits, Output::Capture(stdout.clone()));
+    spec.dirs = dirs;
     let slot = runtime.admit().await;
     let status = runtime.run(&program, spec, slot).await;
     (
@@ -314,6 +325,95 @@ async fn looping_process_does_not_starve_others() {
     let (status, out) = run(&runtime, HELLO, Limits::default()).await;
     assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "hello\n"));
     looping.abort();
+}
+
+/// Opens `note.txt` in the directory preopened as fd 3, reads it and writes what
+/// it read to stdout; a call that fails exits with 100 + its errno.
+const CAT_NOTE: &str = r#"(module
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "note.txt")
+  (func $check (param i32)
+    (if (local.get 0) (then (call $exit (i32.add (i32.const 100) (local.get 0))))))
+  (func (export "_start")
+    ;; rights: fd_read; the new fd at 16
+    (call $check (call $open (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 8)
+      (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 16)))
+    ;; one iovec at 32: 64 bytes at 256; bytes read at 40
+    (i32.store (i32.const 32) (i32.const 256))
+    (i32.store (i32.const 36) (i32.const 64))
+    (call $check (call $read (i32.load (i32.const 16)) (i32.const 32) (i32.const 1) (i32.const 40)))
+    (i32.store (i32.const 36) (i32.load (i32.const 40)))
+    (call $check (call $write (i32.const 1) (i32.const 32) (i32.const 1) (i32.const 44)))))"#;
+
+#[test]
+fn file_calls_run_on_the_guests_own_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    std::fs::write(files.path().join("note.txt"), "a note\n").unwrap();
+    let tokio = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(1)
+        .build()
+        .unwrap();
+    let (status, out) = tokio.block_on(async {
+        // The runtime's one blocking thread is held until the guest has run: a
+        // file call handed to the blocking pool would wait for it.
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let holder = tokio::task::spawn_blocking(move || held.recv());
+        let dirs = vec![Preopen {
+            host: files.path().to_path_buf(),
+            guest: "/files".into(),
+        }];
+        let ran = tokio::time::timeout(
+            Duration::from_secs(30),
+            run_with_dirs(&runtime(&dir), CAT_NOTE, Limits::default(), dirs),
+        )
+        .await;
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        ran.expect("the guest's file calls waited for a blocking thread")
+    });
+    assert_eq!((status, out.as_str()), (ExitStatus::Exited(0), "a note\n"));
+}
+
+#[test]
+fn a_sleeping_guest_waits_on_a_timer_so_its_deadline_stops_it() {
+    // `poll_oneoff` on one relative clock: an hour's sleep.
+    let sleeper = r#"(module
+      (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+      (memory (export "memory") 1)
+      (func (export "_start")
+        ;; the subscription at 0: userdata 0, tag 0 (clock), monotonic, timeout
+        (i32.store8 (i32.const 8) (i32.const 0))
+        (i32.store (i32.const 16) (i32.const 1))
+        (i64.store (i32.const 24) (i64.const 3600000000000))
+        (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))))"#;
+    let timeout = Duration::from_millis(100);
+    let (done, outcome) = std::sync::mpsc::channel();
+    // On a thread of its own, so that a sleep blocking its thread fails the test
+    // (bounded below) rather than hanging it.
+    std::thread::spawn(move || {
+        let dir = tempfile::tempdir().unwrap();
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let limits = Limits {
+            memory: 1 << 20,
+            timeout: Some(timeout),
+        };
+        let ran = tokio.block_on(run(&runtime(&dir), sleeper, limits));
+        let _ = done.send(ran.0);
+    });
+    let status = outcome
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the sleep held its thread past its deadline");
+    assert_eq!(status, ExitStatus::Failed(Failure::Deadline(timeout)));
 }
 
 #[tokio::test]
