@@ -809,6 +809,7 @@ impl AppCore {
             deadline: None,
             mailbox,
             kernel: self.cluster.clone(),
+            capture: None,
         }
     }
 
