@@ -54,7 +54,7 @@ pub const UNWIND_BUFFER: u64 = 1 << 20;
 /// Descriptors past stdio and the preopened directories that a capture looks at
 /// for open files. Descriptors are numbered from the lowest free one, so a process
 /// holding a file at a higher one has held this many at once.
-const PROBED_DESCRIPTORS: u32 = 4096;
+const PROBED_DESCRIPTORS: u32 = 1024;
 /// The size of a wasm page.
 const WASM_PAGE: u64 = 65536;
 
