@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a fresh machine for nimbus: the wasm32-wasip1 Rust target, the Debian
-# packages that build C guests, and redis-server for the Redis state tests.
+# packages that build C guests, redis-server for the Redis state tests, and binaryen
+# (wasm-opt: the asyncify transform that makes commands capturable).
 # Idempotent: does nothing that is already done.
 set -euo pipefail
 
@@ -8,7 +9,7 @@ if ! rustup target list --installed | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
-packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 redis-server "$@")
+packages=(clang lld wasi-libc libclang-rt-14-dev-wasm32 redis-server binaryen "$@")
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" || missing+=("$package")

@@ -389,6 +389,7 @@ pub fn alone_spec() -> ProcessSpec {
         deadline: None,
         mailbox,
         kernel: Arc::new(nimbus_runtime::Isolated),
+        capture: None,
     }
 }
 

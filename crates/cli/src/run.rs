@@ -6,7 +6,8 @@ use std::time::Duration;
 use clap::Args;
 use nimbus_core::{ExitStatus, Limits, exit_code, parse_duration, parse_size};
 use nimbus_node::{Cluster, ClusterConfig, ClusterError, GlobalState, ModuleSource, RootProcess};
-use nimbus_runtime::{Input, LoadError, ModuleBytes, Output, Preopen};
+use nimbus_runtime::{Capture, Checkpoint, Input, LoadError, ModuleBytes, Output, Preopen};
+use nimbus_snapshot::Snapshot;
 use nimbus_state::AppName;
 
 use crate::Failure;
@@ -61,6 +62,17 @@ pub(crate) struct RunArgs {
     /// `--cluster`, by default those the client config file names).
     #[command(flatten)]
     credentials: crate::trust::ClusterDir,
+    /// Make the program capturable: on SIGUSR1 it is captured at the blocking call
+    /// it is in (a read of stdin, a sleep) or at its next one, FILE is written
+    /// and nimbus exits with code 138. A capture that cannot be made is reported
+    /// and the program keeps running.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ranks", "planner", "cluster"])]
+    checkpoint_on_signal: Option<PathBuf>,
+    /// Go on from the checkpoint in FILE (written by `--checkpoint-on-signal`) of
+    /// this program: its args, env and app are the checkpoint's; `--dir` must give
+    /// the same guest paths, in order.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["ranks", "planner", "cluster", "app", "env", "args"])]
+    restore: Option<PathBuf>,
     /// Arguments passed to the program.
     #[arg(last = true)]
     args: Vec<String>,
@@ -108,6 +120,10 @@ pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
         ));
     }
     let module = ModuleBytes::new(bytes);
+    let restoring = match &args.restore {
+        Some(path) => Some(read_checkpoint(path, &module)?),
+        None => None,
+    };
     let app = match &args.app {
         Some(name) => AppName::new(name).map_err(|e| usage(format!("--app: {e}")))?,
         // State that outlives the run (a cluster's, or Redis) must not be shared by
@@ -116,6 +132,19 @@ pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
             app_of_module(&args.program, &module)
         }
         None => app_of(&args.program),
+    };
+    let capture = match restoring {
+        Some(checkpoint) => Some(Capture::restoring(checkpoint)),
+        None => args
+            .checkpoint_on_signal
+            .as_ref()
+            .map(|_| Capture::new(app.as_str())),
+    };
+    // A restored process belongs to the app it was captured in.
+    let app = match &capture {
+        Some(capture) => AppName::new(capture.app())
+            .map_err(|e| Failure::new(exit_code::BAD_CHECKPOINT, format!("{program}: {e}")))?,
+        None => app,
     };
     let root = RootProcess {
         app,
@@ -158,18 +187,40 @@ pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
             .await
             .map_err(|e| Failure::new(exit_code::INTERNAL, format!("state: {e}")))?;
         config.global_state = GlobalState(global);
+        // Listening before the program starts: SIGUSR1 would otherwise end nimbus.
+        let requests = match (&capture, &args.checkpoint_on_signal) {
+            (Some(capture), Some(_)) => Some(capture_on_signal(capture.clone(), &program)?),
+            _ => None,
+        };
         let ran = async {
             if let (Some(planner), Some(tls)) = (&args.planner, tls) {
                 return nimbus_node::run_on_cluster(planner, tls, root, args.ranks).await;
             }
             let cluster = Cluster::new(&config)?;
-            match args.ranks {
-                Some(ranks) => cluster.run_world(root, ranks).await,
-                None => cluster.run(root).await,
+            match (args.ranks, &capture) {
+                (Some(ranks), _) => cluster.run_world(root, ranks).await,
+                (None, Some(capture)) => cluster.run_capturable(root, capture.clone()).await,
+                (None, None) => cluster.run(root).await,
             }
         };
-        ran.await
-            .map_err(|e| Failure::new(cluster_error_code(&e), format!("{program}: {e}")))
+        let ended = async {
+            ran.await
+                .map_err(|e| Failure::new(cluster_error_code(&e), format!("{program}: {e}")))
+        };
+        let status = match requests {
+            Some(requests) => tokio::select! {
+                status = ended => status,
+                never = requests => match never {},
+            },
+            None => ended.await,
+        }?;
+        let checkpoint = capture.as_ref().and_then(Capture::checkpoint);
+        match (checkpoint, args.checkpoint_on_signal) {
+            (Some(checkpoint), Some(path)) => {
+                Err(write_checkpoint(checkpoint, path, &program).await)
+            }
+            _ => Ok(status),
+        }
     });
     // Children still running when the root ends are stopped with the run.
     tokio.shutdown_background();
@@ -179,6 +230,78 @@ pub(crate) fn run(mut args: RunArgs) -> Result<i32, Failure> {
             failure.exit_code(),
             format!("{program}: {failure}"),
         )),
+    }
+}
+
+/// The checkpoint at `path`, verified whole and found to be of `module`.
+fn read_checkpoint(path: &Path, module: &ModuleBytes) -> Result<Snapshot, Failure> {
+    let refused = |why: String| Failure::new(exit_code::BAD_CHECKPOINT, why);
+    let checkpoint = nimbus_snapshot::read(path)
+        .map_err(|e| refused(format!("refusing the checkpoint: {e}")))?;
+    if checkpoint.module != module.hash().to_bytes() {
+        return Err(refused(format!(
+            "refusing the checkpoint {}: it is of another module (sha256 {}), not of this program ({})",
+            path.display(),
+            hex::encode(checkpoint.module),
+            module.hash()
+        )));
+    }
+    if checkpoint.suspended.is_none() {
+        return Err(refused(format!(
+            "refusing the checkpoint {}: it is a service instance's snapshot, not a captured process",
+            path.display()
+        )));
+    }
+    Ok(checkpoint)
+}
+
+/// Asks `capture` for a capture at each SIGUSR1, reporting each refusal; never
+/// ends (the run ends when the capture succeeds).
+fn capture_on_signal(
+    capture: Capture,
+    program: &str,
+) -> Result<impl std::future::Future<Output = std::convert::Infallible>, Failure> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut signals = signal(SignalKind::user_defined1()).map_err(|e| {
+        Failure::new(
+            exit_code::INTERNAL,
+            format!("cannot listen for SIGUSR1: {e}"),
+        )
+    })?;
+    let program = program.to_owned();
+    Ok(async move {
+        loop {
+            if signals.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+            if let Err(e) = capture.request().await {
+                eprintln!("nimbus: {program}: {e}");
+            }
+        }
+    })
+}
+
+/// Writes a captured program's checkpoint (off the async threads), and what nimbus
+/// ends with then.
+async fn write_checkpoint(checkpoint: Checkpoint, path: PathBuf, program: &str) -> Failure {
+    let import = checkpoint.import().to_owned();
+    let written = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || checkpoint.write(&path)).await
+    };
+    match written {
+        Ok(Ok(())) => Failure::new(
+            exit_code::CAPTURED,
+            format!(
+                "{program}: captured in `{import}`; checkpoint written to {}",
+                path.display()
+            ),
+        ),
+        Ok(Err(e)) => Failure::new(exit_code::INTERNAL, format!("{program}: captured, but {e}")),
+        Err(e) => Failure::new(
+            exit_code::INTERNAL,
+            format!("{program}: writing the checkpoint: {e}"),
+        ),
     }
 }
 
@@ -223,7 +346,9 @@ fn stem_of(program: &Path, max: usize) -> String {
 fn cluster_error_code(error: &ClusterError) -> i32 {
     match error {
         ClusterError::Load(LoadError::NotWasm) => exit_code::NOT_WASM,
-        ClusterError::Load(LoadError::Invalid(_)) => exit_code::INVALID_MODULE,
+        ClusterError::Load(LoadError::Invalid(_) | LoadError::Uncapturable(_)) => {
+            exit_code::INVALID_MODULE
+        }
         ClusterError::Load(LoadError::NoStart) => exit_code::NO_START,
         ClusterError::Load(LoadError::UnknownImport(_)) => exit_code::UNKNOWN_IMPORT,
         ClusterError::Load(LoadError::Cache { .. })

@@ -246,6 +246,10 @@ pub mod exit_code {
     pub const DEADLINE: i32 = 134;
     /// The process was killed.
     pub const KILLED: i32 = 137;
+    /// The program was captured and its checkpoint written (`--checkpoint-on-signal`).
+    pub const CAPTURED: i32 = 138;
+    /// The checkpoint to restore is damaged, or not of this program (`--restore`).
+    pub const BAD_CHECKPOINT: i32 = 139;
 }
 
 /// Formats a byte count with a binary unit for people to read: exact when it is a

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use nimbus_core::{ExitStatus, Failure, HostId, Limits, Pid};
 use nimbus_runtime::{
-    AbiError, BoxFuture, Input, InputStream, Kernel, LoadError, MailboxSender, ModuleBytes, Output,
-    Preopen, Program, Route, RuntimeConfig, RuntimeError, RuntimeLoad, StateCall, StateReply,
+    AbiError, BoxFuture, Capture, Input, InputStream, Kernel, LoadError, MailboxSender,
+    ModuleBytes, Output, Preopen, Program, Route, RuntimeConfig, RuntimeError, RuntimeLoad,
+    StateCall, StateReply,
 };
 use nimbus_state::{AppName, GlobalTier, HostState};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
@@ -229,15 +230,36 @@ impl Cluster {
         &self,
         root: RootProcess,
     ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
+        self.start_with(root, None)
+    }
+
+    /// [`Cluster::start`], loading the module capturable if `capture` is given.
+    fn start_with(
+        &self,
+        root: RootProcess,
+        capture: Option<Capture>,
+    ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
         let (lineage, module, args, stdin) = root.into_parts();
         let host = self.place(None)?;
         // Load first so a bad module is reported as such, not as a spawn failure.
-        let program = host.runtime().load_command(&module)?;
-        self.start_root(host, program, module, args, stdin, Arc::new(lineage))
+        let program = match capture {
+            Some(_) => host.runtime().load_capturable(&module)?,
+            None => host.runtime().load_command(&module)?,
+        };
+        self.start_root(
+            host,
+            program,
+            module,
+            args,
+            stdin,
+            Arc::new(lineage),
+            capture,
+        )
     }
 
     /// Starts a root process of `module` on `host`, whose runtime loaded it as
     /// `program`.
+    #[allow(clippy::too_many_arguments)]
     fn start_root(
         &self,
         host: &Arc<Host>,
@@ -246,6 +268,7 @@ impl Cluster {
         args: Vec<String>,
         stdin: Input,
         lineage: Arc<Lineage>,
+        capture: Option<Capture>,
     ) -> Result<(Pid, oneshot::Receiver<ExitStatus>), ClusterError> {
         let (notify, exited) = oneshot::channel();
         let request = StartRequest {
@@ -255,6 +278,7 @@ impl Cluster {
             stdin,
             lineage,
             parent: Parent::External(notify),
+            capture,
         };
         let pid = host.start(self.arc(), self.arc(), request).map_err(|_| {
             ClusterError::NoCapacity(nimbus_planner::NoCapacity {
@@ -266,18 +290,43 @@ impl Cluster {
 
     /// Runs `root` to the end.
     pub async fn run(&self, root: RootProcess) -> Result<ExitStatus, ClusterError> {
+        self.run_with(root, None).await
+    }
+
+    /// Runs `root` to the end, capturable through `capture` (or restored from the
+    /// checkpoint it holds, [`Capture::restoring`]). A captured root ends as
+    /// killed, its state in [`Capture::checkpoint`]. Only the root of a tree on the
+    /// embedded cluster can be captured, and only while it has no children.
+    pub async fn run_capturable(
+        &self,
+        root: RootProcess,
+        capture: Capture,
+    ) -> Result<ExitStatus, ClusterError> {
+        self.run_with(root, Some(capture)).await
+    }
+
+    async fn run_with(
+        &self,
+        root: RootProcess,
+        capture: Option<Capture>,
+    ) -> Result<ExitStatus, ClusterError> {
         let host = self.place(None)?;
-        let (_, exited) = match host.runtime().loaded_command(&root.module) {
+        let held = match capture {
+            None => host.runtime().loaded_command(&root.module),
+            Some(_) => None,
+        };
+        let (_, exited) = match held {
             // Held in memory: nothing blocks, so no hop to a blocking thread (it
             // would cost more than the whole start).
             Some(program) => {
                 let (lineage, module, args, stdin) = root.into_parts();
-                self.start_root(host, program, module, args, stdin, Arc::new(lineage))?
+                let lineage = Arc::new(lineage);
+                self.start_root(host, program, module, args, stdin, lineage, None)?
             }
             // Loading reads the module cache, or compiles: off the async threads.
             None => {
                 let cluster = self.arc();
-                tokio::task::spawn_blocking(move || cluster.start(root))
+                tokio::task::spawn_blocking(move || cluster.start_with(root, capture))
                     .await
                     .map_err(|e| ClusterError::Remote(format!("starting the root: {e}")))??
             }
@@ -325,7 +374,15 @@ impl Cluster {
                         .find(|(id, _)| *id == host.id())
                         .expect("the module was loaded on every host");
                     let (module, args) = (module.clone(), args.clone());
-                    self.start_root(host, program.clone(), module, args, stdin, lineage.clone())
+                    self.start_root(
+                        host,
+                        program.clone(),
+                        module,
+                        args,
+                        stdin,
+                        lineage.clone(),
+                        None,
+                    )
                 });
             match started {
                 Ok((pid, exited)) => {
@@ -487,6 +544,7 @@ impl Cluster {
             stdin: Input::Null,
             lineage,
             parent: Parent::Process(parent),
+            capture: None,
         };
         let child = target.start(self.arc(), self.arc(), request)?;
         self.host_of(parent)
@@ -591,6 +649,7 @@ impl Cluster {
                 stdin,
                 lineage: lineage.clone(),
                 parent,
+                capture: None,
             };
             let pid = host.start(self.arc(), self.arc(), request)?;
             Ok::<_, AbiError>((pid, ended, lineage))

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use nimbus_core::{ExitStatus, Failure, HostId, Pid, ProcessState};
 use nimbus_planner::HostLoad;
 use nimbus_runtime::{
-    AbiError, Input, Kernel, Mailbox, MailboxSender, ModuleBytes, Output, ProcessSpec, Program,
-    Runtime, RuntimeConfig, RuntimeError, mailbox,
+    AbiError, Capture, Input, Kernel, Mailbox, MailboxSender, ModuleBytes, Output, ProcessSpec,
+    Program, Runtime, RuntimeConfig, RuntimeError, mailbox,
 };
 use tokio::sync::{Notify, oneshot};
 
@@ -47,6 +47,8 @@ pub(crate) struct StartRequest {
     pub(crate) stdin: Input,
     pub(crate) lineage: Arc<Lineage>,
     pub(crate) parent: Parent,
+    /// The root's capture, if it may be captured (or is restored).
+    pub(crate) capture: Option<Capture>,
 }
 
 /// A live process in the table. Ended processes leave the table at once; their
@@ -158,6 +160,7 @@ impl Host {
             deadline: lineage.deadline,
             mailbox,
             kernel,
+            capture: request.capture,
         };
         let host = self.clone();
         crate::metrics().started();
@@ -459,6 +462,7 @@ mod tests {
             stdin,
             lineage: Arc::new(lineage),
             parent: Parent::External(notify),
+            capture: None,
         };
         host.start(cluster.clone(), cluster.clone(), request)
             .unwrap();

@@ -193,7 +193,10 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
                 };
                 let (kernel, pid) = (caller.data().kernel.clone(), caller.data().pid);
                 match kernel.spawn(pid, module, args).await {
-                    Ok(child) => child.to_guest(),
+                    Ok(child) => {
+                        crate::capture::bind(caller.data_mut(), "it has spawned children");
+                        child.to_guest()
+                    }
                     Err(e) => i64::from(e.code()),
                 }
             })
@@ -287,8 +290,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
     linker.func_wrap_async(
         MODULE,
         "world_size",
-        |caller: Caller<'_, ProcessCtx>, ()| {
-            let world = world_of(&caller);
+        |mut caller: Caller<'_, ProcessCtx>, ()| {
+            let world = world_of(&mut caller);
             Box::new(async move { world.await.map_or(1, |world| world.len() as i32) })
         },
     )?;
@@ -296,8 +299,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
     linker.func_wrap_async(
         MODULE,
         "world_rank",
-        |caller: Caller<'_, ProcessCtx>, ()| {
-            let (pid, world) = (caller.data().pid, world_of(&caller));
+        |mut caller: Caller<'_, ProcessCtx>, ()| {
+            let (pid, world) = (caller.data().pid, world_of(&mut caller));
             Box::new(async move {
                 world
                     .await
@@ -310,8 +313,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
     linker.func_wrap_async(
         MODULE,
         "world_pid",
-        |caller: Caller<'_, ProcessCtx>, (rank,): (i32,)| {
-            let (own, world) = (caller.data().pid, world_of(&caller));
+        |mut caller: Caller<'_, ProcessCtx>, (rank,): (i32,)| {
+            let (own, world) = (caller.data().pid, world_of(&mut caller));
             Box::new(async move {
                 let world = world.await.unwrap_or_else(|| Arc::from([own]));
                 usize::try_from(rank)
@@ -502,9 +505,12 @@ async fn receive(
 }
 
 /// The world the caller is a rank of, waiting until all its ranks have started.
+/// The caller's world, once every rank has started. A rank's place in its world
+/// does not travel in a capture.
 fn world_of(
-    caller: &Caller<'_, ProcessCtx>,
+    caller: &mut Caller<'_, ProcessCtx>,
 ) -> impl Future<Output = Option<Arc<[Pid]>>> + Send + 'static {
+    crate::capture::bind(caller.data_mut(), "it asked for its world");
     let data = caller.data();
     let (kernel, pid, gauges) = (data.kernel.clone(), data.pid, data.gauges());
     async move { ProcessCtx::waiting(gauges, kernel.world(pid)).await }

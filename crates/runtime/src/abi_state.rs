@@ -367,6 +367,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ProcessCtx>) -> wasmtime::Result
         "state_lock",
         |mut caller: Caller<'_, ProcessCtx>,
          (key_ptr, key_len, lease_ms, timeout_ms): (i32, i32, i64, i64)| {
+            // Locks are held host-side, by pid: they do not travel in a capture.
+            crate::capture::bind(caller.data_mut(), "it has taken a state lock");
             let millis = |ms: i64| u64::try_from(ms).map(Duration::from_millis);
             let prepared = match (millis(lease_ms), millis(timeout_ms)) {
                 (Ok(lease), Ok(timeout)) => {

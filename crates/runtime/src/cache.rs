@@ -155,6 +155,9 @@ pub enum LoadError {
     /// The module imports something the host does not provide.
     #[error("{0}")]
     UnknownImport(String),
+    /// The module cannot be made capturable (see [`crate::AsyncifyError`]).
+    #[error("{0}")]
+    Uncapturable(String),
     /// The cache directory could not be written.
     #[error("module cache at {path}: {source}")]
     Cache {
@@ -168,6 +171,8 @@ pub enum LoadError {
 /// Precompiled modules on disk, by hash.
 pub(crate) struct ModuleCache {
     dir: PathBuf,
+    /// Whether modules are transformed to be capturable before compiling.
+    capturable: bool,
     compiled: AtomicU64,
     from_disk: AtomicU64,
     rejected: AtomicU64,
@@ -217,16 +222,22 @@ pub struct CacheStats {
 const CODEGEN: &str = "epoch slow path through a register-preserving trampoline";
 
 impl ModuleCache {
-    /// A cache for `engine`'s artifacts below `root`.
-    pub(crate) fn new(engine: &Engine, root: &Path) -> ModuleCache {
+    /// A cache for `engine`'s artifacts below `root`, of modules made
+    /// `capturable` ([`crate::asyncify`]) or not.
+    pub(crate) fn new(engine: &Engine, root: &Path, capturable: bool) -> ModuleCache {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         // Artifacts are of instrumented modules: a change there is a new directory.
         crate::instrument::VERSION.hash(&mut hasher);
         // And of nimbus's patched code generator, which wasmtime's hash cannot see.
         CODEGEN.hash(&mut hasher);
+        let mut name = format!("{:016x}", hasher.finish());
+        if capturable {
+            name.push_str(&format!("-capturable-{}", crate::asyncify::VERSION));
+        }
         ModuleCache {
-            dir: root.join(format!("{:016x}", hasher.finish())),
+            dir: root.join(name),
+            capturable,
             compiled: AtomicU64::new(0),
             from_disk: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -243,8 +254,17 @@ impl ModuleCache {
             self.from_disk.fetch_add(1, Ordering::Relaxed);
             return Ok(compiled);
         }
-        let instrumented = crate::instrument::export_globals(&module.bytes)
-            .map_err(|e| LoadError::Invalid(e.to_string()))?;
+        let transformed = match self.capturable {
+            true => Some(
+                crate::asyncify::asyncify(&module.bytes)
+                    .map_err(|e| LoadError::Uncapturable(e.to_string()))?,
+            ),
+            false => None,
+        };
+        // After the capture transform, whose own globals a checkpoint holds too.
+        let instrumented =
+            crate::instrument::export_globals(transformed.as_deref().unwrap_or(&module.bytes))
+                .map_err(|e| LoadError::Invalid(e.to_string()))?;
         let compiled = Module::from_binary(engine, &instrumented.wasm)
             .map_err(|e| LoadError::Invalid(format!("{e:#}")))?;
         self.compiled.fetch_add(1, Ordering::Relaxed);
@@ -337,8 +357,9 @@ mod tests {
         speed.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let mut none = wasmtime::Config::new();
         none.cranelift_opt_level(wasmtime::OptLevel::None);
-        let dir =
-            |config: &wasmtime::Config| ModuleCache::new(&Engine::new(config).unwrap(), root).dir;
+        let dir = |config: &wasmtime::Config| {
+            ModuleCache::new(&Engine::new(config).unwrap(), root, false).dir
+        };
         assert_ne!(dir(&speed), dir(&none));
         assert_eq!(dir(&speed), dir(&speed));
     }

@@ -75,6 +75,8 @@ pub struct Program {
     pre: InstancePre<ProcessCtx>,
     mutable_globals: Arc<[u32]>,
     is_command: bool,
+    /// Why it cannot be captured; `None` if it was transformed to be.
+    uncapturable: Option<Arc<str>>,
 }
 
 impl Program {
@@ -97,6 +99,11 @@ impl Program {
     pub(crate) fn pre(&self) -> &InstancePre<ProcessCtx> {
         &self.pre
     }
+
+    /// Why the program cannot be captured, if it cannot.
+    pub fn uncapturable(&self) -> Option<&str> {
+        self.uncapturable.as_deref()
+    }
 }
 
 /// Permission to instantiate one process: a slot of the instance pool. Counted as
@@ -115,6 +122,8 @@ impl Drop for Slot {
 /// Runs processes on one host.
 pub struct Runtime {
     commands: Loader,
+    /// Commands transformed to be capturable, on the commands' engine.
+    capturable: Loader,
     services: Loader,
     memories: Arc<CheckpointedMemories>,
     slots: Arc<Semaphore>,
@@ -127,18 +136,27 @@ struct Loader {
     linker: Linker<ProcessCtx>,
     cache: ModuleCache,
     programs: Mutex<Recent<ModuleHash, Program>>,
+    capturable: bool,
 }
 
 impl Loader {
-    fn new(config: &Config, modules: &std::path::Path) -> Result<Loader, RuntimeError> {
-        let engine = Engine::new(config).map_err(|e| RuntimeError(format!("{e:#}")))?;
+    fn new(
+        engine: Engine,
+        modules: &std::path::Path,
+        capturable: bool,
+    ) -> Result<Loader, RuntimeError> {
         let mut linker = Linker::new(&engine);
         process::add_to_linker(&mut linker).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        if capturable {
+            crate::capture::add_to_linker(&mut linker)
+                .map_err(|e| RuntimeError(format!("{e:#}")))?;
+        }
         Ok(Loader {
-            cache: ModuleCache::new(&engine, modules),
+            cache: ModuleCache::new(&engine, modules, capturable),
             engine,
             linker,
             programs: Mutex::new(Recent::new(MAX_PROGRAMS)),
+            capturable,
         })
     }
 
@@ -176,6 +194,8 @@ impl Loader {
             pre,
             mutable_globals,
             is_command,
+            uncapturable: (!self.capturable)
+                .then(|| "it was not loaded for capture (`Runtime::load_capturable`)".into()),
         };
         self.programs
             .lock()
@@ -314,12 +334,17 @@ impl Runtime {
             .with_host_memory(memories.clone());
 
         let modules = config.data_dir.join("modules");
-        let commands = Loader::new(&commands, &modules)?;
-        let services = Loader::new(&services, &modules)?;
+        let engine =
+            |config: &Config| Engine::new(config).map_err(|e| RuntimeError(format!("{e:#}")));
+        let commands = engine(&commands)?;
+        let capturable = Loader::new(commands.clone(), &modules, true)?;
+        let commands = Loader::new(commands, &modules, false)?;
+        let services = Loader::new(engine(&services)?, &modules, false)?;
         spawn_epoch_ticker(&[&commands.engine, &services.engine])
             .map_err(|e| RuntimeError(format!("epoch thread: {e}")))?;
         Ok(Runtime {
             commands,
+            capturable,
             services,
             memories,
             slots: Arc::new(Semaphore::new(slots as usize)),
@@ -332,6 +357,28 @@ impl Runtime {
     /// the module has been loaded.
     pub fn load_command(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
         let program = self.commands.load(module)?;
+        if !program.is_command {
+            return Err(LoadError::NoStart);
+        }
+        Ok(program)
+    }
+
+    /// [`Runtime::load_command`] of `module` transformed so that its processes can
+    /// be captured at their blocking calls and restored ([`crate::Capture`]):
+    /// compiled once (the transform runs `wasm-opt`, which takes a second or two)
+    /// and cached apart from the plain program. A module the transform cannot
+    /// handle is loaded plain: it runs, and a capture of it is refused with
+    /// [`Program::uncapturable`]'s reason.
+    pub fn load_capturable(&self, module: &ModuleBytes) -> Result<Program, LoadError> {
+        let program = match self.capturable.load(module) {
+            Err(LoadError::Uncapturable(why)) => {
+                tracing::warn!(module = %module.hash(), "cannot make the program capturable: {why}");
+                let mut program = self.commands.load(module)?;
+                program.uncapturable = Some(why.into());
+                program
+            }
+            loaded => loaded?,
+        };
         if !program.is_command {
             return Err(LoadError::NoStart);
         }
@@ -353,12 +400,14 @@ impl Runtime {
 
     /// What the module cache has done so far.
     pub fn cache_stats(&self) -> CacheStats {
-        let (commands, services) = (self.commands.cache.stats(), self.services.cache.stats());
-        CacheStats {
-            compiled: commands.compiled + services.compiled,
-            from_disk: commands.from_disk + services.from_disk,
-            rejected: commands.rejected + services.rejected,
-        }
+        [&self.commands, &self.capturable, &self.services]
+            .iter()
+            .map(|loader| loader.cache.stats())
+            .fold(CacheStats::default(), |sum, one| CacheStats {
+                compiled: sum.compiled + one.compiled,
+                from_disk: sum.from_disk + one.from_disk,
+                rejected: sum.rejected + one.rejected,
+            })
     }
 
     /// How many processes are instantiated, how many of them wait, and how many
@@ -401,8 +450,9 @@ impl Runtime {
         from: Option<&Snapshot>,
     ) -> Result<ServiceInstance, ExitStatus> {
         let stderr = spec.stderr.clone();
-        let (store, setup) = process::new_store(&self.services.engine, spec, self.gauges.clone())
-            .map_err(ExitStatus::Failed)?;
+        let (store, setup) =
+            process::new_store(&self.services.engine, spec, self.gauges.clone(), None)
+                .map_err(ExitStatus::Failed)?;
         ServiceInstance::start(store, setup, stderr, program, slot, &self.memories, from).await
     }
 }

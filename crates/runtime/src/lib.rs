@@ -6,8 +6,9 @@
 //! by sha256, of modules instrumented to export their mutable globals), per-process
 //! limits, WASI preview 1 and the nimbus host ABI, the mailbox a process receives
 //! from, the message channels it writes to and reads from (connected sockets the
-//! kernel hands it), and long-lived service instances with the capture and restore
-//! of their state as snapshots.
+//! kernel hands it), long-lived service instances with the capture and restore
+//! of their state as snapshots, and the capture of a running command at a
+//! blocking host call and its restore in another OS process.
 //!
 //! Must not: decide where a process runs, keep a process table, or know about other
 //! hosts. Everything a guest asks of the platform beyond its own mailbox and channels
@@ -16,7 +17,9 @@
 
 mod abi;
 mod abi_state;
+mod asyncify;
 mod cache;
+mod capture;
 mod engine;
 mod instrument;
 mod log;
@@ -28,7 +31,9 @@ mod stream;
 
 pub use abi::{AbiError, BoxFuture, Isolated, Kernel, Route};
 pub use abi_state::{StateCall, StateReply, Tier};
+pub use asyncify::AsyncifyError;
 pub use cache::{CacheStats, LoadError, ModuleBytes, ModuleHash, WeakModule};
+pub use capture::{Capture, CaptureError, Checkpoint, UNWIND_BUFFER};
 pub use engine::{MAX_PROGRAMS, Program, Runtime, RuntimeConfig, RuntimeError, RuntimeLoad, Slot};
 pub use log::LogBuffer;
 pub use mailbox::{

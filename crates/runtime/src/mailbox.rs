@@ -271,6 +271,12 @@ impl Mailbox {
             .map(|(_, channel)| channel.clone())
     }
 
+    /// Whether nothing waits in the mailbox: no message queued or held back, and no
+    /// channel attached.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.inlets.is_empty() && self.held_back.is_none()
+    }
+
     /// Puts `message` back at the head of the queue, for a receiver whose buffer was
     /// too small.
     pub fn hold_back(&mut self, message: Message) {

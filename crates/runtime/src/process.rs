@@ -15,6 +15,7 @@ use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::pipe::{MemoryInputPipe, MemoryOutputPipe};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
+use crate::capture::{Capture, Capturing, Clock};
 use crate::engine::{Gauges, Program, SLICE_TICKS};
 use crate::stream::Outlet;
 use crate::{Kernel, LogBuffer, Mailbox};
@@ -148,6 +149,9 @@ pub struct ProcessSpec {
     pub mailbox: Mailbox,
     /// The platform, for spawn, wait and send.
     pub kernel: Arc<dyn Kernel>,
+    /// For a command that may be captured (or is restored): its capture. Only a
+    /// program loaded by [`crate::Runtime::load_capturable`] can be.
+    pub capture: Option<Capture>,
 }
 
 /// The per-process data a store holds.
@@ -163,6 +167,8 @@ pub(crate) struct ProcessCtx {
     pub(crate) deadline: Option<Instant>,
     pub(crate) deadline_hit: bool,
     gauges: Arc<Gauges>,
+    /// Its capture, if it may be captured.
+    pub(crate) capture: Option<Capturing>,
 }
 
 impl ProcessCtx {
@@ -237,6 +243,8 @@ pub(crate) struct WasiSetup {
     args: Vec<String>,
     env: Vec<(String, String)>,
     dirs: Vec<Preopen>,
+    /// The monotonic clock, if not the host's.
+    clock: Option<Clock>,
 }
 
 impl WasiSetup {
@@ -281,6 +289,9 @@ impl WasiSetup {
         stderr: &Output,
     ) -> Result<WasiP1Ctx, Failure> {
         wasi.args(&self.args).envs(&self.env);
+        if let Some(clock) = self.clock {
+            wasi.monotonic_clock(clock);
+        }
         match stdout {
             Output::Inherit => wasi.inherit_stdout(),
             Output::Null => &mut wasi,
@@ -318,16 +329,19 @@ impl WasiSetup {
 }
 
 /// A store for the process `spec` describes, with its memory limiter, time slicing
-/// and deadline installed; also what rebuilding its WASI context needs.
+/// and deadline installed, and its capture if it may be captured; also what
+/// rebuilding its WASI context needs.
 pub(crate) fn new_store(
     engine: &Engine,
     spec: ProcessSpec,
     gauges: Arc<Gauges>,
+    capture: Option<Capturing>,
 ) -> Result<(Store<ProcessCtx>, WasiSetup), Failure> {
     let setup = WasiSetup {
         args: spec.args,
         env: spec.env,
         dirs: spec.dirs,
+        clock: capture.as_ref().map(Capturing::clock),
     };
     let wasi = setup.build(&spec.stdin, &spec.stdout, &spec.stderr)?;
     let ctx = ProcessCtx {
@@ -344,6 +358,7 @@ pub(crate) fn new_store(
         deadline: spec.deadline,
         deadline_hit: false,
         gauges,
+        capture,
     };
     let mut store = Store::new(engine, ctx);
     store.limiter(|ctx| &mut ctx.limiter);
@@ -389,21 +404,35 @@ pub(crate) fn deadline_failure(timeout: Option<Duration>) -> ExitStatus {
 async fn execute(
     engine: &Engine,
     program: &Program,
-    spec: ProcessSpec,
+    mut spec: ProcessSpec,
     gauges: Arc<Gauges>,
 ) -> ExitStatus {
-    let mut store = match new_store(engine, spec, gauges) {
+    let cannot_restore = |e: crate::CaptureError| ExitStatus::Failed(Failure::Load(e.to_string()));
+    let capture = match crate::capture::prepare(program, &mut spec) {
+        Ok(capture) => capture,
+        Err(e) => return cannot_restore(e),
+    };
+    let mut store = match new_store(engine, spec, gauges, capture) {
         Ok((store, _)) => store,
         Err(failure) => return ExitStatus::Failed(failure),
     };
+    let instance = match program.pre().instantiate_async(&mut store).await {
+        Ok(instance) => instance,
+        Err(e) => return status_of_error(store.data(), &e),
+    };
+    if let Err(e) = crate::capture::rewind(&mut store, &instance, program).await {
+        return cannot_restore(e);
+    }
     let outcome = async {
-        let instance = program.pre().instantiate_async(&mut store).await?;
         let start = instance.get_typed_func::<(), ()>(&mut store, "_start")?;
-        start.call_async(&mut store, ()).await
+        start.call_async(&mut store, ()).await?;
+        crate::capture::finish(&mut store, &instance, program).await
     }
     .await;
     match outcome {
-        Ok(()) => ExitStatus::Exited(0),
+        // Captured: the process ends here, its state in its capture's checkpoint.
+        Ok(true) => ExitStatus::Failed(Failure::Killed),
+        Ok(false) => ExitStatus::Exited(0),
         Err(e) => status_of_error(store.data(), &e),
     }
 }

@@ -326,19 +326,14 @@ impl ServiceInstance {
 
     /// The instance's state, borrowing its memory, ready to be written as `owner`'s.
     pub fn snapshot(&mut self, owner: Owner) -> SnapshotRef<'_> {
-        let mut globals = Vec::new();
-        for (index, global, _) in &self.globals {
-            let value = match global.get(&mut self.store) {
-                Val::I32(v) => GlobalValue::I32(v),
-                Val::I64(v) => GlobalValue::I64(v),
-                Val::F32(v) => GlobalValue::F32(v),
-                Val::F64(v) => GlobalValue::F64(v),
-                Val::V128(v) => GlobalValue::V128(v.as_u128()),
+        let globals = self
+            .globals
+            .iter()
+            .filter_map(|(index, global, _)| {
                 // Function references are restored to their initial value.
-                _ => continue,
-            };
-            globals.push((*index, value));
-        }
+                Some((*index, snapshot_value(global.get(&mut self.store))?))
+            })
+            .collect();
         SnapshotRef {
             module: self.program.hash().to_bytes(),
             owner,
@@ -347,6 +342,7 @@ impl ServiceInstance {
                 .memory
                 .as_ref()
                 .map_or(&[][..], |(memory, _)| memory.data(&self.store)),
+            suspended: None,
         }
     }
 
@@ -355,6 +351,11 @@ impl ServiceInstance {
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), ExitStatus> {
         if snapshot.module != self.program.hash().to_bytes() {
             return Err(cannot_restore("the snapshot is of another module".into()));
+        }
+        if snapshot.suspended.is_some() {
+            return Err(cannot_restore(
+                "the snapshot is of a captured command, not of a service".into(),
+            ));
         }
         match &self.memory {
             Some((memory, region)) => {
@@ -393,18 +394,35 @@ impl ServiceInstance {
                 .iter()
                 .find(|(i, _, _)| i == index)
                 .ok_or_else(|| cannot_restore(format!("no global {index}")))?;
-            let value = match *value {
-                GlobalValue::I32(v) => Val::I32(v),
-                GlobalValue::I64(v) => Val::I64(v),
-                GlobalValue::F32(v) => Val::F32(v),
-                GlobalValue::F64(v) => Val::F64(v),
-                GlobalValue::V128(v) => Val::V128(v.into()),
-            };
             global
-                .set(&mut self.store, value)
+                .set(&mut self.store, wasm_value(*value))
                 .map_err(|e| cannot_restore(format!("global {index}: {e:#}")))?;
         }
         Ok(())
+    }
+}
+
+/// A global's value as a snapshot holds it; `None` for a reference, which no
+/// snapshot holds.
+pub(crate) fn snapshot_value(value: Val) -> Option<GlobalValue> {
+    Some(match value {
+        Val::I32(v) => GlobalValue::I32(v),
+        Val::I64(v) => GlobalValue::I64(v),
+        Val::F32(v) => GlobalValue::F32(v),
+        Val::F64(v) => GlobalValue::F64(v),
+        Val::V128(v) => GlobalValue::V128(v.as_u128()),
+        _ => return None,
+    })
+}
+
+/// The value a snapshot's global stands for.
+pub(crate) fn wasm_value(value: GlobalValue) -> Val {
+    match value {
+        GlobalValue::I32(v) => Val::I32(v),
+        GlobalValue::I64(v) => Val::I64(v),
+        GlobalValue::F32(v) => Val::F32(v),
+        GlobalValue::F64(v) => Val::F64(v),
+        GlobalValue::V128(v) => Val::V128(v.into()),
     }
 }
 

@@ -626,6 +626,7 @@ async fn a_snapshot_of_another_module_is_refused() {
         owner: owner(),
         globals: vec![],
         memory: &[0; 65536],
+        suspended: None,
     }
     .write(&path)
     .unwrap();

@@ -812,6 +812,7 @@ impl AppCore {
             deadline: None,
             mailbox,
             kernel: self.cluster.clone(),
+            capture: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! Snapshots of WebAssembly processes: linear memory, mutable globals and metadata
-//! (the module, and the app and instance the snapshot belongs to), and their file
+//! (the module, the app and instance the snapshot belongs to, and for a command
+//! captured at a blocking host call, where it was [`Suspended`]), and their file
 //! format.
 //!
 //! Owns: the in-memory form of a snapshot and its on-disk encoding — sparse (pages of
@@ -19,10 +20,19 @@
 //! u8 app name length  [u8; 64] app name (zero padded)  u32 instance
 //! u64 memory length
 //! u32 global count   { u32 global index, u8 kind, [u8; 16] bits } * count
+//! u32 suspension length (0: none)   the suspension, see below
 //! zeros up to the next page boundary
 //! the stored pages, run after run, in memory order
 //! { u32 first page, u32 page count } * run count   u32 run count
 //! u32 crc32 of all the above
+//! ```
+//!
+//! A suspension (strings are a `u32` length and UTF-8 bytes):
+//!
+//! ```text
+//! u64 pid   u32 unwind data address   string import   u64 monotonic clock (ns)
+//! u32 arg count { string }   u32 env count { string key, string value }
+//! u32 directory count { string guest path }
 //! ```
 
 use std::fs::File;
@@ -31,7 +41,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"NIMBUSSN";
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 /// The longest app name a snapshot holds.
 pub const MAX_APP_LEN: usize = 64;
 /// Granularity of the sparse encoding, and the alignment of stored pages.
@@ -40,6 +50,8 @@ pub const PAGE_SIZE: usize = 4096;
 const FIXED_HEADER: usize = 8 + 4 + 32 + 1 + MAX_APP_LEN + 4 + 8 + 4;
 /// Bytes of one global in the header.
 const GLOBAL_LEN: usize = 4 + 1 + 16;
+/// The longest suspension a snapshot holds (its args, env and directory names).
+pub const MAX_SUSPENSION_LEN: usize = 1 << 20;
 
 /// The value of one global.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +107,82 @@ impl std::fmt::Display for Owner {
     }
 }
 
+/// Where a command was stopped: the blocking host call it was unwound from, and
+/// what its WASI context held that travels with it. Only a snapshot of a command
+/// captured while running has one; a service's has none.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Suspended {
+    /// The process id it had.
+    pub pid: u64,
+    /// The address in its linear memory of the unwind data (the stack it was
+    /// unwound from, as the capture transform saved it).
+    pub unwind_data: u32,
+    /// The host call it was in, `module.name` (`wasi_snapshot_preview1.fd_read`).
+    pub import: String,
+    /// Its monotonic clock's reading when it stopped, in nanoseconds: the clock
+    /// goes on from there.
+    pub monotonic_ns: u64,
+    /// Its arguments, `argv[0]` included.
+    pub args: Vec<String>,
+    /// Its environment.
+    pub env: Vec<(String, String)>,
+    /// Its preopened directories, by the path the guest sees, in order.
+    pub dirs: Vec<String>,
+}
+
+impl Suspended {
+    fn encode(&self) -> Vec<u8> {
+        fn string(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(&self.pid.to_le_bytes());
+        out.extend_from_slice(&self.unwind_data.to_le_bytes());
+        string(&mut out, &self.import);
+        out.extend_from_slice(&self.monotonic_ns.to_le_bytes());
+        out.extend_from_slice(&(self.args.len() as u32).to_le_bytes());
+        self.args.iter().for_each(|arg| string(&mut out, arg));
+        out.extend_from_slice(&(self.env.len() as u32).to_le_bytes());
+        for (key, value) in &self.env {
+            string(&mut out, key);
+            string(&mut out, value);
+        }
+        out.extend_from_slice(&(self.dirs.len() as u32).to_le_bytes());
+        self.dirs.iter().for_each(|dir| string(&mut out, dir));
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Suspended, &'static str> {
+        let mut input = Reader(bytes);
+        let pid = input.u64()?;
+        let unwind_data = input.u32()?;
+        let import = input.string()?;
+        let monotonic_ns = input.u64()?;
+        let args = (0..input.u32()?)
+            .map(|_| input.string())
+            .collect::<Result<_, _>>()?;
+        let env = (0..input.u32()?)
+            .map(|_| Ok((input.string()?, input.string()?)))
+            .collect::<Result<_, &'static str>>()?;
+        let dirs = (0..input.u32()?)
+            .map(|_| input.string())
+            .collect::<Result<_, _>>()?;
+        if !input.0.is_empty() {
+            return Err("suspension longer than its contents");
+        }
+        Ok(Suspended {
+            pid,
+            unwind_data,
+            import,
+            monotonic_ns,
+            args,
+            env,
+            dirs,
+        })
+    }
+}
+
 /// A snapshot whose memory is borrowed from a live instance, ready to be written.
 #[derive(Debug)]
 pub struct SnapshotRef<'a> {
@@ -106,6 +194,8 @@ pub struct SnapshotRef<'a> {
     pub globals: Vec<(u32, GlobalValue)>,
     /// The whole linear memory.
     pub memory: &'a [u8],
+    /// Where a captured command was stopped.
+    pub suspended: Option<Suspended>,
 }
 
 /// Consecutive stored pages of a snapshot.
@@ -131,6 +221,8 @@ pub struct Snapshot {
     pub globals: Vec<(u32, GlobalValue)>,
     /// Length of the linear memory in bytes.
     pub memory_len: u64,
+    /// Where a captured command was stopped.
+    pub suspended: Option<Suspended>,
     /// Runs of stored (non-zero) pages, in memory order.
     pub runs: Vec<Run>,
     /// The open file. It is never written in place (a new snapshot replaces it by
@@ -181,10 +273,21 @@ impl SnapshotRef<'_> {
                 "app name longer than a snapshot holds",
             )));
         }
+        let suspension = self.suspended.as_ref().map(Suspended::encode);
+        if suspension
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_SUSPENSION_LEN)
+        {
+            return Err(io_error(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "args, env and directories longer than a snapshot holds",
+            )));
+        }
         let tmp = path.with_extension(format!("tmp{}", std::process::id()));
         let file = File::create(&tmp).map_err(io_error)?;
         let mut out = ChecksummedWriter::new(io::BufWriter::with_capacity(1 << 20, file));
-        self.encode(&mut out).map_err(io_error)?;
+        self.encode(&mut out, suspension.as_deref().unwrap_or_default())
+            .map_err(io_error)?;
         let crc = out.crc.clone().finalize();
         let mut file = out
             .inner
@@ -202,7 +305,7 @@ impl SnapshotRef<'_> {
         Ok(())
     }
 
-    fn encode(&self, out: &mut impl Write) -> io::Result<()> {
+    fn encode(&self, out: &mut impl Write, suspension: &[u8]) -> io::Result<()> {
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
         out.write_all(&self.module)?;
@@ -219,8 +322,10 @@ impl SnapshotRef<'_> {
             out.write_all(&[kind])?;
             out.write_all(&bits.to_le_bytes())?;
         }
+        out.write_all(&(suspension.len() as u32).to_le_bytes())?;
+        out.write_all(suspension)?;
         let padding = [0u8; PAGE_SIZE];
-        let header = FIXED_HEADER + GLOBAL_LEN * self.globals.len();
+        let header = FIXED_HEADER + GLOBAL_LEN * self.globals.len() + 4 + suspension.len();
         out.write_all(&padding[..header.next_multiple_of(PAGE_SIZE) - header])?;
         let mut runs: Vec<(u32, u32)> = Vec::new();
         for (number, page) in self.memory.chunks(PAGE_SIZE).enumerate() {
@@ -335,12 +440,12 @@ fn decode(file: File) -> Result<Snapshot, Damage> {
     };
     let memory_len = input.u64()?;
     let global_count = input.u32()? as usize;
-    let header_len = global_count
+    let globals_end = global_count
         .checked_mul(GLOBAL_LEN)
-        .and_then(|globals| globals.checked_add(FIXED_HEADER))
-        .filter(|&header| header as u64 <= body_len)
+        .and_then(|globals| globals.checked_add(FIXED_HEADER + 4))
+        .filter(|&end| end as u64 <= body_len)
         .ok_or("truncated")?;
-    let global_bytes = read_at(&file, FIXED_HEADER as u64, header_len - FIXED_HEADER)?;
+    let global_bytes = read_at(&file, FIXED_HEADER as u64, globals_end - FIXED_HEADER)?;
     let mut input = Reader(&global_bytes);
     let globals = (0..global_count)
         .map(|_| {
@@ -351,6 +456,22 @@ fn decode(file: File) -> Result<Snapshot, Damage> {
             Ok((index, value))
         })
         .collect::<Result<Vec<_>, &'static str>>()?;
+    let suspension_len = input.u32()? as usize;
+    if suspension_len > MAX_SUSPENSION_LEN {
+        return Err("suspension too long".into());
+    }
+    let header_len = globals_end + suspension_len;
+    if header_len as u64 > body_len {
+        return Err("truncated".into());
+    }
+    let suspended = match suspension_len {
+        0 => None,
+        len => Some(Suspended::decode(&read_at(
+            &file,
+            globals_end as u64,
+            len,
+        )?)?),
+    };
 
     let count_at = body_len.checked_sub(4).ok_or("truncated")?;
     let run_count = u64::from(Reader(&read_at(&file, count_at, 4)?).u32()?);
@@ -385,6 +506,7 @@ fn decode(file: File) -> Result<Snapshot, Damage> {
         owner,
         globals,
         memory_len,
+        suspended,
         runs,
         file,
     })
@@ -436,6 +558,12 @@ impl<'a> Reader<'a> {
             self.take(8)?.try_into().expect("8 bytes"),
         ))
     }
+
+    fn string(&mut self) -> Result<String, &'static str> {
+        let len = self.u32()? as usize;
+        let bytes = self.take(len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| "a string is not UTF-8")
+    }
 }
 
 #[cfg(test)]
@@ -469,6 +597,7 @@ mod tests {
                 (5, GlobalValue::V128(u128::MAX - 3)),
             ],
             memory,
+            suspended: None,
         }
     }
 
@@ -508,6 +637,39 @@ mod tests {
     }
 
     #[test]
+    fn a_suspension_round_trips_and_its_damage_is_detected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        let memory = memory();
+        let mut captured = snapshot(&memory);
+        captured.suspended = Some(Suspended {
+            pid: 42,
+            unwind_data: 0x1_0000,
+            import: "wasi_snapshot_preview1.fd_read".into(),
+            monotonic_ns: 123_456_789,
+            args: vec!["prog.wasm".into(), "é".into(), String::new()],
+            env: vec![("KEY".into(), "value=1".into())],
+            dirs: vec!["/data".into()],
+        });
+        captured.write(&path).unwrap();
+        let back = read(&path).unwrap();
+        assert_eq!(back.suspended, captured.suspended);
+        assert!(
+            back.runs
+                .iter()
+                .all(|run| run.offset % PAGE_SIZE as u64 == 0)
+        );
+        assert_eq!(contents(&back), memory);
+        let good = std::fs::read(&path).unwrap();
+        for at in (0..PAGE_SIZE).step_by(7) {
+            let mut bad = good.clone();
+            bad[at] ^= 0x01;
+            std::fs::write(&path, &bad).unwrap();
+            assert!(read(&path).is_err(), "bit flip at {at} accepted");
+        }
+    }
+
+    #[test]
     fn every_damage_is_detected() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.snap");
@@ -539,9 +701,9 @@ mod tests {
         let path = dir.path().join("s.snap");
         let memory = memory();
         snapshot(&memory).write(&path).unwrap();
-        // The same file claiming version 3 (which had no owner), checksum mended.
+        // The same file claiming version 4 (which had no suspension), checksum mended.
         let mut old = std::fs::read(&path).unwrap();
-        old[8..12].copy_from_slice(&3u32.to_le_bytes());
+        old[8..12].copy_from_slice(&4u32.to_le_bytes());
         let body = old.len() - 4;
         let crc = crc32fast::hash(&old[..body]);
         old[body..].copy_from_slice(&crc.to_le_bytes());

@@ -22,6 +22,7 @@ pub fn spec(limits: Limits, stdout: Output) -> (ProcessSpec, MailboxSender) {
         limits,
         mailbox,
         kernel: Arc::new(Isolated),
+        capture: None,
     };
     (spec, sender)
 }
