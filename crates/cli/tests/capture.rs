@@ -153,7 +153,9 @@ fn a_rust_program_captured_reading_stdin_goes_on_in_another_process() {
 #[test]
 fn a_c_program_captured_sleeping_goes_on_in_another_process() {
     let program = guest("c-capture-check");
-    let args = ["2", "2000"];
+    // Long enough that the signal, sent once "ready" is read, lands within the sleep
+    // on a loaded machine (a restored sleep starts again whole).
+    let args = ["2", "5000"];
     let (whole, code) = uninterrupted(&program, &args, b"");
     assert_eq!(code, Some(7));
     assert!(whole.contains("memory kept\nclock monotonic\n"), "{whole}");
