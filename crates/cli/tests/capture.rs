@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{Receiver, channel};
 use std::time::Duration;
 
-use common::{end_with_test, guest, nimbus, outcome, run_with_input};
+use common::{end_with_test, guest, lines, nimbus, outcome, run_with_input};
 
 /// How long a test waits for one line or for a process to end.
 const BOUND: Duration = Duration::from_secs(60);
@@ -22,19 +22,6 @@ struct Running {
     stdin: Option<ChildStdin>,
     stdout: Receiver<String>,
     stderr: Receiver<String>,
-}
-
-fn lines(from: impl std::io::Read + Send + 'static) -> Receiver<String> {
-    let (send, lines) = channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(from).lines() {
-            let Ok(line) = line else { break };
-            if send.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    lines
 }
 
 impl Running {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::process::Stdio;
 
 use common::{Daemon, TestCluster, guest, outcome, run};
@@ -227,15 +226,7 @@ fn log_lines_are_json_objects_with_their_fields_when_asked() {
     // The planner logs the join; lines before it (the credentials it created) are
     // the CLI's own, not log lines. Read on a thread of its own, so a line that never
     // comes fails the test within a minute.
-    let (lines, logged) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let logged = common::lines(stderr);
     let joined = loop {
         let line = logged
             .recv_timeout(std::time::Duration::from_secs(60))

@@ -113,3 +113,27 @@ pub(crate) fn test_tls() -> std::sync::Arc<nimbus_trust::Tls> {
     TLS.get_or_init(|| nimbus_trust::Tls::ephemeral().unwrap())
         .clone()
 }
+
+/// A cluster CA in a temporary directory and a node certificate of it for each of
+/// `names`, loaded: for the tests of revocation, which need nodes of their own.
+#[cfg(test)]
+pub(crate) fn test_nodes(
+    names: &[&str],
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    Vec<(std::sync::Arc<nimbus_trust::Tls>, std::path::PathBuf)>,
+) {
+    let parent = tempfile::tempdir().unwrap();
+    let ca = parent.path().join("ca");
+    nimbus_trust::init(&ca).unwrap();
+    let nodes = names
+        .iter()
+        .map(|name| {
+            let dir = parent.path().join(name);
+            nimbus_trust::issue(&ca, name, &dir).unwrap();
+            (nimbus_trust::Tls::load(&dir).unwrap(), dir)
+        })
+        .collect();
+    (parent, ca, nodes)
+}

@@ -1097,16 +1097,10 @@ mod tests {
     #[tokio::test]
     async fn a_revoked_peers_links_end_both_ways_and_the_others_stay_open() {
         use nimbus_trust::{CRL_CHECK_INTERVAL, CRL_FILE};
-        let parent = tempfile::tempdir().unwrap();
-        let ca = parent.path().join("ca");
-        nimbus_trust::init(&ca).unwrap();
-        let node = |name: &str| {
-            let dir = parent.path().join(name);
-            nimbus_trust::issue(&ca, name, &dir).unwrap();
-            (Tls::load(&dir).unwrap(), dir)
-        };
-        let ((ours, our_dir), (revoked, _), (kept, _)) =
-            (node("ours"), node("revoked"), node("kept"));
+        let (_parent, ca, mut nodes) = crate::test_nodes(&["ours", "revoked", "kept"]);
+        let (kept, _) = nodes.pop().unwrap();
+        let (revoked, _) = nodes.pop().unwrap();
+        let (ours, our_dir) = nodes.pop().unwrap();
         async fn serving(tls: &Arc<Tls>) -> String {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap().to_string();

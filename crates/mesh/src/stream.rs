@@ -199,17 +199,10 @@ mod tests {
     #[tokio::test]
     async fn a_handed_over_connection_ends_on_either_side_once_its_peer_is_revoked() {
         use nimbus_trust::{CRL_CHECK_INTERVAL, CRL_FILE};
-        let parent = tempfile::tempdir().unwrap();
-        let ca = parent.path().join("ca");
-        nimbus_trust::init(&ca).unwrap();
-        let node = |name: &str| {
-            let dir = parent.path().join(name);
-            nimbus_trust::issue(&ca, name, &dir).unwrap();
-            (Tls::load(&dir).unwrap(), dir)
-        };
-        let (opener, opener_dir) = node("opener");
-        let (revoked_opener, _) = node("revoked-opener");
-        let (server, server_dir) = node("server");
+        let (_parent, ca, mut nodes) = crate::test_nodes(&["opener", "revoked-opener", "server"]);
+        let (server, server_dir) = nodes.pop().unwrap();
+        let (revoked_opener, _) = nodes.pop().unwrap();
+        let (opener, opener_dir) = nodes.pop().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         tokio::spawn(serve(listener, server, Arc::new(Adopter)));

@@ -161,6 +161,23 @@ pub fn outcome(output: &Output) -> (String, String, Option<i32>) {
     )
 }
 
+/// The lines `from` yields, read on a thread of its own (so that a test can wait
+/// for one with a bound).
+#[allow(dead_code)]
+pub fn lines(from: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (send, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(from).lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// A long-running `nimbus` process (`up`, `planner`, `worker`), killed when dropped.
 #[allow(dead_code)] // each test binary uses the helpers it needs
 pub struct Daemon {
@@ -184,17 +201,7 @@ impl Daemon {
             .stderr(stderr)
             .spawn()
             .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (send, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if send.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines(child.stdout.take().unwrap());
         Daemon { child, lines }
     }
 
