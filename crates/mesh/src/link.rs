@@ -259,6 +259,15 @@ impl Link {
             if let Some(calls) = self.pending.lock().unwrap().as_mut() {
                 calls.remove(&id);
             }
+            // The peer refused our certificate (TLS 1.3 tells after the handshake):
+            // the write may be what meets its alert, before the reader does.
+            if let Some(refused) = nimbus_trust::refused_certificate(&error) {
+                let _ = self.refused.set(refused.clone());
+                return Err(MeshError::Untrusted {
+                    addr: self.addr.clone(),
+                    source: error,
+                });
+            }
             // A frame refused whole (too long) leaves the connection as it was.
             return Err(match error.kind() {
                 std::io::ErrorKind::InvalidData => MeshError::Malformed(error.to_string()),
