@@ -151,8 +151,10 @@ impl Capture {
                 return Err(CaptureError::Ended);
             }
             outcome.waiters.push(answer);
+            // Under the lock, as `answer` clears it: a request is never left armed
+            // with nobody waiting for it.
+            self.0.requested.store(true, Ordering::SeqCst);
         }
-        self.0.requested.store(true, Ordering::SeqCst);
         self.0.wake.notify_one();
         answered.await.unwrap_or(Err(CaptureError::Ended))
     }

@@ -11,6 +11,14 @@ use nimbus_runtime::{
     Runtime, RuntimeConfig,
 };
 use tokio::io::AsyncWriteExt;
+
+/// `waited`, which must end within a minute (a capture or a process that never
+/// ends fails the test instead of hanging it).
+async fn within<T>(waited: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), waited)
+        .await
+        .expect("it ended within a minute")
+}
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 /// Sets a global to 41, opens a file first if `OPEN` is replaced by the call, reads
@@ -90,8 +98,11 @@ async fn a_command_captured_in_a_read_goes_on_from_its_checkpoint() {
         &program,
         spec(Input::Stream(InputStream::new(never)), &stdout, &capture),
     );
-    capture.request().await.unwrap();
-    assert_eq!(running.await.unwrap(), ExitStatus::Failed(Failure::Killed));
+    within(capture.request()).await.unwrap();
+    assert_eq!(
+        within(running).await.unwrap(),
+        ExitStatus::Failed(Failure::Killed)
+    );
     assert!(stdout.contents().is_empty());
     let checkpoint = capture.checkpoint().expect("a checkpoint");
     assert_eq!(checkpoint.import(), "wasi_snapshot_preview1.fd_read");
@@ -111,7 +122,10 @@ async fn a_command_captured_in_a_read_goes_on_from_its_checkpoint() {
     assert_eq!(status, ExitStatus::Exited(0));
     assert_eq!(&stdout.contents()[..], b"hi*");
     // Ended: no capture to ask for any more.
-    assert!(matches!(restored.request().await, Err(CaptureError::Ended)));
+    assert!(matches!(
+        within(restored.request()).await,
+        Err(CaptureError::Ended)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,17 +143,17 @@ async fn a_command_holding_an_open_file_is_not_captured_and_goes_on() {
         guest: "/files".into(),
     }];
     let running = start(&runtime, &program, spec);
-    match capture.request().await {
+    match within(capture.request()).await {
         Err(CaptureError::CannotTravel(why)) => assert!(why.contains("file open"), "{why}"),
         other => panic!(
             "captured with a file open: {:?}, the process {:?}",
             other.map(drop),
-            running.await
+            within(running).await
         ),
     }
     input.write_all(b"ok").await.unwrap();
     drop(input);
-    assert_eq!(running.await.unwrap(), ExitStatus::Exited(0));
+    assert_eq!(within(running).await.unwrap(), ExitStatus::Exited(0));
     assert_eq!(&stdout.contents()[..], b"ok*");
     assert!(files.path().join("f").exists());
 }
@@ -157,8 +171,8 @@ async fn a_checkpoint_is_restored_only_into_its_own_module() {
         &program,
         spec(Input::Stream(InputStream::new(never)), &stdout, &capture),
     );
-    capture.request().await.unwrap();
-    running.await.unwrap();
+    within(capture.request()).await.unwrap();
+    within(running).await.unwrap();
     let path = dir.path().join("reader.ckpt");
     capture.checkpoint().unwrap().write(&path).unwrap();
 
@@ -188,13 +202,13 @@ async fn a_program_loaded_plain_refuses_a_capture() {
         spec(Input::Stream(InputStream::new(stdin)), &stdout, &capture),
     );
     // Answered once the process has started.
-    let refused = match capture.request().await {
+    let refused = match within(capture.request()).await {
         Err(CaptureError::Uncapturable(why)) => why,
         other => panic!("not refused as uncapturable: {:?}", other.map(drop)),
     };
     assert!(refused.contains("not loaded for capture"), "{refused}");
     input.write_all(b"go").await.unwrap();
     drop(input);
-    assert_eq!(running.await.unwrap(), ExitStatus::Exited(0));
+    assert_eq!(within(running).await.unwrap(), ExitStatus::Exited(0));
     assert_eq!(&stdout.contents()[..], b"go*");
 }
