@@ -82,6 +82,25 @@ fn start(
     })
 }
 
+/// Runs `program` on a stdin that never yields, so that it blocks in `fd_read`,
+/// captures it there, and returns the capture and how the process ended.
+async fn captured_in_read(
+    runtime: &Arc<Runtime>,
+    program: &Program,
+    stdout: &MemoryOutputPipe,
+) -> (Capture, ExitStatus) {
+    let (_open, never) = tokio::io::duplex(16);
+    let capture = Capture::new("test");
+    let running = start(
+        runtime,
+        program,
+        spec(Input::Stream(InputStream::new(never)), stdout, &capture),
+    );
+    within(capture.request()).await.unwrap();
+    let ended = within(running).await.unwrap();
+    (capture, ended)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_captured_in_a_read_goes_on_from_its_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
@@ -89,20 +108,9 @@ async fn a_command_captured_in_a_read_goes_on_from_its_checkpoint() {
     let program = runtime.load_capturable(&reader(false)).unwrap();
     assert_eq!(program.uncapturable(), None);
 
-    // Stdin that never yields: the process blocks in `fd_read`.
-    let (_open, never) = tokio::io::duplex(16);
-    let capture = Capture::new("test");
     let stdout = MemoryOutputPipe::new(1024);
-    let running = start(
-        &runtime,
-        &program,
-        spec(Input::Stream(InputStream::new(never)), &stdout, &capture),
-    );
-    within(capture.request()).await.unwrap();
-    assert_eq!(
-        within(running).await.unwrap(),
-        ExitStatus::Failed(Failure::Killed)
-    );
+    let (capture, ended) = captured_in_read(&runtime, &program, &stdout).await;
+    assert_eq!(ended, ExitStatus::Failed(Failure::Killed));
     assert!(stdout.contents().is_empty());
     let checkpoint = capture.checkpoint().expect("a checkpoint");
     assert_eq!(checkpoint.import(), "wasi_snapshot_preview1.fd_read");
@@ -163,16 +171,8 @@ async fn a_checkpoint_is_restored_only_into_its_own_module() {
     let dir = tempfile::tempdir().unwrap();
     let runtime = runtime(&dir);
     let program = runtime.load_capturable(&reader(false)).unwrap();
-    let (_open, never) = tokio::io::duplex(16);
-    let capture = Capture::new("test");
     let stdout = MemoryOutputPipe::new(1024);
-    let running = start(
-        &runtime,
-        &program,
-        spec(Input::Stream(InputStream::new(never)), &stdout, &capture),
-    );
-    within(capture.request()).await.unwrap();
-    within(running).await.unwrap();
+    let (capture, _) = captured_in_read(&runtime, &program, &stdout).await;
     let path = dir.path().join("reader.ckpt");
     capture.checkpoint().unwrap().write(&path).unwrap();
 
