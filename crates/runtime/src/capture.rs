@@ -77,6 +77,10 @@ pub enum CaptureError {
     /// The checkpoint does not fit this program or run.
     #[error("cannot restore: {0}")]
     Restore(String),
+    /// The process reached no blocking call within the wait the requester gave;
+    /// it runs on, no longer asked.
+    #[error("the process reached no blocking call within {0:?} (it computes); try again")]
+    NotReached(std::time::Duration),
 }
 
 /// A process's capture: requests from outside, the checkpoint it ended in, and,
@@ -99,6 +103,9 @@ struct Outcome {
     /// Set once the process runs a program that cannot be captured.
     uncapturable: Option<String>,
     ended: bool,
+    /// Set once the process began to unwind for the requests: they can no
+    /// longer be withdrawn.
+    unwinding: bool,
     captured: Option<Checkpoint>,
 }
 
@@ -157,6 +164,38 @@ impl Capture {
         }
         self.0.wake.notify_one();
         answered.await.unwrap_or(Err(CaptureError::Ended))
+    }
+
+    /// [`Capture::request`], withdrawn if the process reaches no blocking call
+    /// within `wait`: it then runs on and will not stop for this request.
+    pub async fn request_within(&self, wait: std::time::Duration) -> Result<(), CaptureError> {
+        let request = self.request();
+        tokio::pin!(request);
+        if let Ok(result) = tokio::time::timeout(wait, &mut request).await {
+            return result;
+        }
+        {
+            let mut outcome = self.0.outcome.lock().unwrap();
+            if !outcome.unwinding {
+                self.0.requested.store(false, Ordering::SeqCst);
+                outcome.waiters.clear();
+                return Err(CaptureError::NotReached(wait));
+            }
+        }
+        // It is unwinding for this request: the outcome is moments away.
+        request.await
+    }
+
+    /// Whether the requests made so far still stand, and if so marks the process
+    /// as unwinding for them (they can no longer be withdrawn).
+    fn claim(&self) -> bool {
+        let mut outcome = self.0.outcome.lock().unwrap();
+        if outcome.waiters.is_empty() {
+            self.0.requested.store(false, Ordering::SeqCst);
+            return false;
+        }
+        outcome.unwinding = true;
+        true
     }
 
     /// The state the process was captured in, once it was.
@@ -629,6 +668,10 @@ async fn try_unwind(
     if let Err(refused) = travels(caller.data_mut()).await {
         tracing::info!(pid = %caller.data().pid, "capture refused: {refused}");
         capture.answer(Err(refused));
+        return Ok(false);
+    }
+    // Withdrawn meanwhile: nobody would take the checkpoint.
+    if !capture.claim() {
         return Ok(false);
     }
     let start_unwind = match caller

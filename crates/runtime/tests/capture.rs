@@ -212,3 +212,41 @@ async fn a_program_loaded_plain_refuses_a_capture() {
     assert_eq!(within(running).await.unwrap(), ExitStatus::Exited(0));
     assert_eq!(&stdout.contents()[..], b"go*");
 }
+
+/// Spins forever before it would read stdin: it never reaches a blocking call.
+const SPINNER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (loop $spin (br $spin))
+    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_process_does_not_reach_in_time_is_withdrawn_and_it_runs_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime(&dir);
+    let program = runtime
+        .load_capturable(&ModuleBytes::new(wat::parse_str(SPINNER).unwrap()))
+        .unwrap();
+    let capture = Capture::new("test");
+    let stdout = MemoryOutputPipe::new(1024);
+    let limits = Limits {
+        timeout: Some(std::time::Duration::from_secs(1)),
+        ..Limits::default()
+    };
+    let (mut spec, _sender) = common::spec(limits, Output::Capture(stdout.clone()));
+    spec.capture = Some(capture.clone());
+    let running = start(&runtime, &program, spec);
+    let wait = std::time::Duration::from_millis(20);
+    match within(capture.request_within(wait)).await {
+        Err(CaptureError::NotReached(waited)) => assert_eq!(waited, wait),
+        other => panic!("a spinning process answered {:?}", other.map(drop)),
+    }
+    // Not captured after all: it spins on until its deadline stops it.
+    assert!(!running.is_finished());
+    match within(running).await.unwrap() {
+        ExitStatus::Failed(Failure::Deadline(_)) => {}
+        other => panic!("the spinner ended {other:?}"),
+    }
+    assert!(capture.checkpoint().is_none());
+}
