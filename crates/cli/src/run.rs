@@ -274,12 +274,16 @@ fn capture_on_signal(
             if signals.recv().await.is_none() {
                 std::future::pending::<()>().await;
             }
-            if let Err(e) = capture.request().await {
+            if let Err(e) = capture.request_within(CAPTURE_WAIT).await {
                 eprintln!("nimbus: {program}: {e}");
             }
         }
     })
 }
+
+/// How long a SIGUSR1 waits for the program to reach a blocking call; a program
+/// that computes longer is not captured, and runs on.
+const CAPTURE_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Writes a captured program's checkpoint (off the async threads), and what nimbus
 /// ends with then.
