@@ -174,15 +174,15 @@ impl Capture {
         if let Ok(result) = tokio::time::timeout(wait, &mut request).await {
             return result;
         }
-        {
+        // Withdrawn, unless the process is unwinding for it already: then the
+        // outcome is moments away.
+        let withdrawn = {
             let mut outcome = self.0.outcome.lock().unwrap();
-            if !outcome.unwinding {
-                self.0.requested.store(false, Ordering::SeqCst);
-                outcome.waiters.clear();
-                return Err(CaptureError::NotReached(wait));
-            }
+            (!outcome.unwinding).then(|| self.take_waiters(&mut outcome))
+        };
+        if let Some(waiters) = withdrawn {
+            send_all(waiters, &Err(CaptureError::NotReached(wait)));
         }
-        // It is unwinding for this request: the outcome is moments away.
         request.await
     }
 
@@ -216,14 +216,20 @@ impl Capture {
 
     /// Answers the requests made so far.
     fn answer(&self, result: Result<(), CaptureError>) {
-        let waiters = {
-            let mut outcome = self.0.outcome.lock().unwrap();
-            self.0.requested.store(false, Ordering::SeqCst);
-            std::mem::take(&mut outcome.waiters)
-        };
-        for waiter in waiters {
-            let _ = waiter.send(result.clone());
-        }
+        let waiters = self.take_waiters(&mut self.0.outcome.lock().unwrap());
+        send_all(waiters, &result);
+    }
+
+    /// The requests made so far, taken to be answered: under the lock that
+    /// [`Capture::request`] sets the flag under, it is cleared, and an unwind
+    /// that did not happen no longer holds them.
+    fn take_waiters(
+        &self,
+        outcome: &mut Outcome,
+    ) -> Vec<oneshot::Sender<Result<(), CaptureError>>> {
+        self.0.requested.store(false, Ordering::SeqCst);
+        outcome.unwinding = false;
+        std::mem::take(&mut outcome.waiters)
     }
 
     fn set_uncapturable(&self, why: String) {
@@ -239,6 +245,16 @@ impl Capture {
     fn end(&self) {
         self.0.outcome.lock().unwrap().ended = true;
         self.answer(Err(CaptureError::Ended));
+    }
+}
+
+/// Sends `result` to each of `waiters` (those gone are not waiting any more).
+fn send_all(
+    waiters: Vec<oneshot::Sender<Result<(), CaptureError>>>,
+    result: &Result<(), CaptureError>,
+) {
+    for waiter in waiters {
+        let _ = waiter.send(result.clone());
     }
 }
 
